@@ -1,0 +1,454 @@
+//! The engine's edge: what comes in (Kubernetes events, call completions) and what goes out
+//! (calls started through [`Io`]).
+//!
+//! These types mirror the WIT package `clb:difftracker@0.1.0` one to one. The component glue
+//! (`wit.rs`) converts between them and the generated bindings; a native host (replay with
+//! `--engine native`, the unit tests) uses them directly. They are plain data with serde, so the
+//! host, traces and snapshots share one vocabulary.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies one started call; allocated by the host, unique per tenant.
+pub type CallId = u64;
+
+// ------------------------------------------------------------------------ Kubernetes inputs
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub deletion_timestamp: Option<String>,
+    pub finalizers: Vec<String>,
+    pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
+}
+
+impl ObjectMeta {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef { namespace: self.namespace.clone(), name: self.name.clone(), uid: self.uid.clone() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IntOrString {
+    Int(i32),
+    Str(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub name: String,
+    pub protocol: String,
+    pub port: i32,
+    pub target_port: Option<IntOrString>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LoadBalancerIngress {
+    pub ip: String,
+    pub hostname: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub meta: ObjectMeta,
+    pub service_type: String,
+    pub load_balancer_class: Option<String>,
+    pub ports: Vec<ServicePort>,
+    pub ip_families: Vec<String>,
+    pub session_affinity: String,
+    pub load_balancer_ip: String,
+    pub external_traffic_policy: String,
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addresses: Vec<String>,
+    pub ready: Option<bool>,
+    pub node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSlice {
+    pub meta: ObjectMeta,
+    pub owner_references: Vec<OwnerReference>,
+    pub address_type: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub uid: String,
+    pub internal_ips: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    pub meta: ObjectMeta,
+    pub node_name: String,
+    pub phase: String,
+    pub pod_ip: String,
+    pub pod_ips: Vec<String>,
+    pub host_ip: String,
+    pub host_ips: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KubeEvent {
+    ServiceApplied(Service),
+    ServiceDeleted(Service),
+    EndpointSliceApplied(EndpointSlice),
+    EndpointSliceDeleted(EndpointSlice),
+    NodeApplied(Node),
+    NodeDeleted(Node),
+    PodApplied(Pod),
+    PodDeleted(Pod),
+}
+
+// ------------------------------------------------------------------------ Cloud calls
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum IpVersion {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TransportProtocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbRule {
+    pub protocol: TransportProtocol,
+    pub frontend_port: u16,
+    pub backend_port: u16,
+    pub idle_timeout_minutes: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerSpec {
+    pub name: String,
+    pub public_ip: String,
+    pub rules: Vec<LbRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatGatewaySpec {
+    pub name: String,
+    pub public_ips: Vec<String>,
+    pub public_ips_v6: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ServiceType {
+    Inbound,
+    Outbound,
+    InboundOutbound,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BackendPool {
+    pub load_balancer: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NatReference {
+    Absent,
+    Set(String),
+    Clear,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SgwServiceRequest {
+    pub name: String,
+    pub service_type: ServiceType,
+    pub is_delete: bool,
+    pub backend_pools: Vec<BackendPool>,
+    pub nat_gateway: NatReference,
+    pub is_default: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SgwService {
+    pub name: String,
+    pub service_type: ServiceType,
+    pub backend_pools: Vec<BackendPool>,
+    pub nat_gateway: Option<String>,
+    pub is_default: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum UpdateAction {
+    FullUpdate,
+    PartialUpdate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AddressUpdate {
+    pub address: String,
+    pub services: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationUpdate {
+    pub location: String,
+    pub action: UpdateAction,
+    pub addresses: Vec<AddressUpdate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressLocation {
+    pub location: String,
+    pub addresses: Vec<AddressUpdate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicIpInfo {
+    pub name: String,
+    pub ip_address: Option<String>,
+    pub version: IpVersion,
+    pub attached: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatGatewayInfo {
+    pub name: String,
+    pub references_service_gateway: bool,
+    pub raw: String,
+}
+
+/// Every ARM/NRP call of AZURE-WIRE.md section 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloudCall {
+    PutPublicIp { name: String, version: IpVersion },
+    DeletePublicIp { name: String },
+    ListPublicIps,
+    PutLoadBalancer(LoadBalancerSpec),
+    DeleteLoadBalancer { name: String },
+    ListLoadBalancers,
+    PutNatGateway(NatGatewaySpec),
+    DetachNatGateway { name: String, raw: String },
+    GetNatGateway { name: String },
+    DeleteNatGateway { name: String },
+    ListNatGateways,
+    GetSgwServices,
+    GetAddressLocations,
+    UpdateServices(Vec<SgwServiceRequest>),
+    UpdateAddressLocations(Vec<LocationUpdate>),
+}
+
+impl CloudCall {
+    /// `METHOD kind`, as AZURE-WIRE.md section 0 and the fault files name calls.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloudCall::PutPublicIp { .. } => "PUT publicIPAddresses",
+            CloudCall::DeletePublicIp { .. } => "DELETE publicIPAddresses",
+            CloudCall::ListPublicIps => "GET publicIPAddresses",
+            CloudCall::PutLoadBalancer(_) => "PUT loadBalancers",
+            CloudCall::DeleteLoadBalancer { .. } => "DELETE loadBalancers",
+            CloudCall::ListLoadBalancers => "GET loadBalancers",
+            CloudCall::PutNatGateway(_) | CloudCall::DetachNatGateway { .. } => "PUT natGateways",
+            CloudCall::GetNatGateway { .. } | CloudCall::ListNatGateways => "GET natGateways",
+            CloudCall::DeleteNatGateway { .. } => "DELETE natGateways",
+            CloudCall::GetSgwServices => "GET services",
+            CloudCall::GetAddressLocations => "GET addressLocations",
+            CloudCall::UpdateServices(_) => "POST updateServices",
+            CloudCall::UpdateAddressLocations(_) => "POST updateAddressLocations",
+        }
+    }
+}
+
+// ------------------------------------------------------------------------ Kubernetes writes
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectKind {
+    Service,
+    Pod,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KubeCall {
+    AddServiceFinalizers(ObjectRef),
+    RemoveServiceFinalizers(ObjectRef),
+    PatchServiceIngress(ObjectRef, Vec<LoadBalancerIngress>),
+    AddPodFinalizer(ObjectRef),
+    RemovePodFinalizer(ObjectRef),
+}
+
+impl KubeCall {
+    pub fn label(&self) -> &'static str {
+        match self {
+            KubeCall::AddServiceFinalizers(_) => "add-service-finalizers",
+            KubeCall::RemoveServiceFinalizers(_) => "remove-service-finalizers",
+            KubeCall::PatchServiceIngress(..) => "patch-service-ingress",
+            KubeCall::AddPodFinalizer(_) => "add-pod-finalizer",
+            KubeCall::RemovePodFinalizer(_) => "remove-pod-finalizer",
+        }
+    }
+}
+
+/// A Kubernetes Event the engine records (fire and forget).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeEventRecord {
+    pub target: ObjectRef,
+    pub kind: ObjectKind,
+    pub event_type: EventType,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Any call the engine starts and later receives a completion for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Call {
+    Cloud(CloudCall),
+    Kube(KubeCall),
+}
+
+impl Call {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Call::Cloud(c) => c.label(),
+            Call::Kube(k) => k.label(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------ Completions
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallOutput {
+    Done,
+    PublicIp(PublicIpInfo),
+    NatGateway(Option<NatGatewayInfo>),
+    PublicIps(Vec<PublicIpInfo>),
+    Names(Vec<String>),
+    SgwServices(Vec<SgwService>),
+    AddressLocations(Vec<AddressLocation>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    Http,
+    Throttled,
+    Timeout,
+    Transport,
+    InvalidResponse,
+    OperationFailed,
+    NotFound,
+    Replaced,
+    Conflict,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallError {
+    pub kind: ErrorKind,
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub retry_after_ms: Option<u64>,
+}
+
+impl CallError {
+    pub fn http(status: u16, code: &str, message: &str) -> Self {
+        CallError { kind: ErrorKind::Http, status, code: code.into(), message: message.into(), retry_after_ms: None }
+    }
+    pub fn of_kind(kind: ErrorKind, message: &str) -> Self {
+        CallError { kind, status: 0, code: String::new(), message: message.into(), retry_after_ms: None }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.kind)?;
+        if self.status != 0 {
+            write!(f, " {}", self.status)?;
+        }
+        if !self.code.is_empty() {
+            write!(f, " {}", self.code)?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    pub id: CallId,
+    pub outcome: Result<CallOutput, CallError>,
+}
+
+// ------------------------------------------------------------------------ Engine surface
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantConfig {
+    pub tenant: String,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickOutcome {
+    pub next_wake_ms: Option<u64>,
+    pub calls_in_flight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricSample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    pub states: Vec<(String, u32)>,
+    pub operations_in_flight: u32,
+    pub calls_in_flight: u32,
+    pub pending_deletions: u32,
+    pub pending_pod_deletions: u32,
+    pub buffered_endpoint_deltas: u32,
+    pub location_sync_in_flight: bool,
+    pub settled: bool,
+    pub metrics: Vec<MetricSample>,
+}
+
+/// The engine's only way to act on the world. Starting a call returns its id at once; the
+/// completion comes back through a later tick.
+pub trait Io {
+    fn start(&mut self, call: Call) -> CallId;
+    fn record_event(&mut self, event: KubeEventRecord);
+}
