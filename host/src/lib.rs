@@ -1,1 +1,31 @@
+//! The difftracker host: runs ServiceGateway diff-tracker engines (one per tenant, each a
+//! sandboxed WebAssembly component) and performs the calls they start.
+//!
+//! Where each piece fits, from the component inwards to the outside world:
+//!
+//! - [`runtime`]: wasmtime. One [`runtime::Runtime`] per process (engine, linker, epoch ticker,
+//!   on-disk cache of compiled components); [`runtime::Runtime::load`] checks a component's
+//!   imports, compiles it once and pre-links it; [`runtime::sandbox`] holds the per-tenant limits
+//!   and the empty WASI context; [`runtime::bindings`] is the `bindgen!` of `wit/`.
+//! - [`driver`]: the [`driver::EngineDriver`] trait, one tenant's engine as the host drives it
+//!   (`create`, `deliver`, `tick`, `snapshot`, `restore`, `status`), implemented by
+//!   [`driver::WasmEngine`] (the component) and [`driver::NativeEngine`] (the engine crate linked
+//!   in). Both turn the engine's started calls into `(call id, call)` pairs.
+//! - [`tenant`]: one tenant's tick loop on tokio: sleep until an event, a completion or the
+//!   engine's next wake-up, tick, and hand every started call to the executor.
+//! - [`executor`]: performs calls as tasks through a [`backend::CloudBackend`] and a
+//!   [`backend::KubeBackend`] under a per-tenant and a global cap; completions go back to the
+//!   tenant's next tick. Also the [`executor::Clock`] (real or manual).
+//! - [`backend`]: the traits every backend implements (mocks, the ARM/NRP transport, the
+//!   emulator); [`mock`]: instant in-process backends for the demo.
+//!
+//! The `difftracker` binary (`main.rs`) wires these together behind subcommands.
+
 pub mod backend;
+pub mod driver;
+pub mod executor;
+pub mod mock;
+pub mod runtime;
+pub mod tenant;
+
+pub use runtime::{engine_wasm_path, ENGINE_WASM};

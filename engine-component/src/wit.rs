@@ -1,0 +1,427 @@
+//! The thin wit-bindgen layer: exports [`Engine`] as the `engine` interface of the world
+//! `clb:difftracker/difftracker-engine` and implements [`io::Io`] on the `cloud` and `kube`
+//! imports.
+//!
+//! One component instance is one tenant, so the engine lives in a single thread-local cell.
+//! Nothing here may panic across the boundary (a panic aborts, i.e. traps the instance): every
+//! export reports misuse (`create` twice, `tick` before `create`, a bad snapshot) as `Err(String)`.
+//! The conversions are plain field-by-field copies between the generated types and [`crate::io`].
+
+use crate::engine::Engine;
+use crate::io;
+use std::cell::RefCell;
+
+wit_bindgen::generate!({
+    world: "difftracker-engine",
+    path: "../wit",
+});
+
+use clb::difftracker::{cloud, kube, types as w};
+use exports::clb::difftracker::engine::{self as wx, Guest};
+
+struct Component;
+
+export!(Component);
+
+thread_local! {
+    /// The tenant's engine; `None` until `create` or `restore`.
+    static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the engine, or fails when there is none yet.
+fn with_engine<R>(f: impl FnOnce(&mut Engine) -> R) -> Result<R, String> {
+    ENGINE.with(|cell| {
+        let mut slot = cell.try_borrow_mut().map_err(|_| "engine re-entered".to_string())?;
+        match slot.as_mut() {
+            Some(engine) => Ok(f(engine)),
+            None => Err("no engine in this instance: call create or restore first".to_string()),
+        }
+    })
+}
+
+impl Guest for Component {
+    fn create(config: wx::TenantConfig) -> Result<(), String> {
+        ENGINE.with(|cell| {
+            let mut slot = cell.try_borrow_mut().map_err(|_| "engine re-entered".to_string())?;
+            if slot.is_some() {
+                return Err("an engine already exists in this instance".to_string());
+            }
+            *slot = Some(Engine::new(io::TenantConfig { tenant: config.tenant, seed: config.seed }));
+            Ok(())
+        })
+    }
+
+    fn deliver(now_ms: u64, events: Vec<w::KubeEvent>) -> Result<(), String> {
+        let events = events.into_iter().map(kube_event_in).collect();
+        with_engine(|engine| engine.deliver(now_ms, events))
+    }
+
+    fn tick(now_ms: u64, completions: Vec<w::Completion>) -> Result<wx::TickOutcome, String> {
+        let completions = completions.into_iter().map(completion_in).collect();
+        let outcome = with_engine(|engine| engine.tick(now_ms, completions, &mut WitIo))?;
+        Ok(wx::TickOutcome { next_wake_ms: outcome.next_wake_ms, calls_in_flight: outcome.calls_in_flight })
+    }
+
+    fn snapshot() -> Result<Vec<u8>, String> {
+        with_engine(|engine| engine.snapshot())
+    }
+
+    fn restore(snapshot: Vec<u8>) -> Result<(), String> {
+        let engine = Engine::restore(&snapshot).map_err(|e| e.to_string())?;
+        ENGINE.with(|cell| {
+            let mut slot = cell.try_borrow_mut().map_err(|_| "engine re-entered".to_string())?;
+            *slot = Some(engine);
+            Ok(())
+        })
+    }
+
+    fn status() -> Result<w::EngineStatus, String> {
+        with_engine(|engine| status_out(engine.status()))
+    }
+}
+
+// ------------------------------------------------------------------------ io::Io on the imports
+
+/// Starts calls through the `cloud` and `kube` imports; the host allocates the ids.
+struct WitIo;
+
+impl io::Io for WitIo {
+    fn start(&mut self, call: io::Call) -> io::CallId {
+        match call {
+            io::Call::Cloud(c) => start_cloud(c),
+            io::Call::Kube(k) => start_kube(k),
+        }
+    }
+
+    fn record_event(&mut self, event: io::KubeEventRecord) {
+        kube::record_event(
+            &object_ref_out(event.target),
+            match event.kind {
+                io::ObjectKind::Service => w::ObjectKind::Service,
+                io::ObjectKind::Pod => w::ObjectKind::Pod,
+            },
+            match event.event_type {
+                io::EventType::Normal => w::EventType::Normal,
+                io::EventType::Warning => w::EventType::Warning,
+            },
+            &event.reason,
+            &event.message,
+        )
+    }
+}
+
+fn start_cloud(call: io::CloudCall) -> io::CallId {
+    use io::CloudCall as C;
+    match call {
+        C::PutPublicIp { name, version } => cloud::put_public_ip(&name, ip_version_out(version)),
+        C::DeletePublicIp { name } => cloud::delete_public_ip(&name),
+        C::ListPublicIps => cloud::list_public_ips(),
+        C::PutLoadBalancer(spec) => cloud::put_load_balancer(&lb_spec_out(spec)),
+        C::DeleteLoadBalancer { name } => cloud::delete_load_balancer(&name),
+        C::ListLoadBalancers => cloud::list_load_balancers(),
+        C::PutNatGateway(spec) => cloud::put_nat_gateway(&w::NatGatewaySpec {
+            name: spec.name,
+            public_ips: spec.public_ips,
+            public_ips_v6: spec.public_ips_v6,
+        }),
+        C::DetachNatGateway { name, raw } => cloud::detach_nat_gateway(&name, &raw),
+        C::GetNatGateway { name } => cloud::get_nat_gateway(&name),
+        C::DeleteNatGateway { name } => cloud::delete_nat_gateway(&name),
+        C::ListNatGateways => cloud::list_nat_gateways(),
+        C::GetSgwServices => cloud::get_sgw_services(),
+        C::GetAddressLocations => cloud::get_address_locations(),
+        C::UpdateServices(requests) => {
+            let requests: Vec<w::SgwServiceRequest> = requests.into_iter().map(sgw_request_out).collect();
+            cloud::update_services(&requests)
+        }
+        C::UpdateAddressLocations(locations) => {
+            let locations: Vec<w::LocationUpdate> = locations.into_iter().map(location_update_out).collect();
+            cloud::update_address_locations(&locations)
+        }
+    }
+}
+
+fn start_kube(call: io::KubeCall) -> io::CallId {
+    use io::KubeCall as K;
+    match call {
+        K::AddServiceFinalizers(target) => kube::add_service_finalizers(&object_ref_out(target)),
+        K::RemoveServiceFinalizers(target) => kube::remove_service_finalizers(&object_ref_out(target)),
+        K::PatchServiceIngress(target, ingress) => {
+            let ingress: Vec<w::LoadBalancerIngress> = ingress.into_iter().map(ingress_out).collect();
+            kube::patch_service_ingress(&object_ref_out(target), &ingress)
+        }
+        K::AddPodFinalizer(target) => kube::add_pod_finalizer(&object_ref_out(target)),
+        K::RemovePodFinalizer(target) => kube::remove_pod_finalizer(&object_ref_out(target)),
+    }
+}
+
+// ------------------------------------------------------------------------ io -> WIT
+
+fn ip_version_out(v: io::IpVersion) -> w::IpVersion {
+    match v {
+        io::IpVersion::V4 => w::IpVersion::Ipv4,
+        io::IpVersion::V6 => w::IpVersion::Ipv6,
+    }
+}
+
+fn service_type_out(t: io::ServiceType) -> w::ServiceType {
+    match t {
+        io::ServiceType::Inbound => w::ServiceType::Inbound,
+        io::ServiceType::Outbound => w::ServiceType::Outbound,
+        io::ServiceType::InboundOutbound => w::ServiceType::InboundOutbound,
+    }
+}
+
+fn lb_spec_out(spec: io::LoadBalancerSpec) -> w::LoadBalancerSpec {
+    w::LoadBalancerSpec {
+        name: spec.name,
+        public_ip: spec.public_ip,
+        rules: spec
+            .rules
+            .into_iter()
+            .map(|r| w::LbRule {
+                protocol: match r.protocol {
+                    io::TransportProtocol::Tcp => w::TransportProtocol::Tcp,
+                    io::TransportProtocol::Udp => w::TransportProtocol::Udp,
+                },
+                frontend_port: r.frontend_port,
+                backend_port: r.backend_port,
+                idle_timeout_minutes: r.idle_timeout_minutes,
+            })
+            .collect(),
+    }
+}
+
+fn backend_pool_out(p: io::BackendPool) -> w::BackendPool {
+    w::BackendPool { load_balancer: p.load_balancer, pool: p.pool }
+}
+
+fn sgw_request_out(r: io::SgwServiceRequest) -> w::SgwServiceRequest {
+    w::SgwServiceRequest {
+        name: r.name,
+        service_type: service_type_out(r.service_type),
+        is_delete: r.is_delete,
+        backend_pools: r.backend_pools.into_iter().map(backend_pool_out).collect(),
+        nat_gateway: match r.nat_gateway {
+            io::NatReference::Absent => w::NatReference::Absent,
+            io::NatReference::Set(name) => w::NatReference::Set(name),
+            io::NatReference::Clear => w::NatReference::Clear,
+        },
+        is_default: r.is_default,
+    }
+}
+
+fn address_update_out(a: io::AddressUpdate) -> w::AddressUpdate {
+    w::AddressUpdate { address: a.address, services: a.services }
+}
+
+fn location_update_out(l: io::LocationUpdate) -> w::LocationUpdate {
+    w::LocationUpdate {
+        location: l.location,
+        action: match l.action {
+            io::UpdateAction::FullUpdate => w::UpdateAction::FullUpdate,
+            io::UpdateAction::PartialUpdate => w::UpdateAction::PartialUpdate,
+        },
+        addresses: l.addresses.into_iter().map(address_update_out).collect(),
+    }
+}
+
+fn object_ref_out(r: io::ObjectRef) -> w::ObjectRef {
+    w::ObjectRef { namespace: r.namespace, name: r.name, uid: r.uid }
+}
+
+fn ingress_out(i: io::LoadBalancerIngress) -> w::LoadBalancerIngress {
+    w::LoadBalancerIngress { ip: i.ip, hostname: i.hostname }
+}
+
+fn status_out(s: io::EngineStatus) -> w::EngineStatus {
+    w::EngineStatus {
+        states: s.states,
+        operations_in_flight: s.operations_in_flight,
+        calls_in_flight: s.calls_in_flight,
+        pending_deletions: s.pending_deletions,
+        pending_pod_deletions: s.pending_pod_deletions,
+        buffered_endpoint_deltas: s.buffered_endpoint_deltas,
+        location_sync_in_flight: s.location_sync_in_flight,
+        settled: s.settled,
+        metrics: s
+            .metrics
+            .into_iter()
+            .map(|m| w::MetricSample { name: m.name, labels: m.labels, value: m.value })
+            .collect(),
+    }
+}
+
+// ------------------------------------------------------------------------ WIT -> io
+
+fn meta_in(m: w::ObjectMeta) -> io::ObjectMeta {
+    io::ObjectMeta {
+        namespace: m.namespace,
+        name: m.name,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        deletion_timestamp: m.deletion_timestamp,
+        finalizers: m.finalizers,
+        labels: m.labels,
+        annotations: m.annotations,
+    }
+}
+
+fn service_in(s: w::Service) -> io::Service {
+    io::Service {
+        meta: meta_in(s.meta),
+        service_type: s.service_type,
+        load_balancer_class: s.load_balancer_class,
+        ports: s
+            .ports
+            .into_iter()
+            .map(|p| io::ServicePort {
+                name: p.name,
+                protocol: p.protocol,
+                port: p.port,
+                target_port: p.target_port.map(|t| match t {
+                    w::IntOrString::Int(i) => io::IntOrString::Int(i),
+                    w::IntOrString::Str(s) => io::IntOrString::Str(s),
+                }),
+            })
+            .collect(),
+        ip_families: s.ip_families,
+        session_affinity: s.session_affinity,
+        load_balancer_ip: s.load_balancer_ip,
+        external_traffic_policy: s.external_traffic_policy,
+        ingress: s.ingress.into_iter().map(|i| io::LoadBalancerIngress { ip: i.ip, hostname: i.hostname }).collect(),
+    }
+}
+
+fn slice_in(s: w::EndpointSlice) -> io::EndpointSlice {
+    io::EndpointSlice {
+        meta: meta_in(s.meta),
+        owner_references: s
+            .owner_references
+            .into_iter()
+            .map(|o| io::OwnerReference { kind: o.kind, name: o.name, uid: o.uid })
+            .collect(),
+        address_type: s.address_type,
+        endpoints: s
+            .endpoints
+            .into_iter()
+            .map(|e| io::Endpoint { addresses: e.addresses, ready: e.ready, node_name: e.node_name })
+            .collect(),
+    }
+}
+
+fn node_in(n: w::Node) -> io::Node {
+    io::Node { name: n.name, uid: n.uid, internal_ips: n.internal_ips }
+}
+
+fn pod_in(p: w::Pod) -> io::Pod {
+    io::Pod {
+        meta: meta_in(p.meta),
+        node_name: p.node_name,
+        phase: p.phase,
+        pod_ip: p.pod_ip,
+        pod_ips: p.pod_ips,
+        host_ip: p.host_ip,
+        host_ips: p.host_ips,
+    }
+}
+
+fn kube_event_in(e: w::KubeEvent) -> io::KubeEvent {
+    use w::KubeEvent as E;
+    match e {
+        E::ServiceApplied(s) => io::KubeEvent::ServiceApplied(service_in(s)),
+        E::ServiceDeleted(s) => io::KubeEvent::ServiceDeleted(service_in(s)),
+        E::EndpointSliceApplied(s) => io::KubeEvent::EndpointSliceApplied(slice_in(s)),
+        E::EndpointSliceDeleted(s) => io::KubeEvent::EndpointSliceDeleted(slice_in(s)),
+        E::NodeApplied(n) => io::KubeEvent::NodeApplied(node_in(n)),
+        E::NodeDeleted(n) => io::KubeEvent::NodeDeleted(node_in(n)),
+        E::PodApplied(p) => io::KubeEvent::PodApplied(pod_in(p)),
+        E::PodDeleted(p) => io::KubeEvent::PodDeleted(pod_in(p)),
+    }
+}
+
+fn ip_version_in(v: w::IpVersion) -> io::IpVersion {
+    match v {
+        w::IpVersion::Ipv4 => io::IpVersion::V4,
+        w::IpVersion::Ipv6 => io::IpVersion::V6,
+    }
+}
+
+fn service_type_in(t: w::ServiceType) -> io::ServiceType {
+    match t {
+        w::ServiceType::Inbound => io::ServiceType::Inbound,
+        w::ServiceType::Outbound => io::ServiceType::Outbound,
+        w::ServiceType::InboundOutbound => io::ServiceType::InboundOutbound,
+    }
+}
+
+fn public_ip_in(p: w::PublicIpInfo) -> io::PublicIpInfo {
+    io::PublicIpInfo { name: p.name, ip_address: p.ip_address, version: ip_version_in(p.version), attached: p.attached }
+}
+
+fn address_update_in(a: w::AddressUpdate) -> io::AddressUpdate {
+    io::AddressUpdate { address: a.address, services: a.services }
+}
+
+fn output_in(o: w::CallOutput) -> io::CallOutput {
+    use w::CallOutput as O;
+    match o {
+        O::Done => io::CallOutput::Done,
+        O::PublicIp(p) => io::CallOutput::PublicIp(public_ip_in(p)),
+        O::NatGateway(n) => io::CallOutput::NatGateway(n.map(|n| io::NatGatewayInfo {
+            name: n.name,
+            references_service_gateway: n.references_service_gateway,
+            raw: n.raw,
+        })),
+        O::PublicIps(list) => io::CallOutput::PublicIps(list.into_iter().map(public_ip_in).collect()),
+        O::Names(names) => io::CallOutput::Names(names),
+        O::SgwServices(list) => io::CallOutput::SgwServices(
+            list.into_iter()
+                .map(|s| io::SgwService {
+                    name: s.name,
+                    service_type: service_type_in(s.service_type),
+                    backend_pools: s
+                        .backend_pools
+                        .into_iter()
+                        .map(|p| io::BackendPool { load_balancer: p.load_balancer, pool: p.pool })
+                        .collect(),
+                    nat_gateway: s.nat_gateway,
+                    is_default: s.is_default,
+                })
+                .collect(),
+        ),
+        O::AddressLocations(list) => io::CallOutput::AddressLocations(
+            list.into_iter()
+                .map(|l| io::AddressLocation {
+                    location: l.location,
+                    addresses: l.addresses.into_iter().map(address_update_in).collect(),
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn error_in(e: w::CallError) -> io::CallError {
+    use w::ErrorKind as K;
+    io::CallError {
+        kind: match e.kind {
+            K::Http => io::ErrorKind::Http,
+            K::Throttled => io::ErrorKind::Throttled,
+            K::Timeout => io::ErrorKind::Timeout,
+            K::Transport => io::ErrorKind::Transport,
+            K::InvalidResponse => io::ErrorKind::InvalidResponse,
+            K::OperationFailed => io::ErrorKind::OperationFailed,
+            K::NotFound => io::ErrorKind::NotFound,
+            K::Replaced => io::ErrorKind::Replaced,
+            K::Conflict => io::ErrorKind::Conflict,
+        },
+        status: e.status,
+        code: e.code,
+        message: e.message,
+        retry_after_ms: e.retry_after_ms,
+    }
+}
+
+fn completion_in(c: w::Completion) -> io::Completion {
+    io::Completion { id: c.id, outcome: c.outcome.map(output_in).map_err(error_in) }
+}
