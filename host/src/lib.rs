@@ -29,3 +29,5 @@ pub mod runtime;
 pub mod tenant;
 
 pub use runtime::{engine_wasm_path, ENGINE_WASM};
+pub mod transport;
+pub mod emulator;
