@@ -4,13 +4,43 @@
 //! Where each piece fits:
 //! - [`io`]: the edge. Kubernetes events and call completions come in; calls go out through the
 //!   [`io::Io`] port. Mirrors the WIT package one to one.
-//! - [`engine`]: the public surface, [`Engine`], driven by `deliver` and `tick`.
+//! - [`engine`]: the public surface, [`Engine`], driven by `deliver` and `tick`, and the entry
+//!   points of the state machine (ENGINE.md 4.2).
+//! - [`events`]: Kubernetes events -> entry points; [`admission`]: Service -> config;
+//!   [`endpoints`]: slice cache and node IPs.
+//! - [`state`], [`config`]: operation records and desired configs; [`desired`], [`nrp`]: the two
+//!   address models; [`readiness`], [`diff`]: what may be published and what differs.
+//! - [`dispatcher`], [`workers`]: the ServiceUpdater and its per-service step machines;
+//!   [`locations`]: the LocationsUpdater; [`backoff`]: retry timing and the jitter generator.
+//! - [`metrics`], [`snapshot`]: observability and persistence; [`testkit`]: a recording `Io`
+//!   and object builders for tests.
 //! - `wit` (wasm32 only): the thin wit-bindgen layer that exports the engine as a component.
 
+pub mod admission;
+pub mod backoff;
+pub mod config;
+pub mod desired;
+pub mod diff;
+pub mod dispatcher;
+pub mod endpoints;
 pub mod engine;
+pub mod events;
+pub mod identity;
 pub mod io;
+pub mod locations;
+pub mod metrics;
+pub mod nrp;
+pub mod readiness;
+pub mod snapshot;
+pub mod state;
+pub mod testkit;
+pub mod workers;
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(target_arch = "wasm32")]
 mod wit;
 
 pub use engine::{Engine, SnapshotError};
+pub use identity::Identity;

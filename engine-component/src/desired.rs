@@ -1,0 +1,271 @@
+//! The desired Kubernetes model (ENGINE.md 3.1, `K8sResources.Nodes`): node IP -> pod IP ->
+//! [`DesiredPod`], plus an index identity -> {(location, address)} so that stripping or
+//! re-marking one identity costs O(k) in its own addresses, never a scan.
+//!
+//! A pod entry exists only while it carries at least one identity; a node only while it has a
+//! pod. Inbound identities come from EndpointSlices; the (at most one) outbound identity and the
+//! per-identity address ref-count belong to the egress half.
+
+use crate::identity::Identity;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A (location, address) key: node IP and pod IP, both canonical.
+pub type Key = (String, String);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredPod {
+    pub inbound: BTreeSet<Identity>,
+    /// `PublicOutboundIdentity` ("" in Go = `None`).
+    pub outbound: Option<Identity>,
+    /// `OutboundPodKey` ("ns/name") and `OutboundPodUID` of the egress pod owning the address.
+    pub outbound_pod_key: Option<String>,
+    pub outbound_pod_uid: Option<String>,
+}
+
+impl DesiredPod {
+    pub fn is_empty(&self) -> bool {
+        self.inbound.is_empty() && self.outbound.is_none()
+    }
+    /// Every identity of the address (inbound ones, then the outbound one).
+    pub fn identities(&self) -> impl Iterator<Item = &Identity> {
+        self.inbound.iter().chain(self.outbound.iter())
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Desired {
+    nodes: BTreeMap<String, BTreeMap<String, DesiredPod>>,
+    /// Live pod addresses per egress identity (`outboundIdentityPodRefCount`).
+    outbound_ref_count: BTreeMap<Identity, u32>,
+    #[serde(skip)]
+    index: BTreeMap<Identity, BTreeSet<Key>>,
+    #[serde(skip)]
+    addresses: usize,
+}
+
+impl Desired {
+    pub fn rebuild_index(&mut self) {
+        self.index.clear();
+        self.addresses = 0;
+        for (loc, pods) in &self.nodes {
+            for (addr, pod) in pods {
+                self.addresses += 1;
+                for id in pod.identities() {
+                    self.index.entry(id.clone()).or_default().insert((loc.clone(), addr.clone()));
+                }
+            }
+        }
+    }
+
+    fn index_add(&mut self, id: &Identity, loc: &str, addr: &str) {
+        self.index.entry(id.clone()).or_default().insert((loc.to_string(), addr.to_string()));
+    }
+
+    fn index_remove(&mut self, id: &Identity, loc: &str, addr: &str) {
+        if let Some(set) = self.index.get_mut(id) {
+            set.remove(&(loc.to_string(), addr.to_string()));
+            if set.is_empty() {
+                self.index.remove(id);
+            }
+        }
+    }
+
+    /// Removes empty pod/node entries at `key`.
+    fn prune(&mut self, loc: &str, addr: &str) {
+        if let Some(pods) = self.nodes.get_mut(loc) {
+            if pods.get(addr).is_some_and(|p| p.is_empty()) {
+                pods.remove(addr);
+                self.addresses -= 1;
+            }
+            if pods.is_empty() {
+                self.nodes.remove(loc);
+            }
+        }
+    }
+
+    /// Adds an inbound identity to an address; true if anything changed.
+    pub fn add_inbound(&mut self, id: &Identity, loc: &str, addr: &str) -> bool {
+        let pods = self.nodes.entry(loc.to_string()).or_default();
+        let pod = pods.entry(addr.to_string()).or_insert_with(|| {
+            self.addresses += 1;
+            DesiredPod::default()
+        });
+        if !pod.inbound.insert(id.clone()) {
+            return false;
+        }
+        self.index_add(id, loc, addr);
+        true
+    }
+
+    /// Removes an inbound identity from an address; true if anything changed.
+    pub fn remove_inbound(&mut self, id: &Identity, loc: &str, addr: &str) -> bool {
+        let removed = self.nodes.get_mut(loc).and_then(|p| p.get_mut(addr)).is_some_and(|pod| pod.inbound.remove(id));
+        if removed {
+            self.index_remove(id, loc, addr);
+            self.prune(loc, addr);
+        }
+        removed
+    }
+
+    /// Sets the outbound identity of an address (egress half). Re-adding the same identity does
+    /// not double count; changing identity decrements the old one first.
+    pub fn set_outbound(&mut self, id: &Identity, loc: &str, addr: &str, pod_key: &str, pod_uid: &str) -> bool {
+        let prev = self.nodes.get(loc).and_then(|p| p.get(addr)).and_then(|p| p.outbound.clone());
+        if prev.as_ref() == Some(id) {
+            if let Some(pod) = self.nodes.get_mut(loc).and_then(|p| p.get_mut(addr)) {
+                pod.outbound_pod_key = Some(pod_key.to_string());
+                pod.outbound_pod_uid = Some(pod_uid.to_string());
+            }
+            return false;
+        }
+        if prev.is_some() {
+            self.clear_outbound(loc, addr);
+        }
+        let pods = self.nodes.entry(loc.to_string()).or_default();
+        let pod = pods.entry(addr.to_string()).or_insert_with(|| {
+            self.addresses += 1;
+            DesiredPod::default()
+        });
+        pod.outbound = Some(id.clone());
+        pod.outbound_pod_key = Some(pod_key.to_string());
+        pod.outbound_pod_uid = Some(pod_uid.to_string());
+        self.index_add(id, loc, addr);
+        *self.outbound_ref_count.entry(id.clone()).or_insert(0) += 1;
+        true
+    }
+
+    /// Clears the outbound identity of an address; returns it. Decrementing a missing count is a
+    /// no-op; the key is deleted at zero.
+    pub fn clear_outbound(&mut self, loc: &str, addr: &str) -> Option<Identity> {
+        let pod = self.nodes.get_mut(loc).and_then(|p| p.get_mut(addr))?;
+        let id = pod.outbound.take()?;
+        pod.outbound_pod_key = None;
+        pod.outbound_pod_uid = None;
+        self.index_remove(&id, loc, addr);
+        self.prune(loc, addr);
+        self.decrement_ref(&id);
+        Some(id)
+    }
+
+    fn decrement_ref(&mut self, id: &Identity) {
+        if let Some(c) = self.outbound_ref_count.get_mut(id) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.outbound_ref_count.remove(id);
+            }
+        }
+    }
+
+    pub fn outbound_ref_count(&self, id: &Identity) -> u32 {
+        self.outbound_ref_count.get(id).copied().unwrap_or(0)
+    }
+
+    /// Removes `id` (inbound or outbound) from every address holding it; returns the keys touched.
+    pub fn strip(&mut self, id: &Identity) -> Vec<Key> {
+        let keys: Vec<Key> = match self.index.remove(id) {
+            Some(set) => set.into_iter().collect(),
+            None => return Vec::new(),
+        };
+        for (loc, addr) in &keys {
+            let mut outbound_hit = false;
+            if let Some(pod) = self.nodes.get_mut(loc).and_then(|p| p.get_mut(addr)) {
+                pod.inbound.remove(id);
+                if pod.outbound.as_ref() == Some(id) {
+                    pod.outbound = None;
+                    pod.outbound_pod_key = None;
+                    pod.outbound_pod_uid = None;
+                    outbound_hit = true;
+                }
+            }
+            if outbound_hit {
+                self.decrement_ref(id);
+            }
+            self.prune(loc, addr);
+        }
+        keys
+    }
+
+    pub fn get(&self, loc: &str, addr: &str) -> Option<&DesiredPod> {
+        self.nodes.get(loc).and_then(|p| p.get(addr))
+    }
+
+    pub fn has_node(&self, loc: &str) -> bool {
+        self.nodes.contains_key(loc)
+    }
+
+    pub fn nodes(&self) -> &BTreeMap<String, BTreeMap<String, DesiredPod>> {
+        &self.nodes
+    }
+
+    /// The (location, address) keys holding `id`.
+    pub fn keys_of(&self, id: &Identity) -> impl Iterator<Item = &Key> {
+        self.index.get(id).into_iter().flatten()
+    }
+
+    pub fn holds(&self, id: &Identity, loc: &str, addr: &str) -> bool {
+        self.get(loc, addr).is_some_and(|p| p.inbound.contains(id) || p.outbound.as_ref() == Some(id))
+    }
+
+    pub fn address_count(&self) -> usize {
+        self.addresses
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Inspection: the index and counts equal a fresh rebuild.
+    pub fn check_index(&self) -> Result<(), String> {
+        let mut fresh = Desired { nodes: self.nodes.clone(), ..Default::default() };
+        fresh.rebuild_index();
+        if fresh.index != self.index || fresh.addresses != self.addresses {
+            return Err("desired index drifted".into());
+        }
+        for pods in self.nodes.values() {
+            if pods.is_empty() || pods.values().any(|p| p.is_empty()) {
+                return Err("empty desired node or pod kept".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_remove_strip_keep_index_and_prune() {
+        let mut d = Desired::default();
+        let a = Identity::new("A");
+        let b = Identity::new("b");
+        assert!(d.add_inbound(&a, "10.0.0.1", "10.1.0.1"));
+        assert!(!d.add_inbound(&a, "10.0.0.1", "10.1.0.1"));
+        assert!(d.add_inbound(&b, "10.0.0.1", "10.1.0.1"));
+        assert!(d.add_inbound(&a, "10.0.0.2", "10.1.0.2"));
+        assert_eq!(d.address_count(), 2);
+        d.check_index().unwrap();
+        let keys = d.strip(&a);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(d.address_count(), 1);
+        assert!(!d.has_node("10.0.0.2"));
+        d.check_index().unwrap();
+        assert!(d.remove_inbound(&b, "10.0.0.1", "10.1.0.1"));
+        assert!(d.is_empty());
+        d.check_index().unwrap();
+    }
+
+    #[test]
+    fn outbound_ref_count_never_double_counts() {
+        let mut d = Desired::default();
+        let e = Identity::new("egress");
+        assert!(d.set_outbound(&e, "n", "p", "ns/a", "u1"));
+        assert!(!d.set_outbound(&e, "n", "p", "ns/a", "u1"));
+        assert_eq!(d.outbound_ref_count(&e), 1);
+        assert_eq!(d.clear_outbound("n", "p"), Some(e.clone()));
+        assert_eq!(d.outbound_ref_count(&e), 0);
+        assert_eq!(d.clear_outbound("n", "p"), None);
+        d.check_index().unwrap();
+    }
+}

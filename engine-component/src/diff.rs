@@ -1,0 +1,247 @@
+//! The location diff (ENGINE.md 5.2, `GetSyncLocationsAddresses`).
+//!
+//! [`full_diff`] walks every desired node and every NRP location, exactly as upstream does; it
+//! is the reference. [`keys_diff`] computes the same answer restricted to a set of dirty
+//! (location, address) keys: the engine keeps every key whose desired content, readiness or NRP
+//! content changed since the last successful sync, so each pass costs O(changes) rather than
+//! O(all addresses). Every key outside the dirty set is in sync, so both agree (checked by a
+//! property test).
+
+use crate::config::ServiceKind;
+use crate::desired::{Desired, DesiredPod, Key};
+use crate::identity::Identity;
+use crate::io::{AddressUpdate, LocationUpdate, UpdateAction};
+use crate::nrp::NrpMirror;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationChange {
+    pub action: UpdateAction,
+    /// Empty with PartialUpdate = delete the whole location. An empty service set = unbind.
+    pub addresses: BTreeMap<String, BTreeSet<Identity>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationDiff {
+    pub locations: BTreeMap<String, LocationChange>,
+}
+
+impl LocationDiff {
+    pub fn is_empty(&self) -> bool {
+        self.locations.is_empty()
+    }
+    pub fn address_count(&self) -> usize {
+        self.locations.values().map(|l| l.addresses.len()).sum()
+    }
+    /// Every identity listed on any emitted address.
+    pub fn identities(&self) -> BTreeSet<Identity> {
+        self.locations.values().flat_map(|l| l.addresses.values().flatten().cloned()).collect()
+    }
+    /// The wire form: sorted, never-null lists, one entry per (canonical) location.
+    pub fn to_wire(&self) -> Vec<LocationUpdate> {
+        self.locations
+            .iter()
+            .map(|(loc, change)| LocationUpdate {
+                location: loc.clone(),
+                action: change.action,
+                addresses: change
+                    .addresses
+                    .iter()
+                    .map(|(addr, services)| AddressUpdate {
+                        address: addr.clone(),
+                        services: services.iter().map(|s| s.as_str().to_string()).collect(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// The identities of a desired address that pass the readiness filter.
+pub fn service_ref(pod: &DesiredPod, ready: &dyn Fn(&Identity, ServiceKind) -> bool) -> BTreeSet<Identity> {
+    let mut out: BTreeSet<Identity> = pod.inbound.iter().filter(|id| ready(id, ServiceKind::Inbound)).cloned().collect();
+    if let Some(o) = &pod.outbound {
+        if ready(o, ServiceKind::Outbound) {
+            out.insert(o.clone());
+        }
+    }
+    out
+}
+
+/// What the address at `(loc, addr)` contributes, if anything.
+fn address_change(desired_pod: Option<&DesiredPod>, nrp_set: Option<&BTreeSet<Identity>>, ready: &dyn Fn(&Identity, ServiceKind) -> bool) -> Option<BTreeSet<Identity>> {
+    match desired_pod {
+        Some(pod) => {
+            let sref = service_ref(pod, ready);
+            match nrp_set {
+                None if sref.is_empty() => None,
+                Some(cur) if *cur == sref => None,
+                _ => Some(sref),
+            }
+        }
+        None => nrp_set.map(|_| BTreeSet::new()),
+    }
+}
+
+/// The reference full-walk diff.
+pub fn full_diff(desired: &Desired, nrp: &NrpMirror, ready: &dyn Fn(&Identity, ServiceKind) -> bool) -> LocationDiff {
+    let mut out = LocationDiff::default();
+    // Step A: desired nodes.
+    for (loc, pods) in desired.nodes() {
+        let in_nrp = nrp.has_location(loc);
+        let action = if in_nrp { UpdateAction::PartialUpdate } else { UpdateAction::FullUpdate };
+        let mut addresses = BTreeMap::new();
+        for (addr, pod) in pods {
+            if let Some(sref) = address_change(Some(pod), nrp.services_at(loc, addr), ready) {
+                addresses.insert(addr.clone(), sref);
+            }
+        }
+        if !addresses.is_empty() {
+            out.locations.insert(loc.clone(), LocationChange { action, addresses });
+        }
+    }
+    // Step B: NRP locations.
+    for (loc, addrs) in nrp.locations() {
+        if !desired.has_node(loc) {
+            out.locations.insert(loc.clone(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() });
+            continue;
+        }
+        for addr in addrs.keys() {
+            if desired.get(loc, addr).is_none() {
+                out.locations
+                    .entry(loc.clone())
+                    .or_insert_with(|| LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() })
+                    .addresses
+                    .insert(addr.clone(), BTreeSet::new());
+            }
+        }
+    }
+    out
+}
+
+/// The diff restricted to `keys` (the dirty set).
+pub fn keys_diff<'a>(keys: impl IntoIterator<Item = &'a Key>, desired: &Desired, nrp: &NrpMirror, ready: &dyn Fn(&Identity, ServiceKind) -> bool) -> LocationDiff {
+    let mut out = LocationDiff::default();
+    for (loc, addr) in keys {
+        if desired.has_node(loc) {
+            let nrp_set = nrp.services_at(loc, addr);
+            if let Some(sref) = address_change(desired.get(loc, addr), nrp_set, ready) {
+                let action = if nrp.has_location(loc) { UpdateAction::PartialUpdate } else { UpdateAction::FullUpdate };
+                out.locations
+                    .entry(loc.clone())
+                    .or_insert_with(|| LocationChange { action, addresses: BTreeMap::new() })
+                    .addresses
+                    .insert(addr.clone(), sref);
+            }
+        } else if nrp.has_location(loc) {
+            out.locations.insert(loc.clone(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_ready(_: &Identity, _: ServiceKind) -> bool {
+        true
+    }
+
+    fn nrp_with(entries: &[(&str, &str, &[&str])]) -> NrpMirror {
+        let mut locs: crate::nrp::NrpLocations = BTreeMap::new();
+        for (l, a, s) in entries {
+            locs.entry(l.to_string()).or_default().insert(a.to_string(), s.iter().map(|x| Identity::new(x)).collect());
+        }
+        let mut n = NrpMirror::default();
+        n.set_locations(locs);
+        n
+    }
+
+    #[test]
+    fn s099_node_gone_and_address_gone_emit_empty_non_nil() {
+        let mut d = Desired::default();
+        let a = Identity::new("a");
+        d.add_inbound(&a, "10.0.0.1", "10.1.0.1");
+        let nrp = nrp_with(&[("10.0.0.1", "10.1.0.1", &["a"]), ("10.0.0.1", "10.1.0.2", &["a"]), ("10.0.0.9", "10.1.9.1", &["a"])]);
+        let diff = full_diff(&d, &nrp, &all_ready);
+        let gone = &diff.locations["10.0.0.9"];
+        assert_eq!(gone.action, UpdateAction::PartialUpdate);
+        assert!(gone.addresses.is_empty());
+        let kept = &diff.locations["10.0.0.1"];
+        assert_eq!(kept.action, UpdateAction::PartialUpdate);
+        assert_eq!(kept.addresses.len(), 1);
+        assert!(kept.addresses["10.1.0.2"].is_empty());
+        let wire = diff.to_wire();
+        assert_eq!(wire.len(), 2);
+        assert!(wire.iter().any(|l| l.location == "10.0.0.9" && l.addresses.is_empty()));
+        assert!(wire.iter().any(|l| l.addresses == vec![AddressUpdate { address: "10.1.0.2".into(), services: vec![] }]));
+        // Applying it converges.
+        let mut nrp2 = nrp.clone();
+        nrp2.apply(&diff);
+        assert!(full_diff(&d, &nrp2, &all_ready).is_empty());
+    }
+
+    #[test]
+    fn s100_new_node_is_full_update() {
+        let mut d = Desired::default();
+        d.add_inbound(&Identity::new("a"), "10.0.0.1", "10.1.0.1");
+        let diff = full_diff(&d, &NrpMirror::default(), &all_ready);
+        assert_eq!(diff.locations["10.0.0.1"].action, UpdateAction::FullUpdate);
+        assert_eq!(diff.locations["10.0.0.1"].addresses["10.1.0.1"], BTreeSet::from([Identity::new("a")]));
+    }
+
+    #[test]
+    fn s101_equal_state_is_empty_diff() {
+        let mut d = Desired::default();
+        d.add_inbound(&Identity::new("a"), "10.0.0.1", "10.1.0.1");
+        let nrp = nrp_with(&[("10.0.0.1", "10.1.0.1", &["a"])]);
+        assert!(full_diff(&d, &nrp, &all_ready).is_empty());
+        let keys = [("10.0.0.1".to_string(), "10.1.0.1".to_string())];
+        assert!(keys_diff(keys.iter(), &d, &nrp, &all_ready).is_empty());
+    }
+
+    #[test]
+    fn s104_offline_changes_converge_in_one_sync() {
+        // NRP still holds nodes 1 and 2; the cluster now has nodes 2 and 3.
+        let nrp = nrp_with(&[("10.0.0.1", "10.1.1.1", &["a"]), ("10.0.0.2", "10.1.2.1", &["a"])]);
+        let mut d = Desired::default();
+        d.add_inbound(&Identity::new("a"), "10.0.0.2", "10.1.2.1");
+        d.add_inbound(&Identity::new("a"), "10.0.0.3", "10.1.3.1");
+        let diff = full_diff(&d, &nrp, &all_ready);
+        assert!(diff.locations["10.0.0.1"].addresses.is_empty());
+        assert_eq!(diff.locations["10.0.0.3"].action, UpdateAction::FullUpdate);
+        assert!(!diff.locations.contains_key("10.0.0.2"));
+        let mut nrp2 = nrp.clone();
+        nrp2.apply(&diff);
+        assert!(full_diff(&d, &nrp2, &all_ready).is_empty());
+    }
+
+    #[test]
+    fn s105_apply_rules() {
+        let mut nrp = nrp_with(&[("l1", "a1", &["x"]), ("l1", "a2", &["x"]), ("l2", "b1", &["x", "y"]), ("l3", "c1", &["x"])]);
+        let mut diff = LocationDiff::default();
+        // FullUpdate replaces l1 wholesale.
+        diff.locations.insert("l1".into(), LocationChange { action: UpdateAction::FullUpdate, addresses: BTreeMap::from([("a3".to_string(), BTreeSet::from([Identity::new("z")]))]) });
+        // PartialUpdate edits in place; an empty set deletes the address, and the emptied location goes.
+        diff.locations.insert("l2".into(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::from([("b1".to_string(), BTreeSet::new())]) });
+        // Empty address map deletes the location.
+        diff.locations.insert("l3".into(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() });
+        let touched = nrp.apply(&diff);
+        assert_eq!(nrp.locations().len(), 1);
+        assert_eq!(nrp.locations()["l1"].keys().cloned().collect::<Vec<_>>(), vec!["a3".to_string()]);
+        assert!(!nrp.has_addresses_for(&Identity::new("x")));
+        assert!(nrp.has_addresses_for(&Identity::new("z")));
+        assert!(touched.contains(&Identity::new("x")) && touched.contains(&Identity::new("y")));
+        nrp.check_index().unwrap();
+        // Partial edit keeps other addresses.
+        let mut nrp = nrp_with(&[("l1", "a1", &["x"]), ("l1", "a2", &["x"])]);
+        let mut diff = LocationDiff::default();
+        diff.locations.insert("l1".into(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::from([("a1".to_string(), BTreeSet::from([Identity::new("y")]))]) });
+        nrp.apply(&diff);
+        assert_eq!(nrp.services_at("l1", "a1"), Some(&BTreeSet::from([Identity::new("y")])));
+        assert_eq!(nrp.services_at("l1", "a2"), Some(&BTreeSet::from([Identity::new("x")])));
+        nrp.check_index().unwrap();
+    }
+}

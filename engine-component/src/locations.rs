@@ -1,0 +1,178 @@
+//! The LocationsUpdater (ENGINE.md 7): publishes the location diff to NRP.
+//!
+//! Triggers coalesce into one flag; at most one `updateAddressLocations` is in flight. A pass
+//! takes the dirty key set, computes the diff over it and sends it whole; on success the diff is
+//! applied to the NRP mirror, on failure the keys go back to the dirty set (nothing is lost) and
+//! the pass is retried with backoff (a new trigger cuts the wait short). HTTP 400/422 abandon the
+//! batch unless a service deletion waits on it. After every completed pass the pending service
+//! deletions are checked.
+
+use crate::backoff::{backoff_ms, LOCATION_SYNC_REPORT_THRESHOLD, OPERATION_TIMEOUT_MS};
+use crate::desired::Key;
+use crate::diff::{full_diff, keys_diff, LocationDiff};
+use crate::engine::Engine;
+use crate::identity::Identity;
+use crate::io::{Call, CallError, CallId, CallOutput, CloudCall, ErrorKind, Io};
+use crate::metrics;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// A sync waiting for its completion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlightSync {
+    pub call: CallId,
+    pub diff: LocationDiff,
+    /// The dirty keys this pass consumed (restored on failure).
+    pub keys: BTreeSet<Key>,
+    /// Identities listed on any address of the diff: they may be in NRP once it lands.
+    pub identities: BTreeSet<Identity>,
+    pub deadline_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationsUpdater {
+    /// The coalescing trigger (capacity-1 channel).
+    pub triggered: bool,
+    pub in_flight: Option<InFlightSync>,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// When the backoff after a failure ends.
+    pub retry_at_ms: Option<u64>,
+    /// The 12-attempt threshold was reported for this failure streak.
+    pub abandoned_reported: bool,
+}
+
+impl LocationsUpdater {
+    pub fn next_deadline(&self) -> Option<u64> {
+        match &self.in_flight {
+            Some(f) => Some(f.deadline_ms),
+            None => self.retry_at_ms,
+        }
+    }
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && !self.triggered && self.retry_at_ms.is_none()
+    }
+}
+
+/// How a sync attempt ended.
+enum SyncOutcome {
+    Ok,
+    Terminal,
+    Retry,
+}
+
+fn is_terminal_status(e: &CallError) -> bool {
+    e.kind == ErrorKind::Http && (e.status == 400 || e.status == 422)
+}
+
+impl Engine {
+    /// "LU": ask for a location sync pass.
+    pub(crate) fn trigger_lu(&mut self) {
+        self.lu.triggered = true;
+    }
+
+    /// Starts a pass if one is due and none is in flight.
+    pub(crate) fn run_locations(&mut self, io: &mut dyn Io) {
+        if self.lu.in_flight.is_some() {
+            return;
+        }
+        let retry_due = self.lu.retry_at_ms.is_some_and(|t| t <= self.now_ms);
+        if !self.lu.triggered && !retry_due {
+            return;
+        }
+        self.lu.triggered = false;
+        self.lu.retry_at_ms = None;
+        let keys = std::mem::take(&mut self.dirty);
+        let diff = self.diff_over(&keys);
+        if diff.is_empty() {
+            // Nothing to send: every consumed key is in sync.
+            self.check_pending_service_deletions();
+            self.lu.failures = 0;
+            self.lu.abandoned_reported = false;
+            return;
+        }
+        let call = io.start(Call::Cloud(CloudCall::UpdateAddressLocations(diff.to_wire())));
+        let identities = diff.identities();
+        self.lu.in_flight = Some(InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms + OPERATION_TIMEOUT_MS });
+    }
+
+    /// The incremental diff over `keys`.
+    pub(crate) fn diff_over<'a>(&self, keys: impl IntoIterator<Item = &'a Key>) -> LocationDiff {
+        let ready = |id: &Identity, kind| crate::readiness::is_ready(&self.ops, &self.nrp, id, kind);
+        keys_diff(keys, &self.desired, &self.nrp, &ready)
+    }
+
+    /// The reference full-walk diff of the current state.
+    pub fn full_location_diff(&self) -> LocationDiff {
+        let ready = |id: &Identity, kind| crate::readiness::is_ready(&self.ops, &self.nrp, id, kind);
+        full_diff(&self.desired, &self.nrp, &ready)
+    }
+
+    /// The incremental diff the next pass would send (dirty keys plus those of an in-flight pass).
+    pub fn pending_location_diff(&self) -> LocationDiff {
+        let inflight = self.lu.in_flight.iter().flat_map(|f| f.keys.iter());
+        let keys: BTreeSet<&Key> = self.dirty.iter().chain(inflight).collect();
+        self.diff_over(keys)
+    }
+
+    /// Fails an in-flight sync whose attempt deadline passed.
+    pub(crate) fn fire_location_timeout(&mut self) {
+        if self.lu.in_flight.as_ref().is_some_and(|f| f.deadline_ms <= self.now_ms) {
+            let err = CallError::of_kind(ErrorKind::Timeout, "location sync timed out after 5m");
+            self.complete_location_sync(Err(err));
+        }
+    }
+
+    /// Applies the completion of the in-flight `updateAddressLocations`.
+    pub(crate) fn complete_location_sync(&mut self, outcome: Result<CallOutput, CallError>) {
+        let Some(sync) = self.lu.in_flight.take() else { return };
+        let result = match &outcome {
+            Ok(_) => {
+                let touched = self.nrp.apply(&sync.diff);
+                for id in touched.iter().chain(sync.identities.iter()) {
+                    self.note_drain_candidate(id);
+                }
+                SyncOutcome::Ok
+            }
+            Err(e) if is_terminal_status(e) => {
+                self.metrics.inc(metrics::LOCATION_SYNC_TERMINAL_ERRORS_TOTAL, &[]);
+                SyncOutcome::Terminal
+            }
+            Err(_) => SyncOutcome::Retry,
+        };
+        if !matches!(result, SyncOutcome::Ok) {
+            // A failed pass loses nothing: its keys are recomputed next time.
+            self.dirty.extend(sync.keys);
+            for id in &sync.identities {
+                self.note_drain_candidate(id);
+            }
+        }
+        match result {
+            SyncOutcome::Ok => {
+                self.check_pending_service_deletions();
+                self.lu.failures = 0;
+                self.lu.abandoned_reported = false;
+            }
+            SyncOutcome::Terminal => {
+                self.check_pending_service_deletions();
+                if self.pending_deletions.is_empty() {
+                    self.lu.failures = 0;
+                    self.lu.abandoned_reported = false;
+                } else {
+                    self.schedule_location_retry();
+                }
+            }
+            SyncOutcome::Retry => self.schedule_location_retry(),
+        }
+    }
+
+    fn schedule_location_retry(&mut self) {
+        self.lu.failures = self.lu.failures.saturating_add(1);
+        let delay = backoff_ms(self.lu.failures, &mut self.rng);
+        self.lu.retry_at_ms = Some(self.now_ms + delay);
+        if self.lu.failures >= LOCATION_SYNC_REPORT_THRESHOLD && !self.lu.abandoned_reported && !self.pending_deletions.is_empty() {
+            self.lu.abandoned_reported = true;
+            self.metrics.inc(metrics::LOCATION_SYNC_ABANDONED_TOTAL, &[("reason", "drain_attempts_exhausted")]);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Inbound metrics of ENGINE.md section 12 (subsystem `difftracker_engine`).
+//!
+//! Counters and histograms live in ordered maps keyed by their series text and are part of the
+//! snapshot, so they survive restore. Gauges are not stored: the engine derives them from its
+//! incrementally maintained indexes whenever status is read (always fresh, never negative).
+
+use crate::io::MetricSample;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const PREFIX: &str = "difftracker_engine_";
+
+// Counters.
+pub const SERVICE_OPERATIONS_TOTAL: &str = "service_operations_total";
+pub const ORPHANED_RESOURCES_CLEANED_TOTAL: &str = "orphaned_resources_cleaned_total";
+pub const FINALIZERS_RECOVERED_TOTAL: &str = "finalizers_recovered_total";
+pub const FINALIZERS_RECOVERY_SCHEDULED_TOTAL: &str = "finalizers_recovery_scheduled_total";
+pub const SERVICE_FINALIZER_REMOVE_FAILED_TOTAL: &str = "service_finalizer_remove_failed_total";
+pub const POD_FINALIZER_ADD_FAILED_TOTAL: &str = "pod_finalizer_add_failed_total";
+pub const POD_FINALIZER_REMOVE_FAILED_TOTAL: &str = "pod_finalizer_remove_failed_total";
+pub const SERVICE_OPERATIONS_PARKED_TOTAL: &str = "service_operations_parked_total";
+pub const OUTBOUND_SERVICE_UPDATES_SKIPPED_TOTAL: &str = "outbound_service_updates_skipped_total";
+pub const LOCATION_SYNC_TERMINAL_ERRORS_TOTAL: &str = "location_sync_terminal_errors_total";
+pub const LOCATION_SYNC_ABANDONED_TOTAL: &str = "location_sync_abandoned_total";
+pub const DELETE_SUBSTEP_FAILURES_TOTAL: &str = "delete_substep_failures_total";
+pub const SERVICE_EXTERNAL_IP_RECOVERY_FAILED_TOTAL: &str = "service_external_ip_recovery_failed_total";
+/// Not upstream: completions whose call id the engine no longer awaits (late, duplicate, junk).
+pub const IGNORED_COMPLETIONS_TOTAL: &str = "ignored_completions_total";
+
+// Histograms.
+pub const SERVICE_OPERATION_DURATION_SECONDS: &str = "service_operation_duration_seconds";
+pub const SERVICE_OPERATION_RETRIES: &str = "service_operation_retries";
+pub const DURATION_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+pub const RETRY_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0];
+
+// Gauges (derived at read time).
+pub const PENDING_SERVICE_OPERATIONS: &str = "pending_service_operations";
+pub const PENDING_DELETIONS: &str = "pending_deletions";
+pub const SERVICES_BLOCKED_BY_LOCATIONS: &str = "services_blocked_by_locations";
+pub const TRACKED_SERVICES_TOTAL: &str = "tracked_services_total";
+pub const LOCATIONS_TOTAL: &str = "locations_total";
+pub const ADDRESSES_TOTAL: &str = "addresses_total";
+pub const SERVICEGATEWAY_ENABLED: &str = "servicegateway_enabled";
+pub const INITIALIZATION_DURATION_SECONDS: &str = "initialization_duration_seconds";
+pub const PENDING_OPERATION_OLDEST_AGE_SECONDS: &str = "pending_operation_oldest_age_seconds";
+
+/// Unlabelled counters exported (at 0) from the start, as a Prometheus registry would.
+const PLAIN_COUNTERS: &[&str] = &[
+    ORPHANED_RESOURCES_CLEANED_TOTAL,
+    FINALIZERS_RECOVERED_TOTAL,
+    FINALIZERS_RECOVERY_SCHEDULED_TOTAL,
+    SERVICE_FINALIZER_REMOVE_FAILED_TOTAL,
+    POD_FINALIZER_ADD_FAILED_TOTAL,
+    POD_FINALIZER_REMOVE_FAILED_TOTAL,
+    OUTBOUND_SERVICE_UPDATES_SKIPPED_TOTAL,
+    LOCATION_SYNC_TERMINAL_ERRORS_TOTAL,
+    SERVICE_EXTERNAL_IP_RECOVERY_FAILED_TOTAL,
+    IGNORED_COMPLETIONS_TOTAL,
+];
+
+pub type Labels = Vec<(String, String)>;
+
+fn series_key(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut k = String::from(name);
+    for (n, v) in labels {
+        k.push('|');
+        k.push_str(n);
+        k.push('=');
+        k.push_str(v);
+    }
+    k
+}
+
+fn owned(labels: &[(&str, &str)]) -> Labels {
+    labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CounterSeries {
+    pub name: String,
+    pub labels: Labels,
+    pub value: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistogramSeries {
+    pub name: String,
+    pub labels: Labels,
+    pub bounds: Vec<f64>,
+    /// Non-cumulative counts per bucket (the last one is +Inf).
+    pub buckets: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    counters: BTreeMap<String, CounterSeries>,
+    histograms: BTreeMap<String, HistogramSeries>,
+}
+
+impl Metrics {
+    pub fn add(&mut self, name: &str, labels: &[(&str, &str)], v: u64) {
+        let key = series_key(name, labels);
+        let s = self.counters.entry(key).or_insert_with(|| CounterSeries { name: name.to_string(), labels: owned(labels), value: 0 });
+        s.value = s.value.saturating_add(v);
+    }
+
+    pub fn inc(&mut self, name: &str, labels: &[(&str, &str)]) {
+        self.add(name, labels, 1);
+    }
+
+    pub fn observe(&mut self, name: &str, labels: &[(&str, &str)], bounds: &[f64], value: f64) {
+        let value = if value.is_finite() { value } else { 0.0 };
+        let key = series_key(name, labels);
+        let h = self.histograms.entry(key).or_insert_with(|| HistogramSeries {
+            name: name.to_string(),
+            labels: owned(labels),
+            bounds: bounds.to_vec(),
+            buckets: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        });
+        let idx = h.bounds.iter().position(|b| value <= *b).unwrap_or(h.bounds.len());
+        if let Some(b) = h.buckets.get_mut(idx) {
+            *b += 1;
+        }
+        h.sum += value;
+        h.count += 1;
+    }
+
+    /// A counter's value (0 when never touched).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.counters.get(&series_key(name, labels)).map_or(0, |s| s.value)
+    }
+
+    /// Sum of a counter over all its label sets.
+    pub fn counter_total(&self, name: &str) -> u64 {
+        self.counters.values().filter(|s| s.name == name).map(|s| s.value).sum()
+    }
+
+    pub fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Option<&HistogramSeries> {
+        self.histograms.get(&series_key(name, labels))
+    }
+
+    /// Counter and histogram samples with full names (`_bucket{le}`, `_sum`, `_count`).
+    pub fn samples(&self, out: &mut Vec<MetricSample>) {
+        for name in PLAIN_COUNTERS {
+            if !self.counters.contains_key(*name) {
+                out.push(MetricSample { name: format!("{PREFIX}{name}"), labels: vec![], value: 0.0 });
+            }
+        }
+        for s in self.counters.values() {
+            out.push(MetricSample { name: format!("{PREFIX}{}", s.name), labels: s.labels.clone(), value: s.value as f64 });
+        }
+        for h in self.histograms.values() {
+            let mut cumulative = 0u64;
+            for (i, c) in h.buckets.iter().enumerate() {
+                cumulative += c;
+                let le = match h.bounds.get(i) {
+                    Some(b) => fmt_le(*b),
+                    None => "+Inf".to_string(),
+                };
+                let mut labels = h.labels.clone();
+                labels.push(("le".into(), le));
+                out.push(MetricSample { name: format!("{PREFIX}{}_bucket", h.name), labels, value: cumulative as f64 });
+            }
+            out.push(MetricSample { name: format!("{PREFIX}{}_sum", h.name), labels: h.labels.clone(), value: h.sum });
+            out.push(MetricSample { name: format!("{PREFIX}{}_count", h.name), labels: h.labels.clone(), value: h.count as f64 });
+        }
+    }
+}
+
+fn fmt_le(b: f64) -> String {
+    if b.fract() == 0.0 {
+        format!("{b:.0}")
+    } else {
+        format!("{b}")
+    }
+}
+
+/// A gauge sample with the full name.
+pub fn gauge(name: &str, labels: &[(&str, &str)], value: f64) -> MetricSample {
+    MetricSample { name: format!("{PREFIX}{name}"), labels: owned(labels), value }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_export_is_cumulative() {
+        let mut m = Metrics::default();
+        m.observe(SERVICE_OPERATION_RETRIES, &[("operation", "create")], RETRY_BUCKETS, 0.0);
+        m.observe(SERVICE_OPERATION_RETRIES, &[("operation", "create")], RETRY_BUCKETS, 4.0);
+        m.observe(SERVICE_OPERATION_RETRIES, &[("operation", "create")], RETRY_BUCKETS, 99.0);
+        let mut out = vec![];
+        m.samples(&mut out);
+        let bucket = |le: &str| {
+            out.iter()
+                .find(|s| s.name.ends_with("retries_bucket") && s.labels.iter().any(|(k, v)| k == "le" && v == le))
+                .map(|s| s.value)
+        };
+        assert_eq!(bucket("0"), Some(1.0));
+        assert_eq!(bucket("3"), Some(1.0));
+        assert_eq!(bucket("5"), Some(2.0));
+        assert_eq!(bucket("+Inf"), Some(3.0));
+        assert!(out.iter().any(|s| s.name == "difftracker_engine_service_operation_retries_count" && s.value == 3.0));
+        assert!(out.iter().any(|s| s.name == "difftracker_engine_service_operation_retries_sum" && s.value == 103.0));
+        assert!(out.iter().any(|s| s.name == "difftracker_engine_orphaned_resources_cleaned_total" && s.value == 0.0));
+    }
+}

@@ -1,0 +1,166 @@
+//! The NRP mirror (ENGINE.md 3.2): what the ServiceGateway currently holds, as far as this engine
+//! knows. Updated only after successful cloud calls: registration/unregistration (LB and NAT
+//! sets) and location syncs ([`NrpMirror::apply`], the rules of 5.4).
+//!
+//! An index identity -> {(location, address)} answers "does any NRP address reference this
+//! identity" in O(log n).
+
+use crate::desired::Key;
+use crate::diff::LocationDiff;
+use crate::identity::Identity;
+use crate::io::UpdateAction;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub type NrpLocations = BTreeMap<String, BTreeMap<String, BTreeSet<Identity>>>;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NrpMirror {
+    load_balancers: BTreeSet<Identity>,
+    nat_gateways: BTreeSet<Identity>,
+    locations: NrpLocations,
+    #[serde(skip)]
+    index: BTreeMap<Identity, BTreeSet<Key>>,
+    #[serde(skip)]
+    addresses: usize,
+}
+
+impl NrpMirror {
+    pub fn rebuild_index(&mut self) {
+        self.index.clear();
+        self.addresses = 0;
+        for (loc, addrs) in &self.locations {
+            for (addr, services) in addrs {
+                self.addresses += 1;
+                for id in services {
+                    self.index.entry(id.clone()).or_default().insert((loc.clone(), addr.clone()));
+                }
+            }
+        }
+    }
+
+    pub fn has_load_balancer(&self, id: &Identity) -> bool {
+        self.load_balancers.contains(id)
+    }
+    pub fn has_nat_gateway(&self, id: &Identity) -> bool {
+        self.nat_gateways.contains(id)
+    }
+    /// `UpdateNRPLoadBalancers`: true if the set changed.
+    pub fn set_load_balancer(&mut self, id: &Identity, present: bool) -> bool {
+        if present {
+            self.load_balancers.insert(id.clone())
+        } else {
+            self.load_balancers.remove(id)
+        }
+    }
+    pub fn set_nat_gateway(&mut self, id: &Identity, present: bool) -> bool {
+        if present {
+            self.nat_gateways.insert(id.clone())
+        } else {
+            self.nat_gateways.remove(id)
+        }
+    }
+    pub fn load_balancers(&self) -> &BTreeSet<Identity> {
+        &self.load_balancers
+    }
+    pub fn nat_gateways(&self) -> &BTreeSet<Identity> {
+        &self.nat_gateways
+    }
+    pub fn locations(&self) -> &NrpLocations {
+        &self.locations
+    }
+    pub fn location_count(&self) -> usize {
+        self.locations.len()
+    }
+    pub fn address_count(&self) -> usize {
+        self.addresses
+    }
+
+    /// Whether any NRP address references `id`.
+    pub fn has_addresses_for(&self, id: &Identity) -> bool {
+        self.index.contains_key(id)
+    }
+    pub fn keys_of(&self, id: &Identity) -> impl Iterator<Item = &Key> {
+        self.index.get(id).into_iter().flatten()
+    }
+    pub fn services_at(&self, loc: &str, addr: &str) -> Option<&BTreeSet<Identity>> {
+        self.locations.get(loc).and_then(|a| a.get(addr))
+    }
+    pub fn has_location(&self, loc: &str) -> bool {
+        self.locations.contains_key(loc)
+    }
+
+    fn unindex_address(index: &mut BTreeMap<Identity, BTreeSet<Key>>, touched: &mut BTreeSet<Identity>, loc: &str, addr: &str, services: &BTreeSet<Identity>) {
+        for id in services {
+            if let Some(set) = index.get_mut(id) {
+                set.remove(&(loc.to_string(), addr.to_string()));
+                if set.is_empty() {
+                    index.remove(id);
+                }
+            }
+            touched.insert(id.clone());
+        }
+    }
+
+    /// Applies a successfully sent location diff (5.4). Returns every identity that lost an
+    /// address reference (candidates for "drained").
+    pub fn apply(&mut self, diff: &LocationDiff) -> BTreeSet<Identity> {
+        let mut touched = BTreeSet::new();
+        for (loc, change) in &diff.locations {
+            let wipe = change.addresses.is_empty() || change.action == UpdateAction::FullUpdate;
+            if wipe {
+                if let Some(old) = self.locations.remove(loc) {
+                    for (addr, services) in &old {
+                        self.addresses -= 1;
+                        Self::unindex_address(&mut self.index, &mut touched, loc, addr, services);
+                    }
+                }
+                if change.addresses.is_empty() {
+                    continue;
+                }
+            }
+            let entry = self.locations.entry(loc.clone()).or_default();
+            for (addr, services) in &change.addresses {
+                if let Some(old) = entry.remove(addr) {
+                    self.addresses -= 1;
+                    Self::unindex_address(&mut self.index, &mut touched, loc, addr, &old);
+                }
+                if !services.is_empty() {
+                    for id in services {
+                        self.index.entry(id.clone()).or_default().insert((loc.clone(), addr.clone()));
+                    }
+                    entry.insert(addr.clone(), services.clone());
+                    self.addresses += 1;
+                }
+            }
+            if entry.is_empty() {
+                self.locations.remove(loc);
+            }
+        }
+        touched
+    }
+
+    /// Replaces the location table wholesale (startup/tests); rebuilds the index.
+    pub fn set_locations(&mut self, locations: NrpLocations) {
+        self.locations = locations;
+        self.locations.retain(|_, a| {
+            a.retain(|_, s| !s.is_empty());
+            !a.is_empty()
+        });
+        self.rebuild_index();
+    }
+
+    pub fn check_index(&self) -> Result<(), String> {
+        let mut fresh = NrpMirror { locations: self.locations.clone(), ..Default::default() };
+        fresh.rebuild_index();
+        if fresh.index != self.index || fresh.addresses != self.addresses {
+            return Err("NRP index drifted".into());
+        }
+        for addrs in self.locations.values() {
+            if addrs.is_empty() || addrs.values().any(|s| s.is_empty()) {
+                return Err("empty NRP location or address kept".into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! The simple inbound path end to end, and snapshot/restore around it.
+
+use super::common::*;
+
+#[test]
+fn inbound_create_publish_delete_end_to_end() {
+    let mut h = harness();
+    h.deliver(vec![KubeEvent::EndpointSliceApplied(slice("web-1", UID, &[("10.1.0.1", "n1"), ("10.1.0.2", "n2")]))]);
+    let started = h.tick();
+    assert!(started.is_empty(), "untracked slice starts nothing: {:?}", started_labels(&started));
+
+    h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[80]))]);
+    assert_eq!(state(&h, UID), Some(ResourceState::NotStarted));
+    assert_eq!(h.engine.buffered_endpoints(&id(UID)).len(), 1, "endpoints seeded from the slice cache");
+    let s = h.tick();
+    assert_eq!(started_labels(&s), vec!["add-service-finalizers"]);
+    assert_eq!(state(&h, UID), Some(ResourceState::CreationInProgress));
+
+    let s = h.ok(s[0].0);
+    assert_eq!(started_labels(&s), vec!["PUT publicIPAddresses"]);
+    let s = h.ok(s[0].0);
+    assert_eq!(started_labels(&s), vec!["PUT loadBalancers"]);
+    match &s[0].1 {
+        Call::Cloud(CloudCall::PutLoadBalancer(lb)) => {
+            assert_eq!(lb.name, UID);
+            assert_eq!(lb.public_ip, format!("{UID}-pip"));
+            assert_eq!(lb.rules, vec![LbRule { protocol: TransportProtocol::Tcp, frontend_port: 80, backend_port: 80, idle_timeout_minutes: 4 }]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let s = h.ok(s[0].0);
+    match &s[0].1 {
+        Call::Cloud(CloudCall::UpdateServices(r)) => {
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].name, UID);
+            assert!(!r[0].is_delete);
+            assert_eq!(r[0].service_type, ServiceType::Inbound);
+            assert_eq!(r[0].backend_pools, vec![BackendPool { load_balancer: UID.into(), pool: UID.into() }]);
+            assert_eq!(r[0].nat_gateway, NatReference::Absent);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.engine.nrp().load_balancers().is_empty(), "not registered before the call succeeds");
+    let s = h.ok(s[0].0);
+    assert!(h.engine.nrp().has_load_balancer(&id(UID)));
+    assert_eq!(started_labels(&s), vec!["patch-service-ingress"]);
+    match &s[0].1 {
+        Call::Kube(KubeCall::PatchServiceIngress(r, ing)) => {
+            assert_eq!(r.uid, UID);
+            assert_eq!(ing.len(), 1);
+            assert!(ing[0].ip.starts_with("20."));
+        }
+        other => panic!("{other:?}"),
+    }
+    // No address published before Created.
+    assert!(h.find("POST updateAddressLocations").is_none());
+    let s = h.ok(s[0].0);
+    assert_eq!(state(&h, UID), Some(ResourceState::Created));
+    assert_eq!(h.engine.buffered_endpoints(&id(UID)).len(), 0);
+    assert_eq!(started_labels(&s), vec!["POST updateAddressLocations"]);
+    let body = sync_ok(&mut h).unwrap();
+    assert_eq!(body.len(), 2);
+    assert!(body.iter().all(|l| l.action == UpdateAction::FullUpdate));
+    assert_eq!(h.engine.nrp().address_count(), 2);
+    inv(&h);
+    assert!(h.engine.is_settled());
+
+    // Delete: drain first.
+    let mut deleting = lb_service(UID, &[80]);
+    deleting.meta.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
+    h.deliver(vec![KubeEvent::ServiceApplied(deleting)]);
+    assert_eq!(state(&h, UID), Some(ResourceState::DeletionPending));
+    let s = h.tick();
+    assert_eq!(started_labels(&s), vec!["POST updateAddressLocations"]);
+    let body = sync_ok(&mut h).unwrap();
+    assert!(body.iter().all(|l| l.addresses.is_empty() && l.action == UpdateAction::PartialUpdate));
+    assert_eq!(h.engine.nrp().address_count(), 0);
+    assert_eq!(state(&h, UID), Some(ResourceState::DeletionInProgress));
+    let s = h.outstanding.iter().map(|(i, c)| (*i, c.clone())).collect::<Vec<_>>();
+    assert_eq!(started_labels(&s), vec!["POST updateServices"], "detach pool");
+    let s = h.ok(s[0].0);
+    assert_eq!(started_labels(&s), vec!["DELETE loadBalancers"]);
+    let s = h.ok(s[0].0);
+    assert!(is_unregister(&s[0].1, UID));
+    let s = h.ok(s[0].0);
+    assert_eq!(started_labels(&s), vec!["DELETE publicIPAddresses"]);
+    assert!(h.engine.nrp().has_load_balancer(&id(UID)));
+    let s = h.ok(s[0].0);
+    assert!(!h.engine.nrp().has_load_balancer(&id(UID)));
+    assert_eq!(started_labels(&s), vec!["remove-service-finalizers"]);
+    h.ok(s[0].0);
+    assert_eq!(state(&h, UID), None);
+    assert!(h.engine.is_settled());
+    inv(&h);
+}
+
+#[test]
+fn snapshot_restore_mid_create_keeps_awaiting_the_call() {
+    let mut h = harness();
+    h.deliver(vec![KubeEvent::EndpointSliceApplied(slice("web-1", UID, &[("10.1.0.1", "n1")]))]);
+    h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[80]))]);
+    let s = h.tick();
+    let s = h.ok(s[0].0);
+    let pip_call = s[0].0;
+    let bytes = h.engine.snapshot();
+    let restored = crate::Engine::restore(&bytes).unwrap();
+    assert_eq!(restored.snapshot(), bytes, "snapshot round-trips byte for byte");
+    h.engine = restored;
+    inv(&h);
+    let s = h.ok(pip_call);
+    assert_eq!(started_labels(&s), vec!["PUT loadBalancers"]);
+    assert!(h.run_ok(50));
+    assert_eq!(h.engine.nrp().address_count(), 1);
+    inv(&h);
+}
+
+#[test]
+fn restore_refuses_newer_schema_and_garbage() {
+    let e = crate::Engine::new(TenantConfig { tenant: "t".into(), seed: 1 });
+    let mut v: serde_json::Value = serde_json::from_slice(&e.snapshot()).unwrap();
+    v["schema_version"] = serde_json::json!(99);
+    let err = crate::Engine::restore(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.0.contains("newer"), "{err}");
+    assert!(crate::Engine::restore(b"not json").is_err());
+    assert!(crate::Engine::restore(b"{}").unwrap_err().0.contains("schema_version"));
+}

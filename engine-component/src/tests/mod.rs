@@ -1,0 +1,5 @@
+//! Scenario tests (ENGINE.md section 13), driven through the public surface with the
+//! [`crate::testkit::Harness`]. Test names carry the scenario number as `sNNN`.
+
+mod common;
+mod lifecycle;

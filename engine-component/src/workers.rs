@@ -1,0 +1,405 @@
+//! The per-service step machines of ENGINE.md 6.1 (inbound create), 6.2 (inbound update) and
+//! 6.4 (inbound delete).
+//!
+//! A worker is an [`ActiveOp`] keyed by identity. Each step starts exactly one call through
+//! [`Io::start`] and records the call id it waits for; the completion of that call advances the
+//! worker to its next step. Local steps (building the load balancer, skipping an unchanged
+//! status write) run without a call. When the last step ends, the worker's result goes to
+//! `OnServiceCreationComplete` and the identity is re-queued (`requeueIfMoreWork`).
+//!
+//! Go's "worker panic ⇒ failed completion" maps onto this model as: any completion of any shape
+//! (an error, or an output the step did not expect) is handled as data; nothing panics.
+
+use crate::admission::{build_inbound, BuiltInbound};
+use crate::config::ServiceConfig;
+use crate::engine::Engine;
+use crate::identity::{family, parse_ip, Identity};
+use crate::io::{
+    BackendPool, Call, CallError, CallId, CallOutput, CloudCall, ErrorKind, Io, KubeCall, LoadBalancerIngress, NatReference,
+    ServiceType, SgwServiceRequest,
+};
+use crate::metrics;
+use serde::{Deserialize, Serialize};
+
+/// The NRP error code that means "addresses still reference this service".
+pub const OVERLAY_ERROR_CODE: &str = "ServiceWithOverlayMappingsCannotBeDeleted";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Work {
+    Create,
+    Update,
+    Delete,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// Not started yet.
+    Begin,
+    AddFinalizers,
+    PutPublicIp,
+    PutLoadBalancer,
+    Register,
+    PatchIngress,
+    UpdateLoadBalancer,
+    DetachPool,
+    DeleteLoadBalancer,
+    Unregister,
+    DeletePublicIp,
+    RemoveFinalizers,
+    /// An outbound update: skipped, success without an Azure call.
+    SkipOutbound,
+}
+
+/// One running worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActiveOp {
+    pub work: Work,
+    pub step: Step,
+    /// The config snapshot this attempt works on (InFlightConfig for create/update).
+    pub config: ServiceConfig,
+    /// The call this worker waits for.
+    pub call: Option<CallId>,
+    pub started_ms: u64,
+    pub deadline_ms: u64,
+    /// The address the public IP PUT returned.
+    pub pip_address: Option<String>,
+    /// Delete: the last failing step's error (`lastErr`).
+    pub last_err: Option<CallError>,
+}
+
+impl ActiveOp {
+    pub fn new(work: Work, config: ServiceConfig, now: u64, deadline: u64) -> ActiveOp {
+        ActiveOp { work, step: Step::Begin, config, call: None, started_ms: now, deadline_ms: deadline, pip_address: None, last_err: None }
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Build-time validation error: never retried until the spec changes.
+    pub terminal: bool,
+    /// `ServiceWithOverlayMappingsCannotBeDeleted`: go back and drain.
+    pub overlay: bool,
+    /// The `error_code` metric label.
+    pub error_code: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn terminal(message: impl Into<String>) -> Failure {
+        Failure { terminal: true, overlay: false, error_code: "ValidationError".into(), message: message.into() }
+    }
+    pub fn transient(error_code: &str, message: impl Into<String>) -> Failure {
+        Failure { terminal: false, overlay: false, error_code: error_code.into(), message: message.into() }
+    }
+    pub fn timeout() -> Failure {
+        Failure::transient("timeout", "operation timed out after 5m")
+    }
+    pub fn from_call(e: &CallError) -> Failure {
+        Failure { terminal: false, overlay: is_overlay_error(e), error_code: classify(e).into(), message: e.to_string() }
+    }
+}
+
+/// The result of one attempt as `OnServiceCreationComplete` receives it.
+pub type OpResult = Result<(), Failure>;
+
+/// How a worker ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerResult {
+    Done,
+    Failed(Failure),
+    /// The Service is gone or replaced before any Azure call: drop tracking, no callback.
+    Dropped,
+}
+
+/// `error_code` label of `service_operations_total`.
+pub fn classify(e: &CallError) -> &'static str {
+    let code = e.code.to_ascii_lowercase();
+    if e.kind == ErrorKind::Timeout {
+        "timeout"
+    } else if code.contains("quota") || code.contains("limitreached") || code.contains("limitexceeded") {
+        "quota_exceeded"
+    } else if e.kind == ErrorKind::Throttled || e.status == 429 {
+        "throttled"
+    } else if e.kind == ErrorKind::Conflict || e.status == 409 {
+        "conflict"
+    } else if e.kind == ErrorKind::NotFound || e.status == 404 {
+        "not_found"
+    } else if e.status >= 500 {
+        "internal_error"
+    } else {
+        "unknown"
+    }
+}
+
+/// The overlay rejection, from the typed code or anywhere in the text.
+pub fn is_overlay_error(e: &CallError) -> bool {
+    e.code == OVERLAY_ERROR_CODE || e.message.contains(OVERLAY_ERROR_CODE) || e.code.contains(OVERLAY_ERROR_CODE)
+}
+
+/// 404 on a delete/unregister: already gone.
+pub fn is_not_found(e: &CallError) -> bool {
+    e.status == 404 || e.kind == ErrorKind::NotFound
+}
+
+/// The ingress list after writing `ip`: a same-family IP entry is replaced, other-family and
+/// hostname entries are kept.
+pub fn merged_ingress(current: &[LoadBalancerIngress], ip: &str) -> Vec<LoadBalancerIngress> {
+    let fam = parse_ip(ip).map(|a| family(&a));
+    let mut out = Vec::with_capacity(current.len() + 1);
+    let mut placed = false;
+    for e in current {
+        let same = !e.ip.is_empty() && (e.ip == ip || (fam.is_some() && parse_ip(&e.ip).map(|a| family(&a)) == fam));
+        if same {
+            if !placed {
+                out.push(LoadBalancerIngress { ip: ip.to_string(), hostname: String::new() });
+                placed = true;
+            }
+        } else {
+            out.push(e.clone());
+        }
+    }
+    if !placed {
+        out.push(LoadBalancerIngress { ip: ip.to_string(), hostname: String::new() });
+    }
+    out
+}
+
+fn inbound_request(id: &Identity, is_delete: bool, pools: Vec<BackendPool>) -> SgwServiceRequest {
+    SgwServiceRequest {
+        name: id.as_str().to_string(),
+        service_type: ServiceType::Inbound,
+        is_delete,
+        backend_pools: pools,
+        nat_gateway: NatReference::Absent,
+        is_default: None,
+    }
+}
+
+/// What a step does next.
+enum Next {
+    Call(Step, Call),
+    Finish(WorkerResult),
+}
+
+impl Engine {
+    /// Runs a freshly dispatched worker up to its first call.
+    pub(crate) fn start_worker(&mut self, id: &Identity, io: &mut dyn Io) {
+        let Some(a) = self.su.active.get(id) else { return };
+        let first = match (a.work, a.config.is_inbound()) {
+            (Work::Create, _) => self.begin_create(id),
+            (Work::Update, true) => self.begin_update(id),
+            (Work::Update, false) => {
+                self.metrics.inc(metrics::OUTBOUND_SERVICE_UPDATES_SKIPPED_TOTAL, &[]);
+                Next::Finish(WorkerResult::Done)
+            }
+            (Work::Delete, _) => Next::Call(Step::DetachPool, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, false, vec![])]))),
+        };
+        self.follow(id, first, io);
+    }
+
+    fn begin_create(&mut self, id: &Identity) -> Next {
+        let Some(a) = self.su.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        if a.config.object.name.is_empty() {
+            // Nothing to put a finalizer on (a config without a Kubernetes object).
+            return self.after_finalizers(id);
+        }
+        Next::Call(Step::AddFinalizers, Call::Kube(KubeCall::AddServiceFinalizers(a.config.object.clone())))
+    }
+
+    fn build(&self, id: &Identity) -> Result<BuiltInbound, Failure> {
+        let a = self.su.active.get(id).ok_or_else(|| Failure::transient("unknown", "worker vanished"))?;
+        let cfg = a.config.inbound_config().ok_or_else(|| Failure::terminal("no inbound configuration"))?;
+        build_inbound(id, cfg).map_err(|e| Failure::terminal(e.0))
+    }
+
+    fn after_finalizers(&mut self, id: &Identity) -> Next {
+        match self.build(id) {
+            Ok(b) => Next::Call(Step::PutPublicIp, Call::Cloud(CloudCall::PutPublicIp { name: b.pip_name, version: b.pip_version })),
+            Err(f) => Next::Finish(WorkerResult::Failed(f)),
+        }
+    }
+
+    fn begin_update(&mut self, id: &Identity) -> Next {
+        match self.build(id) {
+            Ok(b) => Next::Call(Step::UpdateLoadBalancer, Call::Cloud(CloudCall::PutLoadBalancer(b.load_balancer))),
+            Err(f) => Next::Finish(WorkerResult::Failed(f)),
+        }
+    }
+
+    fn patch_ingress(&mut self, id: &Identity) -> Next {
+        let Some(a) = self.su.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        let Some(ip) = a.pip_address.clone().filter(|s| !s.is_empty()) else {
+            return Next::Finish(WorkerResult::Failed(Failure::transient("unknown", "public IP has no allocated address")));
+        };
+        if a.config.object.name.is_empty() {
+            return Next::Finish(WorkerResult::Done);
+        }
+        let current: &[LoadBalancerIngress] = self.services.get(id).map(|s| s.ingress.as_slice()).unwrap_or(&[]);
+        let want = merged_ingress(current, &ip);
+        if want.as_slice() == current {
+            return Next::Finish(WorkerResult::Done);
+        }
+        Next::Call(Step::PatchIngress, Call::Kube(KubeCall::PatchServiceIngress(a.config.object.clone(), want)))
+    }
+
+    fn after_delete_steps(&mut self, id: &Identity) -> Next {
+        let Some(a) = self.su.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        if let Some(e) = &a.last_err {
+            return Next::Finish(WorkerResult::Failed(Failure::from_call(e)));
+        }
+        let object = a.config.object.clone();
+        self.set_nrp_load_balancer(id, false);
+        if object.name.is_empty() {
+            return Next::Finish(WorkerResult::Done);
+        }
+        Next::Call(Step::RemoveFinalizers, Call::Kube(KubeCall::RemoveServiceFinalizers(object)))
+    }
+
+    /// Applies the completion of the call worker `id` waits for.
+    pub(crate) fn complete_worker_call(&mut self, id: &Identity, outcome: Result<CallOutput, CallError>, io: &mut dyn Io) {
+        let Some(a) = self.su.active.get_mut(id) else { return };
+        a.call = None;
+        let step = a.step;
+        let next = match step {
+            Step::AddFinalizers => match outcome {
+                Ok(_) => self.after_finalizers(id),
+                Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => Next::Finish(WorkerResult::Dropped),
+                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+            },
+            Step::PutPublicIp => match outcome {
+                Ok(out) => {
+                    if let (CallOutput::PublicIp(info), Some(a)) = (out, self.su.active.get_mut(id)) {
+                        a.pip_address = info.ip_address;
+                    }
+                    match self.build(id) {
+                        Ok(b) => Next::Call(Step::PutLoadBalancer, Call::Cloud(CloudCall::PutLoadBalancer(b.load_balancer))),
+                        Err(f) => Next::Finish(WorkerResult::Failed(f)),
+                    }
+                }
+                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+            },
+            Step::PutLoadBalancer => match outcome {
+                Ok(_) => {
+                    let pool = BackendPool { load_balancer: id.as_str().to_string(), pool: id.as_str().to_string() };
+                    Next::Call(Step::Register, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, false, vec![pool])])))
+                }
+                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+            },
+            Step::Register => match outcome {
+                Ok(_) => {
+                    // Recorded before touching Kubernetes status: a later status failure must
+                    // not un-publish a live LB.
+                    self.set_nrp_load_balancer(id, true);
+                    self.patch_ingress(id)
+                }
+                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+            },
+            Step::PatchIngress | Step::UpdateLoadBalancer => match outcome {
+                Ok(_) => Next::Finish(WorkerResult::Done),
+                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+            },
+            Step::DetachPool => {
+                if let Err(e) = &outcome {
+                    if !is_not_found(e) {
+                        self.metrics.inc(metrics::DELETE_SUBSTEP_FAILURES_TOTAL, &[("step", "remove_backend_pool")]);
+                    }
+                }
+                Next::Call(Step::DeleteLoadBalancer, Call::Cloud(CloudCall::DeleteLoadBalancer { name: id.as_str().to_string() }))
+            }
+            Step::DeleteLoadBalancer | Step::Unregister | Step::DeletePublicIp => {
+                if let Err(e) = outcome {
+                    if !is_not_found(&e) {
+                        if let Some(a) = self.su.active.get_mut(id) {
+                            a.last_err = Some(e);
+                        }
+                    }
+                }
+                match step {
+                    Step::DeleteLoadBalancer => Next::Call(Step::Unregister, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, true, vec![])]))),
+                    Step::Unregister => Next::Call(Step::DeletePublicIp, Call::Cloud(CloudCall::DeletePublicIp { name: id.pip_name() })),
+                    _ => self.after_delete_steps(id),
+                }
+            }
+            Step::RemoveFinalizers => match outcome {
+                Ok(_) => Next::Finish(WorkerResult::Done),
+                Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => Next::Finish(WorkerResult::Done),
+                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+            },
+            Step::Begin | Step::SkipOutbound => Next::Finish(WorkerResult::Failed(Failure::transient("unknown", "completion for a worker that awaits nothing"))),
+        };
+        self.follow(id, next, io);
+    }
+
+    /// Starts the next call or finishes the worker.
+    fn follow(&mut self, id: &Identity, next: Next, io: &mut dyn Io) {
+        match next {
+            Next::Call(step, call) => {
+                let call_id = io.start(call);
+                if let Some(a) = self.su.active.get_mut(id) {
+                    a.step = step;
+                    a.call = Some(call_id);
+                    self.su.calls.insert(call_id, id.clone());
+                }
+            }
+            Next::Finish(result) => self.finish_worker(id, result),
+        }
+    }
+
+    /// Ends a worker: releases its slot, reports the result, re-queues the identity.
+    pub(crate) fn finish_worker(&mut self, id: &Identity, result: WorkerResult) {
+        let Some(active) = self.su.remove_active(id) else { return };
+        match result {
+            WorkerResult::Dropped => self.drop_tracking(id, &active),
+            WorkerResult::Done => self.on_service_creation_complete(id, Ok(())),
+            WorkerResult::Failed(f) => self.on_service_creation_complete(id, Err(f)),
+        }
+        self.trigger_su(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s134_ingress_keeps_other_family_and_hostname_replaces_same_family() {
+        let cur = vec![
+            LoadBalancerIngress { ip: "1.1.1.1".into(), hostname: String::new() },
+            LoadBalancerIngress { ip: "2001:db8::1".into(), hostname: String::new() },
+            LoadBalancerIngress { ip: String::new(), hostname: "lb.example.com".into() },
+        ];
+        let got = merged_ingress(&cur, "20.0.0.5");
+        assert_eq!(
+            got,
+            vec![
+                LoadBalancerIngress { ip: "20.0.0.5".into(), hostname: String::new() },
+                LoadBalancerIngress { ip: "2001:db8::1".into(), hostname: String::new() },
+                LoadBalancerIngress { ip: String::new(), hostname: "lb.example.com".into() },
+            ]
+        );
+        assert_eq!(merged_ingress(&got, "20.0.0.5"), got, "already equal: unchanged");
+        assert_eq!(merged_ingress(&[], "20.0.0.5"), vec![LoadBalancerIngress { ip: "20.0.0.5".into(), hostname: String::new() }]);
+    }
+
+    #[test]
+    fn s036_overlay_recognised_from_code_or_text_only() {
+        assert!(is_overlay_error(&CallError::http(400, OVERLAY_ERROR_CODE, "")));
+        assert!(is_overlay_error(&CallError::http(409, "", &format!("Code=\"{OVERLAY_ERROR_CODE}\" Message=...") )));
+        assert!(!is_overlay_error(&CallError::http(400, "SomethingElse", "unrelated")));
+        assert!(!is_overlay_error(&CallError::http(404, "NotFound", "gone")));
+        assert!(!is_overlay_error(&CallError::of_kind(ErrorKind::Transport, "")));
+    }
+
+    #[test]
+    fn error_code_classification() {
+        assert_eq!(classify(&CallError::of_kind(ErrorKind::Timeout, "")), "timeout");
+        assert_eq!(classify(&CallError::of_kind(ErrorKind::Throttled, "")), "throttled");
+        assert_eq!(classify(&CallError::http(429, "", "")), "throttled");
+        assert_eq!(classify(&CallError::http(409, "", "")), "conflict");
+        assert_eq!(classify(&CallError::http(404, "", "")), "not_found");
+        assert_eq!(classify(&CallError::http(503, "", "")), "internal_error");
+        assert_eq!(classify(&CallError::http(400, "QuotaExceeded", "")), "quota_exceeded");
+        assert_eq!(classify(&CallError::http(400, "Bad", "")), "unknown");
+    }
+}
