@@ -22,6 +22,7 @@
 //! The `difftracker` binary (`main.rs`) wires these together behind subcommands.
 
 pub mod backend;
+pub mod demo;
 pub mod driver;
 pub mod executor;
 pub mod mock;

@@ -1,1 +1,38 @@
-fn main() {}
+//! `difftracker`: the ServiceGateway diff tracker host.
+//!
+//! Each subcommand is one variant of [`Command`] (its arguments live with its module in the
+//! library) and one arm of the `match` in [`main`]. With no subcommand, `demo` runs.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use difftracker_host::demo;
+
+#[derive(Parser)]
+#[command(name = "difftracker", version, about = "ServiceGateway load-balancer controller: a WebAssembly engine in a wasmtime host")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sample inbound path against in-process mock backends and print every call (default).
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or_else(|| Command::Demo(demo::DemoArgs::default()));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Demo(args) => demo::run(args).await,
+        }
+    })
+}
