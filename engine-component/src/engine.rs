@@ -699,6 +699,11 @@ impl Engine {
 
     /// `OnServiceCreationComplete(identity, success, err)`: the end of one worker attempt.
     pub fn on_service_creation_complete(&mut self, id: &Identity, result: OpResult) {
+        self.complete_attempt(id, result, true)
+    }
+
+    /// `OnServiceCreationComplete`, optionally without recording an Azure attempt.
+    pub(crate) fn complete_attempt(&mut self, id: &Identity, result: OpResult, record: bool) {
         let Some(op) = self.ops.get(id) else {
             self.metrics.inc(metrics::IGNORED_COMPLETIONS_TOTAL, &[]);
             return;
@@ -714,7 +719,9 @@ impl Engine {
         // Pre-emption: a create/update completion arriving after a delete took over.
         if state == ResourceState::DeletionPending || (state == ResourceState::DeletionInProgress && op.in_flight_config.is_some()) {
             let operation = if op.last_applied_config.is_none() { "create" } else { "update" };
-            self.record_attempt(operation, kind, &result, orphan, started);
+            if record {
+                    self.record_attempt(operation, kind, &result, orphan, started);
+                }
             self.observe_retries(operation, kind, retries);
             self.update_op(id, |op| op.in_flight_config = None);
             if !self.may_have_nrp_addresses(id) {
@@ -732,7 +739,9 @@ impl Engine {
         match state {
             ResourceState::CreationInProgress | ResourceState::UpdateInProgress => {
                 let operation = if state == ResourceState::CreationInProgress { "create" } else { "update" };
-                self.record_attempt(operation, kind, &result, orphan, started);
+                if record {
+                    self.record_attempt(operation, kind, &result, orphan, started);
+                }
                 match result {
                     Ok(()) => {
                         self.observe_retries(operation, kind, retries);
@@ -792,7 +801,9 @@ impl Engine {
                 }
             }
             ResourceState::DeletionInProgress => {
-                self.record_attempt("delete", kind, &result, orphan, started);
+                if record {
+                    self.record_attempt("delete", kind, &result, orphan, started);
+                }
                 match result {
                     Ok(()) => {
                         self.observe_retries("delete", kind, retries);

@@ -107,6 +107,8 @@ pub type OpResult = Result<(), Failure>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkerResult {
     Done,
+    /// Success without any Azure operation (outbound update skip): not recorded as an attempt.
+    Skipped,
     Failed(Failure),
     /// The Service is gone or replaced before any Azure call: drop tracking, no callback.
     Dropped,
@@ -191,7 +193,7 @@ impl Engine {
             (Work::Update, true) => self.begin_update(id),
             (Work::Update, false) => {
                 self.metrics.inc(metrics::OUTBOUND_SERVICE_UPDATES_SKIPPED_TOTAL, &[]);
-                Next::Finish(WorkerResult::Done)
+                Next::Finish(WorkerResult::Skipped)
             }
             (Work::Delete, _) => Next::Call(Step::DetachPool, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, false, vec![])]))),
         };
@@ -352,6 +354,7 @@ impl Engine {
         match result {
             WorkerResult::Dropped => self.drop_tracking(id, &active),
             WorkerResult::Done => self.on_service_creation_complete(id, Ok(())),
+            WorkerResult::Skipped => self.complete_attempt(id, Ok(()), false),
             WorkerResult::Failed(f) => self.on_service_creation_complete(id, Err(f)),
         }
         self.trigger_su(id);

@@ -58,3 +58,80 @@ pub fn inv(h: &Harness) {
 pub fn is_unregister(c: &Call, uid: &str) -> bool {
     matches!(c, Call::Cloud(CloudCall::UpdateServices(r)) if r.iter().any(|r| r.is_delete && r.name == uid))
 }
+
+pub fn su_queued(h: &Harness, uid: &str) -> bool {
+    h.engine.dispatcher().is_queued(&id(uid))
+}
+
+pub fn lu_triggered(h: &Harness) -> bool {
+    h.engine.locations_updater().triggered
+}
+
+pub fn inbound_cfg(uid: &str, ports: &[i32]) -> ServiceConfig {
+    let s = lb_service(uid, ports);
+    ServiceConfig::inbound(s.meta.object_ref(), crate::admission::admit(&s).unwrap().unwrap())
+}
+
+/// Inserts an op directly (no trigger), as a test fixture.
+pub fn put_op(h: &mut Harness, uid: &str, st: ResourceState) {
+    let now = h.engine.now_ms();
+    let op = crate::state::Operation::new(inbound_cfg(uid, &[80]), st, now, "cid".into());
+    h.engine.insert_op(&id(uid), op);
+}
+
+/// Sum of the samples of `name` (full name without prefix) whose labels include `labels`.
+pub fn metric(h: &Harness, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let full = format!("difftracker_engine_{name}");
+    h.engine
+        .status()
+        .metrics
+        .iter()
+        .filter(|s| s.name == full && labels.iter().all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+pub fn emap(entries: &[(&str, &str)]) -> crate::endpoints::EndpointMap {
+    entries.iter().map(|(a, l)| (a.to_string(), l.to_string())).collect()
+}
+
+/// Delivers a Service marked for deletion (the controller's EnsureLoadBalancerDeleted).
+pub fn deleting(uid: &str, ports: &[i32]) -> KubeEvent {
+    let mut s = lb_service(uid, ports);
+    s.meta.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
+    KubeEvent::ServiceApplied(s)
+}
+
+pub fn as_cluster_ip(uid: &str) -> KubeEvent {
+    let mut s = lb_service(uid, &[80]);
+    s.service_type = "ClusterIP".into();
+    KubeEvent::ServiceApplied(s)
+}
+
+/// Creates `uid` with one endpoint `addr` on n1 and publishes it.
+pub fn create_published(h: &mut Harness, uid: &str, slice_name: &str, addr: &str) {
+    h.deliver(vec![KubeEvent::EndpointSliceApplied(slice(slice_name, uid, &[(addr, "n1")]))]);
+    create(h, uid, &[80]);
+    sync_ok(h).expect("a sync after create");
+    assert!(h.engine.nrp().has_addresses_for(&id(uid)));
+}
+
+/// Completes the delete sequence with successes (detach, LB, unregister, PIP, finalizers).
+pub fn finish_delete(h: &mut Harness, uid: &str) {
+    for _ in 0..5 {
+        let Some(c) = h.find_by(|c| match c {
+            Call::Cloud(CloudCall::UpdateServices(r)) => r.iter().any(|r| r.name == uid),
+            Call::Cloud(CloudCall::DeleteLoadBalancer { name }) => name == uid,
+            Call::Cloud(CloudCall::DeletePublicIp { name }) => name == &format!("{uid}-pip"),
+            Call::Kube(KubeCall::RemoveServiceFinalizers(r)) => r.uid == uid,
+            _ => false,
+        }) else {
+            break;
+        };
+        h.ok(c);
+    }
+}
+
+pub fn transient() -> CallError {
+    CallError::http(500, "InternalServerError", "boom")
+}

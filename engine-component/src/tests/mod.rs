@@ -2,4 +2,7 @@
 //! [`crate::testkit::Harness`]. Test names carry the scenario number as `sNNN`.
 
 mod common;
+mod create;
+mod delete;
 mod lifecycle;
+mod update;
