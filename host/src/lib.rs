@@ -25,6 +25,8 @@ pub mod backend;
 pub mod demo;
 pub mod driver;
 pub mod executor;
+pub mod k8s;
+pub mod replay;
 pub mod mock;
 pub mod runtime;
 pub mod tenant;

@@ -1,0 +1,82 @@
+//! Kubernetes JSON <-> the engine's input types.
+//!
+//! The structs here mirror the subset of the Kubernetes API objects the engine reads (v1 Service,
+//! discovery.k8s.io/v1 EndpointSlice, v1 Pod, v1 Node), exactly as the API server and
+//! `kubectl get -o json` print them. Unknown fields are ignored and `null` is accepted wherever a
+//! field may be absent, so a recorded `kubectl` trace parses as is. The conversion into
+//! [`difftracker_engine::io`] types keeps what ENGINE.md section 2 reads; the reverse direction
+//! (used by the trace generator) writes the same shapes back.
+
+mod convert;
+mod types;
+
+pub use convert::{
+    endpoint_slice_from_k8s, endpoint_slice_to_k8s, node_from_k8s, node_to_k8s, pod_from_k8s, pod_to_k8s,
+    service_from_k8s, service_to_k8s, json_type_name, KubeObject,
+};
+pub use types::*;
+
+/// The finalizers the engine owns on Services (ENGINE.md 8.3).
+pub const SERVICE_FINALIZERS: [&str; 2] =
+    ["servicegateway.azure.com/service-cleanup", "service.kubernetes.io/load-balancer-cleanup"];
+/// The finalizer the engine owns on egress Pods (ENGINE.md 8.3).
+pub const POD_FINALIZER: &str = "servicegateway.azure.com/pod-cleanup";
+/// The label that associates a Pod with an egress identity (ENGINE.md 2.4).
+pub const EGRESS_LABEL: &str = "kubernetes.azure.com/service-egress-gateway";
+/// The label an EndpointSlice carries naming its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Whether `finalizer` is one the engine adds and removes itself.
+pub fn is_engine_finalizer(finalizer: &str) -> bool {
+    SERVICE_FINALIZERS.contains(&finalizer) || finalizer == POD_FINALIZER
+}
+
+/// The type of a watch event, as the API server names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WatchEventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl WatchEventType {
+    pub fn parse(s: &str) -> Option<WatchEventType> {
+        match s {
+            "ADDED" => Some(WatchEventType::Added),
+            "MODIFIED" => Some(WatchEventType::Modified),
+            "DELETED" => Some(WatchEventType::Deleted),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchEventType::Added => "ADDED",
+            WatchEventType::Modified => "MODIFIED",
+            WatchEventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One watch event of a trace: `{"type": ..., "object": {...}, "at_ms": N?}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchEvent {
+    pub event_type: WatchEventType,
+    pub object: KubeObject,
+    /// Milliseconds from the start of the trace, when the trace gives it.
+    pub at_ms: Option<u64>,
+}
+
+impl WatchEvent {
+    /// The event as one line of JSON in kubectl's shape: `{"type":...,"object":{...}}` with the
+    /// object's keys sorted (as kubectl prints them), then `"at_ms"` when set.
+    pub fn to_json_line(&self) -> String {
+        let object = serde_json::to_string(&self.object.to_json()).unwrap_or_else(|_| "null".into());
+        match self.at_ms {
+            Some(at) => format!("{{\"type\":\"{}\",\"object\":{},\"at_ms\":{}}}", self.event_type.as_str(), object, at),
+            None => format!("{{\"type\":\"{}\",\"object\":{}}}", self.event_type.as_str(), object),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
