@@ -130,7 +130,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 Some(path) => runtime.load_file(path)?,
                 None => runtime.load_builtin()?,
             };
-            println!("engine: component sha256 {} ({:?})", &component.sha256[..16], component.cache);
+            println!(
+                "engine: component sha256 {}… ({:?}; pooling allocator {})",
+                &component.sha256[..16],
+                component.cache,
+                if runtime.uses_pooling() { "on" } else { "off" }
+            );
             Box::new(WasmEngine::new(&component, ids)?)
         }
         EngineKind::Native => Box::new(NativeEngine::new(ids)),

@@ -12,13 +12,19 @@
 //! attached, as a stream of [`TenantEvent`]s (what the demo prints). A failing guest call ends the
 //! loop with the error; other tenants are unaffected.
 
-use crate::driver::{EngineDriver, TickResult};
+use crate::driver::{restore_into, EngineDriver, TickResult};
 use crate::executor::{call_identity, Backends, CallRunner, Executor, DEFAULT_TENANT_CAP};
 use anyhow::{anyhow, Result};
 use difftracker_engine::io::{Call, CallError, CallId, CallOutput, Completion, EngineStatus, KubeEvent, KubeEventRecord};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
+
+/// Requests to a running tenant loop, handled between ticks.
+enum Control {
+    /// Move the engine's state into this fresh instance and continue with it.
+    Swap(Box<dyn EngineDriver>, oneshot::Sender<Result<()>>),
+}
 
 /// How a tenant runs.
 #[derive(Clone, Debug)]
@@ -74,6 +80,7 @@ impl TenantStatus {
 pub struct TenantHandle {
     name: String,
     inputs: mpsc::UnboundedSender<Vec<KubeEvent>>,
+    control: mpsc::UnboundedSender<Control>,
     status: watch::Receiver<TenantStatus>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<Box<dyn EngineDriver>>>,
@@ -112,6 +119,15 @@ impl TenantHandle {
         }
     }
 
+    /// Replaces the running engine with `fresh` (a new, empty instance, possibly of a newer
+    /// component) between two ticks: snapshot of the old one, restore into the new one, switch.
+    /// If that fails the old instance keeps running. Calls in flight complete into the new one.
+    pub async fn swap_engine(&self, fresh: Box<dyn EngineDriver>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::Swap(fresh, tx)).map_err(|_| anyhow!("tenant {} is not running", self.name))?;
+        rx.await.map_err(|_| anyhow!("tenant {} stopped during the swap", self.name))?
+    }
+
     /// Stops the loop after its current tick and hands the engine back (for a swap or a final
     /// snapshot). Calls still in flight complete into nothing.
     pub async fn stop(self) -> Result<Box<dyn EngineDriver>> {
@@ -129,6 +145,7 @@ pub fn spawn_tenant(
     observer: Option<mpsc::UnboundedSender<TenantEvent>>,
 ) -> TenantHandle {
     let (inputs_tx, inputs_rx) = mpsc::unbounded_channel();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = watch::channel(TenantStatus::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -144,6 +161,7 @@ pub fn spawn_tenant(
         executor: executor.clone(),
         runner,
         inputs: inputs_rx,
+        control: control_rx,
         completions: done_rx,
         stop: stop_rx,
         status: status_tx,
@@ -151,7 +169,7 @@ pub fn spawn_tenant(
         outstanding: 0,
     };
     let task = tokio::spawn(tenant.run(driver));
-    TenantHandle { name: options.name, inputs: inputs_tx, status: status_rx, stop: stop_tx, task }
+    TenantHandle { name: options.name, inputs: inputs_tx, control: control_tx, status: status_rx, stop: stop_tx, task }
 }
 
 struct TenantLoop {
@@ -159,6 +177,7 @@ struct TenantLoop {
     executor: Executor,
     runner: CallRunner,
     inputs: mpsc::UnboundedReceiver<Vec<KubeEvent>>,
+    control: mpsc::UnboundedReceiver<Control>,
     completions: mpsc::UnboundedReceiver<Completion>,
     stop: watch::Receiver<bool>,
     status: watch::Sender<TenantStatus>,
@@ -180,6 +199,10 @@ impl TenantLoop {
                 tokio::select! {
                     _ = self.stop.changed() => break,
                     Some(batch) = self.inputs.recv() => events.extend(batch),
+                    Some(Control::Swap(fresh, reply)) = self.control.recv() => {
+                        driver = swap_blocking(driver, fresh, reply).await;
+                        // Tick the new instance at once: it may have work due.
+                    }
                     Some(completion) = self.completions.recv() => completions.push(completion),
                     _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {}
                 }
@@ -263,6 +286,30 @@ impl TenantLoop {
         if let Some(observer) = &self.observer {
             let _ = observer.send(event);
         }
+    }
+}
+
+/// Restores the old engine's snapshot into `fresh` on the blocking pool; keeps the old engine if
+/// anything fails.
+async fn swap_blocking(
+    mut old: Box<dyn EngineDriver>,
+    fresh: Box<dyn EngineDriver>,
+    reply: oneshot::Sender<Result<()>>,
+) -> Box<dyn EngineDriver> {
+    let work = tokio::task::spawn_blocking(move || match restore_into(old.as_mut(), fresh) {
+        Ok(new) => (new, Ok(())),
+        Err(e) => (old, Err(e)),
+    });
+    match work.await {
+        Ok((driver, result)) => {
+            if let Err(e) = &result {
+                tracing::warn!(error = %format!("{e:#}"), "engine swap failed; the old instance keeps running");
+            }
+            let _ = reply.send(result);
+            driver
+        }
+        // Only a native engine can panic here, and then nothing is left to run.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

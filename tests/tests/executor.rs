@@ -116,3 +116,104 @@ async fn retries_wait_for_the_clock_and_calls_respect_the_tenant_cap() {
     assert!(peak.load(Ordering::SeqCst) <= 3, "peak {} calls at once", peak.load(Ordering::SeqCst));
     tenant.stop().await.unwrap();
 }
+
+/// A cloud whose `PUT loadBalancers` calls wait until released.
+struct GatedCloud {
+    inner: MockWorld,
+    gate: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl CloudBackend for GatedCloud {
+    fn call(&self, call: difftracker_engine::io::CloudCall) -> CallFuture {
+        let inner = self.inner.clone();
+        let gate = self.gate.clone();
+        let waiting = self.waiting.clone();
+        Box::pin(async move {
+            if call.label() == "PUT loadBalancers" {
+                waiting.fetch_add(1, Ordering::SeqCst);
+                let _permit = gate.acquire().await.map_err(|_| {
+                    difftracker_engine::io::CallError::of_kind(difftracker_engine::io::ErrorKind::Transport, "gate closed")
+                })?;
+            }
+            CloudBackend::call(&inner, call).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_the_engine_mid_operation_completes_in_flight_calls_into_the_new_instance() {
+    let clock = ManualClock::new(1_000);
+    let executor = Executor::new(Arc::new(clock.clone()), 16);
+    let world = MockWorld::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let cloud = Arc::new(GatedCloud { inner: world.clone(), gate: gate.clone(), waiting: waiting.clone() });
+    let ids = CallIds::default();
+    let tenant = spawn_tenant(
+        &executor,
+        TenantOptions::new("swap"),
+        wasm_engine(ids.clone()),
+        Backends { cloud, kube: world.kube() },
+        None,
+    );
+    let svc = sample_service("default", "web", "dddd0000-0000-4000-8000-000000000001");
+    tenant.deliver(vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::ServiceApplied(svc)]).unwrap();
+    // Wait until the load balancer call is in flight (held at the gate).
+    tenant.wait_for(|s| s.calls_outstanding == 1 && s.state_count("creation_in_progress") == 1).await.unwrap();
+    while waiting.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+
+    let fresh = difftracker_host::driver::WasmEngine::new(component(), ids).unwrap();
+    tenant.swap_engine(Box::new(fresh)).await.unwrap();
+    gate.add_permits(16);
+
+    tenant.wait_for(|s| s.is_idle() && s.state_count("created") == 1).await.unwrap();
+    assert_eq!(waiting.load(Ordering::SeqCst), 1, "the new instance did not start the load balancer again");
+    assert_eq!(world.inventory().load_balancers.len(), 1);
+
+    // A swap into an instance that cannot take the state fails and leaves the old one running.
+    let mut created = difftracker_host::driver::WasmEngine::new(component(), CallIds::default()).unwrap();
+    difftracker_host::driver::EngineDriver::create(&mut created, &tenant_config()).unwrap();
+    let broken = Box::new(BrokenRestore(Box::new(created)));
+    assert!(tenant.swap_engine(broken).await.is_err());
+    let svc2 = sample_service("default", "web2", "dddd0000-0000-4000-8000-000000000002");
+    tenant.deliver(vec![KubeEvent::ServiceApplied(svc2)]).unwrap();
+    tenant.wait_for(|s| s.is_idle() && s.state_count("created") == 2).await.unwrap();
+    tenant.stop().await.unwrap();
+}
+
+/// An engine whose `restore` always fails.
+struct BrokenRestore(Box<dyn difftracker_host::driver::EngineDriver>);
+
+impl difftracker_host::driver::EngineDriver for BrokenRestore {
+    fn kind(&self) -> &'static str {
+        "broken"
+    }
+    fn create(&mut self, c: &difftracker_engine::io::TenantConfig) -> anyhow::Result<()> {
+        self.0.create(c)
+    }
+    fn deliver(&mut self, now: u64, e: Vec<KubeEvent>) -> anyhow::Result<()> {
+        self.0.deliver(now, e)
+    }
+    fn tick(
+        &mut self,
+        now: u64,
+        c: Vec<difftracker_engine::io::Completion>,
+    ) -> anyhow::Result<difftracker_host::driver::TickResult> {
+        self.0.tick(now, c)
+    }
+    fn snapshot(&mut self) -> anyhow::Result<Vec<u8>> {
+        self.0.snapshot()
+    }
+    fn restore(&mut self, _: &[u8]) -> anyhow::Result<()> {
+        anyhow::bail!("this instance refuses every snapshot")
+    }
+    fn status(&mut self) -> anyhow::Result<difftracker_engine::io::EngineStatus> {
+        self.0.status()
+    }
+    fn call_ids(&self) -> &CallIds {
+        self.0.call_ids()
+    }
+}
