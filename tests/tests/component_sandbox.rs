@@ -22,6 +22,15 @@ fn built_component_imports_only_the_contract_and_harmless_wasi() {
     sandbox::check_imports(imports.iter().map(String::as_str)).unwrap();
 }
 
+#[test]
+fn built_component_imports_no_clock_randomness_filesystem_or_network() {
+    // The engine is deterministic: std's HashMap seeding or SystemTime would show up here.
+    let imports = &component().imports;
+    for prefix in ["wasi:clocks/", "wasi:random/", "wasi:filesystem/", "wasi:sockets/", "wasi:http/"] {
+        assert!(!imports.iter().any(|i| i.starts_with(prefix)), "the engine imports {prefix}*: {imports:?}");
+    }
+}
+
 fn uncached_runtime(limits: SandboxLimits) -> Runtime {
     Runtime::new(RuntimeOptions { disable_cache: true, pooling: false, limits, ..RuntimeOptions::default() }).unwrap()
 }
