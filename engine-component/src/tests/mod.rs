@@ -4,5 +4,8 @@
 mod common;
 mod create;
 mod delete;
+mod endpoint_scenarios;
 mod lifecycle;
+mod location_sync;
+mod retry;
 mod update;
