@@ -18,6 +18,10 @@ struct Cli {
 enum Command {
     /// Run the sample inbound path against in-process mock backends and print every call (default).
     Demo(demo::DemoArgs),
+    /// Replay a Kubernetes watch trace against the in-process emulator in virtual time and write a report.
+    Replay(difftracker_host::replay::ReplayArgs),
+    /// Write a realistic, seeded trace of Kubernetes watch events.
+    GenTrace(difftracker_host::replay::GenTraceArgs),
 }
 
 fn main() -> Result<()> {
@@ -33,6 +37,8 @@ fn main() -> Result<()> {
     runtime.block_on(async move {
         match command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Replay(args) => difftracker_host::replay::run_replay(args),
+            Command::GenTrace(args) => difftracker_host::replay::run_gen_trace(args),
         }
     })
 }
