@@ -25,6 +25,7 @@ fn main() -> Result<()> {
         engine_dir.join("src"),
         engine_dir.join("Cargo.toml"),
         workspace.join("wit"),
+        workspace.join("Cargo.toml"),
         workspace.join("Cargo.lock"),
     ] {
         println!("cargo:rerun-if-changed={}", path.display());

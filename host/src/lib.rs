@@ -18,6 +18,8 @@
 //!   tenant's next tick. Also the [`executor::Clock`] (real or manual).
 //! - [`backend`]: the traits every backend implements (mocks, the ARM/NRP transport, the
 //!   emulator); [`mock`]: instant in-process backends for the demo.
+//! - [`demo`]: the default command, the sample inbound path against [`mock`] backends, with the
+//!   sample Kubernetes objects it (and the tests) use.
 //!
 //! The `difftracker` binary (`main.rs`) wires these together behind subcommands.
 
