@@ -7,5 +7,6 @@ mod delete;
 mod endpoint_scenarios;
 mod lifecycle;
 mod location_sync;
+mod misc;
 mod retry;
 mod update;
