@@ -107,6 +107,9 @@ pub struct EmulatorOptions {
     pub seed_default_natgw: bool,
     pub scope: EmulatorScope,
     pub faults: Option<FaultPlan>,
+    /// Unregistrations still rejected with `ServiceWithOverlayMappingsCannotBeDeleted` after a
+    /// service's last address was removed (NRP's asynchronous mapping removal); 0 by default.
+    pub overlay_lag: u32,
 }
 
 impl Default for EmulatorOptions {
@@ -118,6 +121,7 @@ impl Default for EmulatorOptions {
             seed_default_natgw: true,
             scope: EmulatorScope::default(),
             faults: None,
+            overlay_lag: 0,
         }
     }
 }
@@ -126,7 +130,7 @@ impl Default for EmulatorOptions {
 #[derive(Debug)]
 pub struct Emulator {
     state: Mutex<EmulatorState>,
-    faults: Option<FaultInjector>,
+    faults: Mutex<Option<Arc<FaultInjector>>>,
     options: EmulatorOptions,
 }
 
@@ -134,11 +138,12 @@ impl Emulator {
     pub fn new(options: EmulatorOptions) -> Arc<Emulator> {
         let mut state = EmulatorState::new();
         state.uppercase_ipv6 = options.uppercase_ipv6;
+        state.overlay_lag = options.overlay_lag;
         if options.seed_default_natgw {
             state.seed_default_natgw(&options.scope.provider_path(), &options.scope.location);
         }
-        let faults = options.faults.clone().map(FaultInjector::new);
-        Arc::new(Emulator { state: Mutex::new(state), faults, options })
+        let faults = options.faults.clone().map(|p| Arc::new(FaultInjector::new(p)));
+        Arc::new(Emulator { state: Mutex::new(state), faults: Mutex::new(faults), options })
     }
 
     pub fn options(&self) -> &EmulatorOptions {
@@ -157,10 +162,16 @@ impl Emulator {
 
     /// The faults of the next call of `label` at `now_ms` (none without a fault plan).
     pub fn decide_faults(&self, label: &str, now_ms: u64) -> FaultDecision {
-        match &self.faults {
+        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match faults {
             Some(f) => f.decide(label, now_ms),
             None => FaultDecision::default(),
         }
+    }
+
+    /// Replaces the fault plan (counters start afresh); `None` stops injecting.
+    pub fn set_faults(&self, plan: Option<FaultPlan>) {
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = plan.map(|p| Arc::new(FaultInjector::new(p)));
     }
 
     /// Performs a request on the state.

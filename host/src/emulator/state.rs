@@ -191,6 +191,11 @@ pub struct EmulatorState {
     etag: u64,
     /// Emit IPv6 addresses upper-cased in GETs, as NRP has been seen doing.
     pub uppercase_ipv6: bool,
+    /// NRP removes overlay mappings asynchronously: after a service's last address is removed,
+    /// this many unregistrations of it are still rejected with
+    /// `ServiceWithOverlayMappingsCannotBeDeleted` (0: none).
+    pub overlay_lag: u32,
+    lagging: BTreeMap<String, u32>,
 }
 
 fn key(name: &str) -> String {
@@ -664,6 +669,13 @@ impl EmulatorState {
                         format!("Service {name} cannot be deleted because addresses are still mapped to it."),
                     ));
                 }
+                if let Some(left) = self.lagging.get_mut(&k).filter(|n| **n > 0) {
+                    *left -= 1;
+                    return Err(ArmError::bad(
+                        codes::OVERLAY_MAPPINGS,
+                        format!("Service {name} cannot be deleted yet: its overlay mappings are still being removed."),
+                    ));
+                }
                 changes.push(Change::Delete(k));
                 continue;
             }
@@ -839,6 +851,7 @@ impl EmulatorState {
             }
             parsed.push(Loc { node, full: loc_full, addrs: out });
         }
+        let mapped_before = self.mapped_services();
         if full {
             self.locations.retain(|node, _| seen_nodes.contains(node));
         }
@@ -863,7 +876,17 @@ impl EmulatorState {
                 self.locations.remove(&l.node);
             }
         }
+        if self.overlay_lag > 0 {
+            let mapped_after = self.mapped_services();
+            for gone in mapped_before.difference(&mapped_after) {
+                self.lagging.insert(gone.clone(), self.overlay_lag);
+            }
+        }
         Ok(())
+    }
+
+    fn mapped_services(&self) -> BTreeSet<String> {
+        self.locations.values().flat_map(|a| a.values().flatten().cloned()).collect()
     }
 
     // -------------------------------------------------------------------- inventory
