@@ -24,6 +24,7 @@
 //! The `difftracker` binary (`main.rs`) wires these together behind subcommands.
 
 pub mod backend;
+pub mod bench;
 pub mod demo;
 pub mod driver;
 pub mod executor;
