@@ -86,11 +86,19 @@ pub struct CounterSeries {
 pub struct HistogramSeries {
     pub name: String,
     pub labels: Labels,
-    pub bounds: Vec<f64>,
-    /// Non-cumulative counts per bucket (the last one is +Inf).
+    /// Non-cumulative counts per bucket of [`bounds`] (the last one is +Inf).
     pub buckets: Vec<u64>,
-    pub sum: f64,
+    /// Sum of the observations in thousandths (exact integers, so snapshots round-trip).
+    pub sum_milli: u64,
     pub count: u64,
+}
+
+/// The bucket bounds of a histogram, by name.
+pub fn bounds(name: &str) -> &'static [f64] {
+    match name {
+        SERVICE_OPERATION_RETRIES => RETRY_BUCKETS,
+        _ => DURATION_BUCKETS,
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -110,22 +118,22 @@ impl Metrics {
         self.add(name, labels, 1);
     }
 
+    /// Observes `value` (`bounds` must be [`bounds`]`(name)`; kept as a parameter for clarity).
     pub fn observe(&mut self, name: &str, labels: &[(&str, &str)], bounds: &[f64], value: f64) {
-        let value = if value.is_finite() { value } else { 0.0 };
+        let value = if value.is_finite() && value > 0.0 { value } else { 0.0 };
         let key = series_key(name, labels);
         let h = self.histograms.entry(key).or_insert_with(|| HistogramSeries {
             name: name.to_string(),
             labels: owned(labels),
-            bounds: bounds.to_vec(),
             buckets: vec![0; bounds.len() + 1],
-            sum: 0.0,
+            sum_milli: 0,
             count: 0,
         });
-        let idx = h.bounds.iter().position(|b| value <= *b).unwrap_or(h.bounds.len());
+        let idx = bounds.iter().position(|b| value <= *b).unwrap_or(bounds.len());
         if let Some(b) = h.buckets.get_mut(idx) {
             *b += 1;
         }
-        h.sum += value;
+        h.sum_milli = h.sum_milli.saturating_add((value * 1000.0).round() as u64);
         h.count += 1;
     }
 
@@ -155,9 +163,10 @@ impl Metrics {
         }
         for h in self.histograms.values() {
             let mut cumulative = 0u64;
+            let bounds = bounds(&h.name);
             for (i, c) in h.buckets.iter().enumerate() {
                 cumulative += c;
-                let le = match h.bounds.get(i) {
+                let le = match bounds.get(i) {
                     Some(b) => fmt_le(*b),
                     None => "+Inf".to_string(),
                 };
@@ -165,7 +174,7 @@ impl Metrics {
                 labels.push(("le".into(), le));
                 out.push(MetricSample { name: format!("{PREFIX}{}_bucket", h.name), labels, value: cumulative as f64 });
             }
-            out.push(MetricSample { name: format!("{PREFIX}{}_sum", h.name), labels: h.labels.clone(), value: h.sum });
+            out.push(MetricSample { name: format!("{PREFIX}{}_sum", h.name), labels: h.labels.clone(), value: h.sum_milli as f64 / 1000.0 });
             out.push(MetricSample { name: format!("{PREFIX}{}_count", h.name), labels: h.labels.clone(), value: h.count as f64 });
         }
     }

@@ -213,3 +213,18 @@ fn never_more_than_one_sync_in_flight() {
         assert!(h.outstanding.values().filter(|c| c.label() == "POST updateAddressLocations").count() <= 1);
     }
 }
+
+/// A readiness flip (here: registration of an identity whose addresses are already desired)
+/// marks its addresses dirty, so the incremental diff sees them.
+#[test]
+fn readiness_flip_marks_addresses_dirty() {
+    let mut h = harness();
+    put_op(&mut h, UID, ResourceState::CreationInProgress);
+    h.engine.desired.add_inbound(&id(UID), "10.0.0.1", "10.1.0.1");
+    assert!(h.engine.pending_location_diff().is_empty());
+    assert!(h.engine.full_location_diff().is_empty(), "not ready yet");
+    h.engine.set_nrp_load_balancer(&id(UID), true);
+    assert!(!h.engine.full_location_diff().is_empty());
+    assert_eq!(h.engine.pending_location_diff(), h.engine.full_location_diff());
+    assert!(lu_triggered(&h));
+}

@@ -8,5 +8,6 @@ mod endpoint_scenarios;
 mod lifecycle;
 mod location_sync;
 mod misc;
+mod props;
 mod retry;
 mod update;
