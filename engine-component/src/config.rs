@@ -138,7 +138,8 @@ mod tests {
     fn s023_inbound_equality_considers_every_field() {
         let a = cfg(base());
         assert!(a.same_spec(&cfg(base())));
-        let variants: Vec<Box<dyn Fn(&mut InboundConfig)>> = vec![
+        type Edit = Box<dyn Fn(&mut InboundConfig)>;
+        let variants: Vec<Edit> = vec![
             Box::new(|c| c.frontend_ports = vec![443, 80]),
             Box::new(|c| c.backend_ports[1] = 9443),
             Box::new(|c| c.protocols[0] = "UDP".into()),

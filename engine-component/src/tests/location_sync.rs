@@ -79,7 +79,7 @@ fn s107_hung_sync_times_out_and_retries() {
     let hung = sync_call(&h).unwrap();
     assert_eq!(h.last.next_wake_ms, Some(h.now + OPERATION_TIMEOUT_MS));
     h.wake();
-    assert!(!h.engine.locations_updater().in_flight.is_some());
+    assert!(h.engine.locations_updater().in_flight.is_none());
     let s = h.wake();
     assert_eq!(started_labels(&s), vec!["POST updateAddressLocations"]);
     // The late completion of the hung call is ignored.

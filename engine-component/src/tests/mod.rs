@@ -10,4 +10,5 @@ mod location_sync;
 mod misc;
 mod props;
 mod retry;
+mod scale;
 mod update;

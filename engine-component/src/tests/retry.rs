@@ -184,7 +184,7 @@ fn s048_terminal_create_failure_parks_with_warning() {
     let op = h.engine.operation(&id(UID)).unwrap();
     assert!(!op.creation_failed_terminal);
     assert!(su_queued(&h, UID));
-    assert!(h.engine.is_settled() == false);
+    assert!(!h.engine.is_settled());
     assert!(h.run_ok(20));
 }
 
