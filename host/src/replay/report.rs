@@ -13,7 +13,8 @@
 //!  "oracle": {"differences": ["..."], "matches": bool},
 //!  "replay": {"calls_in_flight": n, "faults": bool, "seed": n, "stale_wakes": n, "ticks": n,
 //!             "trace_events_left": n, "until_ms": n},
-//!  "trace": {"end_ms": n, "events": n, "skipped": {"<kind>": n}},
+//!  "trace": {"end_ms": n, "events": n, "ordered_by": "at_ms"|"resourceVersion"|"file",
+//!            "skipped": {"<kind>": n}},
 //!  "virtual_ms": n}
 //! ```
 
@@ -113,6 +114,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         "trace": {
             "end_ms": i.trace.end_ms(),
             "events": i.trace.events.len(),
+            "ordered_by": i.trace.order.as_str(),
             "skipped": i.trace.skipped,
         },
         "virtual_ms": i.virtual_ms,

@@ -3,12 +3,22 @@
 //! several watches possibly appended into one file.
 //!
 //! Each entry is `{"type": "ADDED"|"MODIFIED"|"DELETED", "object": {...}, "at_ms": N}` with an
-//! optional `at_ms` (milliseconds from the start of the trace). An entry without it comes
-//! [`DEFAULT_EVENT_SPACING_MS`] after the previous one. The events are then ordered by time (a
-//! stable sort: entries of the same time keep their file order), so appended watches that carry
-//! `at_ms` interleave as they happened. Also accepted, for convenience: a bare object (`kubectl
-//! get -o json` without `--output-watch-events`), read as ADDED, and a `List` (`kubectl get -o
-//! json` of several objects), whose items are read as ADDED.
+//! optional `at_ms` (milliseconds from the start of the trace). Order and timing:
+//!
+//! - When entries carry `at_ms`, an entry without it comes [`DEFAULT_EVENT_SPACING_MS`] after the
+//!   previous one, and the events are ordered by time (a stable sort: entries of the same time
+//!   keep their file order), so appended watches that carry `at_ms` interleave as they happened.
+//! - When no entry carries `at_ms` (a plain kubectl recording) and every object has a numeric
+//!   `metadata.resourceVersion`, the events are ordered by resourceVersion (stable), then spaced
+//!   [`DEFAULT_EVENT_SPACING_MS`] apart. The API server's resourceVersions are one cluster-wide
+//!   sequence (the etcd revision), so several watches recorded at the same time and appended into
+//!   one file (`kubectl get svc ... >> t; kubectl get endpointslices ... >> t`) interleave as
+//!   they happened.
+//! - Otherwise, file order, 100 ms apart.
+//!
+//! Also accepted, for convenience: a bare object (`kubectl get -o json` without
+//! `--output-watch-events`), read as ADDED, and a `List` (`kubectl get -o json` of several
+//! objects), whose items are read as ADDED.
 //!
 //! Objects of kinds the engine does not watch, and `BOOKMARK`/`ERROR` watch events, are skipped
 //! and counted. Malformed input is a [`TraceError`] naming the line and what is wrong.
@@ -31,6 +41,30 @@ pub struct TraceEvent {
     pub at_ms: u64,
     pub event_type: WatchEventType,
     pub object: KubeObject,
+    /// `metadata.resourceVersion`, when it is a number.
+    pub resource_version: Option<u64>,
+}
+
+/// How a trace's events were put in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TraceOrder {
+    /// By `at_ms`.
+    AtMs,
+    /// By resourceVersion (no `at_ms` anywhere).
+    ResourceVersion,
+    /// As in the file.
+    #[default]
+    File,
+}
+
+impl TraceOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceOrder::AtMs => "at_ms",
+            TraceOrder::ResourceVersion => "resourceVersion",
+            TraceOrder::File => "file",
+        }
+    }
 }
 
 /// A parsed trace.
@@ -40,6 +74,7 @@ pub struct Trace {
     pub events: Vec<TraceEvent>,
     /// What was skipped, by object kind (or `watch BOOKMARK` / `watch ERROR`), with counts.
     pub skipped: BTreeMap<String, u64>,
+    pub order: TraceOrder,
 }
 
 impl Trace {
@@ -108,6 +143,7 @@ pub fn parse_trace(text: &[u8]) -> Result<Trace, TraceError> {
     let mut stream = serde_json::Deserializer::from_slice(text).into_iter::<Value>();
     let mut previous_end = 0usize;
     let mut clock: Option<u64> = None;
+    let mut any_at_ms = false;
     let mut events = Vec::new();
     loop {
         let item = stream.next();
@@ -128,11 +164,11 @@ pub fn parse_trace(text: &[u8]) -> Result<Trace, TraceError> {
         for entry in entries {
             match entry {
                 Entry::Skip(what) => *trace.skipped.entry(what).or_insert(0) += 1,
-                Entry::Event { event_type, object, at_ms } => {
-                    let object = match KubeObject::from_json(object).map_err(at)? {
+                Entry::Event { event_type, object: raw, at_ms } => {
+                    let object = match KubeObject::from_json(raw).map_err(at)? {
                         Some(o) => o,
                         None => {
-                            let kind = object.get("kind").and_then(Value::as_str).unwrap_or("?").to_string();
+                            let kind = raw.get("kind").and_then(Value::as_str).unwrap_or("?").to_string();
                             *trace.skipped.entry(kind).or_insert(0) += 1;
                             continue;
                         }
@@ -141,14 +177,31 @@ pub fn parse_trace(text: &[u8]) -> Result<Trace, TraceError> {
                         Some(t) => t,
                         None => clock.map(|c| c.saturating_add(DEFAULT_EVENT_SPACING_MS)).unwrap_or(0),
                     };
+                    any_at_ms |= at_ms.is_some();
                     clock = Some(time);
-                    events.push(TraceEvent { line, at_ms: time, event_type, object });
+                    let resource_version = raw
+                        .get("metadata")
+                        .and_then(|m| m.get("resourceVersion"))
+                        .and_then(Value::as_str)
+                        .and_then(|rv| rv.parse::<u64>().ok());
+                    events.push(TraceEvent { line, at_ms: time, event_type, object, resource_version });
                 }
             }
         }
     }
-    // Stable: events of the same time keep their order in the file.
-    events.sort_by_key(|e| e.at_ms);
+    if any_at_ms {
+        // Stable: events of the same time keep their order in the file.
+        events.sort_by_key(|e| e.at_ms);
+        trace.order = TraceOrder::AtMs;
+    } else if !events.is_empty() && events.iter().all(|e| e.resource_version.is_some()) {
+        events.sort_by_key(|e| e.resource_version);
+        for (i, e) in events.iter_mut().enumerate() {
+            e.at_ms = i as u64 * DEFAULT_EVENT_SPACING_MS;
+        }
+        trace.order = TraceOrder::ResourceVersion;
+    } else {
+        trace.order = TraceOrder::File;
+    }
     trace.events = events;
     Ok(trace)
 }
@@ -320,6 +373,27 @@ mod tests {
         let kinds: Vec<&str> = t.events.iter().map(|e| e.object.kind()).collect();
         assert_eq!(kinds, vec!["Service", "Node", "Service"]);
         assert_eq!(t.end_ms(), 300);
+    }
+
+    #[test]
+    fn appended_kubectl_watches_interleave_by_resource_version() {
+        let svc = |rv: u32, t: &str| {
+            format!("{{\n  \"object\": {{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {{\"name\": \"a\", \"resourceVersion\": \"{rv}\"}}}},\n  \"type\": \"{t}\"\n}}\n")
+        };
+        let slice = |rv: u32| {
+            format!("{{\n  \"object\": {{\"apiVersion\": \"discovery.k8s.io/v1\", \"kind\": \"EndpointSlice\", \"metadata\": {{\"name\": \"a-x\", \"resourceVersion\": \"{rv}\"}}}},\n  \"type\": \"ADDED\"\n}}\n")
+        };
+        let text = format!("{}{}{}{}", svc(10, "ADDED"), svc(30, "DELETED"), slice(20), slice(40));
+        let t = parse_trace(text.as_bytes()).unwrap();
+        assert_eq!(t.order, TraceOrder::ResourceVersion);
+        let seen: Vec<(u64, Option<u64>, usize)> = t.events.iter().map(|e| (e.at_ms, e.resource_version, e.line)).collect();
+        assert_eq!(seen, vec![(0, Some(10), 1), (100, Some(20), 9), (200, Some(30), 5), (300, Some(40), 13)]);
+        // One object without a numeric resourceVersion: file order.
+        let text = format!("{}{}{{\"type\":\"ADDED\",\"object\":{{\"kind\":\"Node\",\"metadata\":{{\"name\":\"n\"}}}}}}", svc(10, "ADDED"), slice(5));
+        let t = parse_trace(text.as_bytes()).unwrap();
+        assert_eq!(t.order, TraceOrder::File);
+        assert_eq!(t.events[1].resource_version, Some(5));
+        assert_eq!(t.events[1].at_ms, 100);
     }
 
     #[test]

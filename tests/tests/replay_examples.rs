@@ -1,0 +1,156 @@
+//! The bundled examples replay to the oracle, and the oracle catches an engine that misbehaves.
+
+use anyhow::Result;
+use difftracker_engine::io::{Call, CallOutput, CloudCall, Completion, EngineStatus, KubeCall, KubeEvent, TenantConfig};
+use difftracker_host::driver::{CallIds, EngineDriver, NativeEngine, TickResult};
+use difftracker_host::emulator::FaultPlan;
+use difftracker_host::replay::oracle::check_report;
+use difftracker_host::replay::report::to_bytes;
+use difftracker_host::replay::trace::TraceOrder;
+use difftracker_host::replay::{read_trace, replay, replay_with, EngineKind, ReplayOptions};
+use std::path::PathBuf;
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join(name)
+}
+
+fn sample_faults() -> FaultPlan {
+    FaultPlan::load(&example("faults.json")).unwrap()
+}
+
+#[test]
+fn the_sample_trace_replays_to_the_oracle_with_and_without_faults() {
+    let trace = read_trace(&example("sample-trace.jsonl")).unwrap();
+    assert!(trace.events.len() > 100 && trace.skipped.is_empty());
+    for faults in [None, Some(sample_faults())] {
+        let options = ReplayOptions { engine: EngineKind::Native, faults: faults.clone(), ..ReplayOptions::default() };
+        let report = replay(&trace, &options).unwrap().report;
+        if let Err(p) = check_report(&report) {
+            panic!("faults {}: {p:#?}", faults.is_some());
+        }
+        let services = report["inventory"]["load_balancers"].as_array().unwrap().len();
+        assert!(services >= 20, "{services} load balancers");
+    }
+}
+
+#[test]
+fn the_sample_trace_gives_the_same_report_in_wasm_and_native() {
+    let trace = read_trace(&example("sample-trace.jsonl")).unwrap();
+    let run = |engine| {
+        let options = ReplayOptions { engine, faults: Some(sample_faults()), seed: 5, ..ReplayOptions::default() };
+        to_bytes(&replay(&trace, &options).unwrap().report)
+    };
+    assert!(run(EngineKind::Wasm) == run(EngineKind::Native), "wasm and native reports differ");
+}
+
+/// A recording as kubectl prints it (three watches appended, pretty-printed, no `at_ms`, the
+/// real controller's finalizer and status writes included) is put back in resourceVersion order
+/// and replays to the oracle.
+#[test]
+fn a_kubectl_recording_replays_to_the_oracle() {
+    let trace = read_trace(&example("kubectl-watch.json")).unwrap();
+    assert_eq!(trace.order, TraceOrder::ResourceVersion);
+    assert_eq!(trace.events.first().map(|e| e.object.kind()), Some("Node"));
+    let report = replay(&trace, &ReplayOptions { engine: EngineKind::Native, ..ReplayOptions::default() }).unwrap().report;
+    check_report(&report).unwrap();
+    assert_eq!(report["kubernetes"]["events"]["UnsupportedInternalLoadBalancer"], 1);
+    assert_eq!(report["inventory"]["load_balancers"].as_array().unwrap().len(), 2);
+    let ingress = report["kubernetes"]["service_ingress"].as_object().unwrap();
+    assert_eq!(ingress.keys().cloned().collect::<Vec<_>>(), vec!["shop/web".to_string(), "shop/web6".to_string()]);
+    // The recorded status (20.31.1.7) is the real cloud's, not the replay's.
+    assert_ne!(ingress["shop/web"][0], "20.31.1.7");
+}
+
+#[test]
+fn a_malformed_trace_names_the_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("difftracker-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.jsonl");
+    std::fs::write(&path, "{\"type\":\"ADDED\",\"object\":{\"kind\":\"Node\",\"metadata\":{\"name\":\"n\"}}}\n{\"type\":\"ADDED\",\"object\":{\"kind\":\"Node\" \"metadata\":{}}}\n").unwrap();
+    let e = read_trace(&path).unwrap_err().to_string();
+    assert!(e.contains("bad.jsonl") && e.contains("line 2 column"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Wraps the native engine and tampers with what it asks for, to show the oracle can fail.
+struct Saboteur {
+    inner: NativeEngine,
+    mode: Sabotage,
+    fake: Vec<Completion>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Sabotage {
+    /// Status patches carry a wrong address.
+    WrongIngress,
+    /// Address-location updates "succeed" without reaching the emulator.
+    LostLocationUpdates,
+    /// Finalizer removals "succeed" without reaching the cluster.
+    LostFinalizerRemovals,
+}
+
+impl EngineDriver for Saboteur {
+    fn kind(&self) -> &'static str {
+        "saboteur"
+    }
+    fn create(&mut self, config: &TenantConfig) -> Result<()> {
+        self.inner.create(config)
+    }
+    fn deliver(&mut self, now_ms: u64, events: Vec<KubeEvent>) -> Result<()> {
+        self.inner.deliver(now_ms, events)
+    }
+    fn tick(&mut self, now_ms: u64, mut completions: Vec<Completion>) -> Result<TickResult> {
+        completions.append(&mut self.fake);
+        let mut r = self.inner.tick(now_ms, completions)?;
+        let mode = self.mode;
+        let mut kept = Vec::new();
+        for (id, call) in r.started.drain(..) {
+            match (mode, call) {
+                (Sabotage::WrongIngress, Call::Kube(KubeCall::PatchServiceIngress(target, mut ingress))) => {
+                    for i in ingress.iter_mut() {
+                        i.ip = "203.0.113.9".into();
+                    }
+                    kept.push((id, Call::Kube(KubeCall::PatchServiceIngress(target, ingress))));
+                }
+                (Sabotage::LostLocationUpdates, Call::Cloud(CloudCall::UpdateAddressLocations(_)))
+                | (Sabotage::LostFinalizerRemovals, Call::Kube(KubeCall::RemoveServiceFinalizers(_))) => {
+                    self.fake.push(Completion { id, outcome: Ok(CallOutput::Done) });
+                }
+                (_, call) => kept.push((id, call)),
+            }
+        }
+        r.started = kept;
+        if !self.fake.is_empty() {
+            r.outcome.next_wake_ms = Some(now_ms + 1);
+        }
+        Ok(r)
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>> {
+        self.inner.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        self.inner.restore(snapshot)
+    }
+    fn status(&mut self) -> Result<EngineStatus> {
+        self.inner.status()
+    }
+    fn call_ids(&self) -> &CallIds {
+        self.inner.call_ids()
+    }
+}
+
+#[test]
+fn the_oracle_catches_a_misbehaving_engine() {
+    let trace = read_trace(&example("sample-trace.jsonl")).unwrap();
+    for (mode, symptom) in [
+        (Sabotage::WrongIngress, "carries ingress [\"203.0.113.9\"]"),
+        (Sabotage::LostLocationUpdates, "missing address"),
+        (Sabotage::LostFinalizerRemovals, "is stuck deleting"),
+    ] {
+        let driver = Box::new(Saboteur { inner: NativeEngine::new(CallIds::default()), mode, fake: Vec::new() });
+        let options = ReplayOptions { engine: EngineKind::Native, ..ReplayOptions::default() };
+        let report = replay_with(&trace, &options, driver).unwrap().report;
+        let problems = check_report(&report).expect_err("the oracle must object");
+        assert!(problems.iter().any(|p| p.contains(symptom)), "{symptom}: {problems:#?}");
+    }
+}
