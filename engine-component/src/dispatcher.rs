@@ -184,7 +184,7 @@ impl Engine {
             return;
         }
         let now = self.now_ms;
-        let config = self
+        let Some(config) = self
             .update_op(id, |op| {
                 if work == Work::Create {
                     op.state = ResourceState::CreationInProgress;
@@ -196,9 +196,11 @@ impl Engine {
                 op.last_attempt_ms = Some(now);
                 op.config.clone()
             })
-            .expect("op exists");
+        else {
+            return;
+        };
         self.su.disarm(id);
-        let active = ActiveOp::new(work, config, now, now + OPERATION_TIMEOUT_MS);
+        let active = ActiveOp::new(work, config, now, now.saturating_add(OPERATION_TIMEOUT_MS));
         self.su.add_active(id, active);
         self.start_worker(id, io);
     }
@@ -211,7 +213,7 @@ impl Engine {
         if count >= MAX_SERVICE_RETRIES && !parked {
             self.update_op(id, |op| {
                 op.retries_exhausted = true;
-                op.next_retry_at_ms = Some(now + PARK_COOLDOWN_MS);
+                op.next_retry_at_ms = Some(now.saturating_add(PARK_COOLDOWN_MS));
             });
             self.metrics.inc(metrics::SERVICE_OPERATIONS_PARKED_TOTAL, &[("reason", "retries_exceeded")]);
             let operation = match state {
@@ -220,7 +222,7 @@ impl Engine {
                 _ => "create",
             };
             self.metrics.observe(metrics::SERVICE_OPERATION_RETRIES, &[("operation", operation), ("service_type", kind.label())], metrics::RETRY_BUCKETS, count as f64);
-            self.su.arm(id, now + PARK_COOLDOWN_MS);
+            self.su.arm(id, now.saturating_add(PARK_COOLDOWN_MS));
             return Gate::Skip;
         }
         if parked {

@@ -794,7 +794,7 @@ impl Engine {
                                 op.state = ResourceState::NotStarted;
                             }
                             op.retry_count = n;
-                            op.next_retry_at_ms = Some(now + delay);
+                            op.next_retry_at_ms = Some(now.saturating_add(delay));
                         });
                         self.trigger_su(id);
                     }
@@ -834,7 +834,7 @@ impl Engine {
                         let delay = backoff_ms(n, &mut self.rng);
                         self.update_op(id, |op| {
                             op.retry_count = n;
-                            op.next_retry_at_ms = Some(now + delay);
+                            op.next_retry_at_ms = Some(now.saturating_add(delay));
                             if f.overlay {
                                 op.state = ResourceState::DeletionPending;
                             }

@@ -93,7 +93,7 @@ impl Engine {
         }
         let call = io.start(Call::Cloud(CloudCall::UpdateAddressLocations(diff.to_wire())));
         let identities = diff.identities();
-        self.lu.in_flight = Some(InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms + OPERATION_TIMEOUT_MS });
+        self.lu.in_flight = Some(InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms.saturating_add(OPERATION_TIMEOUT_MS) });
     }
 
     /// The incremental diff over `keys`.
@@ -169,7 +169,7 @@ impl Engine {
     fn schedule_location_retry(&mut self) {
         self.lu.failures = self.lu.failures.saturating_add(1);
         let delay = backoff_ms(self.lu.failures, &mut self.rng);
-        self.lu.retry_at_ms = Some(self.now_ms + delay);
+        self.lu.retry_at_ms = Some(self.now_ms.saturating_add(delay));
         if self.lu.failures >= LOCATION_SYNC_REPORT_THRESHOLD && !self.lu.abandoned_reported && !self.pending_deletions.is_empty() {
             self.lu.abandoned_reported = true;
             self.metrics.inc(metrics::LOCATION_SYNC_ABANDONED_TOTAL, &[("reason", "drain_attempts_exhausted")]);

@@ -266,3 +266,30 @@ fn s142_routine_deletions_do_not_count_as_recovered_finalizers() {
     assert_eq!(metric(&h, "finalizers_recovered_total", &[]), 0.0);
     assert_eq!(metric(&h, "finalizers_recovery_scheduled_total", &[]), 0.0);
 }
+
+#[test]
+fn extreme_and_malformed_inputs_never_panic() {
+    let mut h = harness();
+    let mut weird = slice("w", UID, &[("not-an-ip", "n1"), ("10.1.0.1", "")]);
+    weird.owner_references.push(OwnerReference { kind: "Service".into(), name: "other".into(), uid: String::new() });
+    weird.endpoints.push(Endpoint { addresses: vec![], ready: None, node_name: Some("n1".into()) });
+    let mut svc = lb_service(UID, &[0, -5, 70000]);
+    svc.ports.push(ServicePort { name: String::new(), protocol: "tcp".into(), port: 80, target_port: Some(IntOrString::Int(-1)) });
+    svc.ip_families = vec!["IPv9".into()];
+    h.deliver(vec![
+        KubeEvent::NodeApplied(node("n1", &["", "::ffff:1.2.3.4", "300.1.1.1"])),
+        KubeEvent::EndpointSliceApplied(weird.clone()),
+        KubeEvent::ServiceApplied(svc),
+        KubeEvent::EndpointSliceDeleted(weird),
+        KubeEvent::ServiceDeleted(lb_service("", &[])),
+    ]);
+    h.now = u64::MAX - 1_000;
+    assert!(h.run_ok(50) || !h.engine.is_settled());
+    for _ in 0..3 {
+        h.tick_with(vec![Completion { id: u64::MAX, outcome: Err(CallError::http(u16::MAX, "", "")) }]);
+    }
+    inv(&h);
+    let _ = h.engine.status();
+    let restored = crate::Engine::restore(&h.engine.snapshot()).unwrap();
+    restored.check_invariants().unwrap();
+}
