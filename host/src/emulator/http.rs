@@ -369,7 +369,7 @@ impl Server {
         let Some(o) = ops.get_mut(&op) else {
             return error_response(&ArmError::new(404, "OperationNotFound", format!("Operation {op} was not found.")));
         };
-        o.polls += 1;
+        o.polls = o.polls.saturating_add(1);
         let done = o.polls > o.in_progress_polls && o.created.elapsed() >= o.in_progress_for;
         let retry_after = match &self.emulator.options().lro {
             LroMode::Polling(p) => p.retry_after_s,

@@ -236,7 +236,7 @@ impl EmulatorState {
     }
 
     fn next_etag(&mut self) -> u64 {
-        self.etag += 1;
+        self.etag = self.etag.wrapping_add(1);
         self.etag
     }
 
@@ -249,10 +249,10 @@ impl EmulatorState {
 
     fn allocate(&mut self, version: &str) -> String {
         if version == "IPv6" {
-            self.next_v6 += 1;
+            self.next_v6 = self.next_v6.wrapping_add(1);
             format!("2603:1030:20e::{:x}", self.next_v6)
         } else {
-            self.next_v4 += 1;
+            self.next_v4 = self.next_v4.wrapping_add(1);
             let n = self.next_v4;
             format!("20.{}.{}.{}", 40 + ((n >> 16) & 0x7f), (n >> 8) & 0xff, n & 0xff)
         }

@@ -223,7 +223,6 @@ impl AzureIdentityTokens {
                     client_id: client_id.clone(),
                     tenant_id: tenant_id.clone(),
                     token_file_path: token_file.clone(),
-                    ..Default::default()
                 };
                 WorkloadIdentityCredential::new(Some(options)).map_err(setup)?
             }

@@ -120,7 +120,7 @@ pub async fn raw_http(addr: std::net::SocketAddr, method: &str, path: &str, body
                 break;
             }
             out.push_str(&tail[..n]);
-            r = &tail[n..].trim_start_matches("\r\n");
+            r = tail[n..].trim_start_matches("\r\n");
         }
         out
     } else {
