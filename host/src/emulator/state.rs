@@ -929,3 +929,81 @@ impl EmulatorState {
         self.protected.contains(&(kind, key(name)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network";
+
+    fn state_with_lb(name: &str) -> EmulatorState {
+        let mut s = EmulatorState::new();
+        let pip = json!({"properties": {"publicIPAddressVersion": "IPv4"}});
+        s.apply(Method::Put, &Target::Resource(ResourceKind::PublicIp, format!("{name}-pip")), NET, Some(&pip)).unwrap();
+        let lb = json!({"properties": {
+            "backendAddressPools": [{"name": name}],
+            "frontendIPConfigurations": [{"name": "frontend", "properties": {"publicIPAddress": {"id": format!("{NET}/publicIPAddresses/{name}-pip")}}}]}});
+        s.apply(Method::Put, &Target::Resource(ResourceKind::LoadBalancer, name.into()), NET, Some(&lb)).unwrap();
+        let reg = json!({"action": "PartialUpdate", "serviceRequests": [{"isDelete": false, "service": {"name": name, "properties": {
+            "serviceType": "Inbound", "loadBalancerBackendPools": [{"id": format!("{NET}/loadBalancers/{name}/backendAddressPools/{name}")}]}}}]});
+        s.update_services(&reg).unwrap();
+        s
+    }
+
+    #[test]
+    fn addresses_are_deterministic_and_of_the_requested_family() {
+        let run = || {
+            let mut s = EmulatorState::new();
+            let mut out = Vec::new();
+            for (n, v) in [("a", "IPv4"), ("b", "IPv6"), ("c", "IPv4")] {
+                let body = json!({"properties": {"publicIPAddressVersion": v}});
+                let Reply::Put { body, created } = s.apply(Method::Put, &Target::Resource(ResourceKind::PublicIp, n.into()), NET, Some(&body)).unwrap() else {
+                    panic!()
+                };
+                assert!(created);
+                out.push(body["properties"]["ipAddress"].as_str().unwrap().to_string());
+            }
+            out
+        };
+        let a = run();
+        assert_eq!(a, run());
+        assert!(a[0].parse::<std::net::Ipv4Addr>().is_ok() && a[1].parse::<std::net::Ipv6Addr>().is_ok());
+        assert_ne!(a[0], a[2]);
+    }
+
+    #[test]
+    fn the_overlay_lag_rejects_unregistration_after_the_drain() {
+        let mut s = state_with_lb("u");
+        s.overlay_lag = 2;
+        let publish = |addrs: Value| json!({"action": "PartialUpdate", "addressLocations": [
+            {"addressLocation": "10.0.0.1", "addressUpdateAction": "PartialUpdate", "addresses": addrs}]});
+        s.update_address_locations(&publish(json!([{"address": "10.1.0.1", "services": ["U"]}]))).unwrap();
+        s.update_address_locations(&publish(json!([]))).unwrap();
+        let unreg = json!({"action": "PartialUpdate", "serviceRequests": [{"isDelete": true, "service": {"name": "u", "properties": {"serviceType": "Inbound"}}}]});
+        for _ in 0..2 {
+            assert_eq!(s.update_services(&unreg).unwrap_err().code, codes::OVERLAY_MAPPINGS);
+        }
+        s.update_services(&unreg).unwrap();
+        assert_eq!(s.update_services(&unreg).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn full_update_of_services_removes_the_unlisted_but_keeps_the_default() {
+        let mut s = state_with_lb("u");
+        s.seed_default_natgw(NET, "eastus2");
+        let full = json!({"action": "FullUpdate", "serviceRequests": []});
+        s.update_services(&full).unwrap();
+        assert_eq!(s.inventory()["sgw_services"], json!({"default-natgw": "Outbound"}));
+        // Malformed requests are refused with a format error, not a panic.
+        for bad in [json!(null), json!({"action": "Sideways"}), json!({"action": "PartialUpdate", "serviceRequests": [{"service": {}}]})] {
+            assert_eq!(s.update_services(&bad).unwrap_err().status, 400, "{bad}");
+        }
+        for bad in [
+            json!({"action": "PartialUpdate", "addressLocations": [{"addressLocation": "nope", "addressUpdateAction": "FullUpdate", "addresses": []}]}),
+            json!({"action": "PartialUpdate", "addressLocations": [{"addressLocation": "10.0.0.1", "addresses": []}]}),
+            json!({"action": "PartialUpdate", "addressLocations": [{"addressLocation": "10.0.0.1", "addressUpdateAction": "FullUpdate", "addresses": null}]}),
+        ] {
+            assert_eq!(s.update_address_locations(&bad).unwrap_err().status, 400, "{bad}");
+        }
+    }
+}

@@ -665,3 +665,50 @@ fn retry_after_forms_are_understood() {
     h.insert("retry-after", "soon".parse().unwrap());
     assert_eq!(retry_after(&h), None);
 }
+
+#[derive(Debug)]
+struct CountingCredential {
+    calls: std::sync::atomic::AtomicU32,
+    lifetime_s: i64,
+}
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for CountingCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        assert_eq!(scopes, [ARM_SCOPE]);
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Ok(azure_core::credentials::AccessToken::new(
+            format!("token-{n}"),
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::seconds(self.lifetime_s),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_cached_and_refreshed_before_expiry() {
+    use std::sync::atomic::Ordering;
+    let long = Arc::new(CountingCredential { calls: 0.into(), lifetime_s: 3600 });
+    let tokens = AzureIdentityTokens::from_credential(long.clone(), ARM_SCOPE);
+    for _ in 0..3 {
+        assert_eq!(tokens.token().await.unwrap().unwrap().secret(), "token-1");
+    }
+    assert_eq!(long.calls.load(Ordering::SeqCst), 1);
+    // A token with less than the refresh margin (5 minutes) left is replaced on every use.
+    let short = Arc::new(CountingCredential { calls: 0.into(), lifetime_s: 60 });
+    let tokens = AzureIdentityTokens::from_credential(short.clone(), ARM_SCOPE);
+    assert_eq!(tokens.token().await.unwrap().unwrap().secret(), "token-1");
+    assert_eq!(tokens.token().await.unwrap().unwrap().secret(), "token-2");
+    // The transport sends the cached token.
+    let s = ScriptedServer::start(vec![canned(200, r#"{"value":[]}"#), canned(200, r#"{"value":[]}"#)]).await;
+    let tokens = Arc::new(AzureIdentityTokens::from_credential(long.clone(), ARM_SCOPE));
+    let t = ArmTransport::new(cfg(&s.base), tokens, TransportOptions::fast_for_tests()).unwrap();
+    t.perform(CloudCall::ListNatGateways).await.unwrap();
+    t.perform(CloudCall::ListNatGateways).await.unwrap();
+    let seen = s.seen();
+    assert_eq!(seen[0].headers.get("authorization").unwrap(), "Bearer token-2");
+    assert_eq!(seen[1].headers.get("authorization").unwrap(), "Bearer token-2");
+}
