@@ -22,6 +22,8 @@ enum Command {
     Replay(difftracker_host::replay::ReplayArgs),
     /// Write a realistic, seeded trace of Kubernetes watch events.
     GenTrace(difftracker_host::replay::GenTraceArgs),
+    /// Serve the ARM/NRP emulator over HTTP until Ctrl-C.
+    Emulator(difftracker_host::emulator::EmulatorArgs),
     /// Time the engine alone through the PEER-BENCH lifecycle (native or wasm).
     BenchEngine(difftracker_host::bench::BenchArgs),
 }
@@ -41,6 +43,7 @@ fn main() -> Result<()> {
             Command::Demo(args) => demo::run(args).await,
             Command::Replay(args) => difftracker_host::replay::run_replay(args),
             Command::GenTrace(args) => difftracker_host::replay::run_gen_trace(args),
+            Command::Emulator(args) => args.run().await,
             Command::BenchEngine(args) => difftracker_host::bench::run_bench(args),
         }
     })

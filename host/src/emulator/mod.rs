@@ -180,6 +180,34 @@ impl Emulator {
     }
 }
 
+/// Arguments of `difftracker emulator`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EmulatorArgs {
+    /// Address to serve on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// A fault file (see the README): seeded errors, throttling, latency and failed operations.
+    #[arg(long)]
+    pub faults: Option<PathBuf>,
+    /// Answer writes as long-running operations (201/202 with polling headers) instead of at once.
+    #[arg(long)]
+    pub polling: bool,
+    /// Do not seed the AKS-owned `default-natgw`.
+    #[arg(long)]
+    pub no_default_natgw: bool,
+}
+
+impl EmulatorArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let options = EmulatorOptions {
+            lro: if self.polling { LroMode::Polling(PollingOptions::default()) } else { LroMode::Synchronous },
+            seed_default_natgw: !self.no_default_natgw,
+            ..EmulatorOptions::default()
+        };
+        run_emulator(self.listen, self.faults, options).await
+    }
+}
+
 /// The `difftracker emulator --listen ADDR [--faults FILE]` subcommand: serves until Ctrl-C.
 pub async fn run_emulator(listen: SocketAddr, faults: Option<PathBuf>, mut options: EmulatorOptions) -> anyhow::Result<()> {
     if let Some(path) = faults {
