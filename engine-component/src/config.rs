@@ -29,7 +29,7 @@ pub struct InboundConfig {
     pub named_target_ports: Vec<String>,
 }
 
-/// Egress (NAT gateway) configuration. Filled in by the egress half.
+/// Egress (NAT gateway) configuration, decided when the first pod of the identity arrives.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundConfig {
     /// Public IP families decided once at creation.
@@ -76,6 +76,11 @@ impl ServiceConfig {
         ServiceConfig { identity: Identity::new(&object.uid), object, details: ServiceDetails::Inbound(cfg) }
     }
 
+    /// An egress (NAT gateway) config: no Kubernetes object of its own.
+    pub fn outbound(identity: Identity, ip_families: Vec<IpVersion>, triggering_pod: Option<(String, String)>) -> ServiceConfig {
+        ServiceConfig { identity, object: ObjectRef::default(), details: ServiceDetails::Outbound(OutboundConfig { ip_families, triggering_pod }) }
+    }
+
     /// A config without details (deletion-only ops).
     pub fn bare(identity: Identity, kind: ServiceKind, object: ObjectRef) -> ServiceConfig {
         ServiceConfig { identity, object, details: ServiceDetails::None(kind) }
@@ -91,6 +96,13 @@ impl ServiceConfig {
 
     pub fn is_inbound(&self) -> bool {
         self.kind() == ServiceKind::Inbound
+    }
+
+    pub fn outbound_config(&self) -> Option<&OutboundConfig> {
+        match &self.details {
+            ServiceDetails::Outbound(c) => Some(c),
+            _ => None,
+        }
     }
 
     pub fn inbound_config(&self) -> Option<&InboundConfig> {

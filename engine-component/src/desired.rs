@@ -42,18 +42,68 @@ pub struct Desired {
     index: BTreeMap<Identity, BTreeSet<Key>>,
     #[serde(skip)]
     addresses: usize,
+    /// Egress identity -> the keys whose outbound identity it is.
+    #[serde(skip)]
+    outbound_index: BTreeMap<Identity, BTreeSet<Key>>,
+    /// Egress pod key (`ns/name`) -> the keys it owns.
+    #[serde(skip)]
+    by_pod_key: BTreeMap<String, BTreeSet<Key>>,
+    /// Pod address -> the locations where it carries an outbound identity.
+    #[serde(skip)]
+    outbound_by_addr: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Desired {
     pub fn rebuild_index(&mut self) {
         self.index.clear();
         self.addresses = 0;
-        for (loc, pods) in &self.nodes {
+        self.outbound_index.clear();
+        self.by_pod_key.clear();
+        self.outbound_by_addr.clear();
+        let nodes = std::mem::take(&mut self.nodes);
+        for (loc, pods) in &nodes {
             for (addr, pod) in pods {
                 self.addresses += 1;
                 for id in pod.identities() {
                     self.index.entry(id.clone()).or_default().insert((loc.clone(), addr.clone()));
                 }
+                if let Some(id) = &pod.outbound {
+                    self.outbound_index_add(id, pod.outbound_pod_key.as_deref(), loc, addr);
+                }
+            }
+        }
+        self.nodes = nodes;
+    }
+
+    fn outbound_index_add(&mut self, id: &Identity, pod_key: Option<&str>, loc: &str, addr: &str) {
+        let key = (loc.to_string(), addr.to_string());
+        self.outbound_index.entry(id.clone()).or_default().insert(key.clone());
+        if let Some(k) = pod_key.filter(|k| !k.is_empty()) {
+            self.by_pod_key.entry(k.to_string()).or_default().insert(key);
+        }
+        self.outbound_by_addr.entry(addr.to_string()).or_default().insert(loc.to_string());
+    }
+
+    fn outbound_index_remove(&mut self, id: &Identity, pod_key: Option<&str>, loc: &str, addr: &str) {
+        let key = (loc.to_string(), addr.to_string());
+        if let Some(set) = self.outbound_index.get_mut(id) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.outbound_index.remove(id);
+            }
+        }
+        if let Some(k) = pod_key.filter(|k| !k.is_empty()) {
+            if let Some(set) = self.by_pod_key.get_mut(k) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.by_pod_key.remove(k);
+                }
+            }
+        }
+        if let Some(set) = self.outbound_by_addr.get_mut(addr) {
+            set.remove(loc);
+            if set.is_empty() {
+                self.outbound_by_addr.remove(addr);
             }
         }
     }
@@ -108,18 +158,21 @@ impl Desired {
         removed
     }
 
-    /// Sets the outbound identity of an address (egress half). Re-adding the same identity does
-    /// not double count; changing identity decrements the old one first.
+    /// Sets the outbound identity of an address and the pod that owns it. Re-adding the same
+    /// identity does not double count (only the owner is refreshed); changing identity
+    /// decrements the old one first. True if the identity set of the address changed.
     pub fn set_outbound(&mut self, id: &Identity, loc: &str, addr: &str, pod_key: &str, pod_uid: &str) -> bool {
-        let prev = self.nodes.get(loc).and_then(|p| p.get(addr)).and_then(|p| p.outbound.clone());
-        if prev.as_ref() == Some(id) {
-            if let Some(pod) = self.nodes.get_mut(loc).and_then(|p| p.get_mut(addr)) {
-                pod.outbound_pod_key = Some(pod_key.to_string());
-                pod.outbound_pod_uid = Some(pod_uid.to_string());
+        let prev = self.nodes.get(loc).and_then(|p| p.get(addr)).map(|p| (p.outbound.clone(), p.outbound_pod_key.clone()));
+        if let Some((Some(prev_id), prev_key)) = &prev {
+            if prev_id == id {
+                self.outbound_index_remove(id, prev_key.as_deref(), loc, addr);
+                self.outbound_index_add(id, Some(pod_key), loc, addr);
+                if let Some(pod) = self.nodes.get_mut(loc).and_then(|p| p.get_mut(addr)) {
+                    pod.outbound_pod_key = Some(pod_key.to_string());
+                    pod.outbound_pod_uid = Some(pod_uid.to_string());
+                }
+                return false;
             }
-            return false;
-        }
-        if prev.is_some() {
             self.clear_outbound(loc, addr);
         }
         let pods = self.nodes.entry(loc.to_string()).or_default();
@@ -131,7 +184,9 @@ impl Desired {
         pod.outbound_pod_key = Some(pod_key.to_string());
         pod.outbound_pod_uid = Some(pod_uid.to_string());
         self.index_add(id, loc, addr);
-        *self.outbound_ref_count.entry(id.clone()).or_insert(0) += 1;
+        self.outbound_index_add(id, Some(pod_key), loc, addr);
+        let c = self.outbound_ref_count.entry(id.clone()).or_insert(0);
+        *c = c.saturating_add(1);
         true
     }
 
@@ -140,9 +195,10 @@ impl Desired {
     pub fn clear_outbound(&mut self, loc: &str, addr: &str) -> Option<Identity> {
         let pod = self.nodes.get_mut(loc).and_then(|p| p.get_mut(addr))?;
         let id = pod.outbound.take()?;
-        pod.outbound_pod_key = None;
+        let key = pod.outbound_pod_key.take();
         pod.outbound_pod_uid = None;
         self.index_remove(&id, loc, addr);
+        self.outbound_index_remove(&id, key.as_deref(), loc, addr);
         self.prune(loc, addr);
         self.decrement_ref(&id);
         Some(id)
@@ -168,17 +224,17 @@ impl Desired {
             None => return Vec::new(),
         };
         for (loc, addr) in &keys {
-            let mut outbound_hit = false;
+            let mut outbound_hit = None;
             if let Some(pod) = self.nodes.get_mut(loc).and_then(|p| p.get_mut(addr)) {
                 pod.inbound.remove(id);
                 if pod.outbound.as_ref() == Some(id) {
                     pod.outbound = None;
-                    pod.outbound_pod_key = None;
+                    outbound_hit = Some(pod.outbound_pod_key.take());
                     pod.outbound_pod_uid = None;
-                    outbound_hit = true;
                 }
             }
-            if outbound_hit {
+            if let Some(key) = outbound_hit {
+                self.outbound_index_remove(id, key.as_deref(), loc, addr);
                 self.decrement_ref(id);
             }
             self.prune(loc, addr);
@@ -211,6 +267,44 @@ impl Desired {
         self.addresses
     }
 
+    /// The keys whose outbound identity is `id` (live egress pod addresses).
+    pub fn outbound_keys_of(&self, id: &Identity) -> impl Iterator<Item = &Key> {
+        self.outbound_index.get(id).into_iter().flatten()
+    }
+
+    /// Whether any live address carries `id` as its outbound identity.
+    pub fn has_outbound(&self, id: &Identity) -> bool {
+        self.outbound_index.contains_key(id)
+    }
+
+    /// The keys owned by egress pod `pod_key`.
+    pub fn keys_of_pod(&self, pod_key: &str) -> impl Iterator<Item = &Key> {
+        self.by_pod_key.get(pod_key).into_iter().flatten()
+    }
+
+    /// The locations where `addr` carries an outbound identity.
+    pub fn outbound_locations_of(&self, addr: &str) -> impl Iterator<Item = &String> {
+        self.outbound_by_addr.get(addr).into_iter().flatten()
+    }
+
+    /// Every egress identity with its live address count (`outboundIdentityPodRefCount`).
+    pub fn ref_counts(&self) -> &BTreeMap<Identity, u32> {
+        &self.outbound_ref_count
+    }
+
+    /// Overwrites (or with `None` deletes) one ref-count entry: for tests of the inconsistent
+    /// counter paths (ENGINE.md 8.1 step 7).
+    pub fn force_ref_count(&mut self, id: &Identity, value: Option<u32>) {
+        match value {
+            Some(v) => {
+                self.outbound_ref_count.insert(id.clone(), v);
+            }
+            None => {
+                self.outbound_ref_count.remove(id);
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
@@ -221,6 +315,9 @@ impl Desired {
         fresh.rebuild_index();
         if fresh.index != self.index || fresh.addresses != self.addresses {
             return Err("desired index drifted".into());
+        }
+        if fresh.outbound_index != self.outbound_index || fresh.by_pod_key != self.by_pod_key || fresh.outbound_by_addr != self.outbound_by_addr {
+            return Err("desired outbound index drifted".into());
         }
         for pods in self.nodes.values() {
             if pods.is_empty() || pods.values().any(|p| p.is_empty()) {

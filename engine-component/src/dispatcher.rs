@@ -165,6 +165,7 @@ impl Engine {
         }
         let Some(op) = self.ops.get(id) else { return };
         let kind = op.kind();
+        let needs_families = kind == ServiceKind::Outbound && op.config.outbound_config().is_none();
         let work = match op.state {
             ResourceState::NotStarted => {
                 if op.creation_failed_terminal {
@@ -179,13 +180,15 @@ impl Engine {
         if let Gate::Skip = self.retry_gate(id) {
             return;
         }
-        if kind == ServiceKind::Outbound && work != Work::Update {
-            // The egress worker (6.3, 6.5) is not part of this engine yet.
-            return;
-        }
+        // An outbound create without decided families (an op created for a deletion, then
+        // recreated) decides them now, once for this creation (2.6).
+        let families = (needs_families && work == Work::Create).then(|| self.outbound_ip_families());
         let now = self.now_ms;
         let Some(config) = self
             .update_op(id, |op| {
+                if let Some(f) = families {
+                    op.config = crate::config::ServiceConfig::outbound(op.config.identity.clone(), f, op.triggering_pod.clone());
+                }
                 if work == Work::Create {
                     op.state = ResourceState::CreationInProgress;
                 }

@@ -31,12 +31,24 @@ pub struct EndpointCache {
     by_owner: BTreeMap<Identity, BTreeSet<String>>,
     #[serde(skip)]
     by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Nodes with an IPv6 InternalIP (IPv4-mapped forms do not count).
+    #[serde(skip)]
+    v6_nodes: BTreeSet<String>,
+}
+
+/// Whether a node InternalIP is a genuine IPv6 address (not an IPv4-mapped one).
+pub fn is_real_ipv6(raw: &str) -> bool {
+    match parse_ip(raw) {
+        Some(std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped().is_none(),
+        _ => false,
+    }
 }
 
 impl EndpointCache {
     pub fn rebuild_index(&mut self) {
         self.by_owner.clear();
         self.by_node.clear();
+        self.v6_nodes = self.nodes.iter().filter(|(_, ips)| ips.iter().any(|ip| is_real_ipv6(ip))).map(|(n, _)| n.clone()).collect();
         let slices = std::mem::take(&mut self.slices);
         for (key, s) in &slices {
             self.index(key, s);
@@ -108,11 +120,22 @@ impl EndpointCache {
 
     /// Stores a node's InternalIPs; returns the previous ones (None if the node was unknown).
     pub fn set_node(&mut self, node: &Node) -> Option<Vec<String>> {
+        if node.internal_ips.iter().any(|ip| is_real_ipv6(ip)) {
+            self.v6_nodes.insert(node.name.clone());
+        } else {
+            self.v6_nodes.remove(&node.name);
+        }
         self.nodes.insert(node.name.clone(), node.internal_ips.clone())
     }
 
     pub fn remove_node(&mut self, name: &str) -> Option<Vec<String>> {
+        self.v6_nodes.remove(name);
         self.nodes.remove(name)
+    }
+
+    /// Whether any known node has an IPv6 InternalIP (ENGINE.md 2.6).
+    pub fn cluster_has_ipv6(&self) -> bool {
+        !self.v6_nodes.is_empty()
     }
 
     /// The addresses a slice contributes with the current node table (2.3). A deleting slice

@@ -16,9 +16,11 @@ use crate::desired::{Desired, Key};
 use crate::dispatcher::{Dispatcher, MAX_CONCURRENT_OPERATIONS};
 use crate::endpoints::{removals, EndpointCache, EndpointMap};
 use crate::identity::Identity;
+use crate::egress::{PodBuffer, PodDeletionRecord};
 use crate::io::{
-    Completion, EngineStatus, EventType, Io, KubeEvent, KubeEventRecord, ObjectKind, ObjectRef, Service, TenantConfig, TickOutcome,
+    CallId, Completion, EngineStatus, EventType, Io, KubeEvent, KubeEventRecord, ObjectKind, ObjectRef, Pod, Service, TenantConfig, TickOutcome,
 };
+use crate::pods::{PodCall, PodEvent};
 use crate::locations::LocationsUpdater;
 use crate::metrics::{self, Metrics};
 use crate::nrp::NrpMirror;
@@ -26,7 +28,7 @@ use crate::readiness::is_ready;
 use crate::state::{OpTable, Operation, ResourceState, STATE_LABELS};
 use crate::workers::{ActiveOp, Failure, OpResult};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,30 +60,6 @@ pub struct PendingDeletion {
     pub at_ms: u64,
 }
 
-/// An egress pod address waiting for its NAT gateway (`pendingPods`; egress half).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BufferedPod {
-    pub pod_key: String,
-    pub pod_uid: String,
-    pub location: String,
-    pub address: String,
-    pub at_ms: u64,
-}
-
-/// A `pendingPodDeletions` record (egress half).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodDeletionRecord {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub service_uid: Identity,
-    pub addresses: Vec<Key>,
-    pub verify_service_drain: bool,
-    pub is_last_pod: bool,
-    pub recovered_at_startup: bool,
-    pub at_ms: u64,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Engine {
     pub(crate) config: TenantConfig,
@@ -96,9 +74,36 @@ pub struct Engine {
     pub(crate) buffers: BTreeMap<Identity, Vec<EndpointDelta>>,
     #[serde(skip)]
     pub(crate) buffered_deltas: usize,
-    pub(crate) pending_pods: BTreeMap<Identity, Vec<BufferedPod>>,
+    pub(crate) pending_pods: BTreeMap<Identity, PodBuffer>,
     pub(crate) pending_deletions: BTreeMap<Identity, PendingDeletion>,
     pub(crate) pending_pod_deletions: BTreeMap<String, PodDeletionRecord>,
+    /// Record keys per egress identity (derived).
+    #[serde(skip)]
+    pub(crate) pod_records_by_id: BTreeMap<Identity, BTreeSet<String>>,
+    /// Records whose readiness may have changed since the last CheckPendingPodDeletions.
+    #[serde(default)]
+    pub(crate) pod_check_candidates: BTreeSet<String>,
+    /// The last Pod object seen per `ns/name` (egress-labelled pods), for update decisions.
+    #[serde(default)]
+    pub(crate) pod_objects: BTreeMap<String, Pod>,
+    /// Pod keys with a pod call queued or in flight.
+    #[serde(default)]
+    pub(crate) pod_busy: BTreeSet<String>,
+    /// Pod calls to start on the next tick.
+    #[serde(default)]
+    pub(crate) pod_queue: VecDeque<PodCall>,
+    /// Pod calls in flight, by call id.
+    #[serde(default)]
+    pub(crate) pod_calls: BTreeMap<CallId, PodCall>,
+    /// Pod events waiting behind an outstanding call for the same pod, in order.
+    #[serde(default)]
+    pub(crate) pod_deferred: BTreeMap<String, VecDeque<PodEvent>>,
+    /// Pods whose call completed and whose deferred events may run.
+    #[serde(default)]
+    pub(crate) pod_released: BTreeSet<String>,
+    /// `clusterHasIPv6` (only a positive answer is cached).
+    #[serde(default)]
+    pub(crate) cluster_has_ipv6: bool,
     /// Pending deletions whose NRP addresses may have drained (checked by the next
     /// CheckPendingServiceDeletions instead of scanning every pending deletion).
     pub(crate) drain_candidates: BTreeSet<Identity>,
@@ -129,6 +134,15 @@ impl Engine {
             pending_pods: BTreeMap::new(),
             pending_deletions: BTreeMap::new(),
             pending_pod_deletions: BTreeMap::new(),
+            pod_records_by_id: BTreeMap::new(),
+            pod_check_candidates: BTreeSet::new(),
+            pod_objects: BTreeMap::new(),
+            pod_busy: BTreeSet::new(),
+            pod_queue: VecDeque::new(),
+            pod_calls: BTreeMap::new(),
+            pod_deferred: BTreeMap::new(),
+            pod_released: BTreeSet::new(),
+            cluster_has_ipv6: false,
             drain_candidates: BTreeSet::new(),
             blocked_by_locations: 0,
             dirty: BTreeSet::new(),
@@ -157,12 +171,15 @@ impl Engine {
         self.fire_location_timeout();
         self.fire_timers();
         for _ in 0..4 {
+            self.run_deferred_pod_events();
             self.run_locations(io);
             self.dispatch(io);
-            if !(self.lu.triggered && self.lu.in_flight.is_none()) {
+            self.start_pod_calls(io);
+            if !(self.lu.triggered && self.lu.in_flight.is_none()) && self.pod_released.is_empty() {
                 break;
             }
         }
+        self.start_pod_calls(io);
         for ev in std::mem::take(&mut self.queued_events) {
             io.record_event(ev);
         }
@@ -247,7 +264,7 @@ impl Engine {
         self.services.get(id)
     }
     pub fn calls_in_flight(&self) -> usize {
-        self.su.awaited_calls() + usize::from(self.lu.in_flight.is_some())
+        self.su.awaited_calls() + usize::from(self.lu.in_flight.is_some()) + self.pod_calls.len()
     }
 
     /// Nothing in flight, waiting or pending: every op Created or terminal-parked.
@@ -257,6 +274,8 @@ impl Engine {
             && self.ops.unsettled() == 0
             && self.pending_deletions.is_empty()
             && self.pending_pod_deletions.is_empty()
+            && self.pod_queue.is_empty()
+            && self.pod_deferred.is_empty()
             && self.lu.is_idle()
     }
 
@@ -288,6 +307,7 @@ impl Engine {
         if buffered != self.buffered_deltas {
             return Err("buffered delta count drifted".into());
         }
+        self.check_egress_invariants()?;
         for (loc, addrs) in self.nrp.locations() {
             for (addr, services) in addrs {
                 for id in services {
@@ -319,11 +339,18 @@ impl Engine {
         self.nrp.rebuild_index();
         self.endpoints.rebuild_index();
         self.buffered_deltas = self.buffers.values().map(|v| v.len()).sum();
+        for b in self.pending_pods.values_mut() {
+            b.rebuild_index();
+        }
+        self.pod_records_by_id.clear();
+        for (k, r) in &self.pending_pod_deletions {
+            self.pod_records_by_id.entry(r.service_uid.clone()).or_default().insert(k.clone());
+        }
     }
 
     fn next_wake(&self) -> Option<u64> {
         let mut wake = [self.su.next_deadline(), self.lu.next_deadline()].into_iter().flatten().min();
-        let lu_due = self.lu.triggered && self.lu.in_flight.is_none();
+        let lu_due = (self.lu.triggered && self.lu.in_flight.is_none()) || !self.pod_queue.is_empty() || !self.pod_released.is_empty();
         let su_due = self.su.has_runnable() && self.su.in_flight() < MAX_CONCURRENT_OPERATIONS;
         if lu_due || su_due {
             wake = Some(self.now_ms);
@@ -334,6 +361,9 @@ impl Engine {
     fn on_completion(&mut self, c: Completion, io: &mut dyn Io) {
         if self.lu.in_flight.as_ref().is_some_and(|f| f.call == c.id) {
             self.complete_location_sync(c.outcome);
+            return;
+        }
+        if self.complete_pod_call(c.id, &c.outcome) {
             return;
         }
         match self.su.calls.remove(&c.id) {
@@ -379,7 +409,15 @@ impl Engine {
         self.watch(id, |e| e.nrp.set_load_balancer(id, present));
     }
 
-    fn new_op(&mut self, config: ServiceConfig, state: ResourceState) -> Operation {
+    /// `UpdateNRPNATGateways` for one identity (never the reserved one).
+    pub(crate) fn set_nrp_nat_gateway(&mut self, id: &Identity, present: bool) {
+        if id.is_reserved() {
+            return;
+        }
+        self.watch(id, |e| e.nrp.set_nat_gateway(id, present));
+    }
+
+    pub(crate) fn new_op(&mut self, config: ServiceConfig, state: ResourceState) -> Operation {
         let cid = self.rng.uuid();
         Operation::new(config, state, self.now_ms, cid)
     }
@@ -410,18 +448,18 @@ impl Engine {
         }
     }
 
-    fn add_pending_deletion(&mut self, id: &Identity, is_inbound: bool) {
+    pub(crate) fn add_pending_deletion(&mut self, id: &Identity, is_inbound: bool) {
         let now = self.now_ms;
         self.pending_deletions.entry(id.clone()).or_insert(PendingDeletion { is_inbound, at_ms: now });
         self.note_drain_candidate(id);
     }
 
-    fn remove_pending_deletion(&mut self, id: &Identity) {
+    pub(crate) fn remove_pending_deletion(&mut self, id: &Identity) {
         self.pending_deletions.remove(id);
         self.drain_candidates.remove(id);
     }
 
-    fn drop_buffers(&mut self, id: &Identity) {
+    pub(crate) fn drop_buffers(&mut self, id: &Identity) {
         if let Some(v) = self.buffers.remove(id) {
             self.buffered_deltas -= v.len();
         }
@@ -433,7 +471,7 @@ impl Engine {
         self.buffered_deltas += 1;
     }
 
-    fn strip_desired(&mut self, id: &Identity) {
+    pub(crate) fn strip_desired(&mut self, id: &Identity) {
         for (loc, addr) in self.desired.strip(id) {
             self.mark_dirty(&loc, &addr);
         }
@@ -760,6 +798,7 @@ impl Engine {
                         }
                         if state == ResourceState::CreationInProgress {
                             self.replay_buffer(id);
+                            self.replay_pods(id);
                             self.trigger_lu();
                         }
                     }
@@ -808,7 +847,14 @@ impl Engine {
                     Ok(()) => {
                         self.observe_retries("delete", kind, retries);
                         let recreate = self.ops.get(id).is_some_and(|o| o.recreate_after_deletion) || self.pending_pods.get(id).is_some_and(|p| !p.is_empty());
-                        if recreate {
+                        if self.has_last_pod_record(id) {
+                            // A last pod arrived after the worker's sweep: re-run (idempotent).
+                            self.update_op(id, |op| {
+                                op.reset();
+                                op.creation_failed_terminal = false;
+                            });
+                            self.trigger_su(id);
+                        } else if recreate {
                             self.update_op(id, |op| {
                                 op.state = ResourceState::NotStarted;
                                 op.reset();

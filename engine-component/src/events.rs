@@ -5,7 +5,7 @@
 //! `UpdateService` (an admission rejection becomes a Warning Event), any other Service that is
 //! tracked or registered goes to `DeleteService`. EndpointSlices and Nodes become
 //! `UpdateEndpoints` deltas with the owner-change and node-IP-change rules of 2.3.
-//! Pods belong to the egress half and are ignored here.
+//! Pods go to the egress pod handlers of [`crate::pods`].
 
 use crate::admission::admit;
 use crate::config::ServiceConfig;
@@ -13,6 +13,7 @@ use crate::endpoints::{owner_of, slice_key, EndpointMap};
 use crate::engine::Engine;
 use crate::identity::Identity;
 use crate::io::{EndpointSlice, KubeEvent, Node, Service};
+use crate::pods::PodEvent;
 use std::collections::BTreeSet;
 
 /// Whether the engine should provision a load balancer for this Service.
@@ -29,7 +30,8 @@ impl Engine {
             KubeEvent::EndpointSliceDeleted(s) => self.on_slice_deleted(s),
             KubeEvent::NodeApplied(n) => self.on_node_applied(n),
             KubeEvent::NodeDeleted(n) => self.on_node_deleted(n),
-            KubeEvent::PodApplied(_) | KubeEvent::PodDeleted(_) => {}
+            KubeEvent::PodApplied(p) => self.on_pod_event(PodEvent::Applied(p)),
+            KubeEvent::PodDeleted(p) => self.on_pod_event(PodEvent::Deleted(p)),
         }
     }
 

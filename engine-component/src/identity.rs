@@ -24,9 +24,52 @@ impl Identity {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    /// The inbound public IP name, `<identity>-pip`.
+    /// The inbound public IP name, `<identity>-pip` (also the egress IPv4 public IP).
     pub fn pip_name(&self) -> String {
         format!("{}-pip", self.0)
+    }
+    /// The egress IPv6 public IP name, `<identity>-pip-v6`.
+    pub fn pip_v6_name(&self) -> String {
+        format!("{}-pip-v6", self.0)
+    }
+    /// The RP-owned default outbound NAT gateway: never managed, tracked or deleted.
+    pub fn is_reserved(&self) -> bool {
+        self.0 == RESERVED_IDENTITY
+    }
+}
+
+/// `default-natgw` (compared case-insensitively: identities are lower-cased).
+pub const RESERVED_IDENTITY: &str = "default-natgw";
+
+/// Longest egress identity: leaves room for `-pip-v6` within the 80-character public IP name.
+pub const MAX_EGRESS_IDENTITY_LEN: usize = 73;
+
+/// Why an egress label value cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressLabelError {
+    Invalid,
+    Reserved,
+}
+
+/// Checks a (lower-cased) egress identity against `^[a-z0-9]([a-z0-9._-]{0,71}[a-z0-9_])?$` and
+/// the reserved name.
+pub fn check_egress_identity(id: &str) -> Result<(), EgressLabelError> {
+    if id.eq_ignore_ascii_case(RESERVED_IDENTITY) {
+        return Err(EgressLabelError::Reserved);
+    }
+    let b = id.as_bytes();
+    let edge = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let inner = |c: u8| edge(c) || c == b'.' || c == b'_' || c == b'-';
+    let valid = match b.len() {
+        0 => false,
+        1 => edge(b[0]),
+        n if n <= MAX_EGRESS_IDENTITY_LEN => edge(b[0]) && b[1..n - 1].iter().all(|c| inner(*c)) && (edge(b[n - 1]) || b[n - 1] == b'_'),
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(EgressLabelError::Invalid)
     }
 }
 
@@ -88,6 +131,20 @@ mod tests {
     fn identity_is_lower_cased() {
         assert_eq!(Identity::new("ABC-Def").as_str(), "abc-def");
         assert_eq!(Identity::new("X").pip_name(), "x-pip");
+    }
+
+    #[test]
+    fn egress_identity_pattern() {
+        for ok in ["a", "0", "egress-a", "a.b_c-d", "a_", &"x".repeat(73)] {
+            assert_eq!(check_egress_identity(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a.", "_a", ".a", "a/b", "ns/name", "A", "a b", &"x".repeat(74), "é"] {
+            assert_eq!(check_egress_identity(bad), Err(EgressLabelError::Invalid), "{bad}");
+        }
+        assert_eq!(check_egress_identity("default-natgw"), Err(EgressLabelError::Reserved));
+        assert_eq!(check_egress_identity("Default-NatGW"), Err(EgressLabelError::Reserved));
+        assert!(Identity::new("DEFAULT-natgw").is_reserved());
+        assert_eq!(Identity::new("E").pip_v6_name(), "e-pip-v6");
     }
 
     #[test]

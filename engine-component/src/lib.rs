@@ -10,7 +10,10 @@
 //!   [`endpoints`]: slice cache and node IPs.
 //! - [`state`], [`config`]: operation records and desired configs; [`desired`], [`nrp`]: the two
 //!   address models; [`readiness`], [`diff`]: what may be published and what differs.
-//! - [`dispatcher`], [`workers`]: the ServiceUpdater and its per-service step machines;
+//! - [`pods`]: egress pod events -> pod entry points and the pod finalizer calls; [`egress`]: the
+//!   egress entry points (AddPod, DeletePod, pending pod deletions).
+//! - [`dispatcher`], [`workers`]: the ServiceUpdater and its per-service step machines (the
+//!   outbound ones in `egress_workers`);
 //!   [`locations`]: the LocationsUpdater; [`backoff`]: retry timing and the jitter generator.
 //! - [`metrics`], [`snapshot`]: observability and persistence; [`testkit`]: a recording `Io`
 //!   and object builders for tests.
@@ -22,6 +25,8 @@ pub mod config;
 pub mod desired;
 pub mod diff;
 pub mod dispatcher;
+pub mod egress;
+mod egress_workers;
 pub mod endpoints;
 pub mod engine;
 pub mod events;
@@ -30,6 +35,7 @@ pub mod io;
 pub mod locations;
 pub mod metrics;
 pub mod nrp;
+pub mod pods;
 pub mod readiness;
 pub mod snapshot;
 pub mod state;

@@ -87,6 +87,7 @@ impl Engine {
         if diff.is_empty() {
             // Nothing to send: every consumed key is in sync.
             self.check_pending_service_deletions();
+            self.check_pending_pod_deletions();
             self.lu.failures = 0;
             self.lu.abandoned_reported = false;
             return;
@@ -132,6 +133,9 @@ impl Engine {
                 for id in touched.iter().chain(sync.identities.iter()) {
                     self.note_drain_candidate(id);
                 }
+                for id in &touched {
+                    self.note_pod_record_candidates(id);
+                }
                 SyncOutcome::Ok
             }
             Err(e) if is_terminal_status(e) => {
@@ -150,11 +154,13 @@ impl Engine {
         match result {
             SyncOutcome::Ok => {
                 self.check_pending_service_deletions();
+                self.check_pending_pod_deletions();
                 self.lu.failures = 0;
                 self.lu.abandoned_reported = false;
             }
             SyncOutcome::Terminal => {
                 self.check_pending_service_deletions();
+                self.check_pending_pod_deletions();
                 if self.pending_deletions.is_empty() {
                     self.lu.failures = 0;
                     self.lu.abandoned_reported = false;
@@ -163,6 +169,14 @@ impl Engine {
                 }
             }
             SyncOutcome::Retry => self.schedule_location_retry(),
+        }
+    }
+
+    /// A ready pod-finalizer removal failed: the LocationsUpdater retries (with backoff) instead
+    /// of reporting success. A pass in flight re-runs the checks when it completes.
+    pub(crate) fn location_retry_for_pods(&mut self) {
+        if self.lu.in_flight.is_none() && self.lu.retry_at_ms.is_none() {
+            self.schedule_location_retry();
         }
     }
 

@@ -23,15 +23,20 @@ pub struct NrpMirror {
     index: BTreeMap<Identity, BTreeSet<Key>>,
     #[serde(skip)]
     addresses: usize,
+    /// Pod address -> the locations holding it.
+    #[serde(skip)]
+    addr_locs: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl NrpMirror {
     pub fn rebuild_index(&mut self) {
         self.index.clear();
         self.addresses = 0;
+        self.addr_locs.clear();
         for (loc, addrs) in &self.locations {
             for (addr, services) in addrs {
                 self.addresses += 1;
+                self.addr_locs.entry(addr.clone()).or_default().insert(loc.clone());
                 for id in services {
                     self.index.entry(id.clone()).or_default().insert((loc.clone(), addr.clone()));
                 }
@@ -90,6 +95,20 @@ impl NrpMirror {
         self.locations.contains_key(loc)
     }
 
+    /// Whether NRP maps `addr` to `id` under any location.
+    pub fn maps_address_to(&self, id: &Identity, addr: &str) -> bool {
+        self.addr_locs.get(addr).into_iter().flatten().any(|loc| self.services_at(loc, addr).is_some_and(|s| s.contains(id)))
+    }
+
+    fn drop_addr_loc(addr_locs: &mut BTreeMap<String, BTreeSet<String>>, loc: &str, addr: &str) {
+        if let Some(set) = addr_locs.get_mut(addr) {
+            set.remove(loc);
+            if set.is_empty() {
+                addr_locs.remove(addr);
+            }
+        }
+    }
+
     fn unindex_address(index: &mut BTreeMap<Identity, BTreeSet<Key>>, touched: &mut BTreeSet<Identity>, loc: &str, addr: &str, services: &BTreeSet<Identity>) {
         for id in services {
             if let Some(set) = index.get_mut(id) {
@@ -112,6 +131,7 @@ impl NrpMirror {
                 if let Some(old) = self.locations.remove(loc) {
                     for (addr, services) in &old {
                         self.addresses -= 1;
+                        Self::drop_addr_loc(&mut self.addr_locs, loc, addr);
                         Self::unindex_address(&mut self.index, &mut touched, loc, addr, services);
                     }
                 }
@@ -123,6 +143,7 @@ impl NrpMirror {
             for (addr, services) in &change.addresses {
                 if let Some(old) = entry.remove(addr) {
                     self.addresses -= 1;
+                    Self::drop_addr_loc(&mut self.addr_locs, loc, addr);
                     Self::unindex_address(&mut self.index, &mut touched, loc, addr, &old);
                 }
                 if !services.is_empty() {
@@ -131,6 +152,7 @@ impl NrpMirror {
                     }
                     entry.insert(addr.clone(), services.clone());
                     self.addresses += 1;
+                    self.addr_locs.entry(addr.clone()).or_default().insert(loc.clone());
                 }
             }
             if entry.is_empty() {
@@ -153,7 +175,7 @@ impl NrpMirror {
     pub fn check_index(&self) -> Result<(), String> {
         let mut fresh = NrpMirror { locations: self.locations.clone(), ..Default::default() };
         fresh.rebuild_index();
-        if fresh.index != self.index || fresh.addresses != self.addresses {
+        if fresh.index != self.index || fresh.addresses != self.addresses || fresh.addr_locs != self.addr_locs {
             return Err("NRP index drifted".into());
         }
         for addrs in self.locations.values() {

@@ -48,6 +48,22 @@ pub enum Step {
     RemoveFinalizers,
     /// An outbound update: skipped, success without an Azure call.
     SkipOutbound,
+    // Outbound create (6.3).
+    /// PUT the public IP of family `pip_index`.
+    PutNatPublicIp,
+    PutNatGateway,
+    RegisterOutbound,
+    // Outbound delete (6.5).
+    GetSgwServices,
+    ClearNatReference,
+    GetNatGateway,
+    DetachNatGateway,
+    UnregisterOutbound,
+    DeleteNatGateway,
+    DeleteNatPublicIp,
+    DeleteNatPublicIpV6,
+    /// `RemoveLastPodFinalizers`: one last-pod record at a time.
+    RemoveLastPodFinalizer,
 }
 
 /// One running worker.
@@ -65,11 +81,40 @@ pub struct ActiveOp {
     pub pip_address: Option<String>,
     /// Delete: the last failing step's error (`lastErr`).
     pub last_err: Option<CallError>,
+    /// Outbound create: the public IP family being PUT (index into the config's families).
+    #[serde(default)]
+    pub pip_index: usize,
+    /// Outbound delete: a disassociation sub-step failed (counted once).
+    #[serde(default)]
+    pub disassociate_failed: bool,
+    /// Outbound delete: last-pod records still to release (pod keys).
+    #[serde(default)]
+    pub finalizer_keys: Vec<String>,
+    /// Outbound delete: the last-pod finalizer removal in flight (pod key, UID).
+    #[serde(default)]
+    pub finalizer_target: Option<(String, String)>,
+    /// Outbound delete: a last-pod finalizer could not be removed.
+    #[serde(default)]
+    pub finalizer_failed: bool,
 }
 
 impl ActiveOp {
     pub fn new(work: Work, config: ServiceConfig, now: u64, deadline: u64) -> ActiveOp {
-        ActiveOp { work, step: Step::Begin, config, call: None, started_ms: now, deadline_ms: deadline, pip_address: None, last_err: None }
+        ActiveOp {
+            work,
+            step: Step::Begin,
+            config,
+            call: None,
+            started_ms: now,
+            deadline_ms: deadline,
+            pip_address: None,
+            last_err: None,
+            pip_index: 0,
+            disassociate_failed: false,
+            finalizer_keys: Vec::new(),
+            finalizer_target: None,
+            finalizer_failed: false,
+        }
     }
 }
 
@@ -179,7 +224,7 @@ fn inbound_request(id: &Identity, is_delete: bool, pools: Vec<BackendPool>) -> S
 }
 
 /// What a step does next.
-enum Next {
+pub(crate) enum Next {
     Call(Step, Call),
     Finish(WorkerResult),
 }
@@ -189,6 +234,8 @@ impl Engine {
     pub(crate) fn start_worker(&mut self, id: &Identity, io: &mut dyn Io) {
         let Some(a) = self.su.active.get(id) else { return };
         let first = match (a.work, a.config.is_inbound()) {
+            (Work::Create, false) => self.begin_outbound_create(id),
+            (Work::Delete, false) => self.begin_outbound_delete(),
             (Work::Create, _) => self.begin_create(id),
             (Work::Update, true) => self.begin_update(id),
             (Work::Update, false) => {
@@ -329,6 +376,18 @@ impl Engine {
                 Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
             },
             Step::Begin | Step::SkipOutbound => Next::Finish(WorkerResult::Failed(Failure::transient("unknown", "completion for a worker that awaits nothing"))),
+            Step::PutNatPublicIp
+            | Step::PutNatGateway
+            | Step::RegisterOutbound
+            | Step::GetSgwServices
+            | Step::ClearNatReference
+            | Step::GetNatGateway
+            | Step::DetachNatGateway
+            | Step::UnregisterOutbound
+            | Step::DeleteNatGateway
+            | Step::DeleteNatPublicIp
+            | Step::DeleteNatPublicIpV6
+            | Step::RemoveLastPodFinalizer => self.outbound_step(id, step, outcome),
         };
         self.follow(id, next, io);
     }
@@ -351,6 +410,10 @@ impl Engine {
     /// Ends a worker: releases its slot, reports the result, re-queues the identity.
     pub(crate) fn finish_worker(&mut self, id: &Identity, result: WorkerResult) {
         let Some(active) = self.su.remove_active(id) else { return };
+        if let Some((key, _)) = &active.finalizer_target {
+            // A timed-out worker no longer awaits its pod call.
+            self.release_pod_key(key);
+        }
         match result {
             WorkerResult::Dropped => self.drop_tracking(id, &active),
             WorkerResult::Done => self.on_service_creation_complete(id, Ok(())),
