@@ -410,8 +410,9 @@ impl Engine {
             let loc = self.resolve_outbound_location(id, hint, addr);
             let may = self.may_have_reached_nrp(id);
             if self.cancel_buffered(id, &loc, addr, &key, uid) {
-                self.handle_empty_outbound(id);
-                if may {
+                // A teardown scheduled for a possibly half-created NAT holds the finalizer too.
+                let scheduled = self.handle_empty_outbound(id);
+                if may || scheduled {
                     push_unique(&mut drained, addr);
                     trigger = true;
                 }
@@ -580,7 +581,7 @@ impl Engine {
             return DeletePodResult::decide(r.is_last_pod, true);
         }
         let replacement = self.pod_key_owned_by_other_uid(id, &key, uid);
-        let may = self.may_have_reached_nrp(id);
+        let mut may = self.may_have_reached_nrp(id);
 
         let mut addresses: Vec<String> = Vec::new();
         let mut removed_any = false;
@@ -613,7 +614,7 @@ impl Engine {
             removed_any = true;
         }
         if removed_any {
-            self.handle_empty_outbound(id);
+            may |= self.handle_empty_outbound(id);
             if replacement {
                 if may {
                     self.trigger_lu();

@@ -38,6 +38,7 @@ pub mod nrp;
 pub mod pods;
 pub mod readiness;
 pub mod snapshot;
+pub mod startup;
 pub mod state;
 pub mod testkit;
 pub mod workers;

@@ -5,7 +5,7 @@
 use crate::engine::Engine;
 use crate::io::{
     Call, CallError, CallId, CallOutput, CloudCall, Completion, Endpoint, EndpointSlice, IntOrString, Io, IpVersion, KubeEvent,
-    KubeEventRecord, Node, ObjectMeta, OwnerReference, PublicIpInfo, Service, ServicePort, TenantConfig, TickOutcome,
+    KubeEventRecord, Node, ObjectMeta, OwnerReference, Pod, PublicIpInfo, Service, ServicePort, TenantConfig, TickOutcome,
 };
 use std::collections::BTreeMap;
 
@@ -73,8 +73,41 @@ pub fn node(name: &str, ips: &[&str]) -> Node {
     Node { name: name.into(), uid: format!("node-{name}"), internal_ips: ips.iter().map(|s| s.to_string()).collect() }
 }
 
+/// A Running egress pod `ns/name` labelled `label`, with pod IPs `ips` and host IPs `hosts` (the
+/// first of each is `podIP` / `hostIP`).
+pub fn egress_pod(key: &str, uid: &str, label: &str, ips: &[&str], hosts: &[&str]) -> Pod {
+    let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+    Pod {
+        meta: ObjectMeta {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: uid.into(),
+            resource_version: "1".into(),
+            labels: vec![(crate::pods::EGRESS_LABEL.into(), label.into())],
+            ..Default::default()
+        },
+        node_name: "n1".into(),
+        phase: "Running".into(),
+        pod_ip: ips.first().map(|s| s.to_string()).unwrap_or_default(),
+        pod_ips: ips.iter().map(|s| s.to_string()).collect(),
+        host_ip: hosts.first().map(|s| s.to_string()).unwrap_or_default(),
+        host_ips: hosts.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The same pod marked for deletion (carrying the pod cleanup finalizer, as a pod the engine
+/// admitted does).
+pub fn terminating(pod: &Pod) -> Pod {
+    let mut p = pod.clone();
+    p.meta.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
+    if !p.meta.finalizers.iter().any(|f| f == crate::pods::POD_FINALIZER) {
+        p.meta.finalizers.push(crate::pods::POD_FINALIZER.into());
+    }
+    p
+}
+
 /// The default successful output of a call: a public IP gets an address derived from its
-/// name, everything else `Done`.
+/// name, reads return empty results, everything else `Done`.
 pub fn ok_output(call: &Call) -> CallOutput {
     match call {
         Call::Cloud(CloudCall::PutPublicIp { name, version }) => {
@@ -85,6 +118,11 @@ pub fn ok_output(call: &Call) -> CallOutput {
             };
             CallOutput::PublicIp(PublicIpInfo { name: name.clone(), ip_address: Some(ip), version: *version, attached: false })
         }
+        Call::Cloud(CloudCall::GetSgwServices) => CallOutput::SgwServices(vec![]),
+        Call::Cloud(CloudCall::GetNatGateway { .. }) => CallOutput::NatGateway(None),
+        Call::Cloud(CloudCall::GetAddressLocations) => CallOutput::AddressLocations(vec![]),
+        Call::Cloud(CloudCall::ListPublicIps) => CallOutput::PublicIps(vec![]),
+        Call::Cloud(CloudCall::ListLoadBalancers) | Call::Cloud(CloudCall::ListNatGateways) => CallOutput::Names(vec![]),
         _ => CallOutput::Done,
     }
 }

@@ -135,3 +135,110 @@ pub fn finish_delete(h: &mut Harness, uid: &str) {
 pub fn transient() -> CallError {
     CallError::http(500, "InternalServerError", "boom")
 }
+
+// ---------------------------------------------------------------- egress helpers
+
+pub const EG: &str = "egress-a";
+pub const EG2: &str = "egress-b";
+
+/// A harness with n1 (10.0.0.1), n2 (10.0.0.2) and the dual-stack node d1 (10.0.0.3, fd00::3).
+pub fn dual_harness() -> Harness {
+    let mut h = harness();
+    h.deliver(vec![KubeEvent::NodeApplied(node("d1", &["10.0.0.3", "fd00::3"]))]);
+    h
+}
+
+/// An IPv4 egress pod `ns/<name>` on n1.
+pub fn epod(name: &str, uid: &str, label: &str, ip: &str) -> Pod {
+    egress_pod(&format!("ns/{name}"), uid, label, &[ip], &["10.0.0.1"])
+}
+
+pub fn key_of(p: &Pod) -> String {
+    format!("{}/{}", p.meta.namespace, p.meta.name)
+}
+
+pub fn is_add_fin(c: &Call, uid: &str) -> bool {
+    matches!(c, Call::Kube(KubeCall::AddPodFinalizer(r)) if r.uid == uid)
+}
+
+pub fn is_remove_fin(c: &Call, uid: &str) -> bool {
+    matches!(c, Call::Kube(KubeCall::RemovePodFinalizer(r)) if r.uid == uid)
+}
+
+/// Every pod-finalizer removal ever started, by pod UID.
+pub fn removals_started(h: &Harness) -> Vec<String> {
+    h.log
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Call::Kube(KubeCall::RemovePodFinalizer(r)) => Some(r.uid.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Delivers a pod event and completes its add-pod-finalizer call with success.
+pub fn admit(h: &mut Harness, pod: &Pod) {
+    h.deliver(vec![KubeEvent::PodApplied(pod.clone())]);
+    h.tick();
+    let uid = pod.meta.uid.clone();
+    let c = h.find_by(|c| is_add_fin(c, &uid)).unwrap_or_else(|| panic!("no add-pod-finalizer for {uid}: {:?}", h.labels()));
+    h.ok(c);
+}
+
+/// Completes the outbound create of `eid` (public IPs, NAT gateway, registration).
+pub fn create_nat(h: &mut Harness, eid: &str) {
+    for _ in 0..4 {
+        let Some(c) = h.find_by(|c| match c {
+            Call::Cloud(CloudCall::PutPublicIp { name, .. }) => name.starts_with(&format!("{eid}-pip")),
+            Call::Cloud(CloudCall::PutNatGateway(s)) => s.name == eid,
+            Call::Cloud(CloudCall::UpdateServices(r)) => r.iter().any(|r| r.name == eid && !r.is_delete),
+            _ => false,
+        }) else {
+            break;
+        };
+        h.ok(c);
+    }
+    assert!(h.engine.nrp().has_nat_gateway(&id(eid)), "NAT {eid} registered; outstanding {:?}", h.labels());
+}
+
+/// Admits `pods` of `eid`, creates the NAT gateway and publishes the addresses.
+pub fn live_egress(h: &mut Harness, eid: &str, pods: &[Pod]) {
+    for p in pods {
+        admit(h, p);
+    }
+    create_nat(h, eid);
+    assert_eq!(state(h, eid), Some(ResourceState::Created));
+    sync_ok(h).expect("a sync after the NAT create");
+    assert!(h.engine.nrp().has_addresses_for(&id(eid)));
+}
+
+/// Completes the outstanding calls of the outbound delete of `eid` with success, in order
+/// (including last-pod finalizer removals).
+pub fn finish_nat_delete(h: &mut Harness, eid: &str) {
+    for _ in 0..20 {
+        let Some(c) = h.find_by(|c| match c {
+            Call::Cloud(CloudCall::GetSgwServices) => true,
+            Call::Cloud(CloudCall::GetNatGateway { name }) | Call::Cloud(CloudCall::DetachNatGateway { name, .. }) | Call::Cloud(CloudCall::DeleteNatGateway { name }) => name == eid,
+            Call::Cloud(CloudCall::UpdateServices(r)) => r.iter().any(|r| r.name == eid),
+            Call::Cloud(CloudCall::DeletePublicIp { name }) => name.starts_with(&format!("{eid}-pip")),
+            Call::Kube(KubeCall::RemovePodFinalizer(_)) => h.engine.active_operation(&id(eid)).is_some(),
+            _ => false,
+        }) else {
+            break;
+        };
+        h.ok(c);
+    }
+}
+
+/// Delivers a terminating version of `pod`.
+pub fn delete_event(h: &mut Harness, pod: &Pod) {
+    h.deliver(vec![KubeEvent::PodApplied(terminating(pod))]);
+}
+
+pub fn pod_events(h: &Harness, reason: &str) -> usize {
+    h.io.events.iter().filter(|e| e.reason == reason && e.kind == ObjectKind::Pod).count()
+}
+
+pub fn vs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}

@@ -4,6 +4,7 @@
 mod common;
 mod create;
 mod delete;
+mod egress;
 mod endpoint_scenarios;
 mod lifecycle;
 mod location_sync;
