@@ -20,6 +20,7 @@
 //!   emulator); [`mock`]: instant in-process backends for the demo.
 //! - [`demo`]: the default command, the sample inbound path against [`mock`] backends, with the
 //!   sample Kubernetes objects it (and the tests) use.
+//! - [`live`]: the main job and default command (sample trace -> simulated cluster -> tenant -> HTTP -> in-process emulator); [`observe`]: `/metrics`, `/healthz`, `/readyz`, status page.
 //!
 //! The `difftracker` binary (`main.rs`) wires these together behind subcommands.
 
@@ -29,8 +30,10 @@ pub mod demo;
 pub mod driver;
 pub mod executor;
 pub mod k8s;
+pub mod live;
 pub mod replay;
 pub mod mock;
+pub mod observe;
 pub mod runtime;
 pub mod tenant;
 

@@ -1,7 +1,9 @@
 //! `difftracker`: the ServiceGateway diff tracker host.
 //!
 //! Each subcommand is one variant of [`Command`] (its arguments live with its module in the
-//! library) and one arm of the `match` in [`main`]. With no subcommand, `demo` runs.
+//! library) and one arm of the `match` in [`main`]. With no subcommand, `live` runs (the main job:
+//! the bundled sample trace against the in-process emulator over HTTP); its flags may be given
+//! without the subcommand's name (`difftracker --engine native`).
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -9,14 +11,20 @@ use difftracker_host::demo;
 
 #[derive(Parser)]
 #[command(name = "difftracker", version, about = "ServiceGateway load-balancer controller: a WebAssembly engine in a wasmtime host")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// With no subcommand: the main job's flags (see `difftracker live --help`).
+    #[command(flatten)]
+    live: difftracker_host::live::LiveArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the sample inbound path against in-process mock backends and print every call (default).
+    /// Play the bundled sample trace (or --trace FILE) against the in-process emulator over HTTP, with /metrics (default).
+    Live(difftracker_host::live::LiveArgs),
+    /// Run the sample inbound path against in-process mock backends and print every call.
     Demo(demo::DemoArgs),
     /// Replay a Kubernetes watch trace against the in-process emulator in virtual time and write a report.
     Replay(difftracker_host::replay::ReplayArgs),
@@ -36,10 +44,11 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or_else(|| Command::Demo(demo::DemoArgs::default()));
+    let command = cli.command.unwrap_or(Command::Live(cli.live));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match command {
+            Command::Live(args) => difftracker_host::live::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Replay(args) => difftracker_host::replay::run_replay(args),
             Command::GenTrace(args) => difftracker_host::replay::run_gen_trace(args),
