@@ -182,7 +182,8 @@ impl Engine {
         self.pod_queue.len() + self.pod_calls.len()
     }
 
-    /// The pod's outstanding call is over: later events for it may run, its record be checked.
+    /// The pod's outstanding call is over: later events for it may run, and its record (a check
+    /// may have skipped it while busy) is looked at by the next pass.
     pub(crate) fn release_pod_key(&mut self, key: &str) {
         self.pod_busy.remove(key);
         if self.pod_deferred.contains_key(key) {
@@ -190,7 +191,9 @@ impl Engine {
         }
         if self.pending_pod_deletions.contains_key(key) {
             self.pod_check_candidates.insert(key.to_string());
-            self.trigger_lu();
+            if self.lu.retry_at_ms.is_none() {
+                self.trigger_lu();
+            }
         }
     }
 

@@ -196,23 +196,3 @@ fn s010_status_write_skipped_when_ingress_already_equal() {
     assert_eq!(state(&h, UID), Some(ResourceState::Created));
     assert!(h.log.iter().all(|(_, c)| c.label() != "patch-service-ingress"));
 }
-
-#[test]
-fn s011_s012_egress_scenarios_have_no_inbound_path() {
-    // 11 (outbound create) and 12 (egress label colliding with an inbound UID) belong to the
-    // egress half. Inbound analogue of 12: pod events never touch an inbound op.
-    let mut h = harness();
-    create(&mut h, UID, &[80]);
-    let before = h.engine.operation(&id(UID)).cloned();
-    let pod = Pod {
-        meta: ObjectMeta { namespace: "default".into(), name: "p".into(), uid: "pod-1".into(), labels: vec![("kubernetes.azure.com/service-egress-gateway".into(), UID.into())], ..Default::default() },
-        node_name: "n1".into(),
-        phase: "Running".into(),
-        pod_ip: "10.1.0.9".into(),
-        pod_ips: vec!["10.1.0.9".into()],
-        host_ip: "10.0.0.1".into(),
-        host_ips: vec!["10.0.0.1".into()],
-    };
-    h.deliver(vec![KubeEvent::PodApplied(pod.clone()), KubeEvent::PodDeleted(pod)]);
-    assert_eq!(h.engine.operation(&id(UID)).cloned(), before);
-}

@@ -396,19 +396,6 @@ fn s039_transient_lookup_after_cleanup_fails_but_not_found_succeeds() {
 }
 
 #[test]
-fn s040_last_pod_record_is_egress_only() {
-    // Scenario 40 concerns last-pod finalizer records (egress). Inbound analogue: a delete
-    // success with nothing pending removes tracking exactly once and is not re-dispatched.
-    let mut h = harness();
-    create(&mut h, UID, &[80]);
-    h.engine.delete_service(&id(UID), true, false);
-    h.tick();
-    finish_delete(&mut h, UID);
-    assert!(!h.engine.is_service_tracked(&id(UID)));
-    assert!(h.tick().is_empty());
-}
-
-#[test]
 fn s041_endpoints_during_deletion() {
     let mut h = harness();
     create_published(&mut h, UID, "s", "10.1.0.1");

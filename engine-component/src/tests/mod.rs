@@ -9,6 +9,7 @@ mod endpoint_scenarios;
 mod lifecycle;
 mod location_sync;
 mod misc;
+mod pod_finalizers;
 mod props;
 mod retry;
 mod scale;
