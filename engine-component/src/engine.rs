@@ -554,7 +554,7 @@ impl Engine {
     /// `AddService`: starts tracking an unknown identity in NotStarted.
     pub fn add_service(&mut self, config: ServiceConfig) {
         let id = config.identity.clone();
-        if id.is_empty() || self.ops.contains(&id) {
+        if id.is_empty() || id.is_reserved() || self.ops.contains(&id) {
             return;
         }
         match config.kind() {
@@ -653,7 +653,7 @@ impl Engine {
 
     /// `DeleteService(identity, inbound, orphan)`.
     pub fn delete_service(&mut self, id: &Identity, inbound: bool, orphan: bool) {
-        if id.is_empty() {
+        if id.is_empty() || id.is_reserved() {
             return;
         }
         match self.ops.get(id).map(|o| (o.state, o.retries_exhausted)) {

@@ -13,4 +13,5 @@ mod pod_finalizers;
 mod props;
 mod retry;
 mod scale;
+mod startup;
 mod update;
