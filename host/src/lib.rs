@@ -18,7 +18,7 @@
 //!   tenant's next tick. Also the [`executor::Clock`] (real or manual).
 //! - [`backend`]: the traits every backend implements (mocks, the ARM/NRP transport, the
 //!   emulator); [`mock`]: instant in-process backends for the demo.
-//! - [`demo`]: the default command, the sample inbound path against [`mock`] backends, with the
+//! - [`demo`]: `difftracker demo`, the sample inbound path against [`mock`] backends, with the
 //!   sample Kubernetes objects it (and the tests) use.
 //! - [`live`]: the main job and default command (sample trace -> simulated cluster -> tenant -> HTTP -> in-process emulator); [`observe`]: `/metrics`, `/healthz`, `/readyz`, status page.
 //!
