@@ -263,6 +263,11 @@ impl Engine {
     pub fn service_object(&self, id: &Identity) -> Option<&Service> {
         self.services.get(id)
     }
+    /// Whether the engine still awaits the completion of call `id` (a timed-out call's late
+    /// completion is ignored).
+    pub fn awaits(&self, id: CallId) -> bool {
+        self.lu.in_flight.as_ref().is_some_and(|f| f.call == id) || self.pod_calls.contains_key(&id) || self.su.calls.contains_key(&id)
+    }
     pub fn calls_in_flight(&self) -> usize {
         self.su.awaited_calls() + usize::from(self.lu.in_flight.is_some()) + self.pod_calls.len()
     }

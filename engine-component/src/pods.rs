@@ -455,20 +455,22 @@ impl Engine {
         let key = pod_key(pod);
         let label = egress_identity(pod);
         let target = pod.meta.object_ref();
+        // A drain record of this pod (from its earlier identity) owns the finalizer.
+        let recorded = self.pending_pod_deletions.get(&key).is_some_and(|r| r.uid.is_empty() || pod.meta.uid.is_empty() || r.uid == pod.meta.uid);
         if label.is_empty() {
-            if has_pod_finalizer(pod) {
+            if has_pod_finalizer(pod) && !recorded {
+                self.queue_pod_call(&key, target, PodCallKind::RemoveDirect { identity: Identity::default() });
+            }
+            return;
+        }
+        if check_egress_identity(&label).is_err() {
+            // Never admitted (nor tracked): nothing can be drained for it.
+            if has_pod_finalizer(pod) && !recorded {
                 self.queue_pod_call(&key, target, PodCallKind::RemoveDirect { identity: Identity::default() });
             }
             return;
         }
         let identity = Identity::new(&label);
-        if check_egress_identity(&label).is_err() {
-            // Never admitted (nor tracked): nothing can be drained for it.
-            if has_pod_finalizer(pod) {
-                self.queue_pod_call(&key, target, PodCallKind::RemoveDirect { identity });
-            }
-            return;
-        }
         let addrs = pod_addresses(pod);
         let result = if pod.host_ip.is_empty() || addrs.is_empty() {
             self.delete_pod_without_addresses(&identity, &pod.meta.namespace, &pod.meta.name, &pod.meta.uid)

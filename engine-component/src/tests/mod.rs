@@ -11,6 +11,7 @@ mod location_sync;
 mod misc;
 mod pod_finalizers;
 mod props;
+mod props_egress;
 mod retry;
 mod scale;
 mod startup;

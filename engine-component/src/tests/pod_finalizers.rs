@@ -85,6 +85,21 @@ fn s082_non_last_pod_finalizer_waits_for_drain() {
     assert!(h.engine.pod_deletion("ns/a").is_none());
     assert_eq!(state(&h, EG), Some(ResourceState::Created));
     inv(&h);
+
+    // A sync already in flight when the pod goes (publishing another pod) does not drain it:
+    // its success must not release the finalizer.
+    let c3 = epod("c", "u3", EG, "10.1.0.3");
+    admit(&mut h, &c3);
+    let inflight = h.find("POST updateAddressLocations").expect("publishing c");
+    let b = epod("b", "u2", EG, "10.1.0.2");
+    delete_event(&mut h, &b);
+    h.tick();
+    h.ok(inflight);
+    assert!(h.engine.nrp().maps_address_to(&id(EG), "10.1.0.2"));
+    assert!(remove_call(&h, "u2").is_none(), "released while its address is still mapped");
+    sync_ok(&mut h).expect("the unbind follows");
+    assert!(remove_call(&h, "u2").is_some());
+    inv(&h);
 }
 
 #[test]
