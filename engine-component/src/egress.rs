@@ -121,6 +121,10 @@ pub struct PodDeletionRecord {
     pub service_uid: Identity,
     /// Drained pod addresses (canonical, deduplicated).
     pub addresses: Vec<String>,
+    /// Addresses under other identities the pod left without a record (a live re-registration
+    /// moved it) that may still be mapped: they gate the finalizer too.
+    #[serde(default)]
+    pub other_addresses: Vec<(Identity, String)>,
     /// No address known: wait until NRP holds no address of the identity that no live or
     /// buffered pod backs.
     pub verify_service_drain: bool,
@@ -132,6 +136,57 @@ pub struct PodDeletionRecord {
 impl PodDeletionRecord {
     pub fn target(&self) -> ObjectRef {
         ObjectRef { namespace: self.namespace.clone(), name: self.name.clone(), uid: self.uid.clone() }
+    }
+}
+
+/// Derived indexes of the pending pod-deletion records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordIndex {
+    /// Identity -> record keys.
+    pub by_id: BTreeMap<Identity, BTreeSet<String>>,
+    /// (identity, address) -> record keys listing that address.
+    pub by_addr: BTreeMap<(Identity, String), BTreeSet<String>>,
+    /// Identity -> record keys verifying at service level.
+    pub verify: BTreeMap<Identity, BTreeSet<String>>,
+}
+
+fn index_insert<K: Ord + Clone>(map: &mut BTreeMap<K, BTreeSet<String>>, k: &K, key: &str) {
+    map.entry(k.clone()).or_default().insert(key.to_string());
+}
+
+fn index_remove<K: Ord>(map: &mut BTreeMap<K, BTreeSet<String>>, k: &K, key: &str) {
+    if let Some(set) = map.get_mut(k) {
+        set.remove(key);
+        if set.is_empty() {
+            map.remove(k);
+        }
+    }
+}
+
+impl RecordIndex {
+    pub fn add(&mut self, key: &str, r: &PodDeletionRecord) {
+        index_insert(&mut self.by_id, &r.service_uid, key);
+        for a in &r.addresses {
+            index_insert(&mut self.by_addr, &(r.service_uid.clone(), a.clone()), key);
+        }
+        for p in &r.other_addresses {
+            index_insert(&mut self.by_addr, p, key);
+        }
+        if r.verify_service_drain {
+            index_insert(&mut self.verify, &r.service_uid, key);
+        }
+    }
+    pub fn remove(&mut self, key: &str, r: &PodDeletionRecord) {
+        index_remove(&mut self.by_id, &r.service_uid, key);
+        for a in &r.addresses {
+            index_remove(&mut self.by_addr, &(r.service_uid.clone(), a.clone()), key);
+        }
+        for p in &r.other_addresses {
+            index_remove(&mut self.by_addr, p, key);
+        }
+        if r.verify_service_drain {
+            index_remove(&mut self.verify, &r.service_uid, key);
+        }
     }
 }
 
@@ -205,29 +260,48 @@ impl Engine {
 
     // ------------------------------------------------------------------ records
 
-    pub(crate) fn put_pod_record(&mut self, key: &str, rec: PodDeletionRecord) {
-        self.remove_pod_record(key);
-        self.pod_records_by_id.entry(rec.service_uid.clone()).or_default().insert(key.to_string());
+    /// Stores a record. Addresses an earlier record of the same pod, or a replacement drain
+    /// (the pod's shadow), took without a covering record and that may still be mapped are
+    /// carried into `other_addresses`: the finalizer waits for them too.
+    pub(crate) fn put_pod_record(&mut self, key: &str, mut rec: PodDeletionRecord) {
+        let mut carried: Vec<(Identity, String)> = Vec::new();
+        if let Some(old) = self.remove_pod_record(key) {
+            if compatible(&old.uid, &rec.uid) {
+                carried.extend(old.addresses.iter().map(|a| (old.service_uid.clone(), a.clone())));
+                carried.extend(old.other_addresses);
+            }
+        }
+        let (suid, pending) = self.take_shadow(key);
+        if compatible(&suid, &rec.uid) {
+            carried.extend(pending);
+        }
+        for (i, a) in carried {
+            let own = i == rec.service_uid && rec.addresses.contains(&a);
+            if !own && !rec.other_addresses.contains(&(i.clone(), a.clone())) && self.may_map(&i, &a) {
+                rec.other_addresses.push((i, a));
+            }
+        }
+        self.pod_records.add(key, &rec);
         self.pending_pod_deletions.insert(key.to_string(), rec);
         self.pod_check_candidates.insert(key.to_string());
     }
 
     pub(crate) fn remove_pod_record(&mut self, key: &str) -> Option<PodDeletionRecord> {
         let rec = self.pending_pod_deletions.remove(key)?;
-        if let Some(set) = self.pod_records_by_id.get_mut(&rec.service_uid) {
-            set.remove(key);
-            if set.is_empty() {
-                self.pod_records_by_id.remove(&rec.service_uid);
-            }
-        }
+        self.pod_records.remove(key, &rec);
         self.pod_check_candidates.remove(key);
         Some(rec)
     }
 
-    /// Drops the record of `key` when its UID is compatible with `uid`.
+    /// Drops the record of `key` when its UID is compatible with `uid`; its addresses that may
+    /// still be mapped go to the pod's shadow (no record covers them any more).
     fn drop_compatible_record(&mut self, key: &str, uid: &str) {
         if self.pending_pod_deletions.get(key).is_some_and(|r| compatible(uid, &r.uid)) {
-            self.remove_pod_record(key);
+            if let Some(rec) = self.remove_pod_record(key) {
+                let mut pairs: Vec<(Identity, String)> = rec.addresses.iter().map(|a| (rec.service_uid.clone(), a.clone())).collect();
+                pairs.extend(rec.other_addresses);
+                self.shadow_pairs(key, &rec.uid, pairs);
+            }
         }
     }
 
@@ -241,17 +315,26 @@ impl Engine {
 
     /// Record keys of identity `id`.
     pub(crate) fn pod_record_keys(&self, id: &Identity) -> Vec<String> {
-        self.pod_records_by_id.get(id).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        self.pod_records.by_id.get(id).map(|s| s.iter().cloned().collect()).unwrap_or_default()
     }
 
     pub(crate) fn has_last_pod_record(&self, id: &Identity) -> bool {
-        self.pod_records_by_id.get(id).into_iter().flatten().any(|k| self.pending_pod_deletions.get(k).is_some_and(|r| r.is_last_pod))
+        self.pod_records.by_id.get(id).into_iter().flatten().any(|k| self.pending_pod_deletions.get(k).is_some_and(|r| r.is_last_pod))
     }
 
-    /// Marks every record of `id` for the next CheckPendingPodDeletions.
-    pub(crate) fn note_pod_record_candidates(&mut self, id: &Identity) {
-        if let Some(keys) = self.pod_records_by_id.get(id) {
-            self.pod_check_candidates.extend(keys.iter().cloned());
+    /// After a sync removed NRP references: the records listing one of the removed (identity,
+    /// address) pairs, and the service-level verifications of the identities touched, are
+    /// looked at by the next CheckPendingPodDeletions.
+    pub(crate) fn note_pod_record_candidates(&mut self, ids: &BTreeSet<Identity>, pairs: &BTreeSet<(Identity, String)>) {
+        for p in pairs {
+            if let Some(keys) = self.pod_records.by_addr.get(p) {
+                self.pod_check_candidates.extend(keys.iter().cloned());
+            }
+        }
+        for id in ids {
+            if let Some(keys) = self.pod_records.verify.get(id) {
+                self.pod_check_candidates.extend(keys.iter().cloned());
+            }
         }
     }
 
@@ -292,16 +375,8 @@ impl Engine {
             self.mark_dirty(loc, addr);
         }
         // A live address may back an NRP address a service-level verification waits on.
-        if self.pod_records_by_id.contains_key(id) {
-            let verify: Vec<String> = self
-                .pod_records_by_id
-                .get(id)
-                .into_iter()
-                .flatten()
-                .filter(|k| self.pending_pod_deletions.get(*k).is_some_and(|r| r.verify_service_drain))
-                .cloned()
-                .collect();
-            self.pod_check_candidates.extend(verify);
+        if let Some(keys) = self.pod_records.verify.get(id) {
+            self.pod_check_candidates.extend(keys.iter().cloned());
         }
     }
 
@@ -455,6 +530,7 @@ impl Engine {
                     uid: uid.to_string(),
                     service_uid: id.clone(),
                     addresses: drained,
+                    other_addresses: Vec::new(),
                     verify_service_drain: false,
                     is_last_pod: is_last,
                     recovered_at_startup: recovered,
@@ -639,6 +715,7 @@ impl Engine {
             service_uid: id.clone(),
             verify_service_drain: addresses.is_empty(),
             addresses,
+            other_addresses: Vec::new(),
             is_last_pod: is_last,
             recovered_at_startup: false,
             at_ms: self.now_ms,
@@ -671,7 +748,7 @@ impl Engine {
                 !backed
             });
         }
-        !rec.addresses.iter().any(|a| self.nrp.maps_address_to(id, a))
+        !rec.addresses.iter().any(|a| self.nrp.maps_address_to(id, a)) && !rec.other_addresses.iter().any(|(i, a)| self.nrp.maps_address_to(i, a))
     }
 
     /// `CheckPendingPodDeletions` (8.3), run after every LocationsUpdater pass: every drained
@@ -703,14 +780,14 @@ impl Engine {
                 return Err(format!("empty pod buffer kept for {id}"));
             }
         }
-        let mut by_id: BTreeMap<Identity, BTreeSet<String>> = BTreeMap::new();
+        let mut fresh = RecordIndex::default();
         for (k, r) in &self.pending_pod_deletions {
-            by_id.entry(r.service_uid.clone()).or_default().insert(k.clone());
+            fresh.add(k, r);
             if r.service_uid.is_reserved() {
                 return Err(format!("record {k} for the reserved identity"));
             }
         }
-        if by_id != self.pod_records_by_id {
+        if fresh != self.pod_records {
             return Err("pod record index drifted".into());
         }
         for key in &self.pod_busy {

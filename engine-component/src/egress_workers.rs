@@ -120,6 +120,16 @@ impl Engine {
             let key = a.finalizer_keys.remove(0);
             let Some(rec) = self.pending_pod_deletions.get(&key).filter(|r| r.is_last_pod && &r.service_uid == id) else { continue };
             let target = rec.target();
+            if rec.other_addresses.iter().any(|(i, a)| self.may_map(i, a)) {
+                // The NAT gateway is gone, but the pod also left addresses under another
+                // identity that are still mapped: an ordinary drain record from now on.
+                if let Some(r) = self.pending_pod_deletions.get_mut(&key) {
+                    r.is_last_pod = false;
+                }
+                self.pod_check_candidates.insert(key);
+                self.trigger_lu();
+                continue;
+            }
             if self.pod_busy.contains(&key) {
                 // Another call for this pod is outstanding: keep the record, retry the delete.
                 if let Some(a) = self.su.active.get_mut(id) {

@@ -16,7 +16,7 @@ use crate::desired::{Desired, Key};
 use crate::dispatcher::{Dispatcher, MAX_CONCURRENT_OPERATIONS};
 use crate::endpoints::{removals, EndpointCache, EndpointMap};
 use crate::identity::Identity;
-use crate::egress::{PodBuffer, PodDeletionRecord};
+use crate::egress::{PodBuffer, PodDeletionRecord, RecordIndex};
 use crate::io::{
     CallId, Completion, EngineStatus, EventType, Io, KubeEvent, KubeEventRecord, ObjectKind, ObjectRef, Pod, Service, TenantConfig, TickOutcome,
 };
@@ -77,9 +77,9 @@ pub struct Engine {
     pub(crate) pending_pods: BTreeMap<Identity, PodBuffer>,
     pub(crate) pending_deletions: BTreeMap<Identity, PendingDeletion>,
     pub(crate) pending_pod_deletions: BTreeMap<String, PodDeletionRecord>,
-    /// Record keys per egress identity (derived).
+    /// Indexes of the pod-deletion records (derived).
     #[serde(skip)]
-    pub(crate) pod_records_by_id: BTreeMap<Identity, BTreeSet<String>>,
+    pub(crate) pod_records: RecordIndex,
     /// Records whose readiness may have changed since the last CheckPendingPodDeletions.
     #[serde(default)]
     pub(crate) pod_check_candidates: BTreeSet<String>,
@@ -101,6 +101,10 @@ pub struct Engine {
     /// Pods whose call completed and whose deferred events may run.
     #[serde(default)]
     pub(crate) pod_released: BTreeSet<String>,
+    /// Per pod key: (UID, addresses) a replacement drain took from the live pod without a
+    /// record, while they may still be mapped.
+    #[serde(default)]
+    pub(crate) pod_shadows: BTreeMap<String, (String, Vec<(Identity, String)>)>,
     /// `clusterHasIPv6` (only a positive answer is cached).
     #[serde(default)]
     pub(crate) cluster_has_ipv6: bool,
@@ -134,7 +138,7 @@ impl Engine {
             pending_pods: BTreeMap::new(),
             pending_deletions: BTreeMap::new(),
             pending_pod_deletions: BTreeMap::new(),
-            pod_records_by_id: BTreeMap::new(),
+            pod_records: RecordIndex::default(),
             pod_check_candidates: BTreeSet::new(),
             pod_objects: BTreeMap::new(),
             pod_busy: BTreeSet::new(),
@@ -142,6 +146,7 @@ impl Engine {
             pod_calls: BTreeMap::new(),
             pod_deferred: BTreeMap::new(),
             pod_released: BTreeSet::new(),
+            pod_shadows: BTreeMap::new(),
             cluster_has_ipv6: false,
             drain_candidates: BTreeSet::new(),
             blocked_by_locations: 0,
@@ -347,9 +352,9 @@ impl Engine {
         for b in self.pending_pods.values_mut() {
             b.rebuild_index();
         }
-        self.pod_records_by_id.clear();
+        self.pod_records = RecordIndex::default();
         for (k, r) in &self.pending_pod_deletions {
-            self.pod_records_by_id.entry(r.service_uid.clone()).or_default().insert(k.clone());
+            self.pod_records.add(k, r);
         }
     }
 

@@ -129,13 +129,12 @@ impl Engine {
         let Some(sync) = self.lu.in_flight.take() else { return };
         let result = match &outcome {
             Ok(_) => {
-                let touched = self.nrp.apply(&sync.diff);
+                let mut pairs = BTreeSet::new();
+                let touched = self.nrp.apply_collecting(&sync.diff, &mut pairs);
                 for id in touched.iter().chain(sync.identities.iter()) {
                     self.note_drain_candidate(id);
                 }
-                for id in &touched {
-                    self.note_pod_record_candidates(id);
-                }
+                self.note_pod_record_candidates(&touched, &pairs);
                 SyncOutcome::Ok
             }
             Err(e) if is_terminal_status(e) => {

@@ -109,7 +109,14 @@ impl NrpMirror {
         }
     }
 
-    fn unindex_address(index: &mut BTreeMap<Identity, BTreeSet<Key>>, touched: &mut BTreeSet<Identity>, loc: &str, addr: &str, services: &BTreeSet<Identity>) {
+    fn unindex_address(
+        index: &mut BTreeMap<Identity, BTreeSet<Key>>,
+        touched: &mut BTreeSet<Identity>,
+        pairs: &mut BTreeSet<(Identity, String)>,
+        loc: &str,
+        addr: &str,
+        services: &BTreeSet<Identity>,
+    ) {
         for id in services {
             if let Some(set) = index.get_mut(id) {
                 set.remove(&(loc.to_string(), addr.to_string()));
@@ -118,12 +125,18 @@ impl NrpMirror {
                 }
             }
             touched.insert(id.clone());
+            pairs.insert((id.clone(), addr.to_string()));
         }
     }
 
     /// Applies a successfully sent location diff (5.4). Returns every identity that lost an
     /// address reference (candidates for "drained").
     pub fn apply(&mut self, diff: &LocationDiff) -> BTreeSet<Identity> {
+        self.apply_collecting(diff, &mut BTreeSet::new())
+    }
+
+    /// [`NrpMirror::apply`], also collecting every (identity, address) reference that went away.
+    pub fn apply_collecting(&mut self, diff: &LocationDiff, pairs: &mut BTreeSet<(Identity, String)>) -> BTreeSet<Identity> {
         let mut touched = BTreeSet::new();
         for (loc, change) in &diff.locations {
             let wipe = change.addresses.is_empty() || change.action == UpdateAction::FullUpdate;
@@ -132,7 +145,7 @@ impl NrpMirror {
                     for (addr, services) in &old {
                         self.addresses -= 1;
                         Self::drop_addr_loc(&mut self.addr_locs, loc, addr);
-                        Self::unindex_address(&mut self.index, &mut touched, loc, addr, services);
+                        Self::unindex_address(&mut self.index, &mut touched, pairs, loc, addr, services);
                     }
                 }
                 if change.addresses.is_empty() {
@@ -144,7 +157,7 @@ impl NrpMirror {
                 if let Some(old) = entry.remove(addr) {
                     self.addresses -= 1;
                     Self::drop_addr_loc(&mut self.addr_locs, loc, addr);
-                    Self::unindex_address(&mut self.index, &mut touched, loc, addr, &old);
+                    Self::unindex_address(&mut self.index, &mut touched, pairs, loc, addr, &old);
                 }
                 if !services.is_empty() {
                     for id in services {

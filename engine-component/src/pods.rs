@@ -135,7 +135,14 @@ pub fn update_actions(old: &Pod, new: &Pod) -> (bool, bool) {
 pub enum PodCallKind {
     /// `podInformerAddPod` after admission: add the finalizer, then register the addresses of
     /// `pod` under `identity`.
-    AddFinalizer { identity: Identity, pod: Pod },
+    AddFinalizer {
+        identity: Identity,
+        pod: Pod,
+        /// Addresses a replacement drain took from this pod just before (identity, host IP,
+        /// addresses): if the re-registration places nothing, they are drain-gated after all.
+        #[serde(default)]
+        replaced: Option<(Identity, String, Vec<String>)>,
+    },
     /// A direct removal (decision release-no-drain, or an unlabelled pod carrying the
     /// finalizer); a failure queues a retry record for `identity`.
     RemoveDirect { identity: Identity },
@@ -213,7 +220,7 @@ impl Engine {
     pub(crate) fn complete_pod_call(&mut self, id: CallId, outcome: &Result<CallOutput, CallError>) -> bool {
         let Some(pc) = self.pod_calls.remove(&id) else { return false };
         match pc.kind {
-            PodCallKind::AddFinalizer { identity, pod } => {
+            PodCallKind::AddFinalizer { identity, pod, replaced } => {
                 match outcome {
                     Ok(_) => self.register_pod(&identity, &pod),
                     Err(e) if is_gone(e) => {}
@@ -228,6 +235,9 @@ impl Engine {
                         );
                         self.register_pod(&identity, &pod);
                     }
+                }
+                if let Some((old_id, hint, drained)) = replaced {
+                    self.finish_replacement(&identity, &pod, &old_id, &hint, &drained);
                 }
             }
             PodCallKind::RemoveDirect { identity } => {
@@ -272,6 +282,7 @@ impl Engine {
                 uid: target.uid.clone(),
                 service_uid: identity.clone(),
                 addresses: Vec::new(),
+                other_addresses: Vec::new(),
                 verify_service_drain: false,
                 is_last_pod: false,
                 recovered_at_startup: false,
@@ -280,6 +291,110 @@ impl Engine {
             self.put_pod_record(key, rec);
         }
         self.trigger_lu();
+    }
+
+    /// A replacement drain creates no record and (same identity) never schedules the NAT
+    /// gateway's deletion, trusting the re-registration that follows. When that registered
+    /// nothing for the pod (it is gone, or no address found a location), the drained addresses
+    /// go through DeletePod after all: drain-gated under the pod's name (its finalizer waits for
+    /// them) and, when nothing else holds the identity, the NAT gateway is scheduled for
+    /// deletion instead of leaking.
+    fn finish_replacement(&mut self, identity: &Identity, pod: &Pod, old_id: &Identity, hint: &str, drained: &[String]) {
+        let key = pod_key(pod);
+        let registered = self.desired.keys_of_pod(&key).next().is_some() || self.pending_pods.get(identity).is_some_and(|b| b.of_pod(&key).next().is_some());
+        if registered || drained.is_empty() {
+            return;
+        }
+        self.delete_pod(old_id, hint, drained, &pod.meta.namespace, &pod.meta.name, &pod.meta.uid);
+        self.retire_if_empty(old_id);
+    }
+
+    /// An identity whose NAT gateway is live but that no pod holds any more is scheduled for
+    /// deletion.
+    pub(crate) fn retire_if_empty(&mut self, id: &Identity) {
+        if id.is_empty() || id.is_reserved() || self.desired.has_outbound(id) || self.pending_pods.get(id).is_some_and(|b| !b.is_empty()) {
+            return;
+        }
+        let live = match self.ops.get(id) {
+            Some(op) => op.kind() == crate::config::ServiceKind::Outbound && matches!(op.state, crate::state::ResourceState::Created | crate::state::ResourceState::UpdateInProgress),
+            None => self.nrp.has_nat_gateway(id),
+        };
+        if live {
+            self.mark_outbound_for_deletion(id);
+            self.trigger_lu();
+        }
+    }
+
+    /// Remembers addresses a replacement drain took from a live pod without a record.
+    fn shadow_drained(&mut self, key: &str, uid: &str, id: &Identity, addrs: &[String]) {
+        let pairs = addrs.iter().map(|a| (id.clone(), a.clone())).collect();
+        self.shadow_pairs(key, uid, pairs);
+    }
+
+    /// Adds (identity, address) pairs to the pod's shadow; keeps only those that may be mapped.
+    pub(crate) fn shadow_pairs(&mut self, key: &str, uid: &str, pairs: Vec<(Identity, String)>) {
+        let entry = self.pod_shadows.entry(key.to_string()).or_insert_with(|| (uid.to_string(), Vec::new()));
+        if entry.0 != uid {
+            *entry = (uid.to_string(), Vec::new());
+        }
+        for pair in pairs {
+            if !entry.1.contains(&pair) {
+                entry.1.push(pair);
+            }
+        }
+        self.prune_shadow(key);
+    }
+
+    /// Removes the pod's shadow, returning (UID, pairs that may still be mapped).
+    pub(crate) fn take_shadow(&mut self, key: &str) -> (String, Vec<(Identity, String)>) {
+        let r = self.prune_shadow(key);
+        self.pod_shadows.remove(key);
+        r
+    }
+
+    /// Whether NRP maps `addr` to `id`, or the sync in flight may.
+    pub(crate) fn may_map(&self, id: &Identity, addr: &str) -> bool {
+        self.nrp.maps_address_to(id, addr)
+            || self.lu.in_flight.as_ref().is_some_and(|f| f.diff.locations.values().any(|l| l.addresses.get(addr).is_some_and(|s| s.contains(id))))
+    }
+
+    /// Drops the shadow addresses that can no longer be mapped; returns those that may.
+    fn prune_shadow(&mut self, key: &str) -> (String, Vec<(Identity, String)>) {
+        let Some((uid, pairs)) = self.pod_shadows.remove(key) else { return (String::new(), Vec::new()) };
+        let pending: Vec<(Identity, String)> = pairs.into_iter().filter(|(id, a)| self.may_map(id, a)).collect();
+        if !pending.is_empty() {
+            self.pod_shadows.insert(key.to_string(), (uid.clone(), pending.clone()));
+        }
+        (uid, pending)
+    }
+
+    /// A direct finalizer removal (release-no-drain). If a replacement drain took addresses from
+    /// this pod that may still be mapped (no record covers them), it becomes a drain record for
+    /// them instead.
+    pub(crate) fn release_direct(&mut self, key: &str, target: ObjectRef, identity: Identity) {
+        let (uid, pending) = self.prune_shadow(key);
+        if !pending.is_empty() && (uid.is_empty() || target.uid.is_empty() || uid == target.uid) {
+            let service = pending[0].0.clone();
+            let addresses: Vec<String> = pending.iter().filter(|(i, _)| *i == service).map(|(_, a)| a.clone()).collect();
+            // The shadow itself is carried into the record by put_pod_record.
+            let other_addresses: Vec<(Identity, String)> = Vec::new();
+            let rec = PodDeletionRecord {
+                namespace: target.namespace.clone(),
+                name: target.name.clone(),
+                uid: target.uid.clone(),
+                service_uid: service,
+                addresses,
+                other_addresses,
+                verify_service_drain: false,
+                is_last_pod: false,
+                recovered_at_startup: false,
+                at_ms: self.now_ms,
+            };
+            self.put_pod_record(key, rec);
+            self.trigger_lu();
+            return;
+        }
+        self.queue_pod_call(key, target, PodCallKind::RemoveDirect { identity });
     }
 
     /// Registers each pod address under its same-family node IP.
@@ -337,8 +452,11 @@ impl Engine {
         match ev {
             PodEvent::Applied(new) => self.on_pod_applied(new),
             PodEvent::Deleted(pod) => {
-                self.pod_objects.remove(&pod_key(&pod));
+                let key = pod_key(&pod);
+                self.pod_objects.remove(&key);
                 self.informer_remove_pod(&pod);
+                // The object is gone: nothing of it is left to protect.
+                self.pod_shadows.remove(&key);
             }
         }
     }
@@ -379,8 +497,17 @@ impl Engine {
     fn reconcile_pod_update(&mut self, old: &Pod, new: &Pod) {
         match update_actions(old, new) {
             (true, true) => {
-                self.drain_for_replace(old, new);
-                self.informer_add_pod(new);
+                if self.admission(new, false).is_some() {
+                    let replaced = self.drain_for_replace(old, new);
+                    self.admit_pod(new, replaced);
+                } else {
+                    // The new state will not be registered: a genuine removal (drain-gated
+                    // under the pod's name), then the admission's Warning Events.
+                    self.informer_remove_pod(old);
+                    if !self.pod_busy.contains(&pod_key(new)) {
+                        self.admission(new, true);
+                    }
+                }
             }
             (true, false) => self.informer_remove_pod(old),
             (false, true) => self.informer_add_pod(new),
@@ -390,64 +517,82 @@ impl Engine {
 
     /// `podInformerAddPod`: admission, then the finalizer call (registration on completion).
     pub(crate) fn informer_add_pod(&mut self, pod: &Pod) {
-        let label = egress_identity(pod);
-        if label.is_empty() {
-            return;
-        }
-        if pod.meta.deletion_timestamp.is_some() {
+        if pod.meta.deletion_timestamp.is_some() && !egress_identity(pod).is_empty() {
             self.informer_remove_pod(pod);
             return;
         }
-        if pod.phase != "Running" && pod.phase != "Pending" {
-            return;
+        self.admit_pod(pod, None);
+    }
+
+    /// The admission checks of 2.4: the identity to register under, or None (with the Warning
+    /// Events when `events`).
+    fn admission(&mut self, pod: &Pod, events: bool) -> Option<Identity> {
+        let label = egress_identity(pod);
+        if label.is_empty() || pod.meta.deletion_timestamp.is_some() || (pod.phase != "Running" && pod.phase != "Pending") {
+            return None;
         }
         let addrs = pod_addresses(pod);
         if pod.host_ip.is_empty() || addrs.is_empty() {
-            return;
+            return None;
         }
         let target = pod.meta.object_ref();
         if parse_ip(pod.host_ip.trim()).is_none() {
-            self.queue_pod_event(target, REASON_INVALID_POD_IP, format!("Malformed HostIP {:?} on the pod status", pod.host_ip));
-            return;
+            if events {
+                self.queue_pod_event(target, REASON_INVALID_POD_IP, format!("Malformed HostIP {:?} on the pod status", pod.host_ip));
+            }
+            return None;
         }
         let mut valid = 0;
         for a in &addrs {
             if parse_ip(a).is_none() {
-                self.queue_pod_event(target.clone(), REASON_INVALID_POD_IP, format!("Malformed PodIP {a:?} on the pod status"));
+                if events {
+                    self.queue_pod_event(target.clone(), REASON_INVALID_POD_IP, format!("Malformed PodIP {a:?} on the pod status"));
+                }
             } else {
                 valid += 1;
             }
         }
         if valid == 0 {
-            return;
+            return None;
         }
         match check_egress_identity(&label) {
             Ok(()) => {}
             Err(EgressLabelError::Reserved) => {
-                self.queue_pod_event(
-                    target,
-                    REASON_RESERVED_EGRESS_LABEL,
-                    format!("Egress gateway label {label:?} is reserved for the cluster's default outbound gateway and cannot be used; choose a different value"),
-                );
-                return;
+                if events {
+                    self.queue_pod_event(
+                        target,
+                        REASON_RESERVED_EGRESS_LABEL,
+                        format!("Egress gateway label {label:?} is reserved for the cluster's default outbound gateway and cannot be used; choose a different value"),
+                    );
+                }
+                return None;
             }
             Err(EgressLabelError::Invalid) => {
-                self.queue_pod_event(
-                    target,
-                    REASON_INVALID_EGRESS_LABEL,
-                    format!("Invalid egress gateway label {label:?}: must be a valid Azure resource name (alphanumerics, '-', '_', '.'; start alphanumeric; 1-73 chars)"),
-                );
-                return;
+                if events {
+                    self.queue_pod_event(
+                        target,
+                        REASON_INVALID_EGRESS_LABEL,
+                        format!("Invalid egress gateway label {label:?}: must be a valid Azure resource name (alphanumerics, '-', '_', '.'; start alphanumeric; 1-73 chars)"),
+                    );
+                }
+                return None;
             }
         }
         let identity = Identity::new(&label);
         if self.ops.get(&identity).is_some_and(|o| o.kind() == crate::config::ServiceKind::Inbound) {
             // Kind collision: never ride (or tear down) an inbound service; no finalizer either,
             // since its removal could never be authorised.
-            return;
+            return None;
         }
+        Some(identity)
+    }
+
+    /// Admits `pod` and starts its finalizer add. `replaced`: the addresses a replacement drain
+    /// just took from the same pod (identity, host IP, addresses).
+    fn admit_pod(&mut self, pod: &Pod, replaced: Option<(Identity, String, Vec<String>)>) {
+        let Some(identity) = self.admission(pod, true) else { return };
         let key = pod_key(pod);
-        self.queue_pod_call(&key, target, PodCallKind::AddFinalizer { identity, pod: pod.clone() });
+        self.queue_pod_call(&key, pod.meta.object_ref(), PodCallKind::AddFinalizer { identity, pod: pod.clone(), replaced });
     }
 
     /// `podInformerRemovePod`.
@@ -459,14 +604,14 @@ impl Engine {
         let recorded = self.pending_pod_deletions.get(&key).is_some_and(|r| r.uid.is_empty() || pod.meta.uid.is_empty() || r.uid == pod.meta.uid);
         if label.is_empty() {
             if has_pod_finalizer(pod) && !recorded {
-                self.queue_pod_call(&key, target, PodCallKind::RemoveDirect { identity: Identity::default() });
+                self.release_direct(&key, target, Identity::default());
             }
             return;
         }
         if check_egress_identity(&label).is_err() {
             // Never admitted (nor tracked): nothing can be drained for it.
             if has_pod_finalizer(pod) && !recorded {
-                self.queue_pod_call(&key, target, PodCallKind::RemoveDirect { identity: Identity::default() });
+                self.release_direct(&key, target, Identity::default());
             }
             return;
         }
@@ -478,20 +623,20 @@ impl Engine {
             self.delete_pod(&identity, &canonical(pod.host_ip.trim()), &addrs, &pod.meta.namespace, &pod.meta.name, &pod.meta.uid)
         };
         if result.decision == FinalizerDecision::ReleaseNoDrain {
-            self.queue_pod_call(&key, target, PodCallKind::RemoveDirect { identity });
+            self.release_direct(&key, target, identity);
         }
     }
 
     /// `podInformerDrainForReplace`: drains only the addresses a live pod is leaving, with no
-    /// namespace/name (so no record is created for the live pod).
-    fn drain_for_replace(&mut self, old: &Pod, new: &Pod) {
+    /// namespace/name (so no record is created for the live pod). Returns what it drained.
+    fn drain_for_replace(&mut self, old: &Pod, new: &Pod) -> Option<(Identity, String, Vec<String>)> {
         let old_label = egress_identity(old);
         if old_label.is_empty() || old.host_ip.is_empty() {
-            return;
+            return None;
         }
         let old_addrs = pod_addresses(old);
         if old_addrs.is_empty() {
-            return;
+            return None;
         }
         let new_label = egress_identity(new);
         let to_drain: Vec<String> = if old_label != new_label {
@@ -502,19 +647,20 @@ impl Engine {
             let new_addrs = pod_addresses(new);
             old_addrs.into_iter().filter(|a| !new_addrs.contains(a) || location_for(&old_locs, a) != location_for(&new_locs, a)).collect()
         };
-        if to_drain.is_empty() {
-            return;
+        if to_drain.is_empty() || check_egress_identity(&old_label).is_err() {
+            return None;
         }
         let id = Identity::new(&old_label);
         let hint = canonical(old.host_ip.trim());
+        self.shadow_drained(&pod_key(old), &old.meta.uid, &id, &to_drain);
         if old_label == new_label {
             self.delete_pod_for_replacement(&id, &hint, &to_drain, "", "", "");
         } else {
             self.delete_pod(&id, &hint, &to_drain, "", "", "");
         }
+        Some((id, hint, to_drain))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,6 +110,7 @@ impl Engine {
             uid: pod.meta.uid.clone(),
             service_uid: Identity::new(&label),
             addresses: if no_ips { Vec::new() } else { addrs },
+            other_addresses: Vec::new(),
             verify_service_drain: no_ips,
             is_last_pod: false,
             recovered_at_startup: true,

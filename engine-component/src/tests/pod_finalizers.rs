@@ -538,3 +538,89 @@ fn s098_failed_ready_removal_reschedules_the_locations_updater() {
     assert!(h.run_ok(10));
     inv(&h);
 }
+
+// ---------------------------------------------------------------- regressions found by the
+// egress property test
+
+#[test]
+fn label_change_to_an_unusable_value_is_a_drain_gated_removal() {
+    let mut h = harness();
+    let a = epod("a", "u1", EG, "10.1.0.1");
+    let b = epod("b", "u2", EG, "10.1.0.2");
+    live_egress(&mut h, EG, &[a.clone(), b]);
+    let mut reserved = a.clone();
+    reserved.meta.labels = vec![(crate::pods::EGRESS_LABEL.into(), "default-natgw".into())];
+    reserved.meta.finalizers = vec![crate::pods::POD_FINALIZER.into()];
+    h.deliver(vec![KubeEvent::PodApplied(reserved.clone())]);
+    assert_eq!(h.engine.pod_deletion("ns/a").unwrap().addresses, vs(&["10.1.0.1"]), "a record holds the finalizer");
+    h.tick();
+    assert_eq!(pod_events(&h, crate::pods::REASON_RESERVED_EGRESS_LABEL), 1);
+    // Deleted before the drain landed: the record still owns the finalizer.
+    h.deliver(vec![KubeEvent::PodApplied(terminating(&reserved))]);
+    h.tick();
+    assert!(remove_call(&h, "u1").is_none());
+    sync_ok(&mut h).unwrap();
+    assert!(remove_call(&h, "u1").is_some());
+    inv(&h);
+}
+
+#[test]
+fn finalizer_waits_for_addresses_left_under_a_previous_identity() {
+    let mut h = harness();
+    let a = epod("a", "u1", EG, "10.1.0.1");
+    live_egress(&mut h, EG, &[a.clone()]);
+    // Moves to another identity: the old address is drained without a record...
+    let mut moved = a.clone();
+    moved.meta.labels = vec![(crate::pods::EGRESS_LABEL.into(), EG2.into())];
+    h.deliver(vec![KubeEvent::PodApplied(moved.clone())]);
+    h.tick();
+    let unbind = h.find("POST updateAddressLocations").unwrap();
+    let c = h.find_by(|c| is_add_fin(c, "u1")).unwrap();
+    h.ok(c);
+    assert_eq!(state(&h, EG2), Some(ResourceState::CreationInProgress));
+    // ... and the pod is deleted before EG2 exists, while the unbind of EG fails.
+    delete_event(&mut h, &moved);
+    h.fail(unbind, transient());
+    assert!(h.engine.nrp().maps_address_to(&id(EG), "10.1.0.1"));
+    let rec = h.engine.pod_deletion("ns/a").unwrap();
+    assert!(rec.other_addresses.contains(&(id(EG), "10.1.0.1".to_string())), "{rec:?}");
+    // EG2's create is pre-empted into its delete; its NAT goes, but the finalizer waits for EG.
+    create_nat(&mut h, EG2);
+    h.tick();
+    finish_nat_delete(&mut h, EG2);
+    assert!(h.engine.nrp().maps_address_to(&id(EG), "10.1.0.1"));
+    assert!(remove_call(&h, "u1").is_none() && !removals_started(&h).contains(&"u1".to_string()));
+    assert!(!h.engine.pod_deletion("ns/a").unwrap().is_last_pod, "demoted to a drain record");
+    for _ in 0..5 {
+        if remove_call(&h, "u1").is_some() {
+            break;
+        }
+        h.wake();
+        sync_ok(&mut h);
+    }
+    assert!(remove_call(&h, "u1").is_some());
+    assert!(!h.engine.nrp().maps_address_to(&id(EG), "10.1.0.1"), "released only once the old address left NRP");
+    inv(&h);
+}
+
+#[test]
+fn replacement_that_registers_nothing_schedules_the_nat_deletion() {
+    let mut h = harness();
+    let a = epod("a", "u1", EG, "10.1.0.1");
+    live_egress(&mut h, EG, &[a.clone()]);
+    let mut moved = a.clone();
+    moved.pod_ip = "10.1.0.7".into();
+    moved.pod_ips = vs(&["10.1.0.7"]);
+    h.deliver(vec![KubeEvent::PodApplied(moved)]);
+    h.tick();
+    assert_eq!(state(&h, EG), Some(ResourceState::Created), "the replacement gap keeps the NAT");
+    // The pod is gone before its re-registration: nothing registers.
+    let c = h.find_by(|c| is_add_fin(c, "u1")).unwrap();
+    h.fail(c, CallError::of_kind(ErrorKind::NotFound, "gone"));
+    assert_eq!(state(&h, EG), Some(ResourceState::DeletionPending), "no pod holds the identity: the NAT goes");
+    assert_eq!(h.engine.pod_deletion("ns/a").unwrap().addresses, vs(&["10.1.0.1"]));
+    assert!(h.run_ok(30));
+    assert!(!h.engine.is_service_tracked(&id(EG)));
+    assert!(!h.engine.nrp().has_nat_gateway(&id(EG)));
+    inv(&h);
+}
