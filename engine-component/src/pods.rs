@@ -137,7 +137,7 @@ pub enum PodCallKind {
     /// `pod` under `identity`.
     AddFinalizer {
         identity: Identity,
-        pod: Pod,
+        pod: Box<Pod>,
         /// Addresses a replacement drain took from this pod just before (identity, host IP,
         /// addresses): if the re-registration places nothing, they are drain-gated after all.
         #[serde(default)]
@@ -592,7 +592,7 @@ impl Engine {
     fn admit_pod(&mut self, pod: &Pod, replaced: Option<(Identity, String, Vec<String>)>) {
         let Some(identity) = self.admission(pod, true) else { return };
         let key = pod_key(pod);
-        self.queue_pod_call(&key, pod.meta.object_ref(), PodCallKind::AddFinalizer { identity, pod: pod.clone(), replaced });
+        self.queue_pod_call(&key, pod.meta.object_ref(), PodCallKind::AddFinalizer { identity, pod: Box::new(pod.clone()), replaced });
     }
 
     /// `podInformerRemovePod`.

@@ -234,7 +234,7 @@ fn s067_revive_of_pending_deletion_or_buffer_after_an_attempt() {
 fn s068_pod_during_delete_is_buffered_then_recreated() {
     let mut h = harness();
     let a = epod("a", "u1", EG, "10.1.0.1");
-    live_egress(&mut h, EG, &[a.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
     delete_event(&mut h, &a);
     h.tick();
     sync_ok(&mut h);
@@ -409,7 +409,7 @@ fn s075_same_identity_ip_replacement_never_schedules_nat_deletion() {
     // Through the informer: the sole pod's IP changes.
     let mut h = harness();
     let p = epod("a", "u1", EG, "10.1.0.1");
-    live_egress(&mut h, EG, &[p.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&p));
     let mut moved = p.clone();
     moved.pod_ip = "10.1.0.7".into();
     moved.pod_ips = vs(&["10.1.0.7"]);
@@ -444,7 +444,7 @@ fn s075_same_identity_ip_replacement_never_schedules_nat_deletion() {
 fn s076_dual_stack_gaining_a_family_keeps_the_shared_address() {
     let mut h = dual_harness();
     let p = egress_pod("ns/d", "u1", EG, &["10.1.3.1"], &["10.0.0.3", "fd00::3"]);
-    live_egress(&mut h, EG, &[p.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&p));
     assert_eq!(h.engine.pod_ref_count(&id(EG)), 1);
     let mut dual = p.clone();
     dual.pod_ips = vs(&["10.1.3.1", "fd01::1"]);
@@ -463,7 +463,7 @@ fn s076_dual_stack_gaining_a_family_keeps_the_shared_address() {
 fn s077_new_pod_during_in_flight_delete_is_not_revived() {
     let mut h = harness();
     let a = epod("a", "u1", EG, "10.1.0.1");
-    live_egress(&mut h, EG, &[a.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
     delete_event(&mut h, &a);
     h.tick();
     sync_ok(&mut h);

@@ -25,7 +25,7 @@ fn drain_syncs(h: &mut Harness) {
 fn s040_last_pod_record_after_the_sweep_redispatches_the_delete() {
     let mut h = harness();
     let a = epod("a", "u1", EG, "10.1.0.1");
-    live_egress(&mut h, EG, &[a.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
     delete_event(&mut h, &a);
     drain_syncs(&mut h);
     assert_eq!(state(&h, EG), Some(ResourceState::DeletionInProgress));
@@ -106,7 +106,7 @@ fn s082_non_last_pod_finalizer_waits_for_drain() {
 fn s083_last_pod_finalizer_only_after_nat_delete() {
     let mut h = harness();
     let a = epod("a", "u1", EG, "10.1.0.1");
-    live_egress(&mut h, EG, &[a.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
     delete_event(&mut h, &a);
     assert!(h.engine.pod_deletion("ns/a").unwrap().is_last_pod);
     assert_eq!(state(&h, EG), Some(ResourceState::DeletionPending));
@@ -167,7 +167,7 @@ fn s083_last_pod_finalizer_only_after_nat_delete() {
 fn s084_last_pod_finalizer_failure_fails_the_delete() {
     let mut h = harness();
     let a = epod("a", "u1", EG, "10.1.0.1");
-    live_egress(&mut h, EG, &[a.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
     delete_event(&mut h, &a);
     drain_syncs(&mut h);
     for _ in 0..8 {
@@ -195,8 +195,8 @@ fn s085_last_pod_finalizers_are_per_identity() {
     let mut h = harness();
     let a = epod("a", "u1", EG, "10.1.0.1");
     let b = epod("b", "u2", EG2, "10.1.0.2");
-    live_egress(&mut h, EG, &[a.clone()]);
-    live_egress(&mut h, EG2, &[b.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
+    live_egress(&mut h, EG2, std::slice::from_ref(&b));
     delete_event(&mut h, &a);
     delete_event(&mut h, &b);
     assert!(h.engine.pod_deletion("ns/a").unwrap().is_last_pod);
@@ -568,7 +568,7 @@ fn label_change_to_an_unusable_value_is_a_drain_gated_removal() {
 fn finalizer_waits_for_addresses_left_under_a_previous_identity() {
     let mut h = harness();
     let a = epod("a", "u1", EG, "10.1.0.1");
-    live_egress(&mut h, EG, &[a.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
     // Moves to another identity: the old address is drained without a record...
     let mut moved = a.clone();
     moved.meta.labels = vec![(crate::pods::EGRESS_LABEL.into(), EG2.into())];
@@ -607,7 +607,7 @@ fn finalizer_waits_for_addresses_left_under_a_previous_identity() {
 fn replacement_that_registers_nothing_schedules_the_nat_deletion() {
     let mut h = harness();
     let a = epod("a", "u1", EG, "10.1.0.1");
-    live_egress(&mut h, EG, &[a.clone()]);
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
     let mut moved = a.clone();
     moved.pod_ip = "10.1.0.7".into();
     moved.pod_ips = vs(&["10.1.0.7"]);

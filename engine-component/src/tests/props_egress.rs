@@ -346,7 +346,7 @@ impl Run {
         }
         // Ref-count == live addresses per identity.
         let mut live: BTreeMap<Identity, u32> = BTreeMap::new();
-        for (_, pods) in e.desired().nodes() {
+        for pods in e.desired().nodes().values() {
             for (addr, p) in pods {
                 if let Some(o) = &p.outbound {
                     *live.entry(o.clone()).or_default() += 1;

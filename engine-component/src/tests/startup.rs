@@ -95,7 +95,7 @@ fn s116_default_natgw_is_never_snapshotted_removed_or_touched() {
     let snap = nrp_snapshot(&services, &locations);
     assert_eq!(snap.nat_gateways, vec![id("egress-a")]);
     assert_eq!(snap.load_balancers, vec![id("egress-a")], "InboundOutbound counts as both");
-    assert!(snap.locations["10.0.0.1"].get("10.1.0.1").is_none());
+    assert!(!snap.locations["10.0.0.1"].contains_key("10.1.0.1"));
     assert_eq!(snap.locations["10.0.0.1"]["10.1.0.2"], [id("egress-a")].into_iter().collect());
 
     let mut h = harness();
