@@ -238,7 +238,10 @@ pub struct LiveSummary {
     pub trace_events_played: usize,
     pub trace_end_ms: u64,
     pub speed: f64,
+    /// From the first trace event to the end (settled or timed out).
     pub wall: Duration,
+    /// Before that: loading the engine, starting the emulator and the endpoints.
+    pub startup: Duration,
     pub ticks: u64,
     /// Successful create / delete operations of the engine (`service_operations_total`).
     pub services_created: u64,
@@ -311,7 +314,7 @@ impl LiveSummary {
             (false, _) => "did NOT converge before the timeout".to_string(),
         };
         let row = |out: &mut String, k: &str, v: String| {
-            let _ = writeln!(out, "  {k:<28} {v}");
+            let _ = writeln!(out, "  {k:<34} {v}");
         };
         let _ = writeln!(out, "summary");
         row(&mut out, "result", verdict);
@@ -319,8 +322,9 @@ impl LiveSummary {
             &mut out,
             "wall time",
             format!(
-                "{:.2} s  (trace {}: {} events over {:.1} s of trace time, at {}x)",
+                "{:.2} s  (+ {:.2} s start-up; trace {}: {} events over {:.1} s of trace time, at {}x)",
                 self.wall.as_secs_f64(),
+                self.startup.as_secs_f64(),
                 self.trace_name,
                 self.trace_events,
                 self.trace_end_ms as f64 / 1000.0,
@@ -341,18 +345,18 @@ impl LiveSummary {
         row(&mut out, "  registrations", format!("{}{}", self.registrations, baseline("sgw_services")));
         row(&mut out, "  mapped addresses", format!("{} on {} node IP(s)", self.mapped_addresses, self.locations));
         let failed: u64 = self.cloud_calls.values().map(|c| c.failed).sum();
-        let _ = writeln!(out, "  cloud calls{:<17} {} ({} failed)", "", self.cloud_calls_total(), failed);
+        row(&mut out, "cloud calls", format!("{} ({failed} failed)", self.cloud_calls_total()));
         for (label, c) in &self.cloud_calls {
             let extra = if c.failed > 0 { format!("  ({} failed)", c.failed) } else { String::new() };
             row(&mut out, &format!("  {label}"), format!("{}{extra}", c.started));
         }
         let writes: u64 = self.kube_writes.values().sum();
-        let _ = writeln!(out, "  kubernetes writes{:<11} {writes}", "");
+        row(&mut out, "kubernetes writes", writes.to_string());
         for (label, n) in &self.kube_writes {
             row(&mut out, &format!("  {label}"), n.to_string());
         }
         let events: u64 = self.kube_events.values().sum();
-        let _ = writeln!(out, "  kubernetes events{:<11} {events}", "");
+        row(&mut out, "kubernetes events", events.to_string());
         for (reason, n) in &self.kube_events {
             row(&mut out, &format!("  {reason}"), n.to_string());
         }
@@ -450,6 +454,7 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     if !(options.speed.is_finite() && options.speed > 0.0) {
         bail!("--speed must be a positive number, not {}", options.speed);
     }
+    let begun = Instant::now();
     let engine = options.engine;
     let seed = options.seed;
     let driver = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -474,6 +479,7 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     let observatory = Observatory::new();
     let observe = observe::bind(options.listen, observatory.clone()).await?;
 
+    let startup = begun.elapsed();
     let clock = TraceClock { start: Instant::now(), speed: options.speed };
     let cluster = Arc::new(Mutex::new(Cluster::new()));
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
@@ -489,12 +495,13 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
 
     if options.print_progress {
         println!(
-            "difftracker: playing {} ({} events over {:.1} s of trace time) at {}x with the {} engine",
+            "difftracker: playing {} ({} events over {:.1} s of trace time) at {}x with the {} engine (started in {:.2} s)",
             options.trace_name,
             options.trace.events.len(),
             options.trace.end_ms() as f64 / 1000.0,
             options.speed,
-            engine.as_str()
+            engine.as_str(),
+            startup.as_secs_f64(),
         );
         println!("  ARM/NRP emulator  {emulator_url}  (inventory: {emulator_url}/_emulator/inventory)");
         let url = observe.url();
@@ -513,6 +520,7 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
         observatory: observatory.clone(),
         emulator,
         baseline,
+        startup,
     };
     let task = tokio::spawn(driver.run());
     Ok(LiveRun { observatory, observe, emulator_url, task })
@@ -529,6 +537,7 @@ struct Driver {
     observatory: Observatory,
     emulator: EmulatorHandle,
     baseline: Value,
+    startup: Duration,
 }
 
 /// How often the driver looks at the tenant when nothing else wakes it.
@@ -644,15 +653,19 @@ impl Driver {
         let in_flight = count(&["creation_in_progress", "update_in_progress", "deletion_in_progress"]);
         let waiting = count(&["not_started", "deletion_pending", "unknown"]);
         let calls = self.observatory.calls(TENANT);
-        let started: u64 = calls.values().map(|c| c.started).sum();
+        // Cloud call labels are `<METHOD> <kind>`; Kubernetes writes are `add-service-finalizers`...
+        let (cloud, kube): (Vec<_>, Vec<_>) = calls.iter().partition(|(label, _)| label.contains(' '));
+        let started = |calls: &[(&String, &CallCounts)]| -> u64 { calls.iter().map(|(_, c)| c.started).sum() };
         let calls_in_flight: u64 = calls.values().map(|c| c.in_flight()).sum();
         let syncs = calls.get("POST updateAddressLocations").copied().unwrap_or_default();
         format!(
-            "[{:>6.1}s] trace {next}/{} | operations: {done} done, {in_flight} in flight, {waiting} waiting, {} deletions pending | location syncs {} | calls {started} ({calls_in_flight} in flight)",
+            "[{:>5.1}s] trace {next}/{} | operations: {done} done, {in_flight} in flight, {waiting} waiting, {} deletions pending | location syncs {} | cloud calls {}, kubernetes writes {}, {calls_in_flight} in flight",
             self.clock.start.elapsed().as_secs_f64(),
             self.options.trace.events.len(),
             status.engine.pending_deletions,
             syncs.started,
+            started(&cloud),
+            started(&kube),
         )
     }
 
@@ -674,6 +687,7 @@ impl Driver {
             trace_end_ms: self.options.trace.end_ms(),
             speed: self.options.speed,
             wall,
+            startup: self.startup,
             ticks: status.ticks,
             services_created: ops.get("create").copied().unwrap_or(0),
             services_updated: ops.get("update").copied().unwrap_or(0),

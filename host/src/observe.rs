@@ -763,3 +763,74 @@ pub async fn bind(addr: SocketAddr, observatory: Observatory) -> Result<ObserveH
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for /metrics"))?;
     Ok(serve(listener, observatory).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> MetricSample {
+        MetricSample { name: name.into(), labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), value }
+    }
+
+    fn status(ticks: u64, metrics: Vec<MetricSample>) -> TenantStatus {
+        TenantStatus { ticks, engine: EngineStatus { metrics, ..EngineStatus::default() }, ..TenantStatus::default() }
+    }
+
+    #[tokio::test]
+    async fn engine_samples_are_re_exposed_typed_with_a_tenant_label() {
+        let obs = Observatory::new();
+        let h = "difftracker_engine_service_operation_duration_seconds";
+        let metrics = vec![
+            sample("difftracker_engine_service_operations_total", &[("operation", "create"), ("error_code", "")], 3.0),
+            sample("difftracker_engine_tracked_services_total", &[("state", "nrp_loadbalancers")], 2.0),
+            sample("difftracker_engine_pending_deletions", &[], 1.0),
+            sample(&format!("{h}_bucket"), &[("operation", "create"), ("le", "0.1")], 1.0),
+            sample(&format!("{h}_bucket"), &[("operation", "create"), ("le", "1")], 3.0),
+            sample(&format!("{h}_bucket"), &[("operation", "create"), ("le", "+Inf")], 4.0),
+            sample(&format!("{h}_sum"), &[("operation", "create")], 2.5),
+            sample(&format!("{h}_count"), &[("operation", "create")], 4.0),
+            sample("not_an_engine_metric", &[], 9.0),
+        ];
+        let (_tx, rx) = watch::channel(status(1, metrics));
+        obs.watch_tenant("t\"1", rx);
+        let text = obs.render_metrics();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has("# TYPE difftracker_engine_service_operations counter"), "{text}");
+        assert!(has(r#"difftracker_engine_service_operations_total{error_code="",operation="create",tenant="t\"1"} 3"#), "{text}");
+        assert!(has("# TYPE difftracker_engine_tracked_services_total gauge"), "{text}");
+        assert!(has(r#"difftracker_engine_tracked_services_total{state="nrp_loadbalancers",tenant="t\"1"} 2"#), "{text}");
+        assert!(has(r#"difftracker_engine_pending_deletions{tenant="t\"1"} 1"#), "{text}");
+        assert!(has(&format!("# TYPE {h} histogram")), "{text}");
+        assert!(has(&format!(r#"{h}_bucket{{le="0.1",operation="create",tenant="t\"1"}} 1"#)), "{text}");
+        assert!(has(&format!(r#"{h}_bucket{{le="1.0",operation="create",tenant="t\"1"}} 3"#)), "{text}");
+        assert!(has(&format!(r#"{h}_bucket{{le="+Inf",operation="create",tenant="t\"1"}} 4"#)), "{text}");
+        assert!(has(&format!(r#"{h}_count{{operation="create",tenant="t\"1"}} 4"#)), "{text}");
+        assert!(!text.contains("not_an_engine_metric"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn readiness_needs_a_tick_and_no_error() {
+        let obs = Observatory::new();
+        assert!(obs.readiness().is_err(), "no tenant yet");
+        let (tx, rx) = watch::channel(status(0, vec![]));
+        obs.watch_tenant("a", rx);
+        assert!(obs.readiness().unwrap_err().contains("not ticked"));
+        tx.send_modify(|s| s.ticks = 1);
+        assert!(obs.readiness().is_ok());
+        tx.send_modify(|s| {
+            s.error = Some("guest trapped".into());
+            s.stopped = true;
+        });
+        let err = obs.readiness().unwrap_err();
+        assert!(err.contains("guest trapped"), "{err}");
+        assert!(obs.status_page().contains("STOPPED: guest trapped"));
+    }
+
+    #[test]
+    fn call_results_are_labelled_by_error_kind() {
+        assert_eq!(result_label(&Ok::<(), CallError>(())), "ok");
+        let e = CallError::of_kind(ErrorKind::Throttled, "slow down");
+        assert_eq!(result_label(&Err::<(), _>(e)), "throttled");
+    }
+}

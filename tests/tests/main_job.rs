@@ -152,7 +152,7 @@ fn options_read_the_bundled_trace_and_report_a_missing_file() {
     assert!(sample.trace.events.len() > 100);
     assert!(sample.trace.skipped.is_empty());
     let args = live::LiveArgs { trace: Some("/nonexistent/trace.jsonl".into()), ..live::LiveArgs::default() };
-    let err = LiveOptions::from_args(&args).err().expect("a missing trace is an error");
+    let err = LiveOptions::from_args(&args).expect_err("a missing trace is an error");
     assert!(format!("{err:#}").contains("/nonexistent/trace.jsonl"), "{err:#}");
 }
 
