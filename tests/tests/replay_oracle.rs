@@ -91,10 +91,20 @@ fn small_trace_settles_to_the_oracle_native() {
     assert_oracle(&r, "20 services, seed 1");
 }
 
+/// Faults that never stop: the replay ends at the virtual time limit and says it did not
+/// converge (retries, parks and re-arms all happen in virtual time).
 #[test]
-#[ignore]
-fn dump_small_report() {
-    let t = trace(20, 3, Churn::Medium, 1);
-    let r = run(&t, EngineKind::Native, 1, None);
-    println!("{}", String::from_utf8(to_bytes(&r)).unwrap());
+fn endless_faults_end_at_the_time_limit_unconverged() {
+    let t = trace(10, 2, Churn::None, 31);
+    let plan = FaultPlan::parse(r#"{"seed": 1, "rules": [{"call": "PUT loadBalancers", "rate": 1.0, "status": 500}]}"#).unwrap();
+    let until_ms = 60 * 60 * 1000;
+    let options = ReplayOptions { engine: EngineKind::Native, faults: Some(plan), until_ms, ..ReplayOptions::default() };
+    let r = replay(&t, &options).unwrap().report;
+    assert_eq!(r["converged"], false);
+    assert_eq!(r["virtual_ms"], until_ms);
+    let puts = r["cloud_calls"]["PUT loadBalancers"].as_u64().unwrap();
+    // Each admitted service: bursts of 12 retries, parked 5 minutes, re-armed, for an hour.
+    assert!(puts > 100, "{puts} PUT loadBalancers");
+    let problems = oracle::check_report(&r).unwrap_err();
+    assert!(problems[0].contains("did not converge"), "{problems:?}");
 }
