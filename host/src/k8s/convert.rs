@@ -5,6 +5,7 @@ use difftracker_engine::io::{
     Endpoint, EndpointSlice, IntOrString, LoadBalancerIngress, Node, ObjectMeta, OwnerReference, Pod, Service,
     ServicePort,
 };
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -95,19 +96,19 @@ impl KubeObject {
         };
         let parsed = match kind {
             "Service" if api_version.is_empty() || api_version == "v1" => {
-                let s: K8sService = serde_json::from_value(value.clone()).map_err(describe)?;
+                let s = K8sService::deserialize(value).map_err(describe)?;
                 KubeObject::Service(service_from_k8s(&s))
             }
             "EndpointSlice" if api_version.is_empty() || api_version.starts_with("discovery.k8s.io/") => {
-                let s: K8sEndpointSlice = serde_json::from_value(value.clone()).map_err(describe)?;
+                let s = K8sEndpointSlice::deserialize(value).map_err(describe)?;
                 KubeObject::EndpointSlice(endpoint_slice_from_k8s(&s))
             }
             "Node" if api_version.is_empty() || api_version == "v1" => {
-                let n: K8sNode = serde_json::from_value(value.clone()).map_err(describe)?;
+                let n = K8sNode::deserialize(value).map_err(describe)?;
                 KubeObject::Node(node_from_k8s(&n))
             }
             "Pod" if api_version.is_empty() || api_version == "v1" => {
-                let p: K8sPod = serde_json::from_value(value.clone()).map_err(describe)?;
+                let p = K8sPod::deserialize(value).map_err(describe)?;
                 KubeObject::Pod(pod_from_k8s(&p))
             }
             _ => return Ok(None),

@@ -20,6 +20,34 @@ pub mod report;
 pub mod run;
 pub mod trace;
 
+/// The bundled sample trace, `examples/sample-trace.jsonl` (40 Services; written by
+/// `difftracker gen-trace --services 40 --nodes 4 --churn medium --seed 1`).
+pub const SAMPLE_TRACE: &str = include_str!("../../../examples/sample-trace.jsonl");
+/// The bundled sample fault file, `examples/faults.json`.
+pub const SAMPLE_FAULTS: &str = include_str!("../../../examples/faults.json");
+
+/// The bundled sample trace, parsed.
+pub fn sample_trace() -> Result<Trace, TraceError> {
+    parse_trace(SAMPLE_TRACE.as_bytes())
+}
+
+/// The bundled sample fault plan, parsed.
+pub fn sample_faults() -> Result<crate::emulator::FaultPlan, String> {
+    crate::emulator::FaultPlan::parse(SAMPLE_FAULTS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bundled_samples_parse() {
+        let t = super::sample_trace().unwrap();
+        assert!(t.events.len() > 100);
+        assert!(t.skipped.is_empty());
+        let plan = super::sample_faults().unwrap();
+        assert_eq!(plan.until_ms, Some(600_000));
+    }
+}
+
 pub use cli::{run_gen_trace, run_replay, GenTraceArgs, ReplayArgs};
 pub use run::{replay, replay_with, EngineKind, ReplayOptions, ReplayOutcome, DEFAULT_UNTIL_MS};
 pub use trace::{parse_trace, read_trace, Trace, TraceError, TraceEvent};

@@ -95,6 +95,8 @@ pub struct ExpectedInventory {
     pub address_locations: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
     /// `namespace/name` -> the public IP whose address its ingress must carry (None: no ingress).
     pub ingress: BTreeMap<String, Option<String>>,
+    /// Public IP name -> whether its address must be IPv6 (for the Services' own public IPs).
+    pub ipv6: BTreeMap<String, bool>,
 }
 
 fn canonical(ip: &str) -> Option<IpAddr> {
@@ -154,6 +156,7 @@ pub fn expected_inventory(cluster: &Cluster, baseline: &Value) -> ExpectedInvent
             let id = identity(svc);
             let pip = format!("{id}-pip");
             exp.public_ips.insert(pip.clone(), None);
+            exp.ipv6.insert(pip.clone(), svc.ip_families.first().is_some_and(|f| f == "IPv6"));
             exp.load_balancers.insert(id.clone());
             exp.sgw_services.insert(id.clone(), "Inbound".into());
             exp.ingress.insert(key.clone(), Some(pip));
@@ -196,8 +199,10 @@ pub fn expected_inventory(cluster: &Cluster, baseline: &Value) -> ExpectedInvent
         if any {
             exp.nat_gateways.insert(id.clone());
             exp.public_ips.insert(format!("{id}-pip"), None);
+            exp.ipv6.insert(format!("{id}-pip"), false);
             if cluster_has_v6 {
                 exp.public_ips.insert(format!("{id}-pip-v6"), None);
+                exp.ipv6.insert(format!("{id}-pip-v6"), true);
             }
             exp.sgw_services.insert(id.clone(), "Outbound".into());
         }
@@ -248,6 +253,11 @@ pub fn check(cluster: &Cluster, inventory: &Value, baseline: &Value) -> Vec<Stri
             Some(got) => {
                 if want.is_some() && want != got {
                     diffs.push(format!("public IP {name} has address {got:?}, expected {want:?}"));
+                }
+                if let (Some(v6), Some(addr)) = (exp.ipv6.get(name), got.as_deref().and_then(canonical)) {
+                    if addr.is_ipv6() != *v6 {
+                        diffs.push(format!("public IP {name} has address {addr}, expected an {} address", if *v6 { "IPv6" } else { "IPv4" }));
+                    }
                 }
             }
         }
@@ -483,6 +493,11 @@ mod tests {
         assert!(d.contains(&"unexpected address 10.1.0.6 under 10.0.0.4 for [uid-a]".to_string()), "{d:?}");
         assert!(d.contains(&"missing address fd01::7 under fd00::4 for [uid-a]".to_string()), "{d:?}");
         assert_eq!(d.len(), 5, "{d:?}");
+
+        let mut wrong_family = good_inventory();
+        wrong_family["public_ips"]["uid-a-pip"] = json!("2603:1030::7");
+        let d = check(&c, &wrong_family, &baseline());
+        assert!(d.contains(&"public IP uid-a-pip has address 2603:1030::7, expected an IPv4 address".to_string()), "{d:?}");
     }
 
     #[test]
