@@ -20,7 +20,14 @@
 //!   emulator); [`mock`]: instant in-process backends for the demo.
 //! - [`demo`]: `difftracker demo`, the sample inbound path against [`mock`] backends, with the
 //!   sample Kubernetes objects it (and the tests) use.
-//! - [`live`]: the main job and default command (sample trace -> simulated cluster -> tenant -> HTTP -> in-process emulator); [`observe`]: `/metrics`, `/healthz`, `/readyz`, status page.
+//! - [`transport`]: ARM/NRP over HTTP (URLs and resource IDs from the tenant's configuration,
+//!   tokens, long-running operations, paging, retries); [`emulator`]: the ARM/NRP emulator with
+//!   Azure's referential rules and seeded faults, over HTTP or in-process.
+//! - [`k8s`]: Kubernetes JSON to engine events; [`replay`]: watch traces, the simulated cluster,
+//!   virtual-time replay, its report and oracle, and the trace generator.
+//! - [`live`]: the main job and default command (sample trace -> simulated cluster -> tenant ->
+//!   HTTP -> in-process emulator); [`observe`]: `/metrics`, `/healthz`, `/readyz`, status page.
+//! - [`bench`]: `difftracker bench-engine`, the engine-only lifecycle benchmark.
 //!
 //! The `difftracker` binary (`main.rs`) wires these together behind subcommands.
 
@@ -28,15 +35,15 @@ pub mod backend;
 pub mod bench;
 pub mod demo;
 pub mod driver;
+pub mod emulator;
 pub mod executor;
 pub mod k8s;
 pub mod live;
-pub mod replay;
 pub mod mock;
 pub mod observe;
+pub mod replay;
 pub mod runtime;
 pub mod tenant;
+pub mod transport;
 
 pub use runtime::{engine_wasm_path, ENGINE_WASM};
-pub mod transport;
-pub mod emulator;
