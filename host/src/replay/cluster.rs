@@ -332,6 +332,10 @@ impl Cluster {
     fn upsert(&mut self, now_ms: u64, mut incoming: KubeObject) -> bool {
         let key = ObjectKey::of(&incoming);
         let current = self.objects.get(&key).cloned();
+        if current.is_none() && incoming.meta().is_some_and(|m| m.deletion_timestamp.is_some()) {
+            // First seen already being deleted: the trace missed its life; nothing to create.
+            return false;
+        }
         if incoming.uid().is_empty() {
             let uid = match &current {
                 Some(c) => c.uid().to_string(),
@@ -343,6 +347,11 @@ impl Cluster {
         if let Some(meta) = incoming.meta_mut() {
             meta.finalizers.retain(|f| !is_engine_finalizer(f));
             if let Some(cur_meta) = current.as_ref().and_then(|c| c.meta()) {
+                if cur_meta.deletion_timestamp.is_some() {
+                    // No new finalizer on an object being deleted (and the trace's own were
+                    // released when it deleted the object).
+                    meta.finalizers.clear();
+                }
                 meta.finalizers.extend(cur_meta.finalizers.iter().filter(|f| is_engine_finalizer(f)).cloned());
                 wants_deletion = meta.deletion_timestamp.is_some() && cur_meta.deletion_timestamp.is_none();
                 meta.deletion_timestamp = cur_meta.deletion_timestamp.clone();
@@ -560,7 +569,8 @@ impl Cluster {
             return Ok(CallOutput::Done);
         }
         let remaining: Vec<String> = meta.finalizers.iter().filter(|f| !finalizers.contains(&f.as_str())).cloned().collect();
-        if remaining.is_empty() && meta.deletion_timestamp.is_some() {
+        if meta.deletion_timestamp.is_some() && !remaining.iter().any(|f| is_engine_finalizer(f)) {
+            // Foreign finalizers were released when the trace deleted the object.
             self.remove(now_ms, key);
         } else {
             self.update_meta(key, |m| m.finalizers = remaining);

@@ -187,8 +187,10 @@ fn a_trace_object_with_a_deletion_timestamp_is_a_deletion() {
     // Without our finalizers, such an object never appears.
     let mut s = svc("b", "u2");
     s.meta.deletion_timestamp = Some("2030-01-01T00:00:00Z".into());
+    c.take_events();
     c.apply(1000, WatchEventType::Added, KubeObject::Service(s));
     assert!(c.get(&ObjectKey::service("ns", "b")).is_none());
+    assert!(c.take_events().is_empty());
 }
 
 #[test]
@@ -296,4 +298,76 @@ fn events_are_counted_by_reason() {
     assert_eq!(c.event_reasons().get("UnsupportedLoadBalancerIP"), Some(&2));
     assert_eq!(c.event_reasons().len(), 2);
     assert_eq!(c.recorded_events().len(), 3);
+}
+
+/// Random trace events and engine writes on a few names: the API server's invariants hold after
+/// every step.
+#[test]
+fn random_histories_keep_the_invariants() {
+    use crate::replay::gen::Rng;
+    for seed in 0..40u64 {
+        let mut rng = Rng::new(seed);
+        let mut c = Cluster::new();
+        let mut last_rv = 0u64;
+        for step in 0..400u64 {
+            let now = step * 10;
+            let name = *rng.pick(&["a", "b", "c"]);
+            let uid = *rng.pick(&["u1", "u2", "u3"]);
+            match rng.below(9) {
+                0..=2 => {
+                    let et = *rng.pick(&[WatchEventType::Added, WatchEventType::Modified, WatchEventType::Deleted]);
+                    let mut s = svc(name, uid);
+                    if rng.chance(20) {
+                        s.meta.finalizers.push("example.com/other".into());
+                    }
+                    if rng.chance(10) {
+                        s.meta.deletion_timestamp = Some("2030-01-01T00:00:00Z".into());
+                    }
+                    c.apply(now, et, KubeObject::Service(s));
+                }
+                3 => {
+                    let et = *rng.pick(&[WatchEventType::Added, WatchEventType::Deleted]);
+                    c.apply(now, et, KubeObject::EndpointSlice(slice(&format!("{name}-x"), uid)));
+                }
+                4 | 5 => {
+                    let _ = c.perform(now, &KubeCall::AddServiceFinalizers(oref(name, uid)));
+                }
+                6 | 7 => {
+                    let _ = c.perform(now, &KubeCall::RemoveServiceFinalizers(oref(name, uid)));
+                }
+                _ => {
+                    let ingress = vec![LoadBalancerIngress { ip: format!("20.0.0.{step}"), hostname: String::new() }];
+                    let _ = c.perform(now, &KubeCall::PatchServiceIngress(oref(name, uid), ingress));
+                }
+            }
+            for e in c.take_events() {
+                let (meta, gone) = match &e {
+                    KubeEvent::ServiceApplied(s) => (&s.meta, false),
+                    KubeEvent::ServiceDeleted(s) => (&s.meta, true),
+                    KubeEvent::EndpointSliceApplied(s) => (&s.meta, false),
+                    KubeEvent::EndpointSliceDeleted(s) => (&s.meta, true),
+                    other => panic!("unexpected {other:?}"),
+                };
+                let rv: u64 = meta.resource_version.parse().unwrap();
+                assert!(rv > last_rv, "seed {seed} step {step}: resourceVersion went from {last_rv} to {rv}");
+                last_rv = rv;
+                if !gone {
+                    assert!(
+                        meta.deletion_timestamp.is_none() || meta.finalizers.iter().any(|f| SERVICE_FINALIZERS.contains(&f.as_str())),
+                        "seed {seed} step {step}: deleting without a finalizer of ours: {e:?}"
+                    );
+                }
+            }
+            for (key, o) in c.objects() {
+                let meta = o.meta().unwrap();
+                assert!(meta.deletion_timestamp.is_none() || !meta.finalizers.is_empty(), "{key} deleting without finalizers");
+                assert!(meta.finalizers.iter().all(|f| f == "example.com/other" || SERVICE_FINALIZERS.contains(&f.as_str())));
+                if let KubeObject::EndpointSlice(s) = o {
+                    // A slice survives only if its owner never went away after it was added:
+                    // owned slices of a removed Service are collected with it.
+                    assert!(!s.owner_references.is_empty());
+                }
+            }
+        }
+    }
 }
