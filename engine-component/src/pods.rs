@@ -454,7 +454,10 @@ impl Engine {
             PodEvent::Deleted(pod) => {
                 let key = pod_key(&pod);
                 self.pod_objects.remove(&key);
-                self.informer_remove_pod(&pod);
+                // Deleted from the API, its finalizers went with it; one still listing ours
+                // only left the watch's label selector and still exists.
+                let gone = !has_pod_finalizer(&pod);
+                self.informer_remove_pod_gone(&pod, gone);
                 // The object is gone: nothing of it is left to protect.
                 self.pod_shadows.remove(&key);
             }
@@ -597,20 +600,26 @@ impl Engine {
 
     /// `podInformerRemovePod`.
     pub(crate) fn informer_remove_pod(&mut self, pod: &Pod) {
+        self.informer_remove_pod_gone(pod, false)
+    }
+
+    /// `gone`: the object was deleted from the API (a DELETED event without our finalizer): no
+    /// direct removal is started (records still drain its addresses).
+    fn informer_remove_pod_gone(&mut self, pod: &Pod, gone: bool) {
         let key = pod_key(pod);
         let label = egress_identity(pod);
         let target = pod.meta.object_ref();
         // A drain record of this pod (from its earlier identity) owns the finalizer.
         let recorded = self.pending_pod_deletions.get(&key).is_some_and(|r| r.uid.is_empty() || pod.meta.uid.is_empty() || r.uid == pod.meta.uid);
         if label.is_empty() {
-            if has_pod_finalizer(pod) && !recorded {
+            if has_pod_finalizer(pod) && !recorded && !gone {
                 self.release_direct(&key, target, Identity::default());
             }
             return;
         }
         if check_egress_identity(&label).is_err() {
             // Never admitted (nor tracked): nothing can be drained for it.
-            if has_pod_finalizer(pod) && !recorded {
+            if has_pod_finalizer(pod) && !recorded && !gone {
                 self.release_direct(&key, target, Identity::default());
             }
             return;
@@ -622,7 +631,7 @@ impl Engine {
         } else {
             self.delete_pod(&identity, &canonical(pod.host_ip.trim()), &addrs, &pod.meta.namespace, &pod.meta.name, &pod.meta.uid)
         };
-        if result.decision == FinalizerDecision::ReleaseNoDrain {
+        if result.decision == FinalizerDecision::ReleaseNoDrain && !gone {
             self.release_direct(&key, target, identity);
         }
     }

@@ -454,6 +454,12 @@ fn s095_direct_removal_failure_is_counted_and_retried() {
     h.deliver(vec![KubeEvent::PodDeleted(q.clone())]);
     let started = h.tick();
     assert!(started.iter().any(|(_, c)| is_remove_fin(c, "uq")), "{started:?}");
+    // A pod deleted from the API (its final object lists no finalizer): nothing to remove.
+    let gone = epod("g", "ug", EG, "10.1.0.3");
+    let mut gone_final = gone.clone();
+    gone_final.meta.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
+    h.deliver(vec![KubeEvent::PodDeleted(gone_final)]);
+    assert!(h.tick().is_empty());
     // Without our finalizer: ignored.
     let mut r = q.clone();
     r.meta.name = "r".into();
