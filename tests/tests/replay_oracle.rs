@@ -9,8 +9,12 @@ use difftracker_host::replay::report::to_bytes;
 use difftracker_host::replay::{parse_trace, replay, EngineKind, ReplayOptions, Trace};
 
 fn trace(services: usize, nodes: usize, churn: Churn, seed: u64) -> Trace {
+    trace_of(&GenOptions { services, nodes, churn, seed, ..GenOptions::default() })
+}
+
+fn trace_of(options: &GenOptions) -> Trace {
     let mut buf = Vec::new();
-    write_trace(&GenOptions { services, nodes, churn, seed, ..GenOptions::default() }, &mut buf).unwrap();
+    write_trace(options, &mut buf).unwrap();
     parse_trace(&buf).unwrap()
 }
 
@@ -64,10 +68,25 @@ fn faulty_runs_settle_to_the_oracle_after_the_faults_stop() {
     }
 }
 
+/// Egress pods (created, completed, restarted, and one identity drained) with inbound Services,
+/// with and without faults: NAT gateways, their public IPs, Outbound registrations and pod
+/// addresses end exactly as the final pods imply.
+#[test]
+fn egress_traces_settle_to_the_oracle() {
+    for (seed, faults_on) in [(41, false), (42, true), (43, true)] {
+        let t = trace_of(&GenOptions { services: 25, nodes: 3, egress: 25, churn: Churn::High, seed, ..GenOptions::default() });
+        let r = run(&t, EngineKind::Native, seed, faults_on.then(|| faults(seed)));
+        assert_oracle(&r, &format!("egress, seed {seed}, faults {faults_on}"));
+        let nats = r["inventory"]["nat_gateways"].as_array().unwrap().len();
+        assert!(nats >= 4, "default-natgw and the egress identities: {}", r["inventory"]["nat_gateways"]);
+        assert!(r["kubernetes"]["writes"]["remove-pod-finalizer ok"].as_u64().unwrap() > 5);
+    }
+}
+
 /// Same trace, faults and seed: the same bytes; wasm and native: the same bytes.
 #[test]
 fn reports_are_byte_identical_across_runs_and_engines() {
-    let t = trace(40, 3, Churn::High, 21);
+    let t = trace_of(&GenOptions { services: 40, nodes: 3, egress: 15, churn: Churn::High, seed: 21, ..GenOptions::default() });
     let native = to_bytes(&run(&t, EngineKind::Native, 21, Some(faults(21))));
     let again = to_bytes(&run(&t, EngineKind::Native, 21, Some(faults(21))));
     assert_eq!(native, again, "two native runs differ");

@@ -534,39 +534,75 @@ pub fn generate(opts: &GenOptions) -> Vec<WatchEvent> {
     g.timeline.into_values().collect()
 }
 
-fn egress_pods(g: &mut Gen, start: u64) {
-    let identities = (g.opts.egress / 5).max(1);
-    let mut t = start;
-    for k in 0..g.opts.egress {
-        let identity = format!("egress-{}", k % identities);
-        let Some((v4, node_name)) = g.pod_ip(Family::V4, t) else { continue };
-        let Some(node) = g.nodes.iter().find(|n| n.node.name == node_name) else { continue };
+impl Gen {
+    /// A Running egress pod with label `identity` on a node holding IPv4 at `t` (dual-stack
+    /// nodes give it an IPv6 address too).
+    fn egress_pod(&mut self, k: usize, identity: &str, t: u64) -> Option<Pod> {
+        let (v4, node_name) = self.pod_ip(Family::V4, t)?;
+        let node = self.nodes.iter().find(|n| n.node.name == node_name)?;
         let mut host_ips = vec![Gen::node_v4(node.index)];
         let mut pod_ips = vec![v4.clone()];
         if node.dual {
             host_ips.push(Gen::node_v6(node.index));
-            let k6 = 0x8000 + k as u16;
-            pod_ips.push(Ipv6Addr::new(0xfd01, 0x244, node.index as u16, 0, 0, 0, 0, k6).to_string());
+            pod_ips.push(Ipv6Addr::new(0xfd01, 0x244, node.index as u16, 1, 0, 0, (k >> 16) as u16, k as u16).to_string());
         }
-        let pod = Pod {
+        let node_name = node.node.name.clone();
+        Some(Pod {
             meta: ObjectMeta {
                 namespace: "batch".into(),
-                name: format!("egress-job-{k}-{}", g.rng.suffix()),
-                uid: g.rng.uuid(),
-                labels: vec![(EGRESS_LABEL.into(), identity)],
+                name: format!("egress-job-{k}-{}", self.rng.suffix()),
+                uid: self.rng.uuid(),
+                labels: vec![(EGRESS_LABEL.into(), identity.to_string())],
                 ..Default::default()
             },
-            node_name: node.node.name.clone(),
+            node_name,
             phase: "Running".into(),
             pod_ip: v4,
             pod_ips,
             host_ip: host_ips[0].clone(),
             host_ips,
-        };
+        })
+    }
+}
+
+/// Egress pods: `egress / 5` identities (at least one). With churn, pods are deleted, complete
+/// (phase Succeeded, then deleted) or restart as a new pod; from medium churn on, the last
+/// identity loses all its pods (its NAT gateway goes).
+fn egress_pods(g: &mut Gen, start: u64) {
+    let identities = (g.opts.egress / 5).max(1);
+    let drained = (g.opts.churn >= Churn::Medium && identities >= 2).then(|| format!("egress-{}", identities - 1));
+    let end = start + 60_000 + 300 * g.opts.egress as u64;
+    let mut t = start;
+    let mut next_k = g.opts.egress;
+    for k in 0..g.opts.egress {
+        let identity = format!("egress-{}", k % identities);
+        let Some(pod) = g.egress_pod(k, &identity, t) else { continue };
         g.emit(t, WatchEventType::Added, KubeObject::Pod(pod.clone()));
-        if g.opts.churn != Churn::None && g.rng.chance(30) {
-            let t2 = t + g.rng.range(10_000, 120_000);
+        if drained.as_deref() == Some(identity.as_str()) {
+            let t2 = end + g.rng.range(1_000, 30_000);
             g.emit(t2, WatchEventType::Deleted, KubeObject::Pod(pod));
+        } else if g.opts.churn != Churn::None {
+            let t2 = t + g.rng.range(10_000, 120_000);
+            match g.rng.below(100) {
+                0..=24 => g.emit(t2, WatchEventType::Deleted, KubeObject::Pod(pod)),
+                25..=39 => {
+                    let mut done = pod;
+                    done.phase = "Succeeded".into();
+                    g.emit(t2, WatchEventType::Modified, KubeObject::Pod(done.clone()));
+                    let t3 = t2 + g.rng.range(1_000, 20_000);
+                    g.emit(t3, WatchEventType::Deleted, KubeObject::Pod(done));
+                }
+                40..=49 => {
+                    // Restarted elsewhere: the old pod goes, a new one comes.
+                    g.emit(t2, WatchEventType::Deleted, KubeObject::Pod(pod));
+                    let t3 = t2 + g.rng.range(500, 5_000);
+                    if let Some(fresh) = g.egress_pod(next_k, &identity, t3) {
+                        g.emit(t3, WatchEventType::Added, KubeObject::Pod(fresh));
+                    }
+                    next_k += 1;
+                }
+                _ => {}
+            }
         }
         t += g.rng.range(50, 500);
     }
@@ -724,7 +760,19 @@ mod tests {
         let opts = GenOptions { services: 5, nodes: 3, egress: 12, churn: Churn::Low, ..Default::default() };
         let t = parse_trace(text(&opts).as_bytes()).unwrap();
         let pods = t.events.iter().filter(|e| e.object.kind() == "Pod" && e.event_type == WatchEventType::Added).count();
-        assert_eq!(pods, 12);
+        assert!(pods >= 12, "{pods}");
+        let opts = GenOptions { services: 5, nodes: 3, egress: 20, churn: Churn::Medium, ..Default::default() };
+        let t = parse_trace(text(&opts).as_bytes()).unwrap();
+        let deleted: Vec<&str> = t
+            .events
+            .iter()
+            .filter(|e| e.event_type == WatchEventType::Deleted)
+            .filter_map(|e| match &e.object {
+                KubeObject::Pod(p) => p.meta.label(EGRESS_LABEL),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted.iter().filter(|l| **l == "egress-3").count(), 5, "the last identity is drained");
     }
 
     #[test]

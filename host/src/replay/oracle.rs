@@ -5,9 +5,9 @@
 //! `<uid>-pip`, a load balancer `<uid>`, a ServiceGateway registration `Inbound`, and each of its
 //! ready endpoints mapped under the node IP of the endpoint's family (ENGINE.md 2.3); its
 //! `status.loadBalancer.ingress` carries exactly that public IP. Every other Service carries no
-//! ingress. For egress identities (ENGINE.md 2.4, provisional until the outbound side lands): a
-//! NAT gateway `<id>`, public IPs `<id>-pip` (and `<id>-pip-v6` in a cluster with an IPv6 node),
-//! an `Outbound` registration and the pods' addresses under their host IPs. Plus whatever the
+//! ingress. For every egress identity with at least one admitted pod (ENGINE.md 2.4): a NAT
+//! gateway `<id>`, public IPs `<id>-pip` (and `<id>-pip-v6` in a cluster with an IPv6 node), an
+//! `Outbound` registration and the pods' addresses under their host IPs. Plus whatever the
 //! emulator held before the engine started (the `default-natgw` it seeds), and nothing else.
 //! Nothing may be stuck deleting.
 //!
@@ -186,7 +186,7 @@ pub fn expected_inventory(cluster: &Cluster, baseline: &Value) -> ExpectedInvent
             }
         }
     }
-    // Outbound (provisional).
+    // Outbound.
     let cluster_has_v6 = cluster.nodes().any(|n| n.internal_ips.iter().any(|ip| canonical(ip).is_some_and(|a| a.is_ipv6())));
     for pod in cluster.pods() {
         let Some(id) = egress_identity(pod) else { continue };
