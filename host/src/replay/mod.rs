@@ -36,6 +36,10 @@ pub fn sample_faults() -> Result<crate::emulator::FaultPlan, String> {
     crate::emulator::FaultPlan::parse(SAMPLE_FAULTS)
 }
 
+pub use cli::{run_gen_trace, run_replay, GenTraceArgs, ReplayArgs};
+pub use run::{replay, replay_with, EngineKind, ReplayOptions, ReplayOutcome, DEFAULT_UNTIL_MS};
+pub use trace::{parse_trace, read_trace, Trace, TraceError, TraceEvent};
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -47,7 +51,3 @@ mod tests {
         assert_eq!(plan.until_ms, Some(600_000));
     }
 }
-
-pub use cli::{run_gen_trace, run_replay, GenTraceArgs, ReplayArgs};
-pub use run::{replay, replay_with, EngineKind, ReplayOptions, ReplayOutcome, DEFAULT_UNTIL_MS};
-pub use trace::{parse_trace, read_trace, Trace, TraceError, TraceEvent};

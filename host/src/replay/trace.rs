@@ -433,14 +433,14 @@ mod tests {
         assert!(e.message.contains("unknown watch event type \"REMOVED\""), "{e}");
         assert_eq!(e.to_string(), format!("line 4: {}", e.message));
 
-        let e = err(&format!("\n\n{{\"type\":\"ADDED\"}}"));
+        let e = err("\n\n{\"type\":\"ADDED\"}");
         assert_eq!(e.line, 3);
         assert!(e.message.contains("no \"object\""), "{e}");
 
         let e = err(&format!("{{\"type\":\"ADDED\",\"object\":{SVC},\"at_ms\":-5}}"));
         assert!(e.message.contains("at_ms"), "{e}");
 
-        let e = err(&format!("{{\"type\":\"ADDED\",\"object\":{{\"kind\":\"Service\",\"metadata\":{{\"name\":\"x\"}},\"spec\":{{\"ports\":[{{\"port\":\"80\"}}]}}}}}}"));
+        let e = err(r#"{"type":"ADDED","object":{"kind":"Service","metadata":{"name":"x"},"spec":{"ports":[{"port":"80"}]}}}"#);
         assert_eq!(e.line, 1);
         assert!(e.message.starts_with("Service x: invalid type"), "{e}");
 
