@@ -1,8 +1,9 @@
 //! Desired service configurations (ENGINE.md 2.2, 3.3).
 //!
 //! [`InboundConfig`] is what admission extracts from a LoadBalancer Service; equality compares
-//! every field, port lists order-sensitively. [`OutboundConfig`] is the egress placeholder: two
-//! outbound configs are always equal for update purposes (there is no outbound update path).
+//! every field, port lists order-sensitively. [`OutboundConfig`] holds the NAT gateway's public
+//! IP families, decided at creation; two outbound configs are always equal for update purposes
+//! (there is no outbound update path).
 
 use crate::identity::Identity;
 use crate::io::{IpVersion, ObjectRef};

@@ -3,8 +3,10 @@
 //! [`Engine::deliver`] applies Kubernetes events, [`Engine::tick`] applies completions, fires
 //! timers and starts calls through [`Io`]. The entry points of ENGINE.md 4.2 (`add_service`,
 //! `update_service`, `delete_service`, `update_endpoints`, `on_service_creation_complete`,
-//! `check_pending_service_deletions`) are public methods too, so tests can drive the state
-//! machine directly; they start no call themselves (the next tick does).
+//! `check_pending_service_deletions`) are public methods too, as are the egress ones of
+//! [`crate::egress`] (`add_pod`, `delete_pod`, `delete_pod_without_addresses`,
+//! `check_pending_pod_deletions`), so tests can drive the state machine directly; they start no
+//! call themselves (the next tick does).
 //!
 //! Every mutation of an operation or of the NRP service sets goes through a helper that watches
 //! the identity's readiness (5.3): when it flips, the identity's addresses are marked dirty for

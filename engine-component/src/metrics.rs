@@ -1,4 +1,4 @@
-//! Inbound metrics of ENGINE.md section 12 (subsystem `difftracker_engine`).
+//! The metrics of ENGINE.md section 12 (subsystem `difftracker_engine`), inbound and outbound.
 //!
 //! Counters and histograms live in ordered maps keyed by their series text and are part of the
 //! snapshot, so they survive restore. Gauges are not stored: the engine derives them from its

@@ -620,3 +620,61 @@ fn s081_dual_stack_pod_files_each_family_under_its_own_node_ip() {
     assert!(h.engine.desired().get(L1, "fd01::5").is_none());
     inv(&h);
 }
+
+#[test]
+fn outbound_delete_disassociation_is_best_effort_and_counted_once() {
+    let mut h = harness();
+    let a = epod("a", "u1", EG, "10.1.0.1");
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
+    delete_event(&mut h, &a);
+    h.tick();
+    sync_ok(&mut h).unwrap();
+    assert_eq!(state(&h, EG), Some(ResourceState::DeletionInProgress));
+    // The services read fails: no clear, but the NAT is still read and detached.
+    let c = h.find("GET services").unwrap();
+    h.fail(c, transient());
+    let c = h.find("GET natGateways").unwrap();
+    h.complete(c, Ok(CallOutput::NatGateway(Some(NatGatewayInfo { name: EG.into(), references_service_gateway: true, raw: "{}".into() }))));
+    let c = h.find("PUT natGateways").unwrap();
+    h.fail(c, transient());
+    // Both sub-steps failed: counted once, and the delete goes on.
+    assert_eq!(metric(&h, "delete_substep_failures_total", &[("step", "disassociate_nat_gateway")]), 1.0);
+    let c = h.find_by(|c| is_unregister(c, EG)).expect("unregister follows");
+    assert_eq!(
+        h.outstanding[&c],
+        Call::Cloud(CloudCall::UpdateServices(vec![SgwServiceRequest {
+            name: EG.into(),
+            service_type: ServiceType::Outbound,
+            is_delete: true,
+            backend_pools: vec![],
+            nat_gateway: NatReference::Absent,
+            is_default: None
+        }]))
+    );
+    // 404s everywhere are successes.
+    h.fail(c, CallError::http(404, "NotFound", "gone"));
+    let c = h.find("DELETE natGateways").unwrap();
+    h.fail(c, CallError::http(404, "NotFound", "gone"));
+    for _ in 0..2 {
+        let c = h.find("DELETE publicIPAddresses").unwrap();
+        h.fail(c, CallError::http(404, "NotFound", "gone"));
+    }
+    let c = h.find_by(|c| is_remove_fin(c, "u1")).unwrap();
+    h.ok(c);
+    assert!(!h.engine.is_service_tracked(&id(EG)));
+    assert_eq!(metric(&h, "service_operations_total", &[("operation", "delete"), ("service_type", "outbound"), ("result", "success")]), 1.0);
+    // A services read without our entry and a NAT that is gone: no clear, no detach, no count.
+    let mut h = harness();
+    let a = epod("a", "u1", EG, "10.1.0.1");
+    live_egress(&mut h, EG, std::slice::from_ref(&a));
+    delete_event(&mut h, &a);
+    h.tick();
+    sync_ok(&mut h).unwrap();
+    let c = h.find("GET services").unwrap();
+    h.ok(c);
+    let c = h.find("GET natGateways").unwrap();
+    h.ok(c);
+    assert!(h.find_by(|c| is_unregister(c, EG)).is_some());
+    assert_eq!(metric(&h, "delete_substep_failures_total", &[("step", "disassociate_nat_gateway")]), 0.0);
+    inv(&h);
+}
