@@ -7,8 +7,11 @@
 use crate::engine::{Engine, SnapshotError};
 use serde::Serialize;
 
-/// The schema this engine writes and the newest it reads.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The schema this engine writes and the newest it reads. 2 added the egress state (pod
+/// objects, pod calls, shadows, record candidates, the IPv6 decision); a version 1 snapshot
+/// (inbound only) restores with that state empty, and an engine of version 1 refuses a version 2
+/// snapshot rather than silently dropping the egress state.
+pub const SCHEMA_VERSION: u64 = 2;
 
 #[derive(Serialize)]
 struct Out<'a> {

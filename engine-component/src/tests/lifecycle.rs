@@ -124,3 +124,19 @@ fn restore_refuses_newer_schema_and_garbage() {
     assert!(crate::Engine::restore(b"not json").is_err());
     assert!(crate::Engine::restore(b"{}").unwrap_err().0.contains("schema_version"));
 }
+
+#[test]
+fn schema_1_snapshot_restores_with_empty_egress_state() {
+    let mut h = harness();
+    create_published(&mut h, UID, "s", "10.1.0.1");
+    let mut v: serde_json::Value = serde_json::from_slice(&h.engine.snapshot()).unwrap();
+    assert_eq!(v["schema_version"], serde_json::json!(2));
+    v["schema_version"] = serde_json::json!(1);
+    let e = v["engine"].as_object_mut().unwrap();
+    for field in ["pod_check_candidates", "pod_objects", "pod_busy", "pod_queue", "pod_calls", "pod_deferred", "pod_released", "pod_shadows", "cluster_has_ipv6"] {
+        assert!(e.remove(field).is_some(), "{field}");
+    }
+    let restored = crate::Engine::restore(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!(restored.operation(&id(UID)).map(|o| o.state), Some(ResourceState::Created));
+    restored.check_invariants().unwrap();
+}
