@@ -97,6 +97,9 @@ pub struct Engine {
     /// Pod calls in flight, by call id.
     #[serde(default)]
     pub(crate) pod_calls: BTreeMap<CallId, PodCall>,
+    /// (deadline, call id) of the pod calls in flight (derived).
+    #[serde(skip)]
+    pub(crate) pod_deadlines: BTreeSet<(u64, CallId)>,
     /// Pod events waiting behind an outstanding call for the same pod, in order.
     #[serde(default)]
     pub(crate) pod_deferred: BTreeMap<String, VecDeque<PodEvent>>,
@@ -146,6 +149,7 @@ impl Engine {
             pod_busy: BTreeSet::new(),
             pod_queue: VecDeque::new(),
             pod_calls: BTreeMap::new(),
+            pod_deadlines: BTreeSet::new(),
             pod_deferred: BTreeMap::new(),
             pod_released: BTreeSet::new(),
             pod_shadows: BTreeMap::new(),
@@ -175,6 +179,7 @@ impl Engine {
             self.on_completion(c, io);
         }
         self.fire_timeouts();
+        self.fire_pod_timeouts();
         self.fire_location_timeout();
         self.fire_timers();
         for _ in 0..4 {
@@ -354,6 +359,7 @@ impl Engine {
         for b in self.pending_pods.values_mut() {
             b.rebuild_index();
         }
+        self.pod_deadlines = self.pod_calls.iter().map(|(id, c)| (c.deadline_ms, *id)).collect();
         self.pod_records = RecordIndex::default();
         for (k, r) in &self.pending_pod_deletions {
             self.pod_records.add(k, r);
@@ -361,7 +367,7 @@ impl Engine {
     }
 
     fn next_wake(&self) -> Option<u64> {
-        let mut wake = [self.su.next_deadline(), self.lu.next_deadline()].into_iter().flatten().min();
+        let mut wake = [self.su.next_deadline(), self.lu.next_deadline(), self.pod_deadlines.first().map(|(t, _)| *t)].into_iter().flatten().min();
         let lu_due = (self.lu.triggered && self.lu.in_flight.is_none()) || !self.pod_queue.is_empty() || !self.pod_released.is_empty();
         let su_due = self.su.has_runnable() && self.su.in_flight() < MAX_CONCURRENT_OPERATIONS;
         if lu_due || su_due {

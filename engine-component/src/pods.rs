@@ -13,6 +13,7 @@ use crate::egress::{FinalizerDecision, PodDeletionRecord};
 use crate::engine::Engine;
 use crate::identity::{canonical, check_egress_identity, family, parse_ip, EgressLabelError, Family, Identity};
 use crate::io::{Call, CallError, CallId, CallOutput, ErrorKind, EventType, Io, KubeCall, KubeEventRecord, ObjectKind, ObjectRef, Pod};
+use crate::backoff::OPERATION_TIMEOUT_MS;
 use crate::metrics;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -155,6 +156,9 @@ pub struct PodCall {
     pub key: String,
     pub target: ObjectRef,
     pub kind: PodCallKind,
+    /// When a started call counts as timed out (a failure; its late completion is ignored).
+    #[serde(default)]
+    pub deadline_ms: u64,
 }
 
 /// A pod watch event kept back while an earlier call for the same pod is outstanding.
@@ -176,7 +180,7 @@ impl Engine {
     /// Queues a pod call (started by the next tick) and marks the pod busy.
     pub(crate) fn queue_pod_call(&mut self, key: &str, target: ObjectRef, kind: PodCallKind) {
         self.pod_busy.insert(key.to_string());
-        self.pod_queue.push_back(PodCall { key: key.to_string(), target, kind });
+        self.pod_queue.push_back(PodCall { key: key.to_string(), target, kind, deadline_ms: 0 });
     }
 
     /// Whether a pod call for `key` is queued or in flight.
@@ -206,19 +210,32 @@ impl Engine {
 
     /// Starts every queued pod call.
     pub(crate) fn start_pod_calls(&mut self, io: &mut dyn Io) {
-        while let Some(pc) = self.pod_queue.pop_front() {
+        while let Some(mut pc) = self.pod_queue.pop_front() {
             let call = match &pc.kind {
                 PodCallKind::AddFinalizer { .. } => KubeCall::AddPodFinalizer(pc.target.clone()),
                 PodCallKind::RemoveDirect { .. } | PodCallKind::RemoveForRecord => KubeCall::RemovePodFinalizer(pc.target.clone()),
             };
             let id: CallId = io.start(Call::Kube(call));
+            pc.deadline_ms = self.now_ms.saturating_add(OPERATION_TIMEOUT_MS);
+            self.pod_deadlines.insert((pc.deadline_ms, id));
             self.pod_calls.insert(id, pc);
+        }
+    }
+
+    /// Fails every pod call whose deadline passed (a transient timeout).
+    pub(crate) fn fire_pod_timeouts(&mut self) {
+        while let Some(&(at, id)) = self.pod_deadlines.first() {
+            if at > self.now_ms {
+                break;
+            }
+            self.complete_pod_call(id, &Err(CallError::of_kind(ErrorKind::Timeout, "pod call timed out after 5m")));
         }
     }
 
     /// Applies the completion of a pod call. False if `id` is not a pod call.
     pub(crate) fn complete_pod_call(&mut self, id: CallId, outcome: &Result<CallOutput, CallError>) -> bool {
         let Some(pc) = self.pod_calls.remove(&id) else { return false };
+        self.pod_deadlines.remove(&(pc.deadline_ms, id));
         match pc.kind {
             PodCallKind::AddFinalizer { identity, pod, replaced } => {
                 match outcome {

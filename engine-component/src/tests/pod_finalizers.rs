@@ -630,3 +630,24 @@ fn replacement_that_registers_nothing_schedules_the_nat_deletion() {
     assert!(!h.engine.nrp().has_nat_gateway(&id(EG)));
     inv(&h);
 }
+
+#[test]
+fn a_hung_pod_call_times_out() {
+    let mut h = harness();
+    let p = epod("a", "u1", EG, "10.1.0.1");
+    h.deliver(vec![KubeEvent::PodApplied(p)]);
+    h.tick();
+    let c = h.find_by(|c| is_add_fin(c, "u1")).unwrap();
+    assert_eq!(h.last.next_wake_ms, Some(h.now + 300_000));
+    h.advance(299_999);
+    assert!(h.engine.is_pod_busy("ns/a"));
+    h.advance(1);
+    // Timed out: a failure after retries, so the pod is registered without the finalizer.
+    assert!(!h.engine.is_pod_busy("ns/a"));
+    assert_eq!(metric(&h, "pod_finalizer_add_failed_total", &[]), 1.0);
+    assert!(h.engine.is_service_tracked(&id(EG)));
+    // Its late completion is ignored.
+    h.ok(c);
+    assert_eq!(metric(&h, "ignored_completions_total", &[]), 1.0);
+    inv(&h);
+}
