@@ -603,6 +603,10 @@ impl Engine {
             return;
         }
         let now = self.now_ms;
+        if self.ops.get(&id).is_some_and(|o| o.kind() != ServiceKind::Inbound) {
+            // An egress identity equal to this UID: the Service is not provisioned over it.
+            return;
+        }
         let Some(op) = self.ops.get(&id) else {
             if self.nrp.has_load_balancer(&id) {
                 // Adopt a registered LB: one re-PUT (no LastAppliedConfig).
@@ -672,6 +676,11 @@ impl Engine {
     /// `DeleteService(identity, inbound, orphan)`.
     pub fn delete_service(&mut self, id: &Identity, inbound: bool, orphan: bool) {
         if id.is_empty() || id.is_reserved() {
+            return;
+        }
+        let kind = if inbound { ServiceKind::Inbound } else { ServiceKind::Outbound };
+        if self.ops.get(id).is_some_and(|o| o.kind() != kind) {
+            // Kind collision (one key space): never tear down the other kind's service.
             return;
         }
         match self.ops.get(id).map(|o| (o.state, o.retries_exhausted)) {

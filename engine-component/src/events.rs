@@ -41,7 +41,7 @@ impl Engine {
             return;
         }
         let needs = needs_load_balancer(&svc);
-        let known = self.ops.contains(&id) || self.nrp.has_load_balancer(&id);
+        let known = self.ops.get(&id).is_some_and(|o| o.kind() == crate::config::ServiceKind::Inbound) || self.nrp.has_load_balancer(&id);
         if needs || known {
             self.services.insert(id.clone(), svc.clone());
         }
@@ -61,7 +61,7 @@ impl Engine {
         if id.is_empty() {
             return;
         }
-        if self.ops.contains(&id) || self.nrp.has_load_balancer(&id) {
+        if self.ops.get(&id).is_some_and(|o| o.kind() == crate::config::ServiceKind::Inbound) || self.nrp.has_load_balancer(&id) {
             if !self.services.contains_key(&id) {
                 self.services.insert(id.clone(), svc);
             }

@@ -678,3 +678,19 @@ fn outbound_delete_disassociation_is_best_effort_and_counted_once() {
     assert_eq!(metric(&h, "delete_substep_failures_total", &[("step", "disassociate_nat_gateway")]), 0.0);
     inv(&h);
 }
+
+#[test]
+fn s012_a_service_never_acts_on_an_egress_op_of_the_same_identity() {
+    // The other direction of the one-key-space guard.
+    let mut h = harness();
+    let name = "0f1c2b9e-8d7a-4c55-9e11-0a2b3c4d5e6f";
+    live_egress(&mut h, name, &[epod("a", "u1", name, "10.1.0.1")]);
+    let before = h.engine.operation(&id(name)).cloned();
+    h.deliver(vec![KubeEvent::ServiceApplied(lb_service(name, &[80]))]);
+    h.deliver(vec![as_cluster_ip(name)]);
+    h.deliver(vec![KubeEvent::ServiceDeleted(lb_service(name, &[80]))]);
+    h.engine.delete_service(&id(name), true, false);
+    assert_eq!(h.engine.operation(&id(name)).cloned(), before);
+    assert!(h.tick().is_empty());
+    inv(&h);
+}
