@@ -196,6 +196,9 @@ pub struct EmulatorState {
     /// `ServiceWithOverlayMappingsCannotBeDeleted` (0: none).
     pub overlay_lag: u32,
     lagging: BTreeMap<String, u32>,
+    /// Service key -> how many mapped addresses name it (an index over `locations`, so checks
+    /// and updates cost the same however many addresses are mapped).
+    mapped: BTreeMap<String, usize>,
 }
 
 fn key(name: &str) -> String {
@@ -618,7 +621,45 @@ impl EmulatorState {
     }
 
     fn has_mappings(&self, service_key: &str) -> bool {
-        self.locations.values().any(|addrs| addrs.values().any(|s| s.contains(service_key)))
+        self.mapped.contains_key(service_key)
+    }
+
+    /// Counts `services` as mapped once more (`up`) or once less; services whose last mapping
+    /// went are added to `unmapped`.
+    fn count_mapped(&mut self, services: &BTreeSet<String>, up: bool, unmapped: &mut BTreeSet<String>) {
+        for s in services {
+            if up {
+                *self.mapped.entry(s.clone()).or_default() += 1;
+            } else if let Some(n) = self.mapped.get_mut(s) {
+                *n -= 1;
+                if *n == 0 {
+                    self.mapped.remove(s);
+                    unmapped.insert(s.clone());
+                }
+            }
+        }
+    }
+
+    /// Removes a whole location, keeping the index.
+    fn remove_location(&mut self, node: &IpAddr, unmapped: &mut BTreeSet<String>) {
+        if let Some(addrs) = self.locations.remove(node) {
+            for set in addrs.values() {
+                self.count_mapped(set, false, unmapped);
+            }
+        }
+    }
+
+    /// Sets (or, with an empty set, removes) one address, keeping the index.
+    fn set_address(&mut self, node: IpAddr, addr: IpAddr, set: BTreeSet<String>, unmapped: &mut BTreeSet<String>) {
+        let entry = self.locations.entry(node).or_default();
+        let old = if set.is_empty() { entry.remove(&addr) } else { entry.insert(addr, set.clone()) };
+        if entry.is_empty() {
+            self.locations.remove(&node);
+        }
+        if let Some(old) = old {
+            self.count_mapped(&old, false, unmapped);
+        }
+        self.count_mapped(&set, true, unmapped);
     }
 
     /// §3.13 POST updateServices. The whole request is validated before anything changes.
@@ -851,42 +892,27 @@ impl EmulatorState {
             }
             parsed.push(Loc { node, full: loc_full, addrs: out });
         }
-        let mapped_before = self.mapped_services();
+        let mut unmapped = BTreeSet::new();
         if full {
-            self.locations.retain(|node, _| seen_nodes.contains(node));
+            let gone: Vec<IpAddr> = self.locations.keys().filter(|node| !seen_nodes.contains(*node)).copied().collect();
+            for node in gone {
+                self.remove_location(&node, &mut unmapped);
+            }
         }
         for l in parsed {
-            if l.full {
-                let content: BTreeMap<IpAddr, BTreeSet<String>> = l.addrs.into_iter().filter(|(_, s)| !s.is_empty()).collect();
-                self.locations.insert(l.node, content);
-            } else if l.addrs.is_empty() {
-                self.locations.remove(&l.node);
-                continue;
-            } else {
-                let entry = self.locations.entry(l.node).or_default();
-                for (addr, set) in l.addrs {
-                    if set.is_empty() {
-                        entry.remove(&addr);
-                    } else {
-                        entry.insert(addr, set);
-                    }
-                }
+            if l.full || l.addrs.is_empty() {
+                self.remove_location(&l.node, &mut unmapped);
             }
-            if self.locations.get(&l.node).is_some_and(|m| m.is_empty()) {
-                self.locations.remove(&l.node);
+            for (addr, set) in l.addrs {
+                self.set_address(l.node, addr, set, &mut unmapped);
             }
         }
         if self.overlay_lag > 0 {
-            let mapped_after = self.mapped_services();
-            for gone in mapped_before.difference(&mapped_after) {
-                self.lagging.insert(gone.clone(), self.overlay_lag);
+            for gone in unmapped.into_iter().filter(|s| !self.mapped.contains_key(s)) {
+                self.lagging.insert(gone, self.overlay_lag);
             }
         }
         Ok(())
-    }
-
-    fn mapped_services(&self) -> BTreeSet<String> {
-        self.locations.values().flat_map(|a| a.values().flatten().cloned()).collect()
     }
 
     // -------------------------------------------------------------------- inventory
