@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Reproduces every figure of BENCHMARKS.md: replay wall time and peak memory for generated traces
+# (wasm and native engines), and the engine-only PEER-BENCH lifecycle. Release build, one run per
+# cell (the machine is shared: run it twice and keep the lower figure when they differ).
+#
+#   bash bench/run.sh            # all sizes
+#   SIZES="100 1000" bash bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build --release -p difftracker-host --bin difftracker >/dev/null
+bin=target/release/difftracker
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "## Replay (virtual time, in-process emulator)"
+echo
+echo "| services | trace events | engine | wall time | peak memory | converged | same report as the other engine |"
+echo "|---|---|---|---|---|---|---|"
+for n in ${SIZES:-100 1000 5000}; do
+  nodes=$(( n / 10 > 3 ? n / 10 : 3 ))
+  "$bin" gen-trace --services "$n" --nodes "$nodes" --endpoints 10 --churn medium --seed 1 -o "$work/trace-$n.jsonl"
+  events=$(wc -l < "$work/trace-$n.jsonl")
+  rows=()
+  for engine in wasm native; do
+    /usr/bin/time -f "%e %M" -o "$work/time" "$bin" replay --trace "$work/trace-$n.jsonl" --engine "$engine" \
+      --report "$work/report-$n-$engine.json" > "$work/out" 2>&1 || true
+    read -r secs kb < "$work/time"
+    converged=$(grep -o '"converged": *[a-z]*' "$work/report-$n-$engine.json" | head -1 | sed 's/.*: *//')
+    rows+=("| $n | $events | $engine | ${secs} s | $(( kb / 1024 )) MiB | $converged |")
+  done
+  same=no
+  cmp -s "$work/report-$n-wasm.json" "$work/report-$n-native.json" && same=yes
+  for row in "${rows[@]}"; do echo "$row $same |"; done
+done
+echo
+for n in ${ENGINE_SIZES:-1000 10000}; do
+  for engine in native wasm; do
+    echo "## Engine lifecycle: $n services, $engine"
+    echo
+    "$bin" bench-engine --services "$n" --engine "$engine" --single-events 1000
+    echo
+  done
+done
