@@ -42,6 +42,12 @@ impl CallIds {
     pub fn peek(&self) -> CallId {
         self.0.load(Ordering::Relaxed)
     }
+    /// Sets the id the next call will get. Only for trap recovery, which replays a deterministic
+    /// log of inputs from a snapshot: rewound to the snapshot's next id, the replay allocates
+    /// exactly the ids the calls in flight already carry.
+    pub fn set_next(&self, next: CallId) {
+        self.0.store(next, Ordering::Relaxed)
+    }
 }
 
 /// What the engine started during one export call: `(id, call)` pairs in start order, and the
@@ -99,6 +105,12 @@ pub trait EngineDriver: Send {
     fn status(&mut self) -> Result<EngineStatus>;
     /// The tenant's call-id counter.
     fn call_ids(&self) -> &CallIds;
+    /// Whether an earlier failure (a trap, a limit) left this instance unusable: every further
+    /// call fails, and the tenant must rebuild it from a snapshot. Engines that cannot trap keep
+    /// the default.
+    fn is_poisoned(&self) -> bool {
+        false
+    }
 }
 
 /// Moves the state of `old` into the fresh instance `new` (hot swap, trap recovery, tests).
@@ -226,6 +238,10 @@ impl EngineDriver for WasmEngine {
 
     fn call_ids(&self) -> &CallIds {
         &self.ids
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
     }
 }
 

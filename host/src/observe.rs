@@ -246,6 +246,12 @@ impl Observatory {
     ) -> TenantHandle {
         let name = options.name.clone();
         let driver = self.instrument(&name, driver);
+        let mut options = options;
+        if let Some(recovery) = options.recovery.take() {
+            // Instances rebuilt after a trap are timed like the first one.
+            let (this, tenant) = (self.clone(), name.clone());
+            options.recovery = Some(recovery.map_instances(move |fresh| this.instrument(&tenant, fresh)));
+        }
         let observer = self.observer(&name, forward);
         let handle = spawn_tenant(executor, options, driver, backends, Some(observer));
         self.watch_tenant(&name, handle.subscribe());
@@ -319,11 +325,16 @@ impl Observatory {
             let tenant_labels = labels(&[("tenant", &tenant)]);
             let ticks = this.inner.host.ticks.get_or_create(&tenant_labels).clone();
             let up = this.inner.host.tenant_up.get_or_create(&tenant_labels).clone();
+            let mut restarts_seen = 0u64;
             loop {
-                let (count, stopped) = {
+                let (count, stopped, restarts) = {
                     let s = rx.borrow_and_update();
-                    (s.ticks, s.stopped)
+                    (s.ticks, s.stopped, s.restarts)
                 };
+                for _ in restarts_seen..restarts {
+                    this.record_restart(&tenant);
+                }
+                restarts_seen = restarts_seen.max(restarts);
                 up.set(if stopped { 0 } else { 1 });
                 let delta = this.with_tenant(&tenant, |t| {
                     let delta = count.saturating_sub(t.ticks_seen);
@@ -434,6 +445,12 @@ impl Observatory {
                 None => "never".into(),
             };
             let _ = writeln!(out, "  ticks: {} (last {last})", s.ticks);
+            if s.restarts > 0 || s.quarantined_total > 0 {
+                let _ = writeln!(out, "  engine restarts after a trap: {}; inputs quarantined: {}", s.restarts, s.quarantined_total);
+                for q in &s.quarantined {
+                    let _ = writeln!(out, "    tick {}: {} ({})", q.tick, q.summary, q.reason);
+                }
+            }
             let _ = writeln!(out, "  operations by state: {}", states_line(&s.engine));
             let _ = writeln!(
                 out,
@@ -507,6 +524,9 @@ impl EngineDriver for Instrumented {
     }
     fn call_ids(&self) -> &CallIds {
         self.inner.call_ids()
+    }
+    fn is_poisoned(&self) -> bool {
+        self.inner.is_poisoned()
     }
 }
 
