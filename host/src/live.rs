@@ -25,9 +25,9 @@ use crate::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
 use crate::observe::{self, CallCounts, ObserveHandle, Observatory};
 use crate::replay::cluster::Cluster;
 use crate::replay::oracle;
-use crate::replay::run::new_driver;
+use crate::replay::run::{new_driver, new_driver_with_ids};
 use crate::replay::{parse_trace, read_trace, EngineKind, Trace};
-use crate::tenant::{TenantHandle, TenantOptions, TenantStatus};
+use crate::tenant::{Recovery, TenantHandle, TenantOptions, TenantStatus};
 use crate::transport::{ArmTransport, TransportOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use difftracker_engine::io::{KubeCall, KubeEvent, KubeEventRecord, TenantConfig};
@@ -487,7 +487,8 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     let executor = Executor::new(Arc::new(SystemClock), DEFAULT_GLOBAL_CAP);
     let tenant = observatory.spawn_tenant(
         &executor,
-        TenantOptions::new(TENANT),
+        // A guest that traps is rebuilt from its last good snapshot, the offending input quarantined.
+        TenantOptions::new(TENANT).with_recovery(Recovery::new(move |ids| new_driver_with_ids(engine, ids))),
         driver,
         Backends { cloud: Arc::new(cloud), kube: Arc::new(kube) },
         None,

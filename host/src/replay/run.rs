@@ -108,12 +108,18 @@ pub struct LoopStats {
 
 /// A fresh engine of `kind`, not yet created.
 pub fn new_driver(kind: EngineKind) -> Result<Box<dyn EngineDriver>> {
+    new_driver_with_ids(kind, CallIds::default())
+}
+
+/// A fresh engine of `kind` allocating call ids from `ids` (a tenant's rebuilt instance keeps
+/// its predecessor's counter).
+pub fn new_driver_with_ids(kind: EngineKind, ids: CallIds) -> Result<Box<dyn EngineDriver>> {
     Ok(match kind {
-        EngineKind::Native => Box::new(NativeEngine::new(CallIds::default())),
+        EngineKind::Native => Box::new(NativeEngine::new(ids)),
         EngineKind::Wasm => {
             let runtime = Runtime::shared().context("starting the wasmtime runtime")?;
             let component = runtime.load_builtin().context("loading the engine component")?;
-            Box::new(WasmEngine::new(&component, CallIds::default())?)
+            Box::new(WasmEngine::new(&component, ids)?)
         }
     })
 }
