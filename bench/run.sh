@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 cargo build --release -p difftracker-host --bin difftracker >/dev/null
-bin=target/release/difftracker
+bin="${CARGO_TARGET_DIR:-target}/release/difftracker"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -19,7 +19,7 @@ echo "| services | trace events | engine | wall time | peak memory | converged |
 echo "|---|---|---|---|---|---|---|"
 for n in ${SIZES:-100 1000 5000}; do
   nodes=$(( n / 10 > 3 ? n / 10 : 3 ))
-  "$bin" gen-trace --services "$n" --nodes "$nodes" --endpoints 10 --churn medium --seed 1 -o "$work/trace-$n.jsonl"
+  "$bin" gen-trace --services "$n" --nodes "$nodes" --endpoints 10 --churn medium --seed 1 -o "$work/trace-$n.jsonl" 2>/dev/null
   events=$(wc -l < "$work/trace-$n.jsonl")
   rows=()
   for engine in wasm native; do
@@ -38,7 +38,7 @@ for n in ${ENGINE_SIZES:-1000 10000}; do
   for engine in native wasm; do
     echo "## Engine lifecycle: $n services, $engine"
     echo
-    "$bin" bench-engine --services "$n" --engine "$engine" --single-events 1000
+    "$bin" bench-engine --services "$n" --engine "$engine" --single-events "$n"
     echo
   done
 done
