@@ -7,7 +7,7 @@
 use crate::demo::{sample_node, sample_service, sample_slice, EngineKind};
 use crate::driver::{CallIds, EngineDriver, NativeEngine, WasmEngine};
 use crate::runtime::{Runtime, RuntimeOptions};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use difftracker_engine::io::{
     Call, CallOutput, CloudCall, Completion, KubeEvent, PublicIpInfo, Service, TenantConfig,
 };
@@ -121,6 +121,14 @@ fn slice_event(service: &Service, s: usize, replaced: Option<usize>) -> KubeEven
     KubeEvent::EndpointSliceApplied(sample_slice(service, &refs))
 }
 
+/// Delivers each event on its own, as a watch would.
+fn deliver_each(engine: &mut dyn EngineDriver, now: u64, events: Vec<KubeEvent>) -> Result<()> {
+    for event in events {
+        engine.deliver(now, vec![event])?;
+    }
+    Ok(())
+}
+
 fn timed(phases: &mut Vec<Phase>, name: &'static str, per: usize, f: impl FnOnce() -> Result<()>) -> Result<()> {
     let start = Instant::now();
     f()?;
@@ -148,48 +156,35 @@ pub fn measure(kind: EngineKind, services: usize, single_events: usize) -> Resul
         .collect();
     engine.deliver(now, node_events)?;
     let objects: Vec<Service> = (0..services).map(|i| sample_service("bench", &format!("svc-{i}"), &uid(i))).collect();
+    // Every event is built before the clock starts: the phases time the engine, not the harness.
+    let adds: Vec<KubeEvent> = objects.iter().map(|s| KubeEvent::ServiceApplied(s.clone())).collect();
+    let slices: Vec<KubeEvent> = objects.iter().enumerate().map(|(i, s)| slice_event(s, i, None)).collect();
+    let churn: Vec<KubeEvent> =
+        objects.iter().enumerate().map(|(i, s)| slice_event(s, i, Some(i % ENDPOINTS_PER_SERVICE))).collect();
+    let singles = single_events.min(services);
+    let restores: Vec<KubeEvent> = slices.iter().take(singles).cloned().collect();
+    let deletes: Vec<KubeEvent> = objects.iter().map(|s| KubeEvent::ServiceDeleted(s.clone())).collect();
     let mut phases = Vec::new();
 
-    timed(&mut phases, "add", services, || {
-        for s in &objects {
-            engine.deliver(now, vec![KubeEvent::ServiceApplied(s.clone())])?;
-        }
-        Ok(())
-    })?;
+    timed(&mut phases, "add", services, || deliver_each(engine, now, adds))?;
     timed(&mut phases, "create-complete", services, || settle(engine, &mut now))?;
     let created = count_state(engine, "created")? as usize;
     if created != services {
         bail!("{created} of {services} services were created");
     }
-    timed(&mut phases, "endpoints-live", services, || {
-        for (i, s) in objects.iter().enumerate() {
-            engine.deliver(now, vec![slice_event(s, i, None)])?;
-        }
-        Ok(())
-    })?;
+    timed(&mut phases, "endpoints-live", services, || deliver_each(engine, now, slices))?;
     timed(&mut phases, "locsync-initial", services, || settle(engine, &mut now))?;
-    timed(&mut phases, "endpoints-churn", services, || {
-        for (i, s) in objects.iter().enumerate() {
-            engine.deliver(now, vec![slice_event(s, i, Some(i % ENDPOINTS_PER_SERVICE))])?;
-        }
-        Ok(())
-    })?;
+    timed(&mut phases, "endpoints-churn", services, || deliver_each(engine, now, churn))?;
     timed(&mut phases, "locsync-churn", services, || settle(engine, &mut now))?;
-    // Single events at steady state: one replaced endpoint, delivered and synced, each.
-    let singles = single_events.min(services);
+    // Single events at steady state: one replaced endpoint restored, delivered and synced, each.
     timed(&mut phases, "single-endpoint-update", singles, || {
-        for (i, s) in objects.iter().enumerate().take(singles) {
-            engine.deliver(now, vec![slice_event(s, i, None)])?;
+        for event in restores {
+            engine.deliver(now, vec![event])?;
             settle(engine, &mut now)?;
         }
         Ok(())
     })?;
-    timed(&mut phases, "delete", services, || {
-        for s in &objects {
-            engine.deliver(now, vec![KubeEvent::ServiceDeleted(s.clone())])?;
-        }
-        Ok(())
-    })?;
+    timed(&mut phases, "delete", services, || deliver_each(engine, now, deletes))?;
     timed(&mut phases, "drain+delete-complete", services, || settle(engine, &mut now))?;
     let status = engine.status()?;
     let left: u32 = status.states.iter().map(|(_, n)| n).sum();
@@ -197,9 +192,4 @@ pub fn measure(kind: EngineKind, services: usize, single_events: usize) -> Resul
         bail!("{left} operations are still tracked after the deletes");
     }
     Ok(phases)
-}
-
-/// Used by tests: a lifecycle run small enough for CI, checking only that it completes.
-pub fn smoke(kind: EngineKind) -> Result<()> {
-    measure(kind, 30, 5).map(|_| ()).context("bench lifecycle")
 }

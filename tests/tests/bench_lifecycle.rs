@@ -1,0 +1,36 @@
+//! The benchmark's lifecycle is itself a check: with each engine, every Service it adds is
+//! created (five calls each, at most ten operations at a time), and after the deletes and the
+//! drain nothing is tracked. `measure` fails otherwise; the timings are not looked at.
+
+use difftracker_host::bench::measure;
+use difftracker_host::demo::EngineKind;
+
+fn lifecycle_completes(kind: EngineKind) {
+    let phases = measure(kind, 40, 10).expect("the lifecycle completes");
+    let names: Vec<&str> = phases.iter().map(|p| p.name).collect();
+    assert_eq!(
+        names,
+        [
+            "add",
+            "create-complete",
+            "endpoints-live",
+            "locsync-initial",
+            "endpoints-churn",
+            "locsync-churn",
+            "single-endpoint-update",
+            "delete",
+            "drain+delete-complete"
+        ]
+    );
+    assert_eq!(phases.iter().find(|p| p.name == "single-endpoint-update").map(|p| p.per), Some(10));
+}
+
+#[test]
+fn bench_lifecycle_completes_with_the_native_engine() {
+    lifecycle_completes(EngineKind::Native);
+}
+
+#[test]
+fn bench_lifecycle_completes_with_the_wasm_engine() {
+    lifecycle_completes(EngineKind::Wasm);
+}
