@@ -127,12 +127,12 @@ pub fn keys_diff<'a>(keys: impl IntoIterator<Item = &'a Key>, desired: &Desired,
         if desired.has_node(loc) {
             let nrp_set = nrp.services_at(loc, addr);
             if let Some(sref) = address_change(desired.get(loc, addr), nrp_set, ready) {
-                let action = if nrp.has_location(loc) { UpdateAction::PartialUpdate } else { UpdateAction::FullUpdate };
-                out.locations
-                    .entry(loc.clone())
-                    .or_insert_with(|| LocationChange { action, addresses: BTreeMap::new() })
-                    .addresses
-                    .insert(addr.clone(), sref);
+                // Look the location up first: most keys share a location already in `out`.
+                if !out.locations.contains_key(loc) {
+                    let action = if nrp.has_location(loc) { UpdateAction::PartialUpdate } else { UpdateAction::FullUpdate };
+                    out.locations.insert(loc.clone(), LocationChange { action, addresses: BTreeMap::new() });
+                }
+                out.locations.get_mut(loc).expect("location just ensured").addresses.insert(addr.clone(), sref);
             }
         } else if nrp.has_location(loc) {
             out.locations.insert(loc.clone(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() });

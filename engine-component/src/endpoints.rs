@@ -4,7 +4,7 @@
 //! Indexes by owner (for seeding a service from the cache) and by node name (for moving a node's
 //! endpoints when its IPs change) keep every event O(size of what it touches).
 
-use crate::identity::{canonical, family, parse_ip, pick_same_family, Identity};
+use crate::identity::{canonical, family, parse_ip, pick_same_family, Family, Identity};
 use crate::io::{EndpointSlice, Node};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,7 +62,11 @@ impl EndpointCache {
         }
         for ep in &s.endpoints {
             if let Some(n) = &ep.node_name {
-                self.by_node.entry(n.clone()).or_default().insert(key.to_string());
+                // Endpoints of a slice mostly share nodes: allocate only for a new (node, slice).
+                let set = self.by_node.entry(n.clone()).or_default();
+                if !set.contains(key) {
+                    set.insert(key.to_string());
+                }
             }
         }
     }
@@ -145,16 +149,25 @@ impl EndpointCache {
         if slice.meta.deletion_timestamp.is_some() {
             return out;
         }
+        // The same-family node IP of the previous endpoint's node, per family: endpoints of a
+        // slice mostly share nodes, so the node IPs are not re-parsed for each address.
+        let mut last: Option<(&str, [Option<Option<String>>; 2])> = None;
         for ep in &slice.endpoints {
             if ep.ready == Some(false) {
                 continue;
             }
             let Some(node) = &ep.node_name else { continue };
             let Some(ips) = self.nodes.get(node) else { continue };
+            if last.as_ref().is_none_or(|(n, _)| *n != node.as_str()) {
+                last = Some((node.as_str(), [None, None]));
+            }
+            let picks = &mut last.as_mut().expect("set above").1;
             for raw in &ep.addresses {
                 let Some(ip) = parse_ip(raw) else { continue };
-                if let Some(loc) = pick_same_family(ips, family(&ip)) {
-                    out.insert(ip.to_string(), loc);
+                let fam = family(&ip);
+                let slot = &mut picks[usize::from(fam == Family::V6)];
+                if let Some(loc) = slot.get_or_insert_with(|| pick_same_family(ips, fam)) {
+                    out.insert(ip.to_string(), loc.clone());
                 }
             }
         }

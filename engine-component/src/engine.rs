@@ -498,10 +498,9 @@ impl Engine {
     /// Applies an endpoint delta to desired state: removals, then additions (all of `new`, so an
     /// address an earlier add skipped is recorded now).
     fn apply_delta(&mut self, id: &Identity, old: &EndpointMap, new: &EndpointMap) {
-        let gone: Vec<(String, String)> = removals(old, new).map(|(a, l)| (a.clone(), l.clone())).collect();
-        for (addr, loc) in gone {
-            if self.desired.remove_inbound(id, &loc, &addr) {
-                self.mark_dirty(&loc, &addr);
+        for (addr, loc) in removals(old, new) {
+            if self.desired.remove_inbound(id, loc, addr) {
+                self.mark_dirty(loc, addr);
             }
         }
         for (addr, loc) in new {

@@ -126,12 +126,12 @@ impl Engine {
 
     /// Applies the completion of the in-flight `updateAddressLocations`.
     pub(crate) fn complete_location_sync(&mut self, outcome: Result<CallOutput, CallError>) {
-        let Some(sync) = self.lu.in_flight.take() else { return };
+        let Some(InFlightSync { diff, keys, identities, .. }) = self.lu.in_flight.take() else { return };
         let result = match &outcome {
             Ok(_) => {
                 let mut pairs = BTreeSet::new();
-                let touched = self.nrp.apply_collecting(&sync.diff, &mut pairs);
-                for id in touched.iter().chain(sync.identities.iter()) {
+                let touched = self.nrp.apply_collecting(diff, &mut pairs);
+                for id in touched.iter().chain(identities.iter()) {
                     self.note_drain_candidate(id);
                 }
                 self.note_pod_record_candidates(&touched, &pairs);
@@ -145,8 +145,8 @@ impl Engine {
         };
         if !matches!(result, SyncOutcome::Ok) {
             // A failed pass loses nothing: its keys are recomputed next time.
-            self.dirty.extend(sync.keys);
-            for id in &sync.identities {
+            self.dirty.extend(keys);
+            for id in &identities {
                 self.note_drain_candidate(id);
             }
         }

@@ -28,6 +28,19 @@ pub struct NrpMirror {
     addr_locs: BTreeMap<String, BTreeSet<String>>,
 }
 
+/// `map.entry(key.to_owned()).or_default()` without allocating the key when it is present.
+pub(crate) fn get_or_default<'m, K, Q, V>(map: &'m mut BTreeMap<K, V>, key: &Q) -> &'m mut V
+where
+    K: Ord + std::borrow::Borrow<Q>,
+    Q: Ord + ToOwned<Owned = K> + ?Sized,
+    V: Default,
+{
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).expect("entry just ensured")
+}
+
 impl NrpMirror {
     pub fn rebuild_index(&mut self) {
         self.index.clear();
@@ -117,14 +130,17 @@ impl NrpMirror {
         addr: &str,
         services: &BTreeSet<Identity>,
     ) {
+        let key = (loc.to_string(), addr.to_string());
         for id in services {
             if let Some(set) = index.get_mut(id) {
-                set.remove(&(loc.to_string(), addr.to_string()));
+                set.remove(&key);
                 if set.is_empty() {
                     index.remove(id);
                 }
             }
-            touched.insert(id.clone());
+            if !touched.contains(id) {
+                touched.insert(id.clone());
+            }
             pairs.insert((id.clone(), addr.to_string()));
         }
     }
@@ -132,44 +148,71 @@ impl NrpMirror {
     /// Applies a successfully sent location diff (5.4). Returns every identity that lost an
     /// address reference (candidates for "drained").
     pub fn apply(&mut self, diff: &LocationDiff) -> BTreeSet<Identity> {
-        self.apply_collecting(diff, &mut BTreeSet::new())
+        self.apply_collecting(diff.clone(), &mut BTreeSet::new())
     }
 
     /// [`NrpMirror::apply`], also collecting every (identity, address) reference that went away.
-    pub fn apply_collecting(&mut self, diff: &LocationDiff, pairs: &mut BTreeSet<(Identity, String)>) -> BTreeSet<Identity> {
+    /// Takes the diff by value: its addresses and service sets move into the mirror.
+    pub fn apply_collecting(&mut self, diff: LocationDiff, pairs: &mut BTreeSet<(Identity, String)>) -> BTreeSet<Identity> {
         let mut touched = BTreeSet::new();
-        for (loc, change) in &diff.locations {
+        for (loc, change) in diff.locations {
             let wipe = change.addresses.is_empty() || change.action == UpdateAction::FullUpdate;
             if wipe {
-                if let Some(old) = self.locations.remove(loc) {
+                if let Some(old) = self.locations.remove(&loc) {
                     for (addr, services) in &old {
                         self.addresses -= 1;
-                        Self::drop_addr_loc(&mut self.addr_locs, loc, addr);
-                        Self::unindex_address(&mut self.index, &mut touched, pairs, loc, addr, services);
+                        Self::drop_addr_loc(&mut self.addr_locs, &loc, addr);
+                        Self::unindex_address(&mut self.index, &mut touched, pairs, &loc, addr, services);
                     }
                 }
                 if change.addresses.is_empty() {
                     continue;
                 }
             }
-            let entry = self.locations.entry(loc.clone()).or_default();
-            for (addr, services) in &change.addresses {
-                if let Some(old) = entry.remove(addr) {
+            let entry = get_or_default(&mut self.locations, loc.as_str());
+            for (addr, services) in change.addresses {
+                if !services.is_empty() {
+                    if let Some(cur) = entry.get_mut(&addr) {
+                        // Replaced in place: the same as removing the old set and inserting the
+                        // new one (every old identity is touched), without re-keying what stays.
+                        for id in cur.iter() {
+                            if !services.contains(id) {
+                                if let Some(set) = self.index.get_mut(id) {
+                                    set.remove(&(loc.clone(), addr.clone()));
+                                    if set.is_empty() {
+                                        self.index.remove(id);
+                                    }
+                                }
+                            }
+                            if !touched.contains(id) {
+                                touched.insert(id.clone());
+                            }
+                            pairs.insert((id.clone(), addr.clone()));
+                        }
+                        for id in &services {
+                            if !cur.contains(id) {
+                                self.index.entry(id.clone()).or_default().insert((loc.clone(), addr.clone()));
+                            }
+                        }
+                        *cur = services;
+                        continue;
+                    }
+                } else if let Some(old) = entry.remove(&addr) {
                     self.addresses -= 1;
-                    Self::drop_addr_loc(&mut self.addr_locs, loc, addr);
-                    Self::unindex_address(&mut self.index, &mut touched, pairs, loc, addr, &old);
+                    Self::drop_addr_loc(&mut self.addr_locs, &loc, &addr);
+                    Self::unindex_address(&mut self.index, &mut touched, pairs, &loc, &addr, &old);
                 }
                 if !services.is_empty() {
-                    for id in services {
+                    for id in &services {
                         self.index.entry(id.clone()).or_default().insert((loc.clone(), addr.clone()));
                     }
-                    entry.insert(addr.clone(), services.clone());
-                    self.addresses += 1;
                     self.addr_locs.entry(addr.clone()).or_default().insert(loc.clone());
+                    entry.insert(addr, services);
+                    self.addresses += 1;
                 }
             }
             if entry.is_empty() {
-                self.locations.remove(loc);
+                self.locations.remove(&loc);
             }
         }
         touched
