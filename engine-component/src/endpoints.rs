@@ -151,17 +151,18 @@ impl EndpointCache {
         }
         // The same-family node IP of the previous endpoint's node, per family: endpoints of a
         // slice mostly share nodes, so the node IPs are not re-parsed for each address.
-        let mut last: Option<(&str, [Option<Option<String>>; 2])> = None;
+        let mut last_node: Option<&str> = None;
+        let mut picks: [Option<Option<String>>; 2] = [None, None];
         for ep in &slice.endpoints {
             if ep.ready == Some(false) {
                 continue;
             }
             let Some(node) = &ep.node_name else { continue };
             let Some(ips) = self.nodes.get(node) else { continue };
-            if last.as_ref().is_none_or(|(n, _)| *n != node.as_str()) {
-                last = Some((node.as_str(), [None, None]));
+            if last_node != Some(node.as_str()) {
+                last_node = Some(node.as_str());
+                picks = [None, None];
             }
-            let picks = &mut last.as_mut().expect("set above").1;
             for raw in &ep.addresses {
                 let Some(ip) = parse_ip(raw) else { continue };
                 let fam = family(&ip);
