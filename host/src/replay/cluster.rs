@@ -190,32 +190,25 @@ impl Cluster {
         self.objects.iter()
     }
 
+    /// The objects of one kind, in key order.
+    fn of_kind<'a, T: 'a>(&'a self, pick: fn(&'a KubeObject) -> Option<&'a T>) -> impl Iterator<Item = &'a T> {
+        self.objects.values().filter_map(pick)
+    }
+
     pub fn services(&self) -> impl Iterator<Item = &difftracker_engine::io::Service> {
-        self.objects.values().filter_map(|o| match o {
-            KubeObject::Service(s) => Some(s),
-            _ => None,
-        })
+        self.of_kind(|o| if let KubeObject::Service(s) = o { Some(s) } else { None })
     }
 
     pub fn endpoint_slices(&self) -> impl Iterator<Item = &difftracker_engine::io::EndpointSlice> {
-        self.objects.values().filter_map(|o| match o {
-            KubeObject::EndpointSlice(s) => Some(s),
-            _ => None,
-        })
+        self.of_kind(|o| if let KubeObject::EndpointSlice(s) = o { Some(s) } else { None })
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &difftracker_engine::io::Node> {
-        self.objects.values().filter_map(|o| match o {
-            KubeObject::Node(n) => Some(n),
-            _ => None,
-        })
+        self.of_kind(|o| if let KubeObject::Node(n) = o { Some(n) } else { None })
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &difftracker_engine::io::Pod> {
-        self.objects.values().filter_map(|o| match o {
-            KubeObject::Pod(p) => Some(p),
-            _ => None,
-        })
+        self.of_kind(|o| if let KubeObject::Pod(p) = o { Some(p) } else { None })
     }
 
     /// `status.loadBalancer.ingress` IPs of every Service that has any, by `namespace/name`.
