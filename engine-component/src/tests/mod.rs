@@ -6,6 +6,7 @@ mod create;
 mod delete;
 mod egress;
 mod endpoint_scenarios;
+mod golden;
 mod lifecycle;
 mod location_sync;
 mod misc;
