@@ -131,36 +131,36 @@ enum Gate {
 }
 
 impl Engine {
-    /// "SU": make `id` dispatchable on the next dispatcher pass.
-    pub(crate) fn trigger_su(&mut self, id: &Identity) {
-        self.su.push(id);
+    /// The ServiceUpdater trigger: makes `id` dispatchable on the next dispatcher pass.
+    pub(crate) fn trigger_dispatch(&mut self, id: &Identity) {
+        self.dispatcher.push(id);
     }
 
     /// Moves due retry/park timers to the runnable queue.
     pub(crate) fn fire_timers(&mut self) {
-        for id in self.su.due_timers(self.now_ms) {
-            self.su.push(&id);
+        for id in self.dispatcher.due_timers(self.now_ms) {
+            self.dispatcher.push(&id);
         }
     }
 
     /// Fails every operation whose 5-minute attempt deadline passed (a transient `timeout`);
     /// its late completion is then ignored.
     pub(crate) fn fire_timeouts(&mut self) {
-        for id in self.su.expired(self.now_ms) {
-            self.finish_worker(&id, crate::workers::WorkerResult::Failed(crate::workers::Failure::timeout()));
+        for id in self.dispatcher.expired(self.now_ms) {
+            self.finish_worker(&id, crate::workers::WorkerResult::Failed(crate::workers::AttemptFailure::timeout()));
         }
     }
 
     /// One dispatcher pass: pops runnable identities while worker slots are free.
     pub(crate) fn dispatch(&mut self, io: &mut dyn Io) {
-        while self.su.active.len() < MAX_CONCURRENT_OPERATIONS {
-            let Some(id) = self.su.pop() else { break };
+        while self.dispatcher.active.len() < MAX_CONCURRENT_OPERATIONS {
+            let Some(id) = self.dispatcher.pop() else { break };
             self.dispatch_one(&id, io);
         }
     }
 
     fn dispatch_one(&mut self, id: &Identity, io: &mut dyn Io) {
-        if self.su.is_active(id) {
+        if self.dispatcher.is_active(id) {
             return; // The completion re-queues it.
         }
         let Some(op) = self.ops.get(id) else { return };
@@ -202,9 +202,9 @@ impl Engine {
         else {
             return;
         };
-        self.su.disarm(id);
+        self.dispatcher.disarm(id);
         let active = ActiveOp::new(work, config, now, now.saturating_add(OPERATION_TIMEOUT_MS));
-        self.su.add_active(id, active);
+        self.dispatcher.add_active(id, active);
         self.start_worker(id, io);
     }
 
@@ -225,7 +225,7 @@ impl Engine {
                 _ => "create",
             };
             self.metrics.observe(metrics::SERVICE_OPERATION_RETRIES, &[("operation", operation), ("service_type", kind.label())], metrics::RETRY_BUCKETS, count as f64);
-            self.su.arm(id, now.saturating_add(PARK_COOLDOWN_MS));
+            self.dispatcher.arm(id, now.saturating_add(PARK_COOLDOWN_MS));
             return Gate::Skip;
         }
         if parked {
@@ -234,12 +234,12 @@ impl Engine {
                 self.update_op(id, |op| op.reset());
                 return Gate::Dispatch;
             }
-            self.su.arm(id, until);
+            self.dispatcher.arm(id, until);
             return Gate::Skip;
         }
         if let Some(at) = next {
             if now < at {
-                self.su.arm(id, at);
+                self.dispatcher.arm(id, at);
                 return Gate::Skip;
             }
         }

@@ -399,7 +399,7 @@ impl Engine {
                 self.mark_dirty(&p.location, &p.address);
             }
         }
-        self.trigger_lu();
+        self.trigger_location_sync();
     }
 
     // ------------------------------------------------------------------ AddPod
@@ -414,7 +414,7 @@ impl Engine {
         let Some(op) = self.ops.get(id) else {
             if self.nrp.has_nat_gateway(id) {
                 self.apply_pod_live(id, pod_key, pod_uid, loc, addr);
-                self.trigger_lu();
+                self.trigger_location_sync();
                 return;
             }
             let families = self.outbound_ip_families();
@@ -423,7 +423,7 @@ impl Engine {
             op.triggering_pod = Some(trig);
             self.insert_op(id, op);
             self.buffer_pod(id, pod_key, pod_uid, loc, addr);
-            self.trigger_su(id);
+            self.trigger_dispatch(id);
             return;
         };
         match op.state {
@@ -432,13 +432,13 @@ impl Engine {
             }
             ResourceState::Created | ResourceState::UpdateInProgress => {
                 self.apply_pod_live(id, pod_key, pod_uid, loc, addr);
-                self.trigger_lu();
+                self.trigger_location_sync();
             }
             ResourceState::DeletionPending => {
                 // A delete that was already attempted is not transactional (resources may be
                 // gone); a create/update still in flight is pre-empted into the delete. Both
                 // finish first and re-create with the buffered pod.
-                if op.retry_count > 0 || op.in_flight_config.is_some() || self.su.is_active(id) {
+                if op.retry_count > 0 || op.in_flight_config.is_some() || self.dispatcher.is_active(id) {
                     self.buffer_pod(id, pod_key, pod_uid, loc, addr);
                     return;
                 }
@@ -454,7 +454,7 @@ impl Engine {
                     }
                 }
                 self.apply_pod_live(id, pod_key, pod_uid, loc, addr);
-                self.trigger_lu();
+                self.trigger_location_sync();
             }
             ResourceState::Unknown(_) => {}
         }
@@ -543,7 +543,7 @@ impl Engine {
             }
         }
         if trigger {
-            self.trigger_lu();
+            self.trigger_location_sync();
         }
         DeletePodResult::decide(is_last, enqueued)
     }
@@ -623,7 +623,7 @@ impl Engine {
                     // A failed create may have left a public IP or NAT gateway behind.
                     self.update_op(id, |op| op.state = ResourceState::DeletionInProgress);
                     self.add_pending_deletion(id, false);
-                    self.trigger_su(id);
+                    self.trigger_dispatch(id);
                     return true;
                 }
                 // Never attempted: nothing exists in Azure.
@@ -693,7 +693,7 @@ impl Engine {
             may |= self.handle_empty_outbound(id);
             if replacement {
                 if may {
-                    self.trigger_lu();
+                    self.trigger_location_sync();
                 }
                 return DeletePodResult::decide(false, false);
             }
@@ -721,7 +721,7 @@ impl Engine {
             at_ms: self.now_ms,
         };
         self.put_pod_record(&key, rec);
-        self.trigger_lu();
+        self.trigger_location_sync();
         DeletePodResult::decide(is_last, true)
     }
 
@@ -793,7 +793,7 @@ impl Engine {
         for key in &self.pod_busy {
             let queued = self.pod_queue.iter().any(|c| &c.key == key);
             let flying = self.pod_calls.values().any(|c| &c.key == key);
-            let worker = self.su.active.values().any(|a| a.finalizer_target.as_ref().is_some_and(|(k, _)| k == key));
+            let worker = self.dispatcher.active.values().any(|a| a.finalizer_target.as_ref().is_some_and(|(k, _)| k == key));
             if !(queued || flying || worker) {
                 return Err(format!("pod {key} busy without an outstanding call"));
             }

@@ -15,7 +15,7 @@ use crate::engine::Engine;
 use crate::identity::Identity;
 use crate::io::{Call, CallError, CallOutput, CloudCall, ErrorKind, IpVersion, KubeCall, NatGatewaySpec, NatReference, ServiceType, SgwServiceRequest};
 use crate::metrics;
-use crate::workers::{is_not_found, Failure, Next, Step, WorkerResult};
+use crate::workers::{is_not_found, AttemptFailure, Next, Step, WorkerResult};
 
 fn outbound_request(id: &Identity, is_delete: bool, nat: NatReference) -> SgwServiceRequest {
     SgwServiceRequest { name: id.as_str().to_string(), service_type: ServiceType::Outbound, is_delete, backend_pools: vec![], nat_gateway: nat, is_default: None }
@@ -31,7 +31,7 @@ fn pip_name(id: &Identity, v: IpVersion) -> String {
 impl Engine {
     /// The families of the worker's config (IPv4 when nothing was decided).
     fn worker_families(&self, id: &Identity) -> Vec<IpVersion> {
-        let fams = self.su.active.get(id).and_then(|a| a.config.outbound_config().map(|c| c.ip_families.clone())).unwrap_or_default();
+        let fams = self.dispatcher.active.get(id).and_then(|a| a.config.outbound_config().map(|c| c.ip_families.clone())).unwrap_or_default();
         if fams.is_empty() {
             vec![IpVersion::V4]
         } else {
@@ -45,7 +45,7 @@ impl Engine {
 
     fn next_outbound_pip(&mut self, id: &Identity) -> Next {
         let fams = self.worker_families(id);
-        let idx = self.su.active.get(id).map_or(0, |a| a.pip_index);
+        let idx = self.dispatcher.active.get(id).map_or(0, |a| a.pip_index);
         match fams.get(idx) {
             Some(v) => Next::Call(Step::PutNatPublicIp, Call::Cloud(CloudCall::PutPublicIp { name: pip_name(id, *v), version: *v })),
             None => {
@@ -68,14 +68,14 @@ impl Engine {
     }
 
     fn unregister_outbound(&mut self, id: &Identity) -> Next {
-        if self.su.active.get(id).is_some_and(|a| a.disassociate_failed) {
+        if self.dispatcher.active.get(id).is_some_and(|a| a.disassociate_failed) {
             self.metrics.inc(metrics::DELETE_SUBSTEP_FAILURES_TOTAL, &[("step", "disassociate_nat_gateway")]);
         }
         Next::Call(Step::UnregisterOutbound, Call::Cloud(CloudCall::UpdateServices(vec![outbound_request(id, true, NatReference::Absent)])))
     }
 
     fn disassociate_failed(&mut self, id: &Identity) {
-        if let Some(a) = self.su.active.get_mut(id) {
+        if let Some(a) = self.dispatcher.active.get_mut(id) {
             a.disassociate_failed = true;
         }
     }
@@ -84,7 +84,7 @@ impl Engine {
     fn keep_error(&mut self, id: &Identity, outcome: Result<CallOutput, CallError>) {
         if let Err(e) = outcome {
             if !is_not_found(&e) {
-                if let Some(a) = self.su.active.get_mut(id) {
+                if let Some(a) = self.dispatcher.active.get_mut(id) {
                     a.last_err = Some(e);
                 }
             }
@@ -94,13 +94,13 @@ impl Engine {
     /// Every Azure delete is done: success drops the NAT from the mirror and releases the
     /// last-pod finalizers.
     fn after_outbound_deletes(&mut self, id: &Identity) -> Next {
-        let Some(a) = self.su.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        let Some(a) = self.dispatcher.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
         if let Some(e) = &a.last_err {
-            return Next::Finish(WorkerResult::Failed(Failure::from_call(e)));
+            return Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(e)));
         }
         self.set_nrp_nat_gateway(id, false);
         let keys: Vec<String> = self.pod_record_keys(id).into_iter().filter(|k| self.pending_pod_deletions.get(k).is_some_and(|r| r.is_last_pod)).collect();
-        if let Some(a) = self.su.active.get_mut(id) {
+        if let Some(a) = self.dispatcher.active.get_mut(id) {
             a.finalizer_keys = keys;
         }
         self.next_last_pod_finalizer(id)
@@ -109,10 +109,10 @@ impl Engine {
     /// `RemoveLastPodFinalizers(id)`, one record per step.
     fn next_last_pod_finalizer(&mut self, id: &Identity) -> Next {
         loop {
-            let Some(a) = self.su.active.get_mut(id) else { return Next::Finish(WorkerResult::Dropped) };
+            let Some(a) = self.dispatcher.active.get_mut(id) else { return Next::Finish(WorkerResult::Dropped) };
             if a.finalizer_keys.is_empty() {
                 return if a.finalizer_failed {
-                    Next::Finish(WorkerResult::Failed(Failure::transient("unknown", "a last pod's cleanup finalizer could not be removed")))
+                    Next::Finish(WorkerResult::Failed(AttemptFailure::transient("unknown", "a last pod's cleanup finalizer could not be removed")))
                 } else {
                     Next::Finish(WorkerResult::Done)
                 };
@@ -127,18 +127,18 @@ impl Engine {
                     r.is_last_pod = false;
                 }
                 self.pod_check_candidates.insert(key);
-                self.trigger_lu();
+                self.trigger_location_sync();
                 continue;
             }
             if self.pod_busy.contains(&key) {
                 // Another call for this pod is outstanding: keep the record, retry the delete.
-                if let Some(a) = self.su.active.get_mut(id) {
+                if let Some(a) = self.dispatcher.active.get_mut(id) {
                     a.finalizer_failed = true;
                 }
                 continue;
             }
             self.pod_busy.insert(key.clone());
-            if let Some(a) = self.su.active.get_mut(id) {
+            if let Some(a) = self.dispatcher.active.get_mut(id) {
                 a.finalizer_target = Some((key, target.uid.clone()));
             }
             return Next::Call(Step::RemoveLastPodFinalizer, Call::Kube(KubeCall::RemovePodFinalizer(target)));
@@ -150,19 +150,19 @@ impl Engine {
         match step {
             Step::PutNatPublicIp => match outcome {
                 Ok(_) => {
-                    if let Some(a) = self.su.active.get_mut(id) {
+                    if let Some(a) = self.dispatcher.active.get_mut(id) {
                         a.pip_index += 1;
                     }
                     self.next_outbound_pip(id)
                 }
-                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::PutNatGateway => match outcome {
                 Ok(_) => Next::Call(
                     Step::RegisterOutbound,
                     Call::Cloud(CloudCall::UpdateServices(vec![outbound_request(id, false, NatReference::Set(id.as_str().to_string()))])),
                 ),
-                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::RegisterOutbound => match outcome {
                 Ok(_) => {
@@ -170,7 +170,7 @@ impl Engine {
                     self.set_nrp_nat_gateway(id, true);
                     Next::Finish(WorkerResult::Done)
                 }
-                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::GetSgwServices => match outcome {
                 Ok(CallOutput::SgwServices(list)) => {
@@ -237,13 +237,13 @@ impl Engine {
                 self.after_outbound_deletes(id)
             }
             Step::RemoveLastPodFinalizer => {
-                let target = self.su.active.get_mut(id).and_then(|a| a.finalizer_target.take());
+                let target = self.dispatcher.active.get_mut(id).and_then(|a| a.finalizer_target.take());
                 if let Some((key, uid)) = target {
                     match &outcome {
                         Ok(_) => self.finish_record(&key, &uid),
                         Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => self.finish_record(&key, &uid),
                         Err(_) => {
-                            if let Some(a) = self.su.active.get_mut(id) {
+                            if let Some(a) = self.dispatcher.active.get_mut(id) {
                                 a.finalizer_failed = true;
                             }
                         }
@@ -252,7 +252,7 @@ impl Engine {
                 }
                 self.next_last_pod_finalizer(id)
             }
-            _ => Next::Finish(WorkerResult::Failed(Failure::transient("unknown", "not an outbound step"))),
+            _ => Next::Finish(WorkerResult::Failed(AttemptFailure::transient("unknown", "not an outbound step"))),
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::metrics::{self, Metrics};
 use crate::nrp::NrpMirror;
 use crate::readiness::is_ready;
 use crate::state::{OpTable, Operation, ResourceState, STATE_LABELS};
-use crate::workers::{ActiveOp, Failure, OpResult};
+use crate::workers::{ActiveOp, AttemptFailure, AttemptResult};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -120,8 +120,12 @@ pub struct Engine {
     pub(crate) blocked_by_locations: u64,
     /// (location, address) keys that may differ between desired state and NRP.
     pub(crate) dirty: BTreeSet<Key>,
-    pub(crate) su: Dispatcher,
-    pub(crate) lu: LocationsUpdater,
+    /// The ServiceUpdater.
+    #[serde(rename = "su")]
+    pub(crate) dispatcher: Dispatcher,
+    /// The LocationsUpdater.
+    #[serde(rename = "lu")]
+    pub(crate) locations_updater: LocationsUpdater,
     pub(crate) metrics: Metrics,
     /// Events raised outside a tick, emitted by the next one.
     pub(crate) queued_events: Vec<KubeEventRecord>,
@@ -157,8 +161,8 @@ impl Engine {
             drain_candidates: BTreeSet::new(),
             blocked_by_locations: 0,
             dirty: BTreeSet::new(),
-            su: Dispatcher::default(),
-            lu: LocationsUpdater::default(),
+            dispatcher: Dispatcher::default(),
+            locations_updater: LocationsUpdater::default(),
             metrics: Metrics::default(),
             queued_events: Vec::new(),
         }
@@ -187,7 +191,7 @@ impl Engine {
             self.run_locations(io);
             self.dispatch(io);
             self.start_pod_calls(io);
-            if !(self.lu.triggered && self.lu.in_flight.is_none()) && self.pod_released.is_empty() {
+            if !(self.locations_updater.triggered && self.locations_updater.in_flight.is_none()) && self.pod_released.is_empty() {
                 break;
             }
         }
@@ -217,12 +221,12 @@ impl Engine {
         self.metrics.samples(&mut samples);
         EngineStatus {
             states,
-            operations_in_flight: self.su.in_flight() as u32,
+            operations_in_flight: self.dispatcher.in_flight() as u32,
             calls_in_flight: self.calls_in_flight() as u32,
             pending_deletions: self.pending_deletions.len() as u32,
             pending_pod_deletions: self.pending_pod_deletions.len() as u32,
             buffered_endpoint_deltas: self.buffered_deltas as u32,
-            location_sync_in_flight: self.lu.in_flight.is_some(),
+            location_sync_in_flight: self.locations_updater.in_flight.is_some(),
             settled: self.is_settled(),
             metrics: samples,
         }
@@ -263,13 +267,13 @@ impl Engine {
         self.buffers.get(id).map(|v| v.as_slice()).unwrap_or(&[])
     }
     pub fn dispatcher(&self) -> &Dispatcher {
-        &self.su
+        &self.dispatcher
     }
     pub fn locations_updater(&self) -> &LocationsUpdater {
-        &self.lu
+        &self.locations_updater
     }
     pub fn active_operation(&self, id: &Identity) -> Option<&ActiveOp> {
-        self.su.active_op(id)
+        self.dispatcher.active_op(id)
     }
     /// The latest Service object seen for `id`.
     pub fn service_object(&self, id: &Identity) -> Option<&Service> {
@@ -278,22 +282,22 @@ impl Engine {
     /// Whether the engine still awaits the completion of call `id` (a timed-out call's late
     /// completion is ignored).
     pub fn awaits(&self, id: CallId) -> bool {
-        self.lu.in_flight.as_ref().is_some_and(|f| f.call == id) || self.pod_calls.contains_key(&id) || self.su.calls.contains_key(&id)
+        self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == id) || self.pod_calls.contains_key(&id) || self.dispatcher.calls.contains_key(&id)
     }
     pub fn calls_in_flight(&self) -> usize {
-        self.su.awaited_calls() + usize::from(self.lu.in_flight.is_some()) + self.pod_calls.len()
+        self.dispatcher.awaited_calls() + usize::from(self.locations_updater.in_flight.is_some()) + self.pod_calls.len()
     }
 
     /// Nothing in flight, waiting or pending: every op Created or terminal-parked.
     pub fn is_settled(&self) -> bool {
         self.calls_in_flight() == 0
-            && !self.su.has_runnable()
+            && !self.dispatcher.has_runnable()
             && self.ops.unsettled() == 0
             && self.pending_deletions.is_empty()
             && self.pending_pod_deletions.is_empty()
             && self.pod_queue.is_empty()
             && self.pod_deferred.is_empty()
-            && self.lu.is_idle()
+            && self.locations_updater.is_idle()
     }
 
     /// Checks internal consistency (indexes equal a rebuild, bounds, cross references). Meant
@@ -302,20 +306,20 @@ impl Engine {
         self.ops.check_indexes()?;
         self.desired.check_index()?;
         self.nrp.check_index()?;
-        if self.su.in_flight() > MAX_CONCURRENT_OPERATIONS {
-            return Err(format!("{} operations in flight", self.su.in_flight()));
+        if self.dispatcher.in_flight() > MAX_CONCURRENT_OPERATIONS {
+            return Err(format!("{} operations in flight", self.dispatcher.in_flight()));
         }
         for id in self.pending_deletions.keys() {
             if !self.ops.contains(id) {
                 return Err(format!("pending deletion without an op: {id}"));
             }
         }
-        for (call, id) in &self.su.calls {
-            if self.su.active_op(id).and_then(|a| a.call) != Some(*call) {
+        for (call, id) in &self.dispatcher.calls {
+            if self.dispatcher.active_op(id).and_then(|a| a.call) != Some(*call) {
                 return Err(format!("call {call} routed to {id}, which does not await it"));
             }
         }
-        for id in self.su.active.keys() {
+        for id in self.dispatcher.active.keys() {
             if !self.ops.contains(id) {
                 return Err(format!("worker without an op: {id}"));
             }
@@ -367,25 +371,25 @@ impl Engine {
     }
 
     fn next_wake(&self) -> Option<u64> {
-        let mut wake = [self.su.next_deadline(), self.lu.next_deadline(), self.pod_deadlines.first().map(|(t, _)| *t)].into_iter().flatten().min();
-        let lu_due = (self.lu.triggered && self.lu.in_flight.is_none()) || !self.pod_queue.is_empty() || !self.pod_released.is_empty();
-        let su_due = self.su.has_runnable() && self.su.in_flight() < MAX_CONCURRENT_OPERATIONS;
-        if lu_due || su_due {
+        let mut wake = [self.dispatcher.next_deadline(), self.locations_updater.next_deadline(), self.pod_deadlines.first().map(|(t, _)| *t)].into_iter().flatten().min();
+        let sync_due = (self.locations_updater.triggered && self.locations_updater.in_flight.is_none()) || !self.pod_queue.is_empty() || !self.pod_released.is_empty();
+        let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < MAX_CONCURRENT_OPERATIONS;
+        if sync_due || dispatch_due {
             wake = Some(self.now_ms);
         }
         wake
     }
 
     fn on_completion(&mut self, c: Completion, io: &mut dyn Io) {
-        if self.lu.in_flight.as_ref().is_some_and(|f| f.call == c.id) {
+        if self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == c.id) {
             self.complete_location_sync(c.outcome);
             return;
         }
         if self.complete_pod_call(c.id, &c.outcome) {
             return;
         }
-        match self.su.calls.remove(&c.id) {
-            Some(id) if self.su.active_op(&id).and_then(|a| a.call) == Some(c.id) => self.complete_worker_call(&id, c.outcome, io),
+        match self.dispatcher.calls.remove(&c.id) {
+            Some(id) if self.dispatcher.active_op(&id).and_then(|a| a.call) == Some(c.id) => self.complete_worker_call(&id, c.outcome, io),
             _ => self.metrics.inc(metrics::IGNORED_COMPLETIONS_TOTAL, &[]),
         }
     }
@@ -418,7 +422,7 @@ impl Engine {
 
     pub(crate) fn remove_op(&mut self, id: &Identity) -> Option<Operation> {
         let op = self.watch(id, |e| e.ops.remove(id));
-        self.su.disarm(id);
+        self.dispatcher.disarm(id);
         op
     }
 
@@ -442,7 +446,7 @@ impl Engine {
 
     pub(crate) fn mark_dirty(&mut self, loc: &str, addr: &str) {
         self.dirty.insert((loc.to_string(), addr.to_string()));
-        self.trigger_lu();
+        self.trigger_location_sync();
     }
 
     fn mark_identity_dirty(&mut self, id: &Identity) {
@@ -451,13 +455,13 @@ impl Engine {
             return;
         }
         self.dirty.extend(keys);
-        self.trigger_lu();
+        self.trigger_location_sync();
     }
 
     /// Whether NRP may reference `id` on some address: the mirror says so, or the sync in
     /// flight lists it (it may land after we decide).
     pub(crate) fn may_have_nrp_addresses(&self, id: &Identity) -> bool {
-        self.nrp.has_addresses_for(id) || self.lu.in_flight.as_ref().is_some_and(|f| f.identities.contains(id))
+        self.nrp.has_addresses_for(id) || self.locations_updater.in_flight.as_ref().is_some_and(|f| f.identities.contains(id))
     }
 
     pub(crate) fn note_drain_candidate(&mut self, id: &Identity) {
@@ -517,17 +521,17 @@ impl Engine {
         for d in deltas {
             self.apply_delta(id, &d.old, &d.new);
         }
-        self.trigger_lu();
+        self.trigger_location_sync();
     }
 
     fn apply_live(&mut self, id: &Identity, old: &EndpointMap, new: &EndpointMap) {
         // Older buffered deltas go first, so nothing is applied out of order.
         self.replay_buffer(id);
         self.apply_delta(id, old, new);
-        self.trigger_lu();
+        self.trigger_location_sync();
     }
 
-    fn record_attempt(&mut self, operation: &str, kind: ServiceKind, result: &OpResult, is_orphan: bool, started: Option<u64>) {
+    fn record_attempt(&mut self, operation: &str, kind: ServiceKind, result: &AttemptResult, is_orphan: bool, started: Option<u64>) {
         let (res, code) = match result {
             Ok(()) => ("success", ""),
             Err(f) => ("error", f.error_code.as_str()),
@@ -589,7 +593,7 @@ impl Engine {
         if !seed.is_empty() {
             self.update_endpoints(&id, &EndpointMap::new(), &seed);
         }
-        self.trigger_su(&id);
+        self.trigger_dispatch(&id);
     }
 
     /// `UpdateService` (inbound only; delegates to `AddService` when unknown).
@@ -615,7 +619,7 @@ impl Engine {
                 if !seed.is_empty() {
                     self.update_endpoints(&id, &EndpointMap::new(), &seed);
                 }
-                self.trigger_su(&id);
+                self.trigger_dispatch(&id);
             } else {
                 self.add_service(config);
             }
@@ -630,7 +634,7 @@ impl Engine {
                         op.state = ResourceState::UpdateInProgress;
                         op.reset();
                     });
-                    self.trigger_su(&id);
+                    self.trigger_dispatch(&id);
                 }
             }
             ResourceState::NotStarted if op.creation_failed_terminal => {
@@ -641,7 +645,7 @@ impl Engine {
                         op.state = ResourceState::NotStarted;
                         op.reset();
                     });
-                    self.trigger_su(&id);
+                    self.trigger_dispatch(&id);
                 }
             }
             ResourceState::NotStarted | ResourceState::CreationInProgress | ResourceState::UpdateInProgress => {
@@ -655,7 +659,7 @@ impl Engine {
                     }
                 });
                 if (changed && parked) || (!changed && cooled) {
-                    self.trigger_su(&id);
+                    self.trigger_dispatch(&id);
                 }
             }
             ResourceState::DeletionPending | ResourceState::DeletionInProgress => {
@@ -698,7 +702,7 @@ impl Engine {
                     }
                 });
                 if parked {
-                    self.trigger_su(id);
+                    self.trigger_dispatch(id);
                 }
             }
             Some((ResourceState::Unknown(_), _)) => {}
@@ -725,9 +729,9 @@ impl Engine {
         if !self.may_have_nrp_addresses(id) {
             self.update_op(id, |op| op.state = ResourceState::DeletionInProgress);
             self.remove_pending_deletion(id);
-            self.trigger_su(id);
+            self.trigger_dispatch(id);
         } else {
-            self.trigger_lu();
+            self.trigger_location_sync();
         }
     }
 
@@ -762,12 +766,12 @@ impl Engine {
     }
 
     /// `OnServiceCreationComplete(identity, success, err)`: the end of one worker attempt.
-    pub fn on_service_creation_complete(&mut self, id: &Identity, result: OpResult) {
+    pub fn on_service_creation_complete(&mut self, id: &Identity, result: AttemptResult) {
         self.complete_attempt(id, result, true)
     }
 
     /// `OnServiceCreationComplete`, optionally without recording an Azure attempt.
-    pub(crate) fn complete_attempt(&mut self, id: &Identity, result: OpResult, record: bool) {
+    pub(crate) fn complete_attempt(&mut self, id: &Identity, result: AttemptResult, record: bool) {
         let Some(op) = self.ops.get(id) else {
             self.metrics.inc(metrics::IGNORED_COMPLETIONS_TOTAL, &[]);
             return;
@@ -791,11 +795,11 @@ impl Engine {
             if !self.may_have_nrp_addresses(id) {
                 self.update_op(id, |op| op.state = ResourceState::DeletionInProgress);
                 self.remove_pending_deletion(id);
-                self.trigger_su(id);
+                self.trigger_dispatch(id);
             } else {
                 self.update_op(id, |op| op.state = ResourceState::DeletionPending);
                 self.add_pending_deletion(id, kind == ServiceKind::Inbound);
-                self.trigger_lu();
+                self.trigger_location_sync();
             }
             return;
         }
@@ -820,12 +824,12 @@ impl Engine {
                             })
                             .unwrap_or(false);
                         if drift {
-                            self.trigger_su(id);
+                            self.trigger_dispatch(id);
                         }
                         if state == ResourceState::CreationInProgress {
                             self.replay_buffer(id);
                             self.replay_pods(id);
-                            self.trigger_lu();
+                            self.trigger_location_sync();
                         }
                     }
                     Err(f) if f.terminal => {
@@ -843,7 +847,7 @@ impl Engine {
                             })
                             .unwrap_or(false);
                         if drift {
-                            self.trigger_su(id);
+                            self.trigger_dispatch(id);
                         } else {
                             self.metrics.inc(metrics::SERVICE_OPERATIONS_PARKED_TOTAL, &[("reason", "terminal_error")]);
                             self.observe_retries(operation, kind, retries);
@@ -861,7 +865,7 @@ impl Engine {
                             op.retry_count = n;
                             op.next_retry_at_ms = Some(now.saturating_add(delay));
                         });
-                        self.trigger_su(id);
+                        self.trigger_dispatch(id);
                     }
                 }
             }
@@ -879,7 +883,7 @@ impl Engine {
                                 op.reset();
                                 op.creation_failed_terminal = false;
                             });
-                            self.trigger_su(id);
+                            self.trigger_dispatch(id);
                         } else if recreate {
                             self.update_op(id, |op| {
                                 op.state = ResourceState::NotStarted;
@@ -890,7 +894,7 @@ impl Engine {
                                 op.recreate_after_deletion = false;
                             });
                             self.remove_pending_deletion(id);
-                            self.trigger_su(id);
+                            self.trigger_dispatch(id);
                         } else {
                             self.remove_op(id);
                             self.drop_buffers(id);
@@ -914,9 +918,9 @@ impl Engine {
                         if f.overlay {
                             self.strip_desired(id);
                             self.add_pending_deletion(id, kind == ServiceKind::Inbound);
-                            self.trigger_lu();
+                            self.trigger_location_sync();
                         } else {
-                            self.trigger_su(id);
+                            self.trigger_dispatch(id);
                         }
                     }
                 }
@@ -946,7 +950,7 @@ impl Engine {
                 _ => {}
             }
             self.remove_pending_deletion(&id);
-            self.trigger_su(&id);
+            self.trigger_dispatch(&id);
         }
         self.blocked_by_locations = self.pending_deletions.len() as u64;
     }
@@ -956,7 +960,7 @@ impl Engine {
         match self.ops.get(id).map(|o| o.state) {
             Some(s) if s.is_deleting() => {
                 // A delete took over meanwhile: let it run (deletes are 404-safe).
-                self.on_service_creation_complete(id, Err(Failure::transient("not_found", "service gone or replaced")));
+                self.on_service_creation_complete(id, Err(AttemptFailure::transient("not_found", "service gone or replaced")));
             }
             Some(_) => {
                 self.remove_op(id);

@@ -66,35 +66,35 @@ fn is_terminal_status(e: &CallError) -> bool {
 }
 
 impl Engine {
-    /// "LU": ask for a location sync pass.
-    pub(crate) fn trigger_lu(&mut self) {
-        self.lu.triggered = true;
+    /// The LocationsUpdater trigger: asks for a location sync pass.
+    pub(crate) fn trigger_location_sync(&mut self) {
+        self.locations_updater.triggered = true;
     }
 
     /// Starts a pass if one is due and none is in flight.
     pub(crate) fn run_locations(&mut self, io: &mut dyn Io) {
-        if self.lu.in_flight.is_some() {
+        if self.locations_updater.in_flight.is_some() {
             return;
         }
-        let retry_due = self.lu.retry_at_ms.is_some_and(|t| t <= self.now_ms);
-        if !self.lu.triggered && !retry_due {
+        let retry_due = self.locations_updater.retry_at_ms.is_some_and(|t| t <= self.now_ms);
+        if !self.locations_updater.triggered && !retry_due {
             return;
         }
-        self.lu.triggered = false;
-        self.lu.retry_at_ms = None;
+        self.locations_updater.triggered = false;
+        self.locations_updater.retry_at_ms = None;
         let keys = std::mem::take(&mut self.dirty);
         let diff = self.diff_over(&keys);
         if diff.is_empty() {
             // Nothing to send: every consumed key is in sync.
             self.check_pending_service_deletions();
             self.check_pending_pod_deletions();
-            self.lu.failures = 0;
-            self.lu.abandoned_reported = false;
+            self.locations_updater.failures = 0;
+            self.locations_updater.abandoned_reported = false;
             return;
         }
         let call = io.start(Call::Cloud(CloudCall::UpdateAddressLocations(diff.to_wire())));
         let identities = diff.identities();
-        self.lu.in_flight = Some(InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms.saturating_add(OPERATION_TIMEOUT_MS) });
+        self.locations_updater.in_flight = Some(InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms.saturating_add(OPERATION_TIMEOUT_MS) });
     }
 
     /// The incremental diff over `keys`.
@@ -111,14 +111,14 @@ impl Engine {
 
     /// The incremental diff the next pass would send (dirty keys plus those of an in-flight pass).
     pub fn pending_location_diff(&self) -> LocationDiff {
-        let inflight = self.lu.in_flight.iter().flat_map(|f| f.keys.iter());
+        let inflight = self.locations_updater.in_flight.iter().flat_map(|f| f.keys.iter());
         let keys: BTreeSet<&Key> = self.dirty.iter().chain(inflight).collect();
         self.diff_over(keys)
     }
 
     /// Fails an in-flight sync whose attempt deadline passed.
     pub(crate) fn fire_location_timeout(&mut self) {
-        if self.lu.in_flight.as_ref().is_some_and(|f| f.deadline_ms <= self.now_ms) {
+        if self.locations_updater.in_flight.as_ref().is_some_and(|f| f.deadline_ms <= self.now_ms) {
             let err = CallError::of_kind(ErrorKind::Timeout, "location sync timed out after 5m");
             self.complete_location_sync(Err(err));
         }
@@ -126,7 +126,7 @@ impl Engine {
 
     /// Applies the completion of the in-flight `updateAddressLocations`.
     pub(crate) fn complete_location_sync(&mut self, outcome: Result<CallOutput, CallError>) {
-        let Some(InFlightSync { diff, keys, identities, .. }) = self.lu.in_flight.take() else { return };
+        let Some(InFlightSync { diff, keys, identities, .. }) = self.locations_updater.in_flight.take() else { return };
         let result = match &outcome {
             Ok(_) => {
                 let mut pairs = BTreeSet::new();
@@ -154,15 +154,15 @@ impl Engine {
             SyncOutcome::Ok => {
                 self.check_pending_service_deletions();
                 self.check_pending_pod_deletions();
-                self.lu.failures = 0;
-                self.lu.abandoned_reported = false;
+                self.locations_updater.failures = 0;
+                self.locations_updater.abandoned_reported = false;
             }
             SyncOutcome::Terminal => {
                 self.check_pending_service_deletions();
                 self.check_pending_pod_deletions();
                 if self.pending_deletions.is_empty() {
-                    self.lu.failures = 0;
-                    self.lu.abandoned_reported = false;
+                    self.locations_updater.failures = 0;
+                    self.locations_updater.abandoned_reported = false;
                 } else {
                     self.schedule_location_retry();
                 }
@@ -174,17 +174,17 @@ impl Engine {
     /// A ready pod-finalizer removal failed: the LocationsUpdater retries (with backoff) instead
     /// of reporting success. A pass in flight re-runs the checks when it completes.
     pub(crate) fn location_retry_for_pods(&mut self) {
-        if self.lu.in_flight.is_none() && self.lu.retry_at_ms.is_none() {
+        if self.locations_updater.in_flight.is_none() && self.locations_updater.retry_at_ms.is_none() {
             self.schedule_location_retry();
         }
     }
 
     fn schedule_location_retry(&mut self) {
-        self.lu.failures = self.lu.failures.saturating_add(1);
-        let delay = backoff_ms(self.lu.failures, &mut self.rng);
-        self.lu.retry_at_ms = Some(self.now_ms.saturating_add(delay));
-        if self.lu.failures >= LOCATION_SYNC_REPORT_THRESHOLD && !self.lu.abandoned_reported && !self.pending_deletions.is_empty() {
-            self.lu.abandoned_reported = true;
+        self.locations_updater.failures = self.locations_updater.failures.saturating_add(1);
+        let delay = backoff_ms(self.locations_updater.failures, &mut self.rng);
+        self.locations_updater.retry_at_ms = Some(self.now_ms.saturating_add(delay));
+        if self.locations_updater.failures >= LOCATION_SYNC_REPORT_THRESHOLD && !self.locations_updater.abandoned_reported && !self.pending_deletions.is_empty() {
+            self.locations_updater.abandoned_reported = true;
             self.metrics.inc(metrics::LOCATION_SYNC_ABANDONED_TOTAL, &[("reason", "drain_attempts_exhausted")]);
         }
     }

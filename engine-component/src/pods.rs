@@ -202,8 +202,8 @@ impl Engine {
         }
         if self.pending_pod_deletions.contains_key(key) {
             self.pod_check_candidates.insert(key.to_string());
-            if self.lu.retry_at_ms.is_none() {
-                self.trigger_lu();
+            if self.locations_updater.retry_at_ms.is_none() {
+                self.trigger_location_sync();
             }
         }
     }
@@ -307,7 +307,7 @@ impl Engine {
             };
             self.put_pod_record(key, rec);
         }
-        self.trigger_lu();
+        self.trigger_location_sync();
     }
 
     /// A replacement drain creates no record and (same identity) never schedules the NAT
@@ -338,7 +338,7 @@ impl Engine {
         };
         if live {
             self.mark_outbound_for_deletion(id);
-            self.trigger_lu();
+            self.trigger_location_sync();
         }
     }
 
@@ -372,7 +372,7 @@ impl Engine {
     /// Whether NRP maps `addr` to `id`, or the sync in flight may.
     pub(crate) fn may_map(&self, id: &Identity, addr: &str) -> bool {
         self.nrp.maps_address_to(id, addr)
-            || self.lu.in_flight.as_ref().is_some_and(|f| f.diff.locations.values().any(|l| l.addresses.get(addr).is_some_and(|s| s.contains(id))))
+            || self.locations_updater.in_flight.as_ref().is_some_and(|f| f.diff.locations.values().any(|l| l.addresses.get(addr).is_some_and(|s| s.contains(id))))
     }
 
     /// Drops the shadow addresses that can no longer be mapped; returns those that may.
@@ -408,7 +408,7 @@ impl Engine {
                 at_ms: self.now_ms,
             };
             self.put_pod_record(key, rec);
-            self.trigger_lu();
+            self.trigger_location_sync();
             return;
         }
         self.queue_pod_call(key, target, PodCallKind::RemoveDirect { identity });

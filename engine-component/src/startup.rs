@@ -83,7 +83,7 @@ impl Engine {
             .chain(self.desired.nodes().iter().flat_map(|(l, p)| p.keys().map(move |x| (l.clone(), x.clone()))))
             .collect();
         self.dirty.extend(keys);
-        self.trigger_lu();
+        self.trigger_location_sync();
     }
 
     /// Startup step 5 for one egress pod: a terminating pod carrying the cleanup finalizer gets a
@@ -118,7 +118,7 @@ impl Engine {
         };
         self.put_pod_record(&key, rec);
         self.metrics.inc(metrics::FINALIZERS_RECOVERY_SCHEDULED_TOTAL, &[]);
-        self.trigger_lu();
+        self.trigger_location_sync();
         true
     }
 }

@@ -120,7 +120,7 @@ impl ActiveOp {
 
 /// Why an attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
+pub struct AttemptFailure {
     /// Build-time validation error: never retried until the spec changes.
     pub terminal: bool,
     /// `ServiceWithOverlayMappingsCannotBeDeleted`: go back and drain.
@@ -130,23 +130,23 @@ pub struct Failure {
     pub message: String,
 }
 
-impl Failure {
-    pub fn terminal(message: impl Into<String>) -> Failure {
-        Failure { terminal: true, overlay: false, error_code: "ValidationError".into(), message: message.into() }
+impl AttemptFailure {
+    pub fn terminal(message: impl Into<String>) -> AttemptFailure {
+        AttemptFailure { terminal: true, overlay: false, error_code: "ValidationError".into(), message: message.into() }
     }
-    pub fn transient(error_code: &str, message: impl Into<String>) -> Failure {
-        Failure { terminal: false, overlay: false, error_code: error_code.into(), message: message.into() }
+    pub fn transient(error_code: &str, message: impl Into<String>) -> AttemptFailure {
+        AttemptFailure { terminal: false, overlay: false, error_code: error_code.into(), message: message.into() }
     }
-    pub fn timeout() -> Failure {
-        Failure::transient("timeout", "operation timed out after 5m")
+    pub fn timeout() -> AttemptFailure {
+        AttemptFailure::transient("timeout", "operation timed out after 5m")
     }
-    pub fn from_call(e: &CallError) -> Failure {
-        Failure { terminal: false, overlay: is_overlay_error(e), error_code: classify(e).into(), message: e.to_string() }
+    pub fn from_call(e: &CallError) -> AttemptFailure {
+        AttemptFailure { terminal: false, overlay: is_overlay_error(e), error_code: classify(e).into(), message: e.to_string() }
     }
 }
 
 /// The result of one attempt as `OnServiceCreationComplete` receives it.
-pub type OpResult = Result<(), Failure>;
+pub type AttemptResult = Result<(), AttemptFailure>;
 
 /// How a worker ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,7 +154,7 @@ pub enum WorkerResult {
     Done,
     /// Success without any Azure operation (outbound update skip): not recorded as an attempt.
     Skipped,
-    Failed(Failure),
+    Failed(AttemptFailure),
     /// The Service is gone or replaced before any Azure call: drop tracking, no callback.
     Dropped,
 }
@@ -232,7 +232,7 @@ pub(crate) enum Next {
 impl Engine {
     /// Runs a freshly dispatched worker up to its first call.
     pub(crate) fn start_worker(&mut self, id: &Identity, io: &mut dyn Io) {
-        let Some(a) = self.su.active.get(id) else { return };
+        let Some(a) = self.dispatcher.active.get(id) else { return };
         let first = match (a.work, a.config.is_inbound()) {
             (Work::Create, false) => self.begin_outbound_create(id),
             (Work::Delete, false) => self.begin_outbound_delete(),
@@ -248,7 +248,7 @@ impl Engine {
     }
 
     fn begin_create(&mut self, id: &Identity) -> Next {
-        let Some(a) = self.su.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        let Some(a) = self.dispatcher.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
         if a.config.object.name.is_empty() {
             // Nothing to put a finalizer on (a config without a Kubernetes object).
             return self.after_finalizers(id);
@@ -256,10 +256,10 @@ impl Engine {
         Next::Call(Step::AddFinalizers, Call::Kube(KubeCall::AddServiceFinalizers(a.config.object.clone())))
     }
 
-    fn build(&self, id: &Identity) -> Result<BuiltInbound, Failure> {
-        let a = self.su.active.get(id).ok_or_else(|| Failure::transient("unknown", "worker vanished"))?;
-        let cfg = a.config.inbound_config().ok_or_else(|| Failure::terminal("no inbound configuration"))?;
-        build_inbound(id, cfg).map_err(|e| Failure::terminal(e.0))
+    fn build(&self, id: &Identity) -> Result<BuiltInbound, AttemptFailure> {
+        let a = self.dispatcher.active.get(id).ok_or_else(|| AttemptFailure::transient("unknown", "worker vanished"))?;
+        let cfg = a.config.inbound_config().ok_or_else(|| AttemptFailure::terminal("no inbound configuration"))?;
+        build_inbound(id, cfg).map_err(|e| AttemptFailure::terminal(e.0))
     }
 
     fn after_finalizers(&mut self, id: &Identity) -> Next {
@@ -277,9 +277,9 @@ impl Engine {
     }
 
     fn patch_ingress(&mut self, id: &Identity) -> Next {
-        let Some(a) = self.su.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        let Some(a) = self.dispatcher.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
         let Some(ip) = a.pip_address.clone().filter(|s| !s.is_empty()) else {
-            return Next::Finish(WorkerResult::Failed(Failure::transient("unknown", "public IP has no allocated address")));
+            return Next::Finish(WorkerResult::Failed(AttemptFailure::transient("unknown", "public IP has no allocated address")));
         };
         if a.config.object.name.is_empty() {
             return Next::Finish(WorkerResult::Done);
@@ -293,9 +293,9 @@ impl Engine {
     }
 
     fn after_delete_steps(&mut self, id: &Identity) -> Next {
-        let Some(a) = self.su.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        let Some(a) = self.dispatcher.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
         if let Some(e) = &a.last_err {
-            return Next::Finish(WorkerResult::Failed(Failure::from_call(e)));
+            return Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(e)));
         }
         let object = a.config.object.clone();
         self.set_nrp_load_balancer(id, false);
@@ -307,18 +307,18 @@ impl Engine {
 
     /// Applies the completion of the call worker `id` waits for.
     pub(crate) fn complete_worker_call(&mut self, id: &Identity, outcome: Result<CallOutput, CallError>, io: &mut dyn Io) {
-        let Some(a) = self.su.active.get_mut(id) else { return };
+        let Some(a) = self.dispatcher.active.get_mut(id) else { return };
         a.call = None;
         let step = a.step;
         let next = match step {
             Step::AddFinalizers => match outcome {
                 Ok(_) => self.after_finalizers(id),
                 Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => Next::Finish(WorkerResult::Dropped),
-                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::PutPublicIp => match outcome {
                 Ok(out) => {
-                    if let (CallOutput::PublicIp(info), Some(a)) = (out, self.su.active.get_mut(id)) {
+                    if let (CallOutput::PublicIp(info), Some(a)) = (out, self.dispatcher.active.get_mut(id)) {
                         a.pip_address = info.ip_address;
                     }
                     match self.build(id) {
@@ -326,14 +326,14 @@ impl Engine {
                         Err(f) => Next::Finish(WorkerResult::Failed(f)),
                     }
                 }
-                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::PutLoadBalancer => match outcome {
                 Ok(_) => {
                     let pool = BackendPool { load_balancer: id.as_str().to_string(), pool: id.as_str().to_string() };
                     Next::Call(Step::Register, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, false, vec![pool])])))
                 }
-                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::Register => match outcome {
                 Ok(_) => {
@@ -342,11 +342,11 @@ impl Engine {
                     self.set_nrp_load_balancer(id, true);
                     self.patch_ingress(id)
                 }
-                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::PatchIngress | Step::UpdateLoadBalancer => match outcome {
                 Ok(_) => Next::Finish(WorkerResult::Done),
-                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::DetachPool => {
                 if let Err(e) = &outcome {
@@ -359,7 +359,7 @@ impl Engine {
             Step::DeleteLoadBalancer | Step::Unregister | Step::DeletePublicIp => {
                 if let Err(e) = outcome {
                     if !is_not_found(&e) {
-                        if let Some(a) = self.su.active.get_mut(id) {
+                        if let Some(a) = self.dispatcher.active.get_mut(id) {
                             a.last_err = Some(e);
                         }
                     }
@@ -373,9 +373,9 @@ impl Engine {
             Step::RemoveFinalizers => match outcome {
                 Ok(_) => Next::Finish(WorkerResult::Done),
                 Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => Next::Finish(WorkerResult::Done),
-                Err(e) => Next::Finish(WorkerResult::Failed(Failure::from_call(&e))),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
-            Step::Begin | Step::SkipOutbound => Next::Finish(WorkerResult::Failed(Failure::transient("unknown", "completion for a worker that awaits nothing"))),
+            Step::Begin | Step::SkipOutbound => Next::Finish(WorkerResult::Failed(AttemptFailure::transient("unknown", "completion for a worker that awaits nothing"))),
             Step::PutNatPublicIp
             | Step::PutNatGateway
             | Step::RegisterOutbound
@@ -397,10 +397,10 @@ impl Engine {
         match next {
             Next::Call(step, call) => {
                 let call_id = io.start(call);
-                if let Some(a) = self.su.active.get_mut(id) {
+                if let Some(a) = self.dispatcher.active.get_mut(id) {
                     a.step = step;
                     a.call = Some(call_id);
-                    self.su.calls.insert(call_id, id.clone());
+                    self.dispatcher.calls.insert(call_id, id.clone());
                 }
             }
             Next::Finish(result) => self.finish_worker(id, result),
@@ -409,7 +409,7 @@ impl Engine {
 
     /// Ends a worker: releases its slot, reports the result, re-queues the identity.
     pub(crate) fn finish_worker(&mut self, id: &Identity, result: WorkerResult) {
-        let Some(active) = self.su.remove_active(id) else { return };
+        let Some(active) = self.dispatcher.remove_active(id) else { return };
         if let Some((key, _)) = &active.finalizer_target {
             // A timed-out worker no longer awaits its pod call.
             self.release_pod_key(key);
@@ -420,7 +420,7 @@ impl Engine {
             WorkerResult::Skipped => self.complete_attempt(id, Ok(()), false),
             WorkerResult::Failed(f) => self.on_service_creation_complete(id, Err(f)),
         }
-        self.trigger_su(id);
+        self.trigger_dispatch(id);
     }
 }
 

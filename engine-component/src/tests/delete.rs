@@ -256,7 +256,7 @@ fn s035_overlay_rejection_re_drains() {
     // The transition itself, through the entry point.
     let mut h = harness();
     put_op(&mut h, UID, ResourceState::DeletionInProgress);
-    h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::Failure::from_call(&CallError::http(400, crate::workers::OVERLAY_ERROR_CODE, "mapped"))));
+    h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::AttemptFailure::from_call(&CallError::http(400, crate::workers::OVERLAY_ERROR_CODE, "mapped"))));
     let op = h.engine.operation(&id(UID)).unwrap();
     assert_eq!(op.state, ResourceState::DeletionPending);
     assert_eq!(op.retry_count, 1);

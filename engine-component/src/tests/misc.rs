@@ -207,7 +207,7 @@ fn s140_outbound_update_records_only_the_skip() {
     };
     let op = crate::state::Operation::new(cfg, ResourceState::UpdateInProgress, h.now, "c".into());
     h.engine.insert_op(&id("egress-a"), op);
-    h.engine.trigger_su(&id("egress-a"));
+    h.engine.trigger_dispatch(&id("egress-a"));
     let s = h.tick();
     assert!(s.is_empty());
     assert_eq!(state(&h, "egress-a"), Some(ResourceState::Created));

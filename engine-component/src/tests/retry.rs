@@ -152,7 +152,7 @@ fn s047_parked_delete_in_cooldown_launches_nothing() {
     h.engine.delete_service(&id(UID), true, false);
     h.engine.update_op(&id(UID), |op| op.retry_count = 12);
     h.tick();
-    h.engine.trigger_su(&id(UID));
+    h.engine.trigger_dispatch(&id(UID));
     let s = h.advance(1_000);
     assert!(s.is_empty());
     assert!(!h.engine.dispatcher().is_active(&id(UID)));
@@ -175,7 +175,7 @@ fn s048_terminal_create_failure_parks_with_warning() {
     assert_eq!(h.io.events[0].target.uid, UID);
     assert_eq!(metric(&h, "service_operations_parked_total", &[("reason", "terminal_error")]), 1.0);
     assert_eq!(metric(&h, "service_operations_total", &[("error_code", "ValidationError")]), 1.0);
-    h.engine.trigger_su(&id(UID));
+    h.engine.trigger_dispatch(&id(UID));
     assert!(h.advance(3_600_000).is_empty(), "never re-dispatched");
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[65535]))]);
     assert!(h.engine.operation(&id(UID)).unwrap().creation_failed_terminal);
@@ -195,8 +195,8 @@ fn s049_terminal_failure_of_replaced_config_redispatches() {
     let s = h.tick();
     // The in-flight snapshot is valid; simulate a terminal result for it after a spec change.
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[81]))]);
-    h.engine.su.remove_active(&id(UID));
-    h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::Failure::terminal("bad")));
+    h.engine.dispatcher.remove_active(&id(UID));
+    h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::AttemptFailure::terminal("bad")));
     let op = h.engine.operation(&id(UID)).unwrap();
     assert!(!op.creation_failed_terminal);
     assert_eq!(op.state, ResourceState::NotStarted);
@@ -207,7 +207,7 @@ fn s049_terminal_failure_of_replaced_config_redispatches() {
     create(&mut h, UID, &[80]);
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[81]))]);
     h.engine.update_op(&id(UID), |op| op.in_flight_config = Some(inbound_cfg(UID, &[65535])));
-    h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::Failure::terminal("bad port")));
+    h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::AttemptFailure::terminal("bad port")));
     assert!(!h.engine.operation(&id(UID)).unwrap().creation_failed_terminal);
     assert!(su_queued(&h, UID));
 }
@@ -260,9 +260,9 @@ fn s052_one_timer_per_identity() {
     for _ in 0..3 {
         let c = h.find("add-service-finalizers").unwrap();
         h.fail(c, transient());
-        h.engine.trigger_su(&id(UID));
+        h.engine.trigger_dispatch(&id(UID));
         h.tick();
-        h.engine.trigger_su(&id(UID));
+        h.engine.trigger_dispatch(&id(UID));
         h.tick();
         assert_eq!(h.engine.dispatcher().timer_count(), 1);
         h.wake();
