@@ -181,11 +181,40 @@ fn s111_sent_request_has_exact_content() {
     );
 }
 
-/// Go's `Stop` waits for an in-flight sync. Here the equivalent is a hot swap: a snapshot taken
-/// while a sync is in flight restores into an engine that still awaits that call and applies
-/// its completion.
+/// Go's `Stop` cancels the LocationsUpdater and waits for the pass in flight. The engine has no
+/// goroutine to stop: a host stops it by feeding no new input and ticking until the engine
+/// reports nothing in flight. So the engine's side of "Stop waits" is that a sync in flight keeps
+/// it from looking stoppable: every tick reports the call, the engine is not settled, its next
+/// wake-up is the attempt deadline (the wait is bounded) and nothing else starts; the
+/// completion, however late within the attempt, is applied before it reports idle.
 #[test]
-fn s112_snapshot_with_sync_in_flight_keeps_awaiting_it() {
+fn s112_stop_waits_for_the_sync_in_flight() {
+    let mut h = harness();
+    create(&mut h, UID, &[80]);
+    let _ = sync_ok(&mut h);
+    h.deliver(vec![KubeEvent::EndpointSliceApplied(slice("s", UID, &[("10.1.0.1", "n1")]))]);
+    h.tick();
+    let c = sync_call(&h).unwrap();
+    let deadline = h.now + OPERATION_TIMEOUT_MS;
+    // A stop drains: no new input, only ticks, while NRP takes four minutes to answer.
+    for _ in 0..8 {
+        assert!(h.advance(30_000).is_empty(), "nothing starts while the sync is in flight");
+        assert_eq!(h.last.calls_in_flight, 1, "the tick reports the sync in flight");
+        assert_eq!(h.last.next_wake_ms, Some(deadline), "the wait ends at the attempt deadline");
+        assert!(h.engine.status().location_sync_in_flight);
+        assert!(!h.engine.is_settled(), "a stop would go on waiting");
+    }
+    h.ok(c);
+    assert_eq!(h.last.calls_in_flight, 0);
+    assert!(h.engine.is_settled(), "the stop can return once the sync completed");
+    assert_eq!(h.engine.nrp().address_count(), 1, "the late completion was applied");
+    assert_eq!(metric(&h, "ignored_completions_total", &[]), 0.0);
+}
+
+/// A hot swap while a sync is in flight: the snapshot restores into an engine that still awaits
+/// that call and applies its completion.
+#[test]
+fn snapshot_with_sync_in_flight_keeps_awaiting_it() {
     let mut h = harness();
     create(&mut h, UID, &[80]);
     let _ = sync_ok(&mut h);
