@@ -14,23 +14,66 @@ use crate::identity::Identity;
 use crate::io::{CallId, Io};
 use crate::metrics;
 use crate::state::ResourceState;
-use crate::workers::{ActiveOp, Work};
-use serde::{Deserialize, Serialize};
+use crate::timers::{Timer, TimerTable};
+use crate::workers::{ActiveOp, AttemptFailure, Work, WorkerResult};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The ServiceUpdater semaphore.
 pub const MAX_CONCURRENT_OPERATIONS: usize = 10;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Its deadlines (retry timers, attempt deadlines) are armed in the engine's [`TimerTable`]
+/// too; the snapshot keeps the ordered sets it had before that table existed (`timers`,
+/// `deadlines`), written from `retry_at` and the workers.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(from = "DispatcherSnapshot")]
 pub struct Dispatcher {
     runnable: VecDeque<Identity>,
     queued: BTreeSet<Identity>,
-    timers: BTreeSet<(u64, Identity)>,
-    timer_of: BTreeMap<Identity, u64>,
+    /// `retryGate`'s timer per identity.
+    retry_at: BTreeMap<Identity, u64>,
     pub(crate) active: BTreeMap<Identity, ActiveOp>,
-    deadlines: BTreeSet<(u64, Identity)>,
     /// Call id -> identity of the worker awaiting it.
     pub(crate) calls: BTreeMap<CallId, Identity>,
+}
+
+/// The dispatcher as snapshots hold it.
+#[derive(Deserialize)]
+struct DispatcherSnapshot {
+    runnable: VecDeque<Identity>,
+    queued: BTreeSet<Identity>,
+    /// Derived from `timer_of`; read so a snapshot keeps being checked as before.
+    #[allow(dead_code)]
+    timers: BTreeSet<(u64, Identity)>,
+    timer_of: BTreeMap<Identity, u64>,
+    active: BTreeMap<Identity, ActiveOp>,
+    /// Derived from the workers' deadlines; read for the same reason.
+    #[allow(dead_code)]
+    deadlines: BTreeSet<(u64, Identity)>,
+    calls: BTreeMap<CallId, Identity>,
+}
+
+impl From<DispatcherSnapshot> for Dispatcher {
+    fn from(s: DispatcherSnapshot) -> Dispatcher {
+        Dispatcher { runnable: s.runnable, queued: s.queued, retry_at: s.timer_of, active: s.active, calls: s.calls }
+    }
+}
+
+impl Serialize for Dispatcher {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let timers: BTreeSet<(u64, &Identity)> = self.retry_at.iter().map(|(id, at)| (*at, id)).collect();
+        let deadlines: BTreeSet<(u64, &Identity)> = self.active.iter().map(|(id, a)| (a.deadline_ms, id)).collect();
+        let mut s = serializer.serialize_struct("Dispatcher", 7)?;
+        s.serialize_field("runnable", &self.runnable)?;
+        s.serialize_field("queued", &self.queued)?;
+        s.serialize_field("timers", &timers)?;
+        s.serialize_field("timer_of", &self.retry_at)?;
+        s.serialize_field("active", &self.active)?;
+        s.serialize_field("deadlines", &deadlines)?;
+        s.serialize_field("calls", &self.calls)?;
+        s.end()
+    }
 }
 
 impl Dispatcher {
@@ -40,11 +83,12 @@ impl Dispatcher {
     pub fn runnable_len(&self) -> usize {
         self.runnable.len()
     }
+    /// When `id`'s retry timer fires, if armed.
     pub fn timer(&self, id: &Identity) -> Option<u64> {
-        self.timer_of.get(id).copied()
+        self.retry_at.get(id).copied()
     }
     pub fn timer_count(&self) -> usize {
-        self.timers.len()
+        self.retry_at.len()
     }
     pub fn in_flight(&self) -> usize {
         self.active.len()
@@ -57,6 +101,9 @@ impl Dispatcher {
     }
     pub fn awaited_calls(&self) -> usize {
         self.calls.len()
+    }
+    pub fn has_runnable(&self) -> bool {
+        !self.runnable.is_empty()
     }
     pub(crate) fn push(&mut self, id: &Identity) -> bool {
         if self.queued.insert(id.clone()) {
@@ -71,56 +118,50 @@ impl Dispatcher {
         self.queued.remove(&id);
         Some(id)
     }
-    pub(crate) fn arm(&mut self, id: &Identity, at: u64) {
-        if let Some(old) = self.timer_of.insert(id.clone(), at) {
-            self.timers.remove(&(old, id.clone()));
-        }
-        self.timers.insert((at, id.clone()));
+    /// Arms (or re-arms) `id`'s retry timer.
+    pub(crate) fn arm(&mut self, timers: &mut TimerTable, id: &Identity, at: u64) {
+        self.retry_at.insert(id.clone(), at);
+        timers.set(Timer::OperationRetry(id.clone()), at);
     }
-    pub(crate) fn disarm(&mut self, id: &Identity) {
-        if let Some(old) = self.timer_of.remove(id) {
-            self.timers.remove(&(old, id.clone()));
+    pub(crate) fn disarm(&mut self, timers: &mut TimerTable, id: &Identity) {
+        if self.retry_at.remove(id).is_some() {
+            timers.stop(&Timer::OperationRetry(id.clone()));
         }
     }
-    /// Pops every timer due at `now`.
-    fn due_timers(&mut self, now: u64) -> Vec<Identity> {
-        let mut out = Vec::new();
-        while let Some((at, id)) = self.timers.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.timers.remove(&(at, id.clone()));
-            self.timer_of.remove(&id);
-            out.push(id);
+    /// Stops and returns every retry timer due at `now`, earliest first.
+    fn take_due_retries(&mut self, timers: &mut TimerTable, now: u64) -> Vec<Identity> {
+        let due: Vec<Identity> = timers
+            .expired(now)
+            .filter_map(|t| match t {
+                Timer::OperationRetry(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        for id in &due {
+            self.disarm(timers, id);
         }
-        out
+        due
     }
-    pub(crate) fn add_active(&mut self, id: &Identity, op: ActiveOp) {
-        self.deadlines.insert((op.deadline_ms, id.clone()));
+    pub(crate) fn add_active(&mut self, timers: &mut TimerTable, id: &Identity, op: ActiveOp) {
+        timers.set(Timer::OperationTimeout(id.clone()), op.deadline_ms);
         self.active.insert(id.clone(), op);
     }
-    pub(crate) fn remove_active(&mut self, id: &Identity) -> Option<ActiveOp> {
+    pub(crate) fn remove_active(&mut self, timers: &mut TimerTable, id: &Identity) -> Option<ActiveOp> {
         let op = self.active.remove(id)?;
-        self.deadlines.remove(&(op.deadline_ms, id.clone()));
+        timers.stop(&Timer::OperationTimeout(id.clone()));
         if let Some(c) = op.call {
             self.calls.remove(&c);
         }
         Some(op)
     }
-    fn expired(&self, now: u64) -> Vec<Identity> {
-        self.deadlines.iter().take_while(|(d, _)| *d <= now).map(|(_, id)| id.clone()).collect()
-    }
-    /// Earliest timer or op deadline.
-    pub fn next_deadline(&self) -> Option<u64> {
-        let t = self.timers.first().map(|(t, _)| *t);
-        let d = self.deadlines.first().map(|(d, _)| *d);
-        match (t, d) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// Arms the table from this state (after a restore).
+    pub(crate) fn rearm(&self, timers: &mut TimerTable) {
+        for (id, at) in &self.retry_at {
+            timers.set(Timer::OperationRetry(id.clone()), *at);
         }
-    }
-    pub fn has_runnable(&self) -> bool {
-        !self.runnable.is_empty()
+        for (id, a) in &self.active {
+            timers.set(Timer::OperationTimeout(id.clone()), a.deadline_ms);
+        }
     }
 }
 
@@ -137,17 +178,25 @@ impl Engine {
     }
 
     /// Moves due retry/park timers to the runnable queue.
-    pub(crate) fn fire_timers(&mut self) {
-        for id in self.dispatcher.due_timers(self.now_ms) {
+    pub(crate) fn fire_retry_timers(&mut self) {
+        for id in self.dispatcher.take_due_retries(&mut self.timers, self.now_ms) {
             self.dispatcher.push(&id);
         }
     }
 
     /// Fails every operation whose 5-minute attempt deadline passed (a transient `timeout`);
     /// its late completion is then ignored.
-    pub(crate) fn fire_timeouts(&mut self) {
-        for id in self.dispatcher.expired(self.now_ms) {
-            self.finish_worker(&id, crate::workers::WorkerResult::Failed(crate::workers::AttemptFailure::timeout()));
+    pub(crate) fn fire_operation_timeouts(&mut self) {
+        let expired: Vec<Identity> = self
+            .timers
+            .expired(self.now_ms)
+            .filter_map(|t| match t {
+                Timer::OperationTimeout(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        for id in expired {
+            self.finish_worker(&id, WorkerResult::Failed(AttemptFailure::timeout()));
         }
     }
 
@@ -202,9 +251,9 @@ impl Engine {
         else {
             return;
         };
-        self.dispatcher.disarm(id);
+        self.dispatcher.disarm(&mut self.timers, id);
         let active = ActiveOp::new(work, config, now, now.saturating_add(OPERATION_TIMEOUT_MS));
-        self.dispatcher.add_active(id, active);
+        self.dispatcher.add_active(&mut self.timers, id, active);
         self.start_worker(id, io);
     }
 
@@ -225,7 +274,7 @@ impl Engine {
                 _ => "create",
             };
             self.metrics.observe(metrics::SERVICE_OPERATION_RETRIES, &[("operation", operation), ("service_type", kind.label())], metrics::RETRY_BUCKETS, count as f64);
-            self.dispatcher.arm(id, now.saturating_add(PARK_COOLDOWN_MS));
+            self.dispatcher.arm(&mut self.timers, id, now.saturating_add(PARK_COOLDOWN_MS));
             return Gate::Skip;
         }
         if parked {
@@ -234,12 +283,12 @@ impl Engine {
                 self.update_op(id, |op| op.reset());
                 return Gate::Dispatch;
             }
-            self.dispatcher.arm(id, until);
+            self.dispatcher.arm(&mut self.timers, id, until);
             return Gate::Skip;
         }
         if let Some(at) = next {
             if now < at {
-                self.dispatcher.arm(id, at);
+                self.dispatcher.arm(&mut self.timers, id, at);
                 return Gate::Skip;
             }
         }

@@ -28,6 +28,7 @@ use crate::metrics::{self, Metrics};
 use crate::nrp::NrpMirror;
 use crate::readiness::is_ready;
 use crate::state::{OpTable, Operation, ResourceState, STATE_LABELS};
+use crate::timers::{Timer, TimerTable};
 use crate::workers::{ActiveOp, AttemptFailure, AttemptResult};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -97,9 +98,6 @@ pub struct Engine {
     /// Pod calls in flight, by call id.
     #[serde(default)]
     pub(crate) pod_calls: BTreeMap<CallId, PodCall>,
-    /// (deadline, call id) of the pod calls in flight (derived).
-    #[serde(skip)]
-    pub(crate) pod_deadlines: BTreeSet<(u64, CallId)>,
     /// Pod events waiting behind an outstanding call for the same pod, in order.
     #[serde(default)]
     pub(crate) pod_deferred: BTreeMap<String, VecDeque<PodEvent>>,
@@ -129,6 +127,9 @@ pub struct Engine {
     pub(crate) metrics: Metrics,
     /// Events raised outside a tick, emitted by the next one.
     pub(crate) queued_events: Vec<KubeEventRecord>,
+    /// Every deadline above, ordered (derived).
+    #[serde(skip)]
+    pub(crate) timers: TimerTable,
 }
 
 impl Engine {
@@ -153,7 +154,6 @@ impl Engine {
             pod_busy: BTreeSet::new(),
             pod_queue: VecDeque::new(),
             pod_calls: BTreeMap::new(),
-            pod_deadlines: BTreeSet::new(),
             pod_deferred: BTreeMap::new(),
             pod_released: BTreeSet::new(),
             pod_shadows: BTreeMap::new(),
@@ -165,6 +165,7 @@ impl Engine {
             locations_updater: LocationsUpdater::default(),
             metrics: Metrics::default(),
             queued_events: Vec::new(),
+            timers: TimerTable::default(),
         }
     }
 
@@ -182,9 +183,6 @@ impl Engine {
         for c in completions {
             self.on_completion(c, io);
         }
-        self.fire_timeouts();
-        self.fire_pod_timeouts();
-        self.fire_location_timeout();
         self.fire_timers();
         for _ in 0..4 {
             self.run_deferred_pod_events();
@@ -329,6 +327,9 @@ impl Engine {
             return Err("buffered delta count drifted".into());
         }
         self.check_egress_invariants()?;
+        if self.timers != self.expected_timers() {
+            return Err("timer table drifted".into());
+        }
         for (loc, addrs) in self.nrp.locations() {
             for (addr, services) in addrs {
                 for id in services {
@@ -363,15 +364,35 @@ impl Engine {
         for b in self.pending_pods.values_mut() {
             b.rebuild_index();
         }
-        self.pod_deadlines = self.pod_calls.iter().map(|(id, c)| (c.deadline_ms, *id)).collect();
+        self.timers = self.expected_timers();
         self.pod_records = RecordIndex::default();
         for (k, r) in &self.pending_pod_deletions {
             self.pod_records.add(k, r);
         }
     }
 
+    /// Fires the due timers, one kind after the other in this order: attempts first (a
+    /// timed-out worker frees its slot), retries last (they only queue work).
+    fn fire_timers(&mut self) {
+        self.fire_operation_timeouts();
+        self.fire_pod_call_timeouts();
+        self.fire_location_timeout();
+        self.fire_retry_timers();
+    }
+
+    /// The table as the owners' state says it should be.
+    fn expected_timers(&self) -> TimerTable {
+        let mut timers = TimerTable::default();
+        self.dispatcher.rearm(&mut timers);
+        self.locations_updater.rearm(&mut timers);
+        for (id, c) in &self.pod_calls {
+            timers.set(Timer::PodCallTimeout(*id), c.deadline_ms);
+        }
+        timers
+    }
+
     fn next_wake(&self) -> Option<u64> {
-        let mut wake = [self.dispatcher.next_deadline(), self.locations_updater.next_deadline(), self.pod_deadlines.first().map(|(t, _)| *t)].into_iter().flatten().min();
+        let mut wake = self.timers.next_timeout();
         let sync_due = (self.locations_updater.triggered && self.locations_updater.in_flight.is_none()) || !self.pod_queue.is_empty() || !self.pod_released.is_empty();
         let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < MAX_CONCURRENT_OPERATIONS;
         if sync_due || dispatch_due {
@@ -422,7 +443,7 @@ impl Engine {
 
     pub(crate) fn remove_op(&mut self, id: &Identity) -> Option<Operation> {
         let op = self.watch(id, |e| e.ops.remove(id));
-        self.dispatcher.disarm(id);
+        self.dispatcher.disarm(&mut self.timers, id);
         op
     }
 

@@ -41,6 +41,7 @@ pub mod snapshot;
 pub mod startup;
 pub mod state;
 pub mod testkit;
+mod timers;
 pub mod workers;
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::engine::Engine;
 use crate::identity::Identity;
 use crate::io::{Call, CallError, CallId, CallOutput, CloudCall, ErrorKind, Io};
 use crate::metrics;
+use crate::timers::{Timer, TimerTable};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -43,14 +44,37 @@ pub struct LocationsUpdater {
 }
 
 impl LocationsUpdater {
-    pub fn next_deadline(&self) -> Option<u64> {
-        match &self.in_flight {
-            Some(f) => Some(f.deadline_ms),
-            None => self.retry_at_ms,
-        }
-    }
     pub fn is_idle(&self) -> bool {
         self.in_flight.is_none() && !self.triggered && self.retry_at_ms.is_none()
+    }
+
+    fn begin_pass(&mut self, timers: &mut TimerTable, sync: InFlightSync) {
+        self.in_flight = Some(sync);
+        self.rearm(timers);
+    }
+
+    /// The pass in flight is over (completed or timed out).
+    fn end_pass(&mut self, timers: &mut TimerTable) -> Option<InFlightSync> {
+        let sync = self.in_flight.take();
+        self.rearm(timers);
+        sync
+    }
+
+    fn set_retry(&mut self, timers: &mut TimerTable, at: Option<u64>) {
+        self.retry_at_ms = at;
+        self.rearm(timers);
+    }
+
+    /// Arms the table from this state: the attempt deadline while a pass is in flight, else the
+    /// retry backoff.
+    pub(crate) fn rearm(&self, timers: &mut TimerTable) {
+        timers.stop(&Timer::LocationSyncTimeout);
+        timers.stop(&Timer::LocationSyncRetry);
+        match (&self.in_flight, self.retry_at_ms) {
+            (Some(f), _) => timers.set(Timer::LocationSyncTimeout, f.deadline_ms),
+            (None, Some(at)) => timers.set(Timer::LocationSyncRetry, at),
+            (None, None) => {}
+        }
     }
 }
 
@@ -76,12 +100,12 @@ impl Engine {
         if self.locations_updater.in_flight.is_some() {
             return;
         }
-        let retry_due = self.locations_updater.retry_at_ms.is_some_and(|t| t <= self.now_ms);
+        let retry_due = self.timers.is_expired(&Timer::LocationSyncRetry, self.now_ms);
         if !self.locations_updater.triggered && !retry_due {
             return;
         }
         self.locations_updater.triggered = false;
-        self.locations_updater.retry_at_ms = None;
+        self.locations_updater.set_retry(&mut self.timers, None);
         let keys = std::mem::take(&mut self.dirty);
         let diff = self.diff_over(&keys);
         if diff.is_empty() {
@@ -94,7 +118,8 @@ impl Engine {
         }
         let call = io.start(Call::Cloud(CloudCall::UpdateAddressLocations(diff.to_wire())));
         let identities = diff.identities();
-        self.locations_updater.in_flight = Some(InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms.saturating_add(OPERATION_TIMEOUT_MS) });
+        let sync = InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms.saturating_add(OPERATION_TIMEOUT_MS) };
+        self.locations_updater.begin_pass(&mut self.timers, sync);
     }
 
     /// The incremental diff over `keys`.
@@ -118,7 +143,7 @@ impl Engine {
 
     /// Fails an in-flight sync whose attempt deadline passed.
     pub(crate) fn fire_location_timeout(&mut self) {
-        if self.locations_updater.in_flight.as_ref().is_some_and(|f| f.deadline_ms <= self.now_ms) {
+        if self.timers.is_expired(&Timer::LocationSyncTimeout, self.now_ms) {
             let err = CallError::of_kind(ErrorKind::Timeout, "location sync timed out after 5m");
             self.complete_location_sync(Err(err));
         }
@@ -126,7 +151,7 @@ impl Engine {
 
     /// Applies the completion of the in-flight `updateAddressLocations`.
     pub(crate) fn complete_location_sync(&mut self, outcome: Result<CallOutput, CallError>) {
-        let Some(InFlightSync { diff, keys, identities, .. }) = self.locations_updater.in_flight.take() else { return };
+        let Some(InFlightSync { diff, keys, identities, .. }) = self.locations_updater.end_pass(&mut self.timers) else { return };
         let result = match &outcome {
             Ok(_) => {
                 let mut pairs = BTreeSet::new();
@@ -182,7 +207,7 @@ impl Engine {
     fn schedule_location_retry(&mut self) {
         self.locations_updater.failures = self.locations_updater.failures.saturating_add(1);
         let delay = backoff_ms(self.locations_updater.failures, &mut self.rng);
-        self.locations_updater.retry_at_ms = Some(self.now_ms.saturating_add(delay));
+        self.locations_updater.set_retry(&mut self.timers, Some(self.now_ms.saturating_add(delay)));
         if self.locations_updater.failures >= LOCATION_SYNC_REPORT_THRESHOLD && !self.locations_updater.abandoned_reported && !self.pending_deletions.is_empty() {
             self.locations_updater.abandoned_reported = true;
             self.metrics.inc(metrics::LOCATION_SYNC_ABANDONED_TOTAL, &[("reason", "drain_attempts_exhausted")]);

@@ -15,6 +15,7 @@ use crate::identity::{canonical, check_egress_identity, family, parse_ip, Egress
 use crate::io::{Call, CallError, CallId, CallOutput, ErrorKind, EventType, Io, KubeCall, KubeEventRecord, ObjectKind, ObjectRef, Pod};
 use crate::backoff::OPERATION_TIMEOUT_MS;
 use crate::metrics;
+use crate::timers::Timer;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -217,17 +218,22 @@ impl Engine {
             };
             let id: CallId = io.start(Call::Kube(call));
             pc.deadline_ms = self.now_ms.saturating_add(OPERATION_TIMEOUT_MS);
-            self.pod_deadlines.insert((pc.deadline_ms, id));
+            self.timers.set(Timer::PodCallTimeout(id), pc.deadline_ms);
             self.pod_calls.insert(id, pc);
         }
     }
 
     /// Fails every pod call whose deadline passed (a transient timeout).
-    pub(crate) fn fire_pod_timeouts(&mut self) {
-        while let Some(&(at, id)) = self.pod_deadlines.first() {
-            if at > self.now_ms {
-                break;
-            }
+    pub(crate) fn fire_pod_call_timeouts(&mut self) {
+        let expired: Vec<CallId> = self
+            .timers
+            .expired(self.now_ms)
+            .filter_map(|t| match t {
+                Timer::PodCallTimeout(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for id in expired {
             self.complete_pod_call(id, &Err(CallError::of_kind(ErrorKind::Timeout, "pod call timed out after 5m")));
         }
     }
@@ -235,7 +241,7 @@ impl Engine {
     /// Applies the completion of a pod call. False if `id` is not a pod call.
     pub(crate) fn complete_pod_call(&mut self, id: CallId, outcome: &Result<CallOutput, CallError>) -> bool {
         let Some(pc) = self.pod_calls.remove(&id) else { return false };
-        self.pod_deadlines.remove(&(pc.deadline_ms, id));
+        self.timers.stop(&Timer::PodCallTimeout(id));
         match pc.kind {
             PodCallKind::AddFinalizer { identity, pod, replaced } => {
                 match outcome {

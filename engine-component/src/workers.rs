@@ -409,7 +409,7 @@ impl Engine {
 
     /// Ends a worker: releases its slot, reports the result, re-queues the identity.
     pub(crate) fn finish_worker(&mut self, id: &Identity, result: WorkerResult) {
-        let Some(active) = self.dispatcher.remove_active(id) else { return };
+        let Some(active) = self.dispatcher.remove_active(&mut self.timers, id) else { return };
         if let Some((key, _)) = &active.finalizer_target {
             // A timed-out worker no longer awaits its pod call.
             self.release_pod_key(key);

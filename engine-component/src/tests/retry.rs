@@ -195,7 +195,7 @@ fn s049_terminal_failure_of_replaced_config_redispatches() {
     let s = h.tick();
     // The in-flight snapshot is valid; simulate a terminal result for it after a spec change.
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[81]))]);
-    h.engine.dispatcher.remove_active(&id(UID));
+    h.engine.dispatcher.remove_active(&mut h.engine.timers, &id(UID));
     h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::AttemptFailure::terminal("bad")));
     let op = h.engine.operation(&id(UID)).unwrap();
     assert!(!op.creation_failed_terminal);
