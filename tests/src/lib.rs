@@ -15,12 +15,12 @@ use difftracker_engine::io::{
     AddressLocation, Call, CallError, CallId, CallOutput, CloudCall, Completion, EngineStatus, ErrorKind,
     KubeEvent, KubeEventRecord, PublicIpInfo, TenantConfig, TickOutcome,
 };
-use difftracker_host::driver::{restore_into, CallIds, EngineDriver, NativeEngine, WasmEngine};
-use difftracker_host::runtime::{EngineComponent, Runtime, RuntimeOptions};
+use difftracker_runtime::driver::{restore_into, CallIds, EngineDriver, NativeEngine, WasmEngine};
+use difftracker_runtime::wasm::{EngineComponent, Runtime, RuntimeOptions};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::OnceLock;
 
-pub use difftracker_host::demo::{deleting, sample_node, sample_service, sample_slice};
+pub use difftracker_simulation::samples::{deleting, sample_node, sample_service, sample_slice};
 
 /// Call labels, as `io::Call::label` spells them.
 pub mod label {
@@ -51,7 +51,7 @@ pub fn component() -> &'static EngineComponent {
 
 /// `<target>/engine-wasm/component-cache`.
 pub fn test_cache_dir() -> std::path::PathBuf {
-    let wasm = difftracker_host::engine_wasm_path();
+    let wasm = difftracker_runtime::engine_wasm_path();
     wasm.ancestors().nth(3).unwrap_or_else(|| std::path::Path::new(".")).join("component-cache")
 }
 

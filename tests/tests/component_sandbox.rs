@@ -2,16 +2,16 @@
 //! out of its limits is an error for the host, never a crash.
 
 use difftracker_engine::io::{KubeEvent, ObjectMeta, Service};
-use difftracker_host::driver::{CallIds, EngineDriver, WasmEngine};
-use difftracker_host::runtime::{sandbox, Runtime, RuntimeOptions, SandboxLimits};
+use difftracker_runtime::driver::{CallIds, EngineDriver, WasmEngine};
+use difftracker_runtime::wasm::{sandbox, Runtime, RuntimeOptions, SandboxLimits};
 use difftracker_tests::*;
 use std::time::Duration;
 
 #[test]
 fn built_component_starts_with_the_component_model_header() {
-    let bytes = std::fs::read(difftracker_host::engine_wasm_path()).unwrap();
+    let bytes = std::fs::read(difftracker_runtime::engine_wasm_path()).unwrap();
     assert_eq!(&bytes[..8], &[0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00]);
-    assert_eq!(bytes, difftracker_host::ENGINE_WASM, "the embedded component is the built file");
+    assert_eq!(bytes, difftracker_runtime::ENGINE_WASM, "the embedded component is the built file");
 }
 
 #[test]
@@ -73,8 +73,8 @@ fn compiled_components_are_cached_on_disk_and_reused() {
     let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.clone()), ..RuntimeOptions::default() }).unwrap();
     let first = runtime.load_builtin().unwrap();
     let second = runtime.load_builtin().unwrap();
-    assert_eq!(first.cache, difftracker_host::runtime::CacheOutcome::Compiled);
-    assert_eq!(second.cache, difftracker_host::runtime::CacheOutcome::Hit);
+    assert_eq!(first.cache, difftracker_runtime::wasm::CacheOutcome::Compiled);
+    assert_eq!(second.cache, difftracker_runtime::wasm::CacheOutcome::Hit);
     let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert_eq!(entries.len(), 1);
     let _ = std::fs::remove_dir_all(&dir);

@@ -56,6 +56,6 @@ fn operation_of(call: &Call) -> Option<String> {
     if call.label() == UPDATE_LOCATIONS {
         return None;
     }
-    let id = difftracker_host::executor::call_identity(call);
+    let id = difftracker_runtime::executor::call_identity(call);
     Some(id.trim_end_matches("-pip").to_string())
 }

@@ -6,14 +6,14 @@
 mod emulator_support;
 
 use difftracker_engine::io::*;
-use difftracker_host::driver::CallIds;
-use difftracker_host::emulator::{
+use difftracker_runtime::driver::CallIds;
+use difftracker_simulation::emulator::{
     codes, EmulatorHandle, EmulatorOptions, FaultPlan, LroMode, PollHeaders, PollingOptions, DEFAULT_NATGW, DEFAULT_NATGW_PIP,
 };
-use difftracker_host::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
-use difftracker_host::mock::MockWorld;
-use difftracker_host::tenant::{spawn_tenant, TenantEvent, TenantHandle, TenantOptions};
-use difftracker_host::transport::{ArmTransport, TransportOptions};
+use difftracker_runtime::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
+use difftracker_simulation::mock::MockWorld;
+use difftracker_runtime::tenant::{spawn_tenant, TenantEvent, TenantHandle, TenantOptions};
+use difftracker_runtime::transport::{ArmTransport, TransportOptions};
 use difftracker_tests::{deleting, sample_node, sample_service, sample_slice};
 use emulator_support::raw_http;
 use serde_json::{json, Value};
@@ -36,7 +36,7 @@ impl World {
         // The component is compiled (or loaded from cache) before the emulator starts.
         let engine = difftracker_tests::wasm_engine(CallIds::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let emulator = difftracker_host::emulator::serve(listener, options).await.expect("emulator");
+        let emulator = difftracker_simulation::emulator::serve(listener, options).await.expect("emulator");
         let cloud = ArmTransport::unauthenticated(emulator.tenant_config(), transport).expect("transport");
         let kube = MockWorld::new();
         let executor = Executor::new(Arc::new(SystemClock), DEFAULT_GLOBAL_CAP);

@@ -4,8 +4,8 @@
 mod emulator_support;
 
 use difftracker_engine::io::*;
-use difftracker_host::emulator::{EmulatorOptions, FaultInjector, FaultPlan};
-use difftracker_host::transport::{ArmTransport, TransportOptions};
+use difftracker_simulation::emulator::{EmulatorOptions, FaultInjector, FaultPlan};
+use difftracker_runtime::transport::{ArmTransport, TransportOptions};
 use emulator_support::*;
 use serde_json::json;
 
@@ -19,7 +19,7 @@ fn plan(text: &str) -> FaultPlan {
     FaultPlan::parse(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn sequence(p: &FaultPlan, label: &str, n: usize, now: u64) -> Vec<difftracker_host::emulator::FaultDecision> {
+fn sequence(p: &FaultPlan, label: &str, n: usize, now: u64) -> Vec<difftracker_simulation::emulator::FaultDecision> {
     let inj = FaultInjector::new(p.clone());
     (0..n).map(|_| inj.decide(label, now)).collect()
 }

@@ -5,7 +5,7 @@
 mod emulator_support;
 
 use difftracker_engine::io::*;
-use difftracker_host::emulator::{codes, EmulatorOptions, LroMode, PollHeaders, PollingOptions, DEFAULT_NATGW, DEFAULT_NATGW_PIP};
+use difftracker_simulation::emulator::{codes, EmulatorOptions, LroMode, PollHeaders, PollingOptions, DEFAULT_NATGW, DEFAULT_NATGW_PIP};
 use emulator_support::*;
 use serde_json::{json, Value};
 use UpdateAction::{FullUpdate, PartialUpdate};
@@ -283,7 +283,7 @@ async fn without_seeding_there_is_no_default_natgw() {
 
 // ------------------------------------------------------------------------ address-location semantics
 
-async fn registered(options: EmulatorOptions, uids: &[&str]) -> (difftracker_host::emulator::EmulatorHandle, difftracker_host::transport::ArmTransport) {
+async fn registered(options: EmulatorOptions, uids: &[&str]) -> (difftracker_simulation::emulator::EmulatorHandle, difftracker_runtime::transport::ArmTransport) {
     let (h, t) = start(options).await;
     for u in uids {
         t.perform(put_pip(&format!("{u}-pip"), IpVersion::V4)).await.unwrap();

@@ -4,8 +4,8 @@
 mod emulator_support;
 
 use difftracker_engine::io::*;
-use difftracker_host::backend::CloudBackend;
-use difftracker_host::emulator::{codes, Emulator, EmulatorBackend, EmulatorOptions, FaultPlan};
+use difftracker_runtime::backend::CloudBackend;
+use difftracker_simulation::emulator::{codes, Emulator, EmulatorBackend, EmulatorOptions, FaultPlan};
 use emulator_support::*;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};

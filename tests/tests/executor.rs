@@ -2,11 +2,11 @@
 //! completions come back, time comes from a manual clock.
 
 use difftracker_engine::io::KubeEvent;
-use difftracker_host::backend::{CallFuture, CloudBackend, KubeBackend};
-use difftracker_host::driver::CallIds;
-use difftracker_host::executor::{Backends, Clock, Executor, ManualClock};
-use difftracker_host::mock::MockWorld;
-use difftracker_host::tenant::{spawn_tenant, TenantEvent, TenantOptions};
+use difftracker_runtime::backend::{CallFuture, CloudBackend, KubeBackend};
+use difftracker_runtime::driver::CallIds;
+use difftracker_runtime::executor::{Backends, Clock, Executor, ManualClock};
+use difftracker_simulation::mock::MockWorld;
+use difftracker_runtime::tenant::{spawn_tenant, TenantEvent, TenantOptions};
 use difftracker_tests::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -165,7 +165,7 @@ async fn swapping_the_engine_mid_operation_completes_in_flight_calls_into_the_ne
         tokio::task::yield_now().await;
     }
 
-    let fresh = difftracker_host::driver::WasmEngine::new(component(), ids).unwrap();
+    let fresh = difftracker_runtime::driver::WasmEngine::new(component(), ids).unwrap();
     tenant.swap_engine(Box::new(fresh)).await.unwrap();
     gate.add_permits(16);
 
@@ -174,9 +174,9 @@ async fn swapping_the_engine_mid_operation_completes_in_flight_calls_into_the_ne
     assert_eq!(world.inventory().load_balancers.len(), 1);
 
     // A swap into an instance that cannot take the state fails and leaves the old one running.
-    let mut created = difftracker_host::driver::WasmEngine::new(component(), CallIds::default()).unwrap();
-    difftracker_host::driver::EngineDriver::create(&mut created, &tenant_config()).unwrap();
-    let broken = Box::new(BrokenRestore(Box::new(created)));
+    let mut created = difftracker_runtime::driver::WasmEngine::new(component(), CallIds::default()).unwrap();
+    difftracker_runtime::driver::EngineDriver::create(&mut created, &tenant_config()).unwrap();
+    let broken = Box::new(difftracker_runtime::driver::Intercepted::new(Box::new(created), BrokenRestore));
     assert!(tenant.swap_engine(broken).await.is_err());
     let svc2 = sample_service("default", "web2", "dddd0000-0000-4000-8000-000000000002");
     tenant.deliver(vec![KubeEvent::ServiceApplied(svc2)]).unwrap();
@@ -184,36 +184,14 @@ async fn swapping_the_engine_mid_operation_completes_in_flight_calls_into_the_ne
     tenant.stop().await.unwrap();
 }
 
-/// An engine whose `restore` always fails.
-struct BrokenRestore(Box<dyn difftracker_host::driver::EngineDriver>);
+/// Refuses every snapshot it is asked to restore.
+struct BrokenRestore;
 
-impl difftracker_host::driver::EngineDriver for BrokenRestore {
-    fn kind(&self) -> &'static str {
+impl difftracker_runtime::driver::Intercept for BrokenRestore {
+    fn kind(&self, _: &dyn difftracker_runtime::driver::EngineDriver) -> &'static str {
         "broken"
     }
-    fn create(&mut self, c: &difftracker_engine::io::TenantConfig) -> anyhow::Result<()> {
-        self.0.create(c)
-    }
-    fn deliver(&mut self, now: u64, e: Vec<KubeEvent>) -> anyhow::Result<()> {
-        self.0.deliver(now, e)
-    }
-    fn tick(
-        &mut self,
-        now: u64,
-        c: Vec<difftracker_engine::io::Completion>,
-    ) -> anyhow::Result<difftracker_host::driver::TickResult> {
-        self.0.tick(now, c)
-    }
-    fn snapshot(&mut self) -> anyhow::Result<Vec<u8>> {
-        self.0.snapshot()
-    }
-    fn restore(&mut self, _: &[u8]) -> anyhow::Result<()> {
+    fn restore(&mut self, _: &mut dyn difftracker_runtime::driver::EngineDriver, _: &[u8]) -> anyhow::Result<()> {
         anyhow::bail!("this instance refuses every snapshot")
-    }
-    fn status(&mut self) -> anyhow::Result<difftracker_engine::io::EngineStatus> {
-        self.0.status()
-    }
-    fn call_ids(&self) -> &CallIds {
-        self.0.call_ids()
     }
 }

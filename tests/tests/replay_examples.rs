@@ -2,12 +2,13 @@
 
 use anyhow::Result;
 use difftracker_engine::io::{Call, CallOutput, CloudCall, Completion, EngineStatus, KubeCall, KubeEvent, TenantConfig};
-use difftracker_host::driver::{CallIds, EngineDriver, NativeEngine, TickResult};
-use difftracker_host::emulator::FaultPlan;
-use difftracker_host::replay::oracle::check_report;
-use difftracker_host::replay::report::to_bytes;
-use difftracker_host::replay::trace::TraceOrder;
-use difftracker_host::replay::{read_trace, replay, replay_with, EngineKind, ReplayOptions};
+use difftracker_runtime::driver::{CallIds, EngineDriver, Intercept, Intercepted, NativeEngine, TickResult};
+use difftracker_simulation::emulator::FaultPlan;
+use difftracker_simulation::replay::oracle::check_report;
+use difftracker_simulation::replay::report::to_bytes;
+use difftracker_simulation::replay::trace::TraceOrder;
+use difftracker_runtime::driver::EngineKind;
+use difftracker_simulation::replay::{read_trace, replay, replay_with, ReplayOptions};
 use std::path::PathBuf;
 
 fn example(name: &str) -> PathBuf {
@@ -74,7 +75,6 @@ fn a_malformed_trace_names_the_file_and_line() {
 
 /// Wraps the native engine and tampers with what it asks for, to show the oracle can fail.
 struct Saboteur {
-    inner: NativeEngine,
     mode: Sabotage,
     fake: Vec<Completion>,
 }
@@ -89,19 +89,13 @@ enum Sabotage {
     LostFinalizerRemovals,
 }
 
-impl EngineDriver for Saboteur {
-    fn kind(&self) -> &'static str {
+impl Intercept for Saboteur {
+    fn kind(&self, _: &dyn EngineDriver) -> &'static str {
         "saboteur"
     }
-    fn create(&mut self, config: &TenantConfig) -> Result<()> {
-        self.inner.create(config)
-    }
-    fn deliver(&mut self, now_ms: u64, events: Vec<KubeEvent>) -> Result<()> {
-        self.inner.deliver(now_ms, events)
-    }
-    fn tick(&mut self, now_ms: u64, mut completions: Vec<Completion>) -> Result<TickResult> {
+    fn tick(&mut self, inner: &mut dyn EngineDriver, now_ms: u64, mut completions: Vec<Completion>) -> Result<TickResult> {
         completions.append(&mut self.fake);
-        let mut r = self.inner.tick(now_ms, completions)?;
+        let mut r = inner.tick(now_ms, completions)?;
         let mode = self.mode;
         let mut kept = Vec::new();
         for (id, call) in r.started.drain(..) {
@@ -125,18 +119,6 @@ impl EngineDriver for Saboteur {
         }
         Ok(r)
     }
-    fn snapshot(&mut self) -> Result<Vec<u8>> {
-        self.inner.snapshot()
-    }
-    fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
-        self.inner.restore(snapshot)
-    }
-    fn status(&mut self) -> Result<EngineStatus> {
-        self.inner.status()
-    }
-    fn call_ids(&self) -> &CallIds {
-        self.inner.call_ids()
-    }
 }
 
 #[test]
@@ -147,7 +129,7 @@ fn the_oracle_catches_a_misbehaving_engine() {
         (Sabotage::LostLocationUpdates, "missing address"),
         (Sabotage::LostFinalizerRemovals, "is stuck deleting"),
     ] {
-        let driver = Box::new(Saboteur { inner: NativeEngine::new(CallIds::default()), mode, fake: Vec::new() });
+        let driver = Box::new(Intercepted::new(Box::new(NativeEngine::new(CallIds::default())), Saboteur { mode, fake: Vec::new() }));
         let options = ReplayOptions { engine: EngineKind::Native, ..ReplayOptions::default() };
         let report = replay_with(&trace, &options, driver).unwrap().report;
         let problems = check_report(&report).expect_err("the oracle must object");

@@ -2,11 +2,12 @@
 //! replayed in virtual time; once settled, the emulator holds exactly what the final cluster
 //! implies. Reports are byte-identical across runs and across the wasm and native engines.
 
-use difftracker_host::emulator::FaultPlan;
-use difftracker_host::replay::gen::{write_trace, Churn, GenOptions};
-use difftracker_host::replay::oracle;
-use difftracker_host::replay::report::to_bytes;
-use difftracker_host::replay::{parse_trace, replay, EngineKind, ReplayOptions, Trace};
+use difftracker_simulation::emulator::FaultPlan;
+use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
+use difftracker_simulation::replay::oracle;
+use difftracker_simulation::replay::report::to_bytes;
+use difftracker_runtime::driver::EngineKind;
+use difftracker_simulation::replay::{parse_trace, replay, ReplayOptions, Trace};
 
 fn trace(services: usize, nodes: usize, churn: Churn, seed: u64) -> Trace {
     trace_of(&GenOptions { services, nodes, churn, seed, ..GenOptions::default() })

@@ -6,13 +6,13 @@
 //! Nothing here depends on timing: every wait is for a state of the tenant.
 
 use difftracker_engine::io::{CallError, CloudCall, KubeEvent, Service};
-use difftracker_host::backend::{CallFuture, CloudBackend};
-use difftracker_host::driver::{CallIds, EngineDriver, WasmEngine};
-use difftracker_host::executor::{Backends, Clock, Executor, ManualClock};
-use difftracker_host::mock::MockWorld;
-use difftracker_host::observe::Observatory;
-use difftracker_host::runtime::{EngineComponent, Runtime, RuntimeOptions, SandboxLimits};
-use difftracker_host::tenant::{
+use difftracker_runtime::backend::{CallFuture, CloudBackend};
+use difftracker_runtime::driver::{CallIds, EngineDriver, WasmEngine};
+use difftracker_runtime::executor::{Backends, Clock, Executor, ManualClock};
+use difftracker_simulation::mock::MockWorld;
+use difftracker_runtime::observe::Observatory;
+use difftracker_runtime::wasm::{EngineComponent, Runtime, RuntimeOptions, SandboxLimits};
+use difftracker_runtime::tenant::{
     spawn_tenant, QuarantinedKind, Recovery, SnapshotPolicy, TenantHandle, TenantOptions, TenantStatus,
 };
 use difftracker_tests::*;

@@ -1,0 +1,24 @@
+//! `difftracker bench-engine`.
+
+use super::EngineArg;
+use anyhow::Result;
+
+/// Time the engine alone through the PEER-BENCH lifecycle.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Which build of the engine runs.
+    #[arg(long, value_enum, default_value_t = EngineArg::Native)]
+    pub engine: EngineArg,
+    /// Number of LoadBalancer Services (10 endpoints each, 100 pods per node).
+    #[arg(long, default_value_t = 1000)]
+    pub services: usize,
+    /// Extra single endpoint updates timed at steady state (one replaced IP each).
+    #[arg(long, default_value_t = 1000)]
+    pub single_events: usize,
+}
+
+impl BenchArgs {
+    pub fn run(self) -> Result<()> {
+        difftracker_simulation::bench::run_bench(self.engine.into(), self.services, self.single_events)
+    }
+}

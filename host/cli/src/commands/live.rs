@@ -1,0 +1,68 @@
+//! `difftracker` / `difftracker live`: the main job.
+
+use super::EngineArg;
+use anyhow::Result;
+use difftracker_simulation::live::{self, LiveOptions};
+use difftracker_simulation::replay::read_trace;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The main job's flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LiveArgs {
+    /// A trace of Kubernetes watch events to play instead of the bundled sample.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Which build of the engine: the component in wasmtime, or the crate linked in.
+    #[arg(long, value_enum, default_value_t = EngineArg::Wasm)]
+    pub engine: EngineArg,
+    /// Trace time runs this many times faster than wall time.
+    #[arg(long, default_value_t = 50.0)]
+    pub speed: f64,
+    /// Give up (and fail) when the run has not settled after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
+    /// The emulator answers writes as long-running operations (201/202, then polling).
+    #[arg(long)]
+    pub polling: bool,
+    /// Where to serve /metrics, /healthz, /readyz and the status page (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Keep serving the endpoints (and the emulator) after the run, until Ctrl-C.
+    #[arg(long)]
+    pub keep_serving: bool,
+    /// Seeds the engine's backoff jitter.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// No progress lines, only the summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl LiveArgs {
+    /// Reads the trace (the bundled one when none is given) into the library's options.
+    pub fn options(&self) -> Result<LiveOptions> {
+        let sample = LiveOptions::sample()?;
+        let (trace, trace_name) = match &self.trace {
+            Some(path) => (read_trace(path)?, path.display().to_string()),
+            None => (sample.trace, sample.trace_name),
+        };
+        Ok(LiveOptions {
+            trace,
+            trace_name,
+            engine: self.engine.into(),
+            speed: self.speed,
+            timeout: Duration::from_secs(self.timeout_secs),
+            polling: self.polling,
+            listen: self.listen,
+            seed: self.seed,
+            print_progress: !self.quiet,
+        })
+    }
+
+    pub async fn run(self) -> Result<()> {
+        let options = self.options()?;
+        live::run(options, self.keep_serving).await
+    }
+}

@@ -1,0 +1,163 @@
+//! The `replay` and `gen-trace` subcommands.
+
+use super::EngineArg;
+use difftracker_runtime::driver::EngineKind;
+use difftracker_simulation::emulator::FaultPlan;
+use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
+use difftracker_simulation::replay::{oracle, read_trace, replay, report, ReplayOptions, DEFAULT_UNTIL_MS};
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// `difftracker replay`: runs the engine against the in-process emulator and a simulated cluster
+/// driven by a trace, in virtual time, and writes a report.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// The trace: Kubernetes watch events as `kubectl get --watch --output-watch-events -o json`
+    /// prints them, or one per line.
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// A fault file for the emulator.
+    #[arg(long)]
+    pub faults: Option<PathBuf>,
+    /// Seeds the engine's backoff jitter and, when given, the fault injection (instead of the
+    /// fault file's own seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Which build of the engine: the component in wasmtime, or the crate linked in.
+    #[arg(long, value_enum, default_value_t = EngineArg::Wasm)]
+    pub engine: EngineArg,
+    /// Virtual time limit in milliseconds (default: six hours).
+    #[arg(long, default_value_t = DEFAULT_UNTIL_MS)]
+    pub until_ms: u64,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    pub report: PathBuf,
+}
+
+impl ReplayArgs {
+    /// Fails (after writing the report) when the run did not converge or the inventory is not
+    /// what the final cluster implies.
+    pub fn run(self) -> Result<()> {
+        run_replay(self)
+    }
+}
+
+fn run_replay(args: ReplayArgs) -> Result<()> {
+    let trace = read_trace(&args.trace)?;
+    let mut faults = match &args.faults {
+        Some(path) => Some(FaultPlan::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    if let (Some(plan), Some(seed)) = (faults.as_mut(), args.seed) {
+        plan.seed = seed;
+    }
+    let options = ReplayOptions {
+        seed: args.seed.unwrap_or(1),
+        engine: EngineKind::from(args.engine),
+        until_ms: args.until_ms,
+        faults,
+        ..ReplayOptions::default()
+    };
+    let started = Instant::now();
+    let outcome = replay(&trace, &options)?;
+    let wall = started.elapsed();
+    let bytes = report::to_bytes(&outcome.report);
+    std::fs::write(&args.report, &bytes).with_context(|| format!("cannot write report {}", args.report.display()))?;
+    let r = &outcome.report;
+    let calls: u64 = r["cloud_calls"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
+    println!(
+        "replay ({} engine): {} trace events ({} skipped), {} cloud calls, {} of virtual time in {:.2?} of wall time: {}",
+        options.engine.as_str(),
+        trace.events.len(),
+        trace.skipped_total(),
+        calls,
+        human_ms(r["virtual_ms"].as_u64().unwrap_or(0)),
+        wall,
+        if r["converged"] == true { "converged" } else { "did NOT converge" },
+    );
+    println!("report written to {}", args.report.display());
+    if let Err(problems) = oracle::check_report(r) {
+        for p in problems.iter().take(20) {
+            eprintln!("  {p}");
+        }
+        if problems.len() > 20 {
+            eprintln!("  ... and {} more", problems.len() - 20);
+        }
+        bail!("the replay did not end where the trace leads ({} problems; see the report)", problems.len());
+    }
+    Ok(())
+}
+
+fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{}h{:02}m{:02}s", s / 3600, (s % 3600) / 60, s % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}.{:03}s", s, ms % 1000)
+    }
+}
+
+/// `difftracker gen-trace`: writes a realistic, seeded trace.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenTraceArgs {
+    /// Services to create.
+    #[arg(long, default_value_t = 20)]
+    pub services: usize,
+    /// Nodes at the start (a quarter more join later when there is churn).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Egress-labelled pods (none by default).
+    #[arg(long, default_value_t = 0)]
+    pub egress: usize,
+    /// What happens after creation: none, low, medium or high.
+    #[arg(long, default_value = "medium")]
+    pub churn: Churn,
+    /// Average endpoints per Service.
+    #[arg(long, default_value_t = 5)]
+    pub endpoints: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to write the trace (standard output if absent).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+impl GenTraceArgs {
+    pub fn run(self) -> Result<()> {
+        run_gen_trace(self)
+    }
+}
+
+fn run_gen_trace(args: GenTraceArgs) -> Result<()> {
+    let opts = GenOptions {
+        services: args.services,
+        nodes: args.nodes,
+        egress: args.egress,
+        churn: args.churn,
+        seed: args.seed,
+        endpoints: args.endpoints,
+    };
+    let summary = match &args.output {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let s = write_trace(&opts, &mut out)?;
+            out.flush()?;
+            s
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let s = write_trace(&opts, &mut out)?;
+            out.flush()?;
+            s
+        }
+    };
+    let kinds: Vec<String> = summary.by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    eprintln!("{} events over {} s of trace time: {}", summary.events, summary.end_ms / 1000, kinds.join(", "));
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `difftracker`: the ServiceGateway diff tracker host.
+//!
+//! The only place that wires commands: each subcommand is one variant of [`Command`], its flags
+//! one clap `Args` struct in [`commands`], and one arm of the `match` in [`main`]. With no
+//! subcommand, `live` runs (the main job: the bundled sample trace against the in-process
+//! emulator over HTTP); its flags may be given without the subcommand's name
+//! (`difftracker --engine native`).
+
+mod commands;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use commands::{BenchArgs, DemoArgs, EmulatorArgs, GenTraceArgs, LiveArgs, ReplayArgs};
+
+#[derive(Parser)]
+#[command(name = "difftracker", version, about = "ServiceGateway load-balancer controller: a WebAssembly engine in a wasmtime host")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// With no subcommand: the main job's flags (see `difftracker live --help`).
+    #[command(flatten)]
+    live: LiveArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Play the bundled sample trace (or --trace FILE) against the in-process emulator over HTTP, with /metrics (default).
+    Live(LiveArgs),
+    /// Run the sample inbound path against in-process mock backends and print every call.
+    Demo(DemoArgs),
+    /// Replay a Kubernetes watch trace against the in-process emulator in virtual time and write a report.
+    Replay(ReplayArgs),
+    /// Write a realistic, seeded trace of Kubernetes watch events.
+    GenTrace(GenTraceArgs),
+    /// Serve the ARM/NRP emulator over HTTP until Ctrl-C.
+    Emulator(EmulatorArgs),
+    /// Time the engine alone through the PEER-BENCH lifecycle (native or wasm).
+    BenchEngine(BenchArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Live(cli.live));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Live(args) => args.run().await,
+            Command::Demo(args) => args.run().await,
+            Command::Replay(args) => args.run(),
+            Command::GenTrace(args) => args.run(),
+            Command::Emulator(args) => args.run().await,
+            Command::BenchEngine(args) => args.run(),
+        }
+    })
+}

@@ -1,0 +1,408 @@
+//! One tenant's engine behind one trait, whether it runs as the component in wasmtime
+//! ([`WasmEngine`]) or linked natively ([`NativeEngine`], for replay and differential tests).
+//!
+//! Both allocate call ids from the tenant's [`CallIds`] counter (kept by the host, so it survives
+//! a swap of the instance) and queue what the engine started during a `tick` in a [`CallQueue`];
+//! for the same inputs they return the same [`TickResult`]s. Whatever the guest does, the host
+//! sees an `anyhow` error, never a panic: a trap (or a CPU/memory limit hit) poisons the
+//! [`WasmEngine`], which then refuses every further call, and the tenant rebuilds it from a
+//! snapshot ([`restore_into`]).
+
+use crate::wasm::bindings::{wit as w, wit_engine as wx, DifftrackerEngine};
+pub use crate::calls::{CallIds, CallQueue};
+use crate::wasm::{wt, EngineComponent, HostState, Runtime};
+use anyhow::{anyhow, bail, Context, Result};
+use difftracker_engine::io::{
+    Call, CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, TenantConfig, TickOutcome,
+};
+use difftracker_engine::Engine;
+use wasmtime::Store;
+
+/// The result of one tick.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TickResult {
+    pub outcome: TickOutcome,
+    /// Calls started by this tick, in start order.
+    pub started: Vec<(CallId, Call)>,
+    /// Kubernetes Events recorded by this tick.
+    pub events: Vec<KubeEventRecord>,
+}
+
+/// One tenant's engine, as the host drives it.
+pub trait EngineDriver: Send {
+    /// `wasm` or `native`.
+    fn kind(&self) -> &'static str;
+    /// Starts an empty engine for the tenant.
+    fn create(&mut self, config: &TenantConfig) -> Result<()>;
+    fn deliver(&mut self, now_ms: u64, events: Vec<KubeEvent>) -> Result<()>;
+    fn tick(&mut self, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult>;
+    fn snapshot(&mut self) -> Result<Vec<u8>>;
+    fn restore(&mut self, snapshot: &[u8]) -> Result<()>;
+    fn status(&mut self) -> Result<EngineStatus>;
+    /// The tenant's call-id counter.
+    fn call_ids(&self) -> &CallIds;
+    /// Whether an earlier failure (a trap, a limit) left this instance unusable: every further
+    /// call fails, and the tenant must rebuild it from a snapshot. Engines that cannot trap keep
+    /// the default.
+    fn is_poisoned(&self) -> bool {
+        false
+    }
+}
+
+/// Which build of the engine runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The WebAssembly component in the wasmtime sandbox (the default).
+    #[default]
+    Wasm,
+    /// The engine crate linked into the host (differential tests, profiling).
+    Native,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Wasm => "wasm",
+            EngineKind::Native => "native",
+        }
+    }
+
+    /// A fresh engine of this kind, not yet created, allocating call ids from `ids` (a tenant's
+    /// rebuilt instance keeps its predecessor's counter). The wasm one is the bundled component
+    /// in the process-wide [`Runtime::shared`].
+    pub fn new_driver(self, ids: CallIds) -> Result<Box<dyn EngineDriver>> {
+        Ok(match self {
+            EngineKind::Native => Box::new(NativeEngine::new(ids)),
+            EngineKind::Wasm => {
+                let runtime = Runtime::shared().context("starting the wasmtime runtime")?;
+                let component = runtime.load_builtin().context("loading the engine component")?;
+                Box::new(WasmEngine::new(&component, ids)?)
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<EngineKind, String> {
+        match s {
+            "wasm" => Ok(EngineKind::Wasm),
+            "native" => Ok(EngineKind::Native),
+            other => Err(format!("unknown engine {other:?}: use wasm or native")),
+        }
+    }
+}
+
+/// Moves the state of `old` into the fresh instance `new` (hot swap, trap recovery, tests).
+/// `old` is left untouched, so it keeps running if this fails.
+pub fn restore_into(old: &mut dyn EngineDriver, mut new: Box<dyn EngineDriver>) -> Result<Box<dyn EngineDriver>> {
+    let snapshot = old.snapshot()?;
+    new.restore(&snapshot)?;
+    Ok(new)
+}
+
+// ------------------------------------------------------------------------ Intercepted
+
+/// What an [`Intercepted`] engine does around its inner engine. Every hook defaults to passing
+/// the call straight through, so a wrapper (tick timing, a test's injected trap or sabotage)
+/// states only what it changes.
+pub trait Intercept: Send {
+    /// The kind reported for the wrapped engine.
+    fn kind(&self, inner: &dyn EngineDriver) -> &'static str {
+        inner.kind()
+    }
+    fn deliver(&mut self, inner: &mut dyn EngineDriver, now_ms: u64, events: Vec<KubeEvent>) -> Result<()> {
+        inner.deliver(now_ms, events)
+    }
+    fn tick(&mut self, inner: &mut dyn EngineDriver, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult> {
+        inner.tick(now_ms, completions)
+    }
+    fn restore(&mut self, inner: &mut dyn EngineDriver, snapshot: &[u8]) -> Result<()> {
+        inner.restore(snapshot)
+    }
+}
+
+/// An engine behind an [`Intercept`]: the one delegating [`EngineDriver`] wrapper.
+pub struct Intercepted<I> {
+    pub inner: Box<dyn EngineDriver>,
+    pub hooks: I,
+}
+
+impl<I: Intercept> Intercepted<I> {
+    pub fn new(inner: Box<dyn EngineDriver>, hooks: I) -> Intercepted<I> {
+        Intercepted { inner, hooks }
+    }
+}
+
+impl<I: Intercept> EngineDriver for Intercepted<I> {
+    fn kind(&self) -> &'static str {
+        self.hooks.kind(self.inner.as_ref())
+    }
+    fn create(&mut self, config: &TenantConfig) -> Result<()> {
+        self.inner.create(config)
+    }
+    fn deliver(&mut self, now_ms: u64, events: Vec<KubeEvent>) -> Result<()> {
+        self.hooks.deliver(self.inner.as_mut(), now_ms, events)
+    }
+    fn tick(&mut self, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult> {
+        self.hooks.tick(self.inner.as_mut(), now_ms, completions)
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>> {
+        self.inner.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        self.hooks.restore(self.inner.as_mut(), snapshot)
+    }
+    fn status(&mut self) -> Result<EngineStatus> {
+        self.inner.status()
+    }
+    fn call_ids(&self) -> &CallIds {
+        self.inner.call_ids()
+    }
+    fn is_poisoned(&self) -> bool {
+        self.inner.is_poisoned()
+    }
+}
+
+// ------------------------------------------------------------------------ WasmEngine
+
+/// The engine component in a sandboxed wasmtime store.
+pub struct WasmEngine {
+    store: Store<HostState>,
+    bindings: DifftrackerEngine,
+    ids: CallIds,
+    deadline_ticks: u64,
+    /// Set once the guest trapped: the store must not be entered again.
+    poisoned: Option<String>,
+    stderr_seen: usize,
+}
+
+impl WasmEngine {
+    /// A fresh instance of `component`, allocating call ids from `ids`.
+    pub fn new(component: &EngineComponent, ids: CallIds) -> Result<WasmEngine> {
+        let runtime = component.runtime();
+        let limits = runtime.limits().clone();
+        let mut store = Store::new(runtime.engine(), HostState::new(&limits, CallQueue::new(ids.clone())));
+        store.limiter(|state| &mut state.limits);
+        let deadline_ticks = limits.deadline_ticks();
+        store.set_epoch_deadline(deadline_ticks);
+        let bindings = component.pre.instantiate(&mut store).map_err(wt)?;
+        Ok(WasmEngine { store, bindings, ids, deadline_ticks, poisoned: None, stderr_seen: 0 })
+    }
+
+    /// Whether a trap has made this instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Calls one export under the CPU deadline; turns traps and guest errors into `anyhow`.
+    fn call<R>(
+        &mut self,
+        export: &str,
+        f: impl FnOnce(&DifftrackerEngine, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R> {
+        if let Some(reason) = &self.poisoned {
+            bail!("engine instance is unusable after an earlier trap ({reason}); restore it into a fresh instance");
+        }
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        match f(&self.bindings, &mut self.store) {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(message)) => {
+                self.store.data_mut().queue.take();
+                Err(anyhow!("engine `{export}` failed: {message}"))
+            }
+            Err(error) => {
+                let (dropped, _) = self.store.data_mut().queue.take();
+                let trap = error.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
+                let stderr = self.new_stderr();
+                let mut reason = match trap {
+                    Some(trap) => format!("guest trapped in `{export}`: {trap}"),
+                    None => format!("guest failed in `{export}`: {}", wt(error)),
+                };
+                if !stderr.is_empty() {
+                    reason.push_str(&format!("; guest stderr: {}", stderr.trim_end()));
+                }
+                if !dropped.is_empty() {
+                    tracing::warn!(calls = dropped.len(), "dropping calls started by the failed guest call");
+                }
+                self.poisoned = Some(reason.clone());
+                Err(anyhow!(reason))
+            }
+        }
+    }
+
+    fn new_stderr(&mut self) -> String {
+        let contents = self.store.data().stderr.contents();
+        let fresh = String::from_utf8_lossy(contents.get(self.stderr_seen..).unwrap_or_default()).into_owned();
+        self.stderr_seen = contents.len();
+        fresh
+    }
+}
+
+impl EngineDriver for WasmEngine {
+    fn kind(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn create(&mut self, config: &TenantConfig) -> Result<()> {
+        let config = wx::TenantConfig::from(config);
+        self.call("create", |b, s| b.clb_difftracker_engine().call_create(s, &config))
+    }
+
+    fn deliver(&mut self, now_ms: u64, events: Vec<KubeEvent>) -> Result<()> {
+        let events: Vec<w::KubeEvent> = events.into_iter().map(w::KubeEvent::from).collect();
+        self.call("deliver", |b, s| b.clb_difftracker_engine().call_deliver(s, now_ms, &events))?;
+        // `deliver` starts no call; anything queued would be a contract breach worth seeing.
+        let (started, events) = self.store.data_mut().queue.take();
+        if !started.is_empty() || !events.is_empty() {
+            tracing::warn!(calls = started.len(), "engine started calls during deliver; they are dropped");
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult> {
+        let completions: Vec<w::Completion> = completions.into_iter().map(w::Completion::from).collect();
+        let outcome = self.call("tick", |b, s| b.clb_difftracker_engine().call_tick(s, now_ms, &completions))?;
+        let (started, events) = self.store.data_mut().queue.take();
+        Ok(TickResult { outcome: TickOutcome::from(outcome), started, events })
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>> {
+        self.call("snapshot", |b, s| b.clb_difftracker_engine().call_snapshot(s))
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        self.call("restore", |b, s| b.clb_difftracker_engine().call_restore(s, snapshot))
+    }
+
+    fn status(&mut self) -> Result<EngineStatus> {
+        self.call("status", |b, s| b.clb_difftracker_engine().call_status(s)).map(EngineStatus::from)
+    }
+
+    fn call_ids(&self) -> &CallIds {
+        &self.ids
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+}
+
+// ------------------------------------------------------------------------ NativeEngine
+
+/// The engine crate linked into the host: same behaviour, no sandbox. Used by replay
+/// (`--engine native`) and to check the component against the native build.
+pub struct NativeEngine {
+    engine: Option<Engine>,
+    queue: CallQueue,
+}
+
+impl NativeEngine {
+    pub fn new(ids: CallIds) -> NativeEngine {
+        NativeEngine { engine: None, queue: CallQueue::new(ids) }
+    }
+
+    fn engine(&mut self) -> Result<&mut Engine> {
+        self.engine.as_mut().ok_or_else(|| anyhow!("no engine in this instance: call create or restore first"))
+    }
+}
+
+impl EngineDriver for NativeEngine {
+    fn kind(&self) -> &'static str {
+        "native"
+    }
+
+    fn create(&mut self, config: &TenantConfig) -> Result<()> {
+        if self.engine.is_some() {
+            bail!("engine `create` failed: an engine already exists in this instance");
+        }
+        self.engine = Some(Engine::new(config.clone()));
+        Ok(())
+    }
+
+    fn deliver(&mut self, now_ms: u64, events: Vec<KubeEvent>) -> Result<()> {
+        self.engine()?.deliver(now_ms, events);
+        Ok(())
+    }
+
+    fn tick(&mut self, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult> {
+        let engine = self.engine.as_mut().ok_or_else(|| anyhow!("no engine in this instance: call create or restore first"))?;
+        let outcome = engine.tick(now_ms, completions, &mut self.queue);
+        let (started, events) = self.queue.take();
+        Ok(TickResult { outcome, started, events })
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>> {
+        Ok(self.engine()?.snapshot())
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        self.engine = Some(Engine::restore(snapshot)?);
+        Ok(())
+    }
+
+    fn status(&mut self) -> Result<EngineStatus> {
+        Ok(self.engine()?.status())
+    }
+
+    fn call_ids(&self) -> &CallIds {
+        self.queue.ids()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wasm::Runtime;
+
+    fn config() -> TenantConfig {
+        TenantConfig { tenant: "t1".into(), seed: 7 }
+    }
+
+    #[test]
+    fn wasm_engine_creates_ticks_snapshots_and_restores_into_a_fresh_instance() {
+        let component = Runtime::shared().unwrap().load_builtin().unwrap();
+        let ids = CallIds::default();
+        let mut first = WasmEngine::new(&component, ids.clone()).unwrap();
+        first.create(&config()).unwrap();
+        first.deliver(1_000, vec![]).unwrap();
+        first.tick(1_000, vec![]).unwrap();
+        let snapshot = first.snapshot().unwrap();
+        assert!(!snapshot.is_empty());
+
+        let fresh: Box<dyn EngineDriver> = Box::new(WasmEngine::new(&component, ids).unwrap());
+        let mut second = restore_into(&mut first, fresh).unwrap();
+        assert_eq!(second.snapshot().unwrap(), snapshot);
+        second.tick(2_000, vec![]).unwrap();
+        second.status().unwrap();
+    }
+
+    #[test]
+    fn wasm_engine_reports_misuse_as_errors() {
+        let component = Runtime::shared().unwrap().load_builtin().unwrap();
+        let mut engine = WasmEngine::new(&component, CallIds::default()).unwrap();
+        let err = engine.tick(0, vec![]).unwrap_err().to_string();
+        assert!(err.contains("create"), "{err}");
+        engine.create(&config()).unwrap();
+        assert!(engine.create(&config()).is_err());
+        assert!(engine.restore(b"not a snapshot").is_err());
+        // The instance is still usable: errors are not traps.
+        assert!(!engine.is_poisoned());
+        engine.tick(0, vec![]).unwrap();
+    }
+
+    #[test]
+    fn native_engine_reports_misuse_as_errors() {
+        let mut engine = NativeEngine::new(CallIds::default());
+        assert!(engine.tick(0, vec![]).is_err());
+        engine.create(&config()).unwrap();
+        assert!(engine.create(&config()).is_err());
+        engine.tick(0, vec![]).unwrap();
+    }
+}

@@ -1,0 +1,40 @@
+//! The production host of difftracker: runs ServiceGateway diff-tracker engines (one per tenant,
+//! each a sandboxed WebAssembly component) and performs the calls they start. Nothing here knows
+//! about the emulator, traces or replay: those live in `difftracker-simulation`, which depends on
+//! this crate, never the other way round.
+//!
+//! Where each piece fits, from the component inwards to the outside world:
+//!
+//! - [`wasm`]: wasmtime. One [`wasm::Runtime`] per process (engine, linker, epoch ticker,
+//!   on-disk cache of compiled components); [`wasm::Runtime::load`] checks a component's
+//!   imports, compiles it once and pre-links it; [`wasm::sandbox`] holds the per-tenant limits
+//!   and the empty WASI context; [`wasm::bindings`] is the `bindgen!` of `wit/`.
+//! - [`driver`]: the [`driver::EngineDriver`] trait, one tenant's engine as the host drives it
+//!   (`create`, `deliver`, `tick`, `snapshot`, `restore`, `status`), implemented by
+//!   [`driver::WasmEngine`] (the component) and [`driver::NativeEngine`] (the engine crate linked
+//!   in). Both turn the engine's started calls into `(call id, call)` pairs.
+//! - [`tenant`]: one tenant's tick loop on tokio: sleep until an event, a completion or the
+//!   engine's next wake-up, tick, and hand every started call to the executor.
+//! - [`executor`]: performs calls as tasks through a [`backend::CloudBackend`] and a
+//!   [`backend::KubeBackend`] under a per-tenant and a global cap; completions go back to the
+//!   tenant's next tick. Also the [`executor::Clock`] (real or manual).
+//! - [`backend`]: the traits every backend implements (the ARM/NRP transport here; the emulator
+//!   and mocks in the simulation kit).
+//! - [`transport`]: ARM/NRP over HTTP (URLs and resource IDs from the tenant's configuration,
+//!   tokens, long-running operations, paging, retries).
+//! - [`k8s`]: Kubernetes JSON to engine events.
+//! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and the status page; [`server`]: the one
+//!   handle type of every HTTP server the host runs.
+
+pub mod backend;
+pub mod calls;
+pub mod driver;
+pub mod executor;
+pub mod k8s;
+pub mod observe;
+pub mod server;
+pub mod tenant;
+pub mod transport;
+pub mod wasm;
+
+pub use wasm::{engine_wasm_path, ENGINE_WASM};

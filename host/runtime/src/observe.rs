@@ -1,0 +1,784 @@
+//! Observability of a running host: Prometheus metrics, health and readiness, and a status page,
+//! served over HTTP by any long-running command.
+//!
+//! An [`Observatory`] follows tenants: their status ([`TenantStatus`], through the tenant's watch
+//! channel), the calls they start and complete (through the tenant's observer stream), and how
+//! long their engine's ticks take (through [`Observatory::instrument`], a wrapper around the
+//! [`EngineDriver`]). [`Observatory::spawn_tenant`] wires all three when it starts a tenant.
+//! [`serve`] puts it on a listener:
+//!
+//! - `GET /metrics`: OpenMetrics text (`prometheus-client`). The engine's own
+//!   `difftracker_engine_*` samples of every tenant (from `status().metrics`), with their labels
+//!   and a `tenant` label, and the host's metrics: `difftracker_host_calls_started_total{tenant,
+//!   call}`, `difftracker_host_calls_completed_total{tenant,call,result}`,
+//!   `difftracker_host_calls_in_flight{tenant}`, `difftracker_host_ticks_total{tenant}`,
+//!   `difftracker_host_tick_duration_seconds{tenant}` (histogram),
+//!   `difftracker_host_engine_swaps_total{tenant,result}`,
+//!   `difftracker_host_engine_restarts_total{tenant}`, `difftracker_host_tenant_up{tenant}`.
+//! - `GET /healthz`: 200 while the process serves.
+//! - `GET /readyz`: 200 once every tenant has ticked at least once and none has stopped on an
+//!   error (a poisoned engine stops its tenant); 503 otherwise, with the reason.
+//! - `GET /`: a plain-text status page: per tenant, operations by state, calls in flight, pending
+//!   deletions, the last tick; plus whatever note the command sets ([`Observatory::set_note`]).
+
+use crate::driver::{EngineDriver, Intercept, Intercepted, TickResult};
+use crate::executor::{Backends, Executor};
+use crate::server::ServerHandle;
+use crate::tenant::{spawn_tenant, TenantEvent, TenantHandle, TenantOptions, TenantStatus};
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use difftracker_engine::io::{CallError, Completion, EngineStatus, ErrorKind, MetricSample};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
+
+/// Label set of the host's metric families: `(name, value)` pairs.
+type Labels = Vec<(String, String)>;
+
+/// Bucket bounds (seconds) of the tick duration histogram: 50 µs to 2.5 s.
+pub const TICK_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// The Prometheus text content type `prometheus-client` writes.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Label values as OpenMetrics wants them (`prometheus-client` writes them verbatim).
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), escape(v))).collect()
+}
+
+/// `ok`, or the error's kind in snake case: the `result` label of a completed call.
+pub fn result_label(outcome: &Result<impl Sized, CallError>) -> &'static str {
+    match outcome {
+        Ok(_) => "ok",
+        Err(e) => match e.kind {
+            ErrorKind::Http => "http",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Transport => "transport",
+            ErrorKind::InvalidResponse => "invalid_response",
+            ErrorKind::OperationFailed => "operation_failed",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Replaced => "replaced",
+            ErrorKind::Conflict => "conflict",
+        },
+    }
+}
+
+// ------------------------------------------------------------------------ host metrics
+
+/// The host's own metric families.
+#[derive(Clone)]
+struct HostMetrics {
+    calls_started: Family<Labels, Counter>,
+    calls_completed: Family<Labels, Counter>,
+    calls_in_flight: Family<Labels, Gauge>,
+    ticks: Family<Labels, Counter>,
+    tick_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    swaps: Family<Labels, Counter>,
+    restarts: Family<Labels, Counter>,
+    tenant_up: Family<Labels, Gauge>,
+}
+
+fn tick_histogram() -> Histogram {
+    Histogram::new(TICK_BUCKETS.iter().copied())
+}
+
+impl HostMetrics {
+    fn new() -> HostMetrics {
+        HostMetrics {
+            calls_started: Family::default(),
+            calls_completed: Family::default(),
+            calls_in_flight: Family::default(),
+            ticks: Family::default(),
+            tick_duration: Family::new_with_constructor(tick_histogram as fn() -> Histogram),
+            swaps: Family::default(),
+            restarts: Family::default(),
+            tenant_up: Family::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register("difftracker_host_calls_started", "Calls the engine started, by tenant and call", self.calls_started.clone());
+        registry.register(
+            "difftracker_host_calls_completed",
+            "Calls completed and handed back to the engine, by tenant, call and result (ok or the error kind)",
+            self.calls_completed.clone(),
+        );
+        registry.register("difftracker_host_calls_in_flight", "Calls started and not yet handed back to the engine", self.calls_in_flight.clone());
+        registry.register("difftracker_host_ticks", "Engine ticks", self.ticks.clone());
+        registry.register(
+            "difftracker_host_tick_duration_seconds",
+            "Wall time of one engine tick (the guest call, or the native engine)",
+            self.tick_duration.clone(),
+        );
+        registry.register("difftracker_host_engine_swaps", "Engine hot swaps, by result", self.swaps.clone());
+        registry.register(
+            "difftracker_host_engine_restarts",
+            "Engine instances rebuilt from a snapshot after a trap or a limit",
+            self.restarts.clone(),
+        );
+        registry.register("difftracker_host_tenant_up", "1 while the tenant's loop runs, 0 once it stopped", self.tenant_up.clone());
+    }
+}
+
+// ------------------------------------------------------------------------ tenants
+
+/// Calls of one kind (the call's label, e.g. `PUT loadBalancers`) of one tenant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    pub started: u64,
+    /// Completed successfully (handed back to the engine).
+    pub ok: u64,
+    /// Completed with an error.
+    pub failed: u64,
+}
+
+impl CallCounts {
+    pub fn in_flight(&self) -> u64 {
+        self.started.saturating_sub(self.ok + self.failed)
+    }
+}
+
+struct TenantEntry {
+    engine_kind: String,
+    status: Option<watch::Receiver<TenantStatus>>,
+    calls: BTreeMap<String, CallCounts>,
+    last_tick_at: Option<Instant>,
+    ticks_seen: u64,
+}
+
+impl TenantEntry {
+    fn new() -> TenantEntry {
+        TenantEntry { engine_kind: String::new(), status: None, calls: BTreeMap::new(), last_tick_at: None, ticks_seen: 0 }
+    }
+
+    fn status(&self) -> Option<TenantStatus> {
+        self.status.as_ref().map(|rx| rx.borrow().clone())
+    }
+}
+
+/// What the observatory and the engine-sample collector share.
+struct Shared {
+    tenants: Mutex<BTreeMap<String, TenantEntry>>,
+    started: Instant,
+    note: Mutex<String>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    host: HostMetrics,
+    registry: Registry,
+}
+
+/// Follows tenants and renders what the HTTP endpoints serve. Cheap to clone.
+#[derive(Clone)]
+pub struct Observatory {
+    inner: Arc<Inner>,
+}
+
+impl Default for Observatory {
+    fn default() -> Self {
+        Observatory::new()
+    }
+}
+
+impl std::fmt::Debug for Observatory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observatory").field("tenants", &self.tenant_names()).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Observatory {
+    pub fn new() -> Observatory {
+        let shared = Arc::new(Shared { tenants: Mutex::new(BTreeMap::new()), started: Instant::now(), note: Mutex::new(String::new()) });
+        let host = HostMetrics::new();
+        let mut registry = Registry::default();
+        host.register(&mut registry);
+        registry.register_collector(Box::new(EngineSamples { shared: shared.clone() }));
+        Observatory { inner: Arc::new(Inner { shared, host, registry }) }
+    }
+
+    fn with_tenant<R>(&self, name: &str, f: impl FnOnce(&mut TenantEntry) -> R) -> R {
+        let mut tenants = lock(&self.inner.shared.tenants);
+        f(tenants.entry(name.to_string()).or_insert_with(TenantEntry::new))
+    }
+
+    pub fn tenant_names(&self) -> Vec<String> {
+        lock(&self.inner.shared.tenants).keys().cloned().collect()
+    }
+
+    /// A line or a few shown at the top of the status page (what the command is doing).
+    pub fn set_note(&self, note: impl Into<String>) {
+        *lock(&self.inner.shared.note) = note.into();
+    }
+
+    /// Starts a tenant's loop with everything observed: its engine's ticks are timed, its calls
+    /// counted, its status followed. Events are also forwarded to `forward` when given.
+    pub fn spawn_tenant(
+        &self,
+        executor: &Executor,
+        options: TenantOptions,
+        driver: Box<dyn EngineDriver>,
+        backends: Backends,
+        forward: Option<mpsc::UnboundedSender<TenantEvent>>,
+    ) -> TenantHandle {
+        let name = options.name.clone();
+        let driver = self.instrument(&name, driver);
+        let mut options = options;
+        if let Some(recovery) = options.recovery.take() {
+            // Instances rebuilt after a trap are timed like the first one.
+            let (this, tenant) = (self.clone(), name.clone());
+            options.recovery = Some(recovery.map_instances(move |fresh| this.instrument(&tenant, fresh)));
+        }
+        let observer = self.observer(&name, forward);
+        let handle = spawn_tenant(executor, options, driver, backends, Some(observer));
+        self.watch_tenant(&name, handle.subscribe());
+        handle
+    }
+
+    /// Wraps `driver` so each `tick` is timed into `difftracker_host_tick_duration_seconds`.
+    pub fn instrument(&self, tenant: &str, driver: Box<dyn EngineDriver>) -> Box<dyn EngineDriver> {
+        let kind = driver.kind().to_string();
+        self.with_tenant(tenant, |t| t.engine_kind = kind);
+        let histogram = self.inner.host.tick_duration.get_or_create(&labels(&[("tenant", tenant)])).clone();
+        Box::new(Intercepted::new(driver, TickTimer(histogram)))
+    }
+
+    /// A sender to give [`spawn_tenant`] as the tenant's observer: call counts per label and
+    /// result. Every event is passed on to `forward` when given. Needs a tokio runtime.
+    pub fn observer(&self, tenant: &str, forward: Option<mpsc::UnboundedSender<TenantEvent>>) -> mpsc::UnboundedSender<TenantEvent> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<TenantEvent>();
+        let this = self.clone();
+        let tenant = tenant.to_string();
+        self.with_tenant(&tenant, |_| ());
+        tokio::spawn(async move {
+            let mut labels_of: HashMap<u64, &'static str> = HashMap::new();
+            let tenant_labels = labels(&[("tenant", &tenant)]);
+            let in_flight = this.inner.host.calls_in_flight.get_or_create(&tenant_labels).clone();
+            while let Some(event) = rx.recv().await {
+                match &event {
+                    TenantEvent::CallStarted { id, call } => {
+                        let label = call.label();
+                        labels_of.insert(*id, label);
+                        this.inner.host.calls_started.get_or_create(&labels(&[("tenant", &tenant), ("call", label)])).inc();
+                        in_flight.inc();
+                        this.with_tenant(&tenant, |t| t.calls.entry(label.to_string()).or_default().started += 1);
+                    }
+                    TenantEvent::CallCompleted { id, outcome } => {
+                        let label = labels_of.remove(id).unwrap_or("unknown");
+                        let result = result_label(outcome);
+                        this.inner
+                            .host
+                            .calls_completed
+                            .get_or_create(&labels(&[("tenant", &tenant), ("call", label), ("result", result)]))
+                            .inc();
+                        in_flight.dec();
+                        this.with_tenant(&tenant, |t| {
+                            let c = t.calls.entry(label.to_string()).or_default();
+                            if outcome.is_ok() {
+                                c.ok += 1
+                            } else {
+                                c.failed += 1
+                            }
+                        });
+                    }
+                    TenantEvent::EventRecorded(_) | TenantEvent::StatesChanged(_) => {}
+                }
+                if let Some(f) = &forward {
+                    let _ = f.send(event);
+                }
+            }
+        });
+        tx
+    }
+
+    /// Follows a tenant's status: readiness, the status page, the engine's samples and the tick
+    /// counter. Needs a tokio runtime.
+    pub fn watch_tenant(&self, tenant: &str, status: watch::Receiver<TenantStatus>) {
+        let mut rx = status.clone();
+        self.with_tenant(tenant, |t| t.status = Some(status));
+        let this = self.clone();
+        let tenant = tenant.to_string();
+        tokio::spawn(async move {
+            let tenant_labels = labels(&[("tenant", &tenant)]);
+            let ticks = this.inner.host.ticks.get_or_create(&tenant_labels).clone();
+            let up = this.inner.host.tenant_up.get_or_create(&tenant_labels).clone();
+            let mut restarts_seen = 0u64;
+            loop {
+                let (count, stopped, restarts) = {
+                    let s = rx.borrow_and_update();
+                    (s.ticks, s.stopped, s.restarts)
+                };
+                for _ in restarts_seen..restarts {
+                    this.record_restart(&tenant);
+                }
+                restarts_seen = restarts_seen.max(restarts);
+                up.set(if stopped { 0 } else { 1 });
+                let delta = this.with_tenant(&tenant, |t| {
+                    let delta = count.saturating_sub(t.ticks_seen);
+                    if delta > 0 {
+                        t.ticks_seen = count;
+                        t.last_tick_at = Some(Instant::now());
+                    }
+                    delta
+                });
+                if delta > 0 {
+                    ticks.inc_by(delta);
+                }
+                if stopped || rx.changed().await.is_err() {
+                    up.set(0);
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Swaps the tenant's engine for `fresh` ([`TenantHandle::swap_engine`]) and counts it.
+    pub async fn swap_engine(&self, tenant: &TenantHandle, fresh: Box<dyn EngineDriver>) -> Result<()> {
+        let fresh = self.instrument(tenant.name(), fresh);
+        let result = tenant.swap_engine(fresh).await;
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.inner.host.swaps.get_or_create(&labels(&[("tenant", tenant.name()), ("result", outcome)])).inc();
+        result
+    }
+
+    /// Counts an engine instance rebuilt from a snapshot (after a trap or a limit).
+    pub fn record_restart(&self, tenant: &str) {
+        self.inner.host.restarts.get_or_create(&labels(&[("tenant", tenant)])).inc();
+    }
+
+    /// Calls of a tenant by label, as seen by its observer.
+    pub fn calls(&self, tenant: &str) -> BTreeMap<String, CallCounts> {
+        lock(&self.inner.shared.tenants).get(tenant).map(|t| t.calls.clone()).unwrap_or_default()
+    }
+
+    /// `Ok` with a short text when every tenant has ticked at least once and none has stopped;
+    /// `Err` with the reason otherwise (also when no tenant is followed yet).
+    pub fn readiness(&self) -> std::result::Result<String, String> {
+        let tenants = lock(&self.inner.shared.tenants);
+        let watched: Vec<(&String, TenantStatus)> = tenants.iter().filter_map(|(n, t)| t.status().map(|s| (n, s))).collect();
+        if watched.is_empty() {
+            return Err("no tenant is running yet".into());
+        }
+        let mut problems = Vec::new();
+        for (name, s) in &watched {
+            if let Some(e) = &s.error {
+                problems.push(format!("tenant {name} stopped on an error: {e}"));
+            } else if s.stopped {
+                problems.push(format!("tenant {name} stopped"));
+            } else if s.ticks == 0 {
+                problems.push(format!("tenant {name} has not ticked yet"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(format!("ready: {} tenant(s)", watched.len()))
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// The OpenMetrics text of `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// The plain-text status page of `/`.
+    pub fn status_page(&self) -> String {
+        let mut out = String::new();
+        let up = self.inner.shared.started.elapsed();
+        let _ = writeln!(out, "difftracker {} (up {:.1} s)", env!("CARGO_PKG_VERSION"), up.as_secs_f64());
+        let note = lock(&self.inner.shared.note).clone();
+        if !note.is_empty() {
+            let _ = writeln!(out, "{}", note.trim_end());
+        }
+        let _ = writeln!(
+            out,
+            "readiness: {}",
+            match self.readiness() {
+                Ok(s) => s,
+                Err(e) => format!("NOT READY: {}", e.replace('\n', "; ")),
+            }
+        );
+        let tenants = lock(&self.inner.shared.tenants);
+        for (name, t) in tenants.iter() {
+            let _ = writeln!(out);
+            let kind = if t.engine_kind.is_empty() { "?" } else { t.engine_kind.as_str() };
+            let Some(s) = t.status() else {
+                let _ = writeln!(out, "tenant {name} ({kind} engine): not started");
+                continue;
+            };
+            let state = match (&s.error, s.stopped) {
+                (Some(e), _) => format!("STOPPED: {e}"),
+                (None, true) => "stopped".to_string(),
+                (None, false) if s.is_idle() => "running, settled".to_string(),
+                (None, false) => "running, busy".to_string(),
+            };
+            let _ = writeln!(out, "tenant {name} ({kind} engine): {state}");
+            let last = match t.last_tick_at {
+                Some(at) => format!("{:.2} s ago", at.elapsed().as_secs_f64()),
+                None => "never".into(),
+            };
+            let _ = writeln!(out, "  ticks: {} (last {last})", s.ticks);
+            if s.restarts > 0 || s.quarantined_total > 0 {
+                let _ = writeln!(out, "  engine restarts after a trap: {}; inputs quarantined: {}", s.restarts, s.quarantined_total);
+                for q in &s.quarantined {
+                    let _ = writeln!(out, "    tick {}: {} ({})", q.tick, q.summary, q.reason);
+                }
+            }
+            let _ = writeln!(out, "  operations by state: {}", states_line(&s.engine));
+            let _ = writeln!(
+                out,
+                "  operations in flight: {}; calls in flight: {} (engine counts {}); pending deletions: {} (pods {}); location sync in flight: {}",
+                s.engine.operations_in_flight,
+                s.calls_outstanding,
+                s.engine.calls_in_flight,
+                s.engine.pending_deletions,
+                s.engine.pending_pod_deletions,
+                if s.engine.location_sync_in_flight { "yes" } else { "no" },
+            );
+            if !t.calls.is_empty() {
+                let _ = writeln!(out, "  calls:");
+                let width = t.calls.keys().map(|k| k.len()).max().unwrap_or(0);
+                for (label, c) in &t.calls {
+                    let _ = writeln!(
+                        out,
+                        "    {label:<width$}  started {:>6}  ok {:>6}  failed {:>4}  in flight {:>3}",
+                        c.started,
+                        c.ok,
+                        c.failed,
+                        c.in_flight()
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `created=33 creation_in_progress=0 ...`, every state the engine reports.
+pub fn states_line(status: &EngineStatus) -> String {
+    if status.states.is_empty() {
+        return "(none yet)".into();
+    }
+    status.states.iter().map(|(s, n)| format!("{s}={n}")).collect::<Vec<_>>().join(" ")
+}
+
+// ------------------------------------------------------------------------ tick timing
+
+/// Times each tick of the engine it wraps.
+struct TickTimer(Histogram);
+
+impl Intercept for TickTimer {
+    fn tick(&mut self, inner: &mut dyn EngineDriver, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult> {
+        let started = Instant::now();
+        let result = inner.tick(now_ms, completions);
+        self.0.observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+// ------------------------------------------------------------------------ engine samples
+
+/// Re-exposes every tenant's `difftracker_engine_*` samples at scrape time.
+struct EngineSamples {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EngineSamples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineSamples")
+    }
+}
+
+impl Collector for EngineSamples {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot: Vec<(String, Vec<MetricSample>)> = {
+            let tenants = lock(&self.shared.tenants);
+            tenants.iter().filter_map(|(name, t)| t.status().map(|s| (name.clone(), s.engine.metrics))).collect()
+        };
+        encode_engine_samples(encoder, &snapshot)
+    }
+}
+
+/// Engine gauges whose names end in `_total` (everything else ending in `_total` is a counter).
+fn engine_gauges() -> BTreeSet<String> {
+    use difftracker_engine::metrics as m;
+    [
+        m::PENDING_SERVICE_OPERATIONS,
+        m::PENDING_DELETIONS,
+        m::SERVICES_BLOCKED_BY_LOCATIONS,
+        m::TRACKED_SERVICES_TOTAL,
+        m::LOCATIONS_TOTAL,
+        m::ADDRESSES_TOTAL,
+        m::SERVICEGATEWAY_ENABLED,
+        m::INITIALIZATION_DURATION_SECONDS,
+        m::PENDING_OPERATION_OLDEST_AGE_SECONDS,
+    ]
+    .iter()
+    .map(|n| format!("{}{n}", m::PREFIX))
+    .collect()
+}
+
+#[derive(Default)]
+struct HistogramSeries {
+    /// `(le, cumulative count)`.
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+enum EngineFamily {
+    Counter(BTreeMap<Labels, f64>),
+    Gauge(BTreeMap<Labels, f64>),
+    Histogram(BTreeMap<Labels, HistogramSeries>),
+}
+
+/// The samples' labels plus `tenant` (replacing one the engine may have set), sorted, escaped.
+fn with_tenant(sample_labels: &[(String, String)], tenant: &str, skip_le: bool) -> Labels {
+    let mut out: Labels = sample_labels
+        .iter()
+        .filter(|(k, _)| k != "tenant" && !(skip_le && k == "le"))
+        .map(|(k, v)| (k.clone(), escape(v)))
+        .collect();
+    out.push(("tenant".into(), escape(tenant)));
+    out.sort();
+    out
+}
+
+/// Groups flat samples (histograms already expanded into `_bucket`, `_sum`, `_count`) into
+/// typed families and encodes them.
+fn encode_engine_samples(mut encoder: DescriptorEncoder, tenants: &[(String, Vec<MetricSample>)]) -> Result<(), std::fmt::Error> {
+    let gauges = engine_gauges();
+    let histograms: BTreeSet<&str> = tenants
+        .iter()
+        .flat_map(|(_, samples)| samples.iter())
+        .filter(|s| s.labels.iter().any(|(k, _)| k == "le"))
+        .filter_map(|s| s.name.strip_suffix("_bucket"))
+        .collect();
+    let mut families: BTreeMap<String, EngineFamily> = BTreeMap::new();
+    for (tenant, samples) in tenants {
+        for s in samples {
+            if !s.name.starts_with(difftracker_engine::metrics::PREFIX) {
+                continue;
+            }
+            let part = |suffix: &str| s.name.strip_suffix(suffix).filter(|base| histograms.contains(base));
+            if let Some(base) = part("_bucket") {
+                let Some(le) = s.labels.iter().find(|(k, _)| k == "le").map(|(_, v)| v.as_str()) else { continue };
+                let le = if le == "+Inf" { f64::MAX } else { le.parse::<f64>().unwrap_or(f64::MAX) };
+                if let EngineFamily::Histogram(series) =
+                    families.entry(base.to_string()).or_insert_with(|| EngineFamily::Histogram(BTreeMap::new()))
+                {
+                    series.entry(with_tenant(&s.labels, tenant, true)).or_default().buckets.push((le, s.value));
+                }
+            } else if let Some(base) = part("_sum").or_else(|| part("_count")) {
+                let is_sum = s.name.ends_with("_sum");
+                if let EngineFamily::Histogram(series) =
+                    families.entry(base.to_string()).or_insert_with(|| EngineFamily::Histogram(BTreeMap::new()))
+                {
+                    let h = series.entry(with_tenant(&s.labels, tenant, true)).or_default();
+                    if is_sum {
+                        h.sum = s.value;
+                    } else {
+                        h.count = s.value;
+                    }
+                }
+            } else if let Some(base) = s.name.strip_suffix("_total").filter(|_| !gauges.contains(&s.name)) {
+                if let EngineFamily::Counter(series) =
+                    families.entry(base.to_string()).or_insert_with(|| EngineFamily::Counter(BTreeMap::new()))
+                {
+                    series.insert(with_tenant(&s.labels, tenant, false), s.value);
+                }
+            } else if let EngineFamily::Gauge(series) =
+                families.entry(s.name.clone()).or_insert_with(|| EngineFamily::Gauge(BTreeMap::new()))
+            {
+                series.insert(with_tenant(&s.labels, tenant, false), s.value);
+            }
+        }
+    }
+    const HELP: &str = "difftracker engine metric (ENGINE.md section 12), re-exposed by the host per tenant";
+    for (name, family) in &families {
+        match family {
+            EngineFamily::Counter(series) => {
+                let mut m = encoder.encode_descriptor(name, HELP, None, MetricType::Counter)?;
+                for (l, v) in series {
+                    let mut f = m.encode_family(l)?;
+                    if v.fract() == 0.0 && *v >= 0.0 && *v < 1.8e19 {
+                        f.encode_counter::<NoLabelSet, u64, u64>(&(*v as u64), None)?;
+                    } else {
+                        f.encode_counter::<NoLabelSet, f64, f64>(v, None)?;
+                    }
+                }
+            }
+            EngineFamily::Gauge(series) => {
+                let mut m = encoder.encode_descriptor(name, HELP, None, MetricType::Gauge)?;
+                for (l, v) in series {
+                    let mut f = m.encode_family(l)?;
+                    if v.fract() == 0.0 && v.abs() < 9.0e18 {
+                        f.encode_gauge(&(*v as i64))?;
+                    } else {
+                        f.encode_gauge(v)?;
+                    }
+                }
+            }
+            EngineFamily::Histogram(series) => {
+                let mut m = encoder.encode_descriptor(name, HELP, None, MetricType::Histogram)?;
+                for (l, h) in series {
+                    let mut buckets = h.buckets.clone();
+                    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    // prometheus-client wants per-bucket counts; the engine gives cumulative ones.
+                    let mut previous = 0.0;
+                    let per_bucket: Vec<(f64, u64)> = buckets
+                        .iter()
+                        .map(|(le, cumulative)| {
+                            let n = (cumulative - previous).max(0.0) as u64;
+                            previous = *cumulative;
+                            (*le, n)
+                        })
+                        .collect();
+                    let mut f = m.encode_family(l)?;
+                    f.encode_histogram::<NoLabelSet>(h.sum, h.count.max(0.0) as u64, &per_bucket, None)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------ HTTP
+
+/// A running observability server.
+pub type ObserveHandle = ServerHandle;
+
+/// The endpoints as an axum router (to merge into another server).
+pub fn router(observatory: Observatory) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_endpoint))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz_endpoint))
+        .route("/", get(status_endpoint))
+        .with_state(observatory)
+}
+
+async fn metrics_endpoint(State(obs): State<Observatory>) -> Response {
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], obs.render_metrics()).into_response()
+}
+
+async fn readyz_endpoint(State(obs): State<Observatory>) -> Response {
+    match obs.readiness() {
+        Ok(s) => (StatusCode::OK, format!("{s}\n")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn status_endpoint(State(obs): State<Observatory>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], obs.status_page()).into_response()
+}
+
+/// Serves the endpoints of `observatory` on `listener` until the handle is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, observatory: Observatory) -> std::io::Result<ObserveHandle> {
+    ServerHandle::spawn(listener, router(observatory), "observability")
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves the endpoints there.
+pub async fn bind(addr: SocketAddr, observatory: Observatory) -> Result<ObserveHandle> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for /metrics"))?;
+    Ok(serve(listener, observatory).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> MetricSample {
+        MetricSample { name: name.into(), labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), value }
+    }
+
+    fn status(ticks: u64, metrics: Vec<MetricSample>) -> TenantStatus {
+        TenantStatus { ticks, engine: EngineStatus { metrics, ..EngineStatus::default() }, ..TenantStatus::default() }
+    }
+
+    #[tokio::test]
+    async fn engine_samples_are_re_exposed_typed_with_a_tenant_label() {
+        let obs = Observatory::new();
+        let h = "difftracker_engine_service_operation_duration_seconds";
+        let metrics = vec![
+            sample("difftracker_engine_service_operations_total", &[("operation", "create"), ("error_code", "")], 3.0),
+            sample("difftracker_engine_tracked_services_total", &[("state", "nrp_loadbalancers")], 2.0),
+            sample("difftracker_engine_pending_deletions", &[], 1.0),
+            sample(&format!("{h}_bucket"), &[("operation", "create"), ("le", "0.1")], 1.0),
+            sample(&format!("{h}_bucket"), &[("operation", "create"), ("le", "1")], 3.0),
+            sample(&format!("{h}_bucket"), &[("operation", "create"), ("le", "+Inf")], 4.0),
+            sample(&format!("{h}_sum"), &[("operation", "create")], 2.5),
+            sample(&format!("{h}_count"), &[("operation", "create")], 4.0),
+            sample("not_an_engine_metric", &[], 9.0),
+        ];
+        let (_tx, rx) = watch::channel(status(1, metrics));
+        obs.watch_tenant("t\"1", rx);
+        let text = obs.render_metrics();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has("# TYPE difftracker_engine_service_operations counter"), "{text}");
+        assert!(has(r#"difftracker_engine_service_operations_total{error_code="",operation="create",tenant="t\"1"} 3"#), "{text}");
+        assert!(has("# TYPE difftracker_engine_tracked_services_total gauge"), "{text}");
+        assert!(has(r#"difftracker_engine_tracked_services_total{state="nrp_loadbalancers",tenant="t\"1"} 2"#), "{text}");
+        assert!(has(r#"difftracker_engine_pending_deletions{tenant="t\"1"} 1"#), "{text}");
+        assert!(has(&format!("# TYPE {h} histogram")), "{text}");
+        assert!(has(&format!(r#"{h}_bucket{{le="0.1",operation="create",tenant="t\"1"}} 1"#)), "{text}");
+        assert!(has(&format!(r#"{h}_bucket{{le="1.0",operation="create",tenant="t\"1"}} 3"#)), "{text}");
+        assert!(has(&format!(r#"{h}_bucket{{le="+Inf",operation="create",tenant="t\"1"}} 4"#)), "{text}");
+        assert!(has(&format!(r#"{h}_count{{operation="create",tenant="t\"1"}} 4"#)), "{text}");
+        assert!(!text.contains("not_an_engine_metric"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn readiness_needs_a_tick_and_no_error() {
+        let obs = Observatory::new();
+        assert!(obs.readiness().is_err(), "no tenant yet");
+        let (tx, rx) = watch::channel(status(0, vec![]));
+        obs.watch_tenant("a", rx);
+        assert!(obs.readiness().unwrap_err().contains("not ticked"));
+        tx.send_modify(|s| s.ticks = 1);
+        assert!(obs.readiness().is_ok());
+        tx.send_modify(|s| {
+            s.error = Some("guest trapped".into());
+            s.stopped = true;
+        });
+        let err = obs.readiness().unwrap_err();
+        assert!(err.contains("guest trapped"), "{err}");
+        assert!(obs.status_page().contains("STOPPED: guest trapped"));
+    }
+
+    #[test]
+    fn call_results_are_labelled_by_error_kind() {
+        assert_eq!(result_label(&Ok::<(), CallError>(())), "ok");
+        let e = CallError::of_kind(ErrorKind::Throttled, "slow down");
+        assert_eq!(result_label(&Err::<(), _>(e)), "throttled");
+    }
+}

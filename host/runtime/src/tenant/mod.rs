@@ -1,0 +1,246 @@
+//! One tenant's tick loop.
+//!
+//! A tenant owns one engine ([`EngineDriver`], already created or restored) and runs on tokio:
+//! it sleeps until Kubernetes events arrive, a call completes, or the engine's `next_wake_ms`
+//! comes, then delivers the events and ticks with every completion gathered so far. The calls the
+//! tick started go to the executor ([`crate::executor`]); the Events it recorded go to the Kube
+//! backend. Ticks of one tenant run one at a time (the loop owns the engine); ticks of different
+//! tenants run in parallel, each on tokio's blocking pool, since a guest call is synchronous CPU
+//! work bounded by the sandbox's deadline.
+//!
+//! Progress is published on a `watch` channel ([`TenantStatus`]) and, when an observer is
+//! attached, as a stream of [`TenantEvent`]s (what the demo prints). A failing guest call ends the
+//! loop with the error, unless the tenant recovers from it (below); other tenants are unaffected.
+//!
+//! - `tick_loop`: the loop; `recovery`: trap recovery (checkpoint, input log, quarantine);
+//!   `swap`: hot swap; `summary`: one-line summaries for logs and the status page.
+
+mod recovery;
+mod summary;
+mod swap;
+mod tick_loop;
+#[cfg(test)]
+mod tests;
+
+pub use recovery::{EngineFactory, Recovery, SnapshotPolicy};
+pub use summary::{brief_reason, completion_summary, event_summary};
+
+use crate::driver::EngineDriver;
+use crate::executor::{Backends, CallRunner, Executor, DEFAULT_TENANT_CAP};
+use anyhow::{anyhow, Result};
+use difftracker_engine::io::{Call, CallError, CallId, CallOutput, EngineStatus, KubeEvent, KubeEventRecord};
+use recovery::GuardedEngine;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
+use tick_loop::TenantLoop;
+
+/// Requests to a running tenant loop, handled between ticks.
+enum Control {
+    /// Move the engine's state into this fresh instance and continue with it; recover later
+    /// instances with this factory when one is given (a new component).
+    Swap(Box<dyn EngineDriver>, Option<EngineFactory>, oneshot::Sender<Result<()>>),
+}
+
+
+/// How a tenant runs.
+#[derive(Clone, Debug)]
+pub struct TenantOptions {
+    /// Names the tenant in logs.
+    pub name: String,
+    /// Calls of this tenant in flight at once.
+    pub max_calls_in_flight: usize,
+    /// Rebuild the engine after a trap instead of stopping (see the module docs).
+    pub recovery: Option<Recovery>,
+}
+
+impl TenantOptions {
+    pub fn new(name: impl Into<String>) -> Self {
+        TenantOptions { name: name.into(), max_calls_in_flight: DEFAULT_TENANT_CAP, recovery: None }
+    }
+
+    pub fn with_recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = Some(recovery);
+        self
+    }
+}
+
+/// What happened in a tenant, in order (for observers such as the demo's printer).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TenantEvent {
+    CallStarted { id: CallId, call: Call },
+    CallCompleted { id: CallId, outcome: Result<CallOutput, CallError> },
+    EventRecorded(KubeEventRecord),
+    /// The engine's count of operations per state changed.
+    StatesChanged(Vec<(String, u32)>),
+}
+
+/// What kind of input was quarantined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuarantinedKind {
+    /// A Kubernetes event.
+    Event,
+    /// The completion of this call (which the engine now sees as lost).
+    Completion(CallId),
+}
+
+/// An input the engine trapped on twice (on the running instance, then on a fresh one), dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The tenant tick (as counted in [`TenantStatus::ticks`]) that dropped it.
+    pub tick: u64,
+    /// That tick's `now`.
+    pub at_ms: u64,
+    pub kind: QuarantinedKind,
+    /// What it was (kind, object or call, size), short.
+    pub summary: String,
+    /// The trap, on one line ([`brief_reason`]).
+    pub reason: String,
+}
+
+/// The tenant's latest progress.
+#[derive(Clone, Debug, Default)]
+pub struct TenantStatus {
+    pub ticks: u64,
+    pub last_tick_ms: u64,
+    pub next_wake_ms: Option<u64>,
+    /// Calls started and not yet handed back to the engine.
+    pub calls_outstanding: usize,
+    pub engine: EngineStatus,
+    /// Set when the loop stopped on an error.
+    pub error: Option<String>,
+    pub stopped: bool,
+    /// Times the engine was rebuilt from its last good snapshot after a trap.
+    pub restarts: u64,
+    /// The most recent quarantined inputs, oldest first (at most
+    /// [`Recovery::quarantine_capacity`]).
+    pub quarantined: Vec<Quarantined>,
+    /// Inputs quarantined since the tenant started.
+    pub quarantined_total: u64,
+}
+
+impl TenantStatus {
+    /// Nothing in flight on either side and the engine says it has nothing left to do.
+    pub fn is_idle(&self) -> bool {
+        self.engine.settled && self.calls_outstanding == 0
+    }
+
+    pub fn state_count(&self, state: &str) -> u32 {
+        self.engine.states.iter().find(|(s, _)| s == state).map(|(_, n)| *n).unwrap_or(0)
+    }
+}
+
+/// The handle of a running tenant. Dropping it stops the loop.
+pub struct TenantHandle {
+    name: String,
+    inputs: mpsc::UnboundedSender<Vec<KubeEvent>>,
+    control: mpsc::UnboundedSender<Control>,
+    status: watch::Receiver<TenantStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<Box<dyn EngineDriver>>>,
+}
+
+impl TenantHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues Kubernetes events for the next tick.
+    pub fn deliver(&self, events: Vec<KubeEvent>) -> Result<()> {
+        self.inputs.send(events).map_err(|_| anyhow!("tenant {} is not running", self.name))
+    }
+
+    pub fn status(&self) -> TenantStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<TenantStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until `done` holds for the tenant's status; fails if the loop stops first.
+    pub async fn wait_for(&self, mut done: impl FnMut(&TenantStatus) -> bool) -> Result<TenantStatus> {
+        let mut rx = self.status.clone();
+        let status = rx
+            .wait_for(|s| done(s) || s.stopped)
+            .await
+            .map_err(|_| anyhow!("tenant {} stopped", self.name))?
+            .clone();
+        match (&status.error, status.stopped && !done(&status)) {
+            (Some(e), _) => Err(anyhow!("tenant {} failed: {e}", self.name)),
+            (None, true) => Err(anyhow!("tenant {} stopped", self.name)),
+            _ => Ok(status),
+        }
+    }
+
+    /// Replaces the running engine with `fresh` (a new, empty instance, possibly of a newer
+    /// component) between two ticks: snapshot of the old one, restore into the new one, switch.
+    /// If that fails the old instance keeps running. Calls in flight complete into the new one.
+    /// A recovering tenant keeps building its fresh instances with the factory it has: use
+    /// [`TenantHandle::swap_component`] when `fresh` runs another component.
+    pub async fn swap_engine(&self, fresh: Box<dyn EngineDriver>) -> Result<()> {
+        self.send_swap(fresh, None).await
+    }
+
+    /// [`TenantHandle::swap_engine`] to another component, whose fresh instances `factory` builds
+    /// from now on when the tenant recovers from a trap.
+    pub async fn swap_component(&self, fresh: Box<dyn EngineDriver>, factory: EngineFactory) -> Result<()> {
+        self.send_swap(fresh, Some(factory)).await
+    }
+
+    async fn send_swap(&self, fresh: Box<dyn EngineDriver>, factory: Option<EngineFactory>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Swap(fresh, factory, tx))
+            .map_err(|_| anyhow!("tenant {} is not running", self.name))?;
+        rx.await.map_err(|_| anyhow!("tenant {} stopped during the swap", self.name))?
+    }
+
+    /// Stops the loop after its current tick and hands the engine back (for a swap or a final
+    /// snapshot). Calls still in flight complete into nothing.
+    pub async fn stop(self) -> Result<Box<dyn EngineDriver>> {
+        let _ = self.stop.send(true);
+        self.task.await.map_err(|e| anyhow!("tenant {} task failed: {e}", self.name))?
+    }
+}
+
+/// Starts the tick loop of a tenant whose engine is already created (or restored).
+pub fn spawn_tenant(
+    executor: &Executor,
+    options: TenantOptions,
+    driver: Box<dyn EngineDriver>,
+    backends: Backends,
+    observer: Option<mpsc::UnboundedSender<TenantEvent>>,
+) -> TenantHandle {
+    let (inputs_tx, inputs_rx) = mpsc::unbounded_channel();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (status_tx, status_rx) = watch::channel(TenantStatus::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let runner = CallRunner {
+        tenant: options.name.clone(),
+        backends,
+        tenant_cap: Arc::new(Semaphore::new(options.max_calls_in_flight.max(1))),
+        global: executor.global_semaphore(),
+        done: done_tx,
+    };
+    let quarantine_capacity = options.recovery.as_ref().map(|r| r.quarantine_capacity).unwrap_or(0);
+    let engine = GuardedEngine::new(options.name.clone(), driver, options.recovery);
+    let tenant = TenantLoop {
+        name: options.name.clone(),
+        executor: executor.clone(),
+        runner,
+        inputs: inputs_rx,
+        control: control_rx,
+        completions: done_rx,
+        stop: stop_rx,
+        status: status_tx,
+        observer,
+        outstanding: 0,
+        labels: HashMap::new(),
+        quarantine_capacity,
+    };
+    let task = tokio::spawn(tenant.run(engine));
+    TenantHandle { name: options.name, inputs: inputs_tx, control: control_tx, status: status_rx, stop: stop_tx, task }
+}

@@ -1,0 +1,172 @@
+//! The tick loop itself: sleep until events, a completion, a control request or the engine's
+//! next wake-up; then tick on the blocking pool and hand the started calls to the executor.
+
+use super::recovery::{GuardedEngine, Input, TickReport};
+use super::summary::{brief_reason, completion_summary, event_summary};
+use super::swap::swap_blocking;
+use super::{Control, Quarantined, QuarantinedKind, TenantEvent, TenantStatus};
+use crate::driver::{EngineDriver, TickResult};
+use crate::executor::{call_identity, CallRunner, Executor};
+use anyhow::{anyhow, Result};
+use difftracker_engine::io::{CallId, Completion, EngineStatus, KubeEvent};
+use std::collections::HashMap;
+use tokio::sync::{mpsc, watch};
+
+pub(super) struct TenantLoop {
+    pub(super) name: String,
+    pub(super) executor: Executor,
+    pub(super) runner: CallRunner,
+    pub(super) inputs: mpsc::UnboundedReceiver<Vec<KubeEvent>>,
+    pub(super) control: mpsc::UnboundedReceiver<Control>,
+    pub(super) completions: mpsc::UnboundedReceiver<Completion>,
+    pub(super) stop: watch::Receiver<bool>,
+    pub(super) status: watch::Sender<TenantStatus>,
+    pub(super) observer: Option<mpsc::UnboundedSender<TenantEvent>>,
+    pub(super) outstanding: usize,
+    /// Labels of the calls in flight, to name a quarantined completion.
+    pub(super) labels: HashMap<CallId, &'static str>,
+    pub(super) quarantine_capacity: usize,
+}
+
+impl TenantLoop {
+    pub(super) async fn run(mut self, mut engine: GuardedEngine) -> Result<Box<dyn EngineDriver>> {
+        let clock = self.executor.clock().clone();
+        // Tick once at start: a restored engine may have calls due.
+        let mut wake_now = true;
+        let mut next_wake: Option<u64> = None;
+        let mut events: Vec<KubeEvent> = Vec::new();
+        let mut completions: Vec<Completion> = Vec::new();
+        loop {
+            if !wake_now {
+                let sleep = next_wake.map(|at| clock.sleep_until(at));
+                tokio::select! {
+                    _ = self.stop.changed() => break,
+                    Some(batch) = self.inputs.recv() => events.extend(batch),
+                    Some(Control::Swap(fresh, factory, reply)) = self.control.recv() => {
+                        let tick_no = self.status.borrow().ticks + 1;
+                        let (returned, report, result) = swap_blocking(engine, tick_no, fresh, factory, reply).await;
+                        self.record_recovery(tick_no, clock.now_ms(), &report);
+                        match (returned, result) {
+                            (Some(returned), Ok(())) => engine = returned,
+                            (_, Err(e)) => return Err(self.fail(e)),
+                            (None, Ok(())) => return Err(self.fail(anyhow!("tenant {}: the engine was lost in a swap", self.name))),
+                        }
+                        // Tick the new instance at once: it may have work due.
+                    }
+                    Some(completion) = self.completions.recv() => completions.push(completion),
+                    _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {}
+                }
+            }
+            if *self.stop.borrow() {
+                break;
+            }
+            wake_now = false;
+            while let Ok(batch) = self.inputs.try_recv() {
+                events.extend(batch);
+            }
+            while let Ok(completion) = self.completions.try_recv() {
+                completions.push(completion);
+            }
+            self.outstanding = self.outstanding.saturating_sub(completions.len());
+            for c in &completions {
+                self.observe(TenantEvent::CallCompleted { id: c.id, outcome: c.outcome.clone() });
+            }
+            let completed: Vec<CallId> = completions.iter().map(|c| c.id).collect();
+
+            let now = clock.now_ms();
+            let tick_no = self.status.borrow().ticks + 1;
+            let events = std::mem::take(&mut events);
+            let completions = std::mem::take(&mut completions);
+            let work = tokio::task::spawn_blocking(move || {
+                let mut report = TickReport::default();
+                let result = engine.iterate(tick_no, now, events, completions, &mut report);
+                (engine, report, result)
+            });
+            let (returned, report, result) = match work.await {
+                Ok(done) => done,
+                // Guest calls run under `catch_unwind`; only the host's own code could get here.
+                Err(e) => return Err(self.fail(anyhow!("tenant {}: the tick task failed: {e}", self.name))),
+            };
+            engine = returned;
+            self.record_recovery(tick_no, now, &report);
+            for id in completed {
+                self.labels.remove(&id);
+            }
+            if let Err(e) = result {
+                return Err(self.fail(e));
+            }
+            next_wake = report.tick.outcome.next_wake_ms;
+            self.after_tick(now, report.tick, report.status);
+        }
+        self.status.send_modify(|s| s.stopped = true);
+        Ok(engine.driver)
+    }
+
+    /// Marks the tenant stopped on `error`.
+    fn fail(&self, error: anyhow::Error) -> anyhow::Error {
+        tracing::error!(tenant = %self.name, error = %format!("{error:#}"), "engine failed; tenant stopped");
+        self.status.send_modify(|s| {
+            s.error = Some(format!("{error:#}"));
+            s.stopped = true;
+        });
+        error
+    }
+
+    /// Publishes the restarts and quarantined inputs of one tick.
+    fn record_recovery(&mut self, tick_no: u64, now: u64, report: &TickReport) {
+        if report.restarts == 0 && report.quarantined.is_empty() {
+            return;
+        }
+        let mut dropped = Vec::new();
+        for d in &report.quarantined {
+            let (kind, summary) = match &d.input {
+                Input::Event(e) => (QuarantinedKind::Event, event_summary(e)),
+                Input::Completion(c) => (QuarantinedKind::Completion(c.id), completion_summary(c, self.labels.get(&c.id).copied())),
+            };
+            tracing::error!(tenant = %self.name, input = %summary, reason = %d.reason, "input quarantined: the engine traps on it");
+            dropped.push(Quarantined { tick: tick_no, at_ms: now, kind, summary, reason: brief_reason(&d.reason) });
+        }
+        let capacity = self.quarantine_capacity.max(1);
+        self.status.send_modify(|s| {
+            s.restarts += report.restarts;
+            s.quarantined_total += dropped.len() as u64;
+            s.quarantined.extend(dropped);
+            let excess = s.quarantined.len().saturating_sub(capacity);
+            s.quarantined.drain(..excess);
+        });
+    }
+
+    fn after_tick(&mut self, now: u64, tick: TickResult, engine: EngineStatus) {
+        for (id, call) in tick.started {
+            tracing::info!(tenant = %self.name, call_id = id, label = call.label(), identity = %call_identity(&call), "call started");
+            self.observe(TenantEvent::CallStarted { id, call: call.clone() });
+            self.outstanding += 1;
+            self.labels.insert(id, call.label());
+            self.runner.spawn(id, call);
+        }
+        for event in tick.events {
+            tracing::info!(tenant = %self.name, reason = %event.reason, object = %event.target.name, "event recorded");
+            self.observe(TenantEvent::EventRecorded(event.clone()));
+            self.runner.backends.kube.record_event(event);
+        }
+        let states_changed = self.status.borrow().engine.states != engine.states;
+        if states_changed {
+            tracing::info!(tenant = %self.name, states = ?engine.states, "operation states changed");
+            self.observe(TenantEvent::StatesChanged(engine.states.clone()));
+        }
+        let outstanding = self.outstanding;
+        self.status.send_modify(|s| {
+            s.ticks += 1;
+            s.last_tick_ms = now;
+            s.next_wake_ms = tick.outcome.next_wake_ms;
+            s.calls_outstanding = outstanding;
+            s.engine = engine;
+        });
+    }
+
+    fn observe(&self, event: TenantEvent) {
+        if let Some(observer) = &self.observer {
+            let _ = observer.send(event);
+        }
+    }
+}

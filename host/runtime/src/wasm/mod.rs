@@ -1,0 +1,248 @@
+//! The wasmtime side: one [`Runtime`] per process (one `wasmtime::Engine`, one `Linker`, the
+//! epoch ticker, the compiled-component cache) loads engine components into [`EngineComponent`]s,
+//! from which [`crate::driver::WasmEngine`] instances (one per tenant) are created cheaply through
+//! `InstancePre`.
+//!
+//! - [`bindings`]: `bindgen!` of the world `difftracker-engine`.
+//! - [`imports`]: the host side of the `cloud` and `kube` imports; `conversions`: every `From`
+//!   between the generated types and `difftracker_engine::io`.
+//! - [`cache`]: precompiled components on disk, keyed by content and engine compatibility hash.
+//! - [`sandbox`]: memory and CPU limits, the empty WASI context, the import allow-list.
+
+pub mod bindings;
+pub mod cache;
+mod conversions;
+pub mod imports;
+pub mod sandbox;
+
+use crate::calls::CallQueue;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use cache::{CacheOutcome, ComponentCache};
+pub use sandbox::{check_imports, ForbiddenImports, SandboxLimits};
+
+/// The engine component built from `engine-component/` by `host/build.rs`, embedded in the binary.
+pub const ENGINE_WASM: &[u8] = include_bytes!(env!("DIFFTRACKER_ENGINE_WASM"));
+
+/// Where `host/build.rs` wrote the engine component.
+pub fn engine_wasm_path() -> &'static Path {
+    Path::new(env!("DIFFTRACKER_ENGINE_WASM"))
+}
+
+/// wasmtime 48's error type does not convert into `anyhow` with `?`; this keeps its full chain.
+pub(crate) fn wt(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:?}")
+}
+
+/// The data of one tenant's wasmtime `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) stderr: MemoryOutputPipe,
+    /// Calls and Events the guest started during the current export call.
+    pub(crate) queue: CallQueue,
+}
+
+impl HostState {
+    pub(crate) fn new(limits: &SandboxLimits, queue: CallQueue) -> HostState {
+        let (wasi, stderr) = sandbox::wasi_ctx();
+        HostState { wasi, table: ResourceTable::new(), limits: limits.store_limits(), stderr, queue }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// How the process-wide runtime is set up.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Where compiled components are cached; `None` uses [`ComponentCache::default_dir`].
+    pub cache_dir: Option<PathBuf>,
+    /// Compile on every load instead of caching.
+    pub disable_cache: bool,
+    pub limits: SandboxLimits,
+    /// Pre-allocate instance slots (the pooling allocator): cheaper instantiation, which pays
+    /// for hot swaps and trap recovery. Falls back to on-demand allocation if the host refuses
+    /// the address-space reservation.
+    pub pooling: bool,
+    /// Instance slots of the pool (tenants plus instances being swapped in).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            cache_dir: None,
+            disable_cache: false,
+            limits: SandboxLimits::default(),
+            pooling: true,
+            max_instances: 128,
+        }
+    }
+}
+
+/// The process's wasmtime engine, linker and component cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: wasmtime::Engine,
+    linker: Linker<HostState>,
+    cache: Option<ComponentCache>,
+    limits: SandboxLimits,
+    pooling: bool,
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> Result<Runtime> {
+        let (engine, pooling) = if options.pooling {
+            match wasmtime::Engine::new(&config(&options, true)) {
+                Ok(engine) => (engine, true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pooling allocator unavailable; allocating instances on demand");
+                    (wasmtime::Engine::new(&config(&options, false)).map_err(wt)?, false)
+                }
+            }
+        } else {
+            (wasmtime::Engine::new(&config(&options, false)).map_err(wt)?, false)
+        };
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wt).context("linking WASI")?;
+        bindings::DifftrackerEngine::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(wt)
+        .context("linking the cloud and kube imports")?;
+
+        let cache = if options.disable_cache {
+            None
+        } else {
+            Some(ComponentCache::new(options.cache_dir.clone().unwrap_or_else(ComponentCache::default_dir)))
+        };
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, cache, limits: options.limits, pooling }) })
+    }
+
+    /// A process-wide runtime with default options, created on first use.
+    pub fn shared() -> Result<Runtime> {
+        static SHARED: OnceLock<Result<Runtime, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Runtime::new(RuntimeOptions::default()).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.inner.engine
+    }
+
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.inner.limits
+    }
+
+    pub fn uses_pooling(&self) -> bool {
+        self.inner.pooling
+    }
+
+    pub fn cache(&self) -> Option<&ComponentCache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// Checks, compiles (or loads from the cache) and pre-links an engine component.
+    pub fn load(&self, bytes: &[u8]) -> Result<EngineComponent> {
+        if bytes.len() < 8 || bytes[..4] != *b"\0asm" {
+            bail!("not a WebAssembly binary");
+        }
+        if bytes[4..8] == [1, 0, 0, 0] {
+            bail!("a core WebAssembly module, not a component: build engine-component for wasm32-wasip2");
+        }
+        let (component, cache) = match &self.inner.cache {
+            Some(c) => c.load_or_compile(&self.inner.engine, bytes)?,
+            None => (cache::compile(&self.inner.engine, bytes)?, CacheOutcome::Uncached),
+        };
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.inner.engine).map(|(name, _)| name.to_string()).collect();
+        check_imports(imports.iter().map(String::as_str))?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(wt).context("linking the engine component")?;
+        let pre = bindings::DifftrackerEnginePre::new(pre)
+            .map_err(wt)
+            .context("the component does not export clb:difftracker/engine")?;
+        Ok(EngineComponent { runtime: self.clone(), pre, sha256: cache::content_hash(bytes), cache, imports })
+    }
+
+    pub fn load_file(&self, path: &Path) -> Result<EngineComponent> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        self.load(&bytes).with_context(|| format!("loading {}", path.display()))
+    }
+
+    /// The engine component embedded in this binary.
+    pub fn load_builtin(&self) -> Result<EngineComponent> {
+        self.load(ENGINE_WASM).context("loading the built-in engine component")
+    }
+}
+
+fn config(options: &RuntimeOptions, pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    if pooling {
+        let slots = options.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 8)
+            .max_memory_size(options.limits.memory_bytes);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Bumps the epoch every [`sandbox::EPOCH_TICK`] for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &wasmtime::Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || loop {
+        std::thread::sleep(sandbox::EPOCH_TICK);
+        match weak.upgrade() {
+            Some(engine) => engine.increment_epoch(),
+            None => break,
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the epoch ticker; guest calls run without a CPU deadline");
+    }
+}
+
+/// A checked, compiled and pre-linked engine component: instantiate it with
+/// [`crate::driver::WasmEngine::new`].
+#[derive(Clone)]
+pub struct EngineComponent {
+    pub(crate) runtime: Runtime,
+    pub(crate) pre: bindings::DifftrackerEnginePre<HostState>,
+    /// Hex SHA-256 of the component's bytes.
+    pub sha256: String,
+    /// Whether it came from the on-disk cache.
+    pub cache: CacheOutcome,
+    /// The component's import names.
+    pub imports: Vec<String>,
+}
+
+impl EngineComponent {
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+}

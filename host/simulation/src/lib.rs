@@ -1,0 +1,23 @@
+//! The simulation kit of difftracker: everything that exists to run, test and measure the
+//! production host of `difftracker-runtime` on one machine, without Azure or a cluster.
+//!
+//! - [`emulator`]: the ARM/NRP emulator with Azure's referential rules and seeded faults, over
+//!   HTTP or in-process.
+//! - [`replay`]: Kubernetes watch traces, the simulated cluster, virtual-time replay, its report
+//!   and oracle, and the trace generator.
+//! - [`live`]: the main job (sample trace -> simulated cluster -> tenant -> HTTP -> in-process
+//!   emulator), what `difftracker` runs with no arguments.
+//! - [`mock`]: instant in-process backends; [`demo`]: one Service through the inbound path
+//!   against them.
+//! - [`bench`]: the engine-only lifecycle benchmark.
+//! - [`samples`]: the bundled sample trace and fault file, and sample Kubernetes objects.
+//!
+//! The `difftracker` binary (`host/cli`) wires these to its commands.
+
+pub mod bench;
+pub mod demo;
+pub mod emulator;
+pub mod live;
+pub mod mock;
+pub mod replay;
+pub mod samples;
