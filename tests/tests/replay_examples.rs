@@ -1,7 +1,7 @@
 //! The bundled examples replay to the oracle, and the oracle catches an engine that misbehaves.
 
 use anyhow::Result;
-use difftracker_engine::io::{Call, CallOutput, CloudCall, Completion, EngineStatus, KubeCall, KubeEvent, TenantConfig};
+use difftracker_engine::io::{Call, CallOutput, CloudCall, Completion, KubeCall};
 use difftracker_runtime::driver::{CallIds, EngineDriver, Intercept, Intercepted, NativeEngine, TickResult};
 use difftracker_simulation::emulator::FaultPlan;
 use difftracker_simulation::replay::oracle::check_report;

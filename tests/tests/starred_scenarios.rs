@@ -15,7 +15,6 @@ use difftracker_tests::*;
 const UID: &str = "5e0c3a1b-0000-4000-8000-0000000000aa";
 const OVERLAY: &str = "ServiceWithOverlayMappingsCannotBeDeleted";
 const ADD_POD_FINALIZER: &str = "add-pod-finalizer";
-const REMOVE_POD_FINALIZER: &str = "remove-pod-finalizer";
 const DELETE_NAT: &str = "DELETE natGateways";
 const EGRESS_LABEL: &str = "kubernetes.azure.com/service-egress-gateway";
 

@@ -290,6 +290,12 @@ impl RecoveryState {
         events
     }
 
+    /// How many entries the log holds since the checkpoint.
+    #[cfg(test)]
+    pub(super) fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
     /// Makes `checkpoint` the one to recover from, with an empty log.
     pub(super) fn start_over(&mut self, checkpoint: Checkpoint) {
         self.checkpoint = Some(checkpoint);

@@ -1,9 +1,10 @@
 //! Trap recovery with a native engine that panics where a guest would trap.
 
+use super::recovery::{GuardedEngine, Input, TickReport};
 use super::*;
+use crate::driver::{CallIds, Intercept, Intercepted, NativeEngine, TickResult};
 use crate::k8s::KubeObject;
-use crate::driver::{Intercept, Intercepted, NativeEngine};
-use difftracker_engine::io::TenantConfig;
+use difftracker_engine::io::{Completion, TenantConfig};
 
 /// Panics on a Service named `poison` and on the completion of call `bad_call`, as a guest
 /// would trap.
@@ -136,13 +137,13 @@ fn snapshots_follow_the_policy() {
     let mut out = TickReport::default();
     k.iterate(1, 1_000, vec![node()], vec![], &mut out).unwrap();
     // deliver (2 inputs) + tick (1): due, taken, log empty.
-    assert!(k.recovery.as_ref().unwrap().log.is_empty());
+    assert!(k.recovery.as_ref().unwrap().log_len() == 0);
     k.iterate(2, 2_000, vec![], vec![], &mut out).unwrap();
-    assert_eq!(k.recovery.as_ref().unwrap().log.len(), 1);
+    assert_eq!(k.recovery.as_ref().unwrap().log_len(), 1);
     k.iterate(3, 3_000, vec![], vec![], &mut out).unwrap();
-    assert_eq!(k.recovery.as_ref().unwrap().log.len(), 2);
+    assert_eq!(k.recovery.as_ref().unwrap().log_len(), 2);
     k.iterate(4, 4_000, vec![], vec![], &mut out).unwrap();
-    assert!(k.recovery.as_ref().unwrap().log.is_empty());
+    assert!(k.recovery.as_ref().unwrap().log_len() == 0);
 }
 
 #[test]
