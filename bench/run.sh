@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build --release -p difftracker-host --bin difftracker >/dev/null
+cargo build --release -p difftracker --bin difftracker >/dev/null
 bin="${CARGO_TARGET_DIR:-target}/release/difftracker"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -1,5 +1,5 @@
-//! The in-host test harness: the real engine component (built by `host/build.rs` and embedded in
-//! `difftracker-host`) in [`WasmEngine`], with scripted mock imports and virtual time.
+//! The in-host test harness: the real engine component (built by `host/runtime/build.rs` and embedded in
+//! `difftracker-runtime`) in [`WasmEngine`], with scripted mock imports and virtual time.
 //!
 //! Every call the engine starts is answered by a [`Script`]: per call label
 //! (`"PUT publicIPAddresses"`, `"add-service-finalizers"`, ... see `io::Call::label`), a queue of

@@ -27,10 +27,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub use cache::{CacheOutcome, ComponentCache};
 pub use sandbox::{check_imports, ForbiddenImports, SandboxLimits};
 
-/// The engine component built from `engine-component/` by `host/build.rs`, embedded in the binary.
+/// The engine component built from `engine-component/` by `host/runtime/build.rs`, embedded in the binary.
 pub const ENGINE_WASM: &[u8] = include_bytes!(env!("DIFFTRACKER_ENGINE_WASM"));
 
-/// Where `host/build.rs` wrote the engine component.
+/// Where `host/runtime/build.rs` wrote the engine component.
 pub fn engine_wasm_path() -> &'static Path {
     Path::new(env!("DIFFTRACKER_ENGINE_WASM"))
 }
