@@ -8,21 +8,11 @@
 use crate::config::InboundConfig;
 use crate::identity::Identity;
 use crate::io::{IntOrString, IpVersion, LbRule, LoadBalancerSpec, Service, TransportProtocol};
+use crate::names::*;
 
-pub const ANNOTATION_INTERNAL: &str = "service.beta.kubernetes.io/azure-load-balancer-internal";
-pub const ANNOTATION_IDLE_TIMEOUT: &str = "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout";
 pub const DEFAULT_IDLE_TIMEOUT_MINUTES: i32 = 4;
 pub const MIN_IDLE_TIMEOUT_MINUTES: i32 = 4;
 pub const MAX_IDLE_TIMEOUT_MINUTES: i32 = 30;
-
-pub const REASON_INTERNAL: &str = "UnsupportedInternalLoadBalancer";
-pub const REASON_SESSION_AFFINITY: &str = "UnsupportedSessionAffinity";
-pub const REASON_LB_IP: &str = "UnsupportedLoadBalancerIP";
-pub const REASON_DUAL_STACK: &str = "UnsupportedDualStack";
-pub const REASON_IDLE_TIMEOUT: &str = "InvalidIdleTimeout";
-pub const REASON_NAMED_PORT: &str = "UnsupportedNamedTargetPort";
-pub const REASON_PROTOCOL: &str = "UnsupportedProtocol";
-pub const REASON_COLLISION: &str = "UnsupportedBackendPortCollision";
 
 /// Why a Service was not admitted. `reason` is one of the `REASON_*` constants.
 #[derive(Clone, Debug, PartialEq, Eq)]

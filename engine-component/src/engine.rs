@@ -17,21 +17,21 @@ use crate::config::{ServiceConfig, ServiceKind};
 use crate::desired::{Desired, Key};
 use crate::dispatcher::{Dispatcher, MAX_CONCURRENT_OPERATIONS};
 use crate::endpoints::{removals, EndpointCache, EndpointMap};
+use crate::egress::{Egress, PendingPods};
 use crate::identity::Identity;
-use crate::egress::{PodBuffer, PodDeletionRecord, RecordIndex};
 use crate::io::{
-    CallId, Completion, EngineStatus, EventType, Io, KubeEvent, KubeEventRecord, ObjectKind, ObjectRef, Pod, Service, TenantConfig, TickOutcome,
+    CallId, Completion, EngineStatus, EventType, Io, KubeEvent, KubeEventRecord, ObjectKind, ObjectRef, Service, TenantConfig, TickOutcome,
 };
-use crate::pods::{PodCall, PodEvent};
 use crate::locations::LocationsUpdater;
 use crate::metrics::{self, Metrics};
+use crate::names::REASON_CONFIGURATION_REJECTED;
 use crate::nrp::NrpMirror;
 use crate::readiness::is_ready;
 use crate::state::{OpTable, Operation, ResourceState, STATE_LABELS};
 use crate::timers::{Timer, TimerTable};
 use crate::workers::{ActiveOp, AttemptFailure, AttemptResult};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,9 +44,6 @@ impl std::fmt::Display for SnapshotError {
 }
 
 impl std::error::Error for SnapshotError {}
-
-/// The Warning Event reason of a terminal create/update failure.
-pub const REASON_CONFIGURATION_REJECTED: &str = "ServiceGatewayConfigurationRejected";
 
 /// An endpoint delta buffered while the service is not live (`pendingEndpoints`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,40 +74,14 @@ pub struct Engine {
     pub(crate) buffers: BTreeMap<Identity, Vec<EndpointDelta>>,
     #[serde(skip)]
     pub(crate) buffered_deltas: usize,
-    pub(crate) pending_pods: BTreeMap<Identity, PodBuffer>,
+    /// `pendingPods`: egress pod addresses waiting for their NAT gateway.
+    pub(crate) pending_pods: PendingPods,
+    /// `pendingServiceDeletions`.
     pub(crate) pending_deletions: BTreeMap<Identity, PendingDeletion>,
-    pub(crate) pending_pod_deletions: BTreeMap<String, PodDeletionRecord>,
-    /// Indexes of the pod-deletion records (derived).
-    #[serde(skip)]
-    pub(crate) pod_records: RecordIndex,
-    /// Records whose readiness may have changed since the last CheckPendingPodDeletions.
-    #[serde(default)]
-    pub(crate) pod_check_candidates: BTreeSet<String>,
-    /// The last Pod object seen per `ns/name` (egress-labelled pods), for update decisions.
-    #[serde(default)]
-    pub(crate) pod_objects: BTreeMap<String, Pod>,
-    /// Pod keys with a pod call queued or in flight.
-    #[serde(default)]
-    pub(crate) pod_busy: BTreeSet<String>,
-    /// Pod calls to start on the next tick.
-    #[serde(default)]
-    pub(crate) pod_queue: VecDeque<PodCall>,
-    /// Pod calls in flight, by call id.
-    #[serde(default)]
-    pub(crate) pod_calls: BTreeMap<CallId, PodCall>,
-    /// Pod events waiting behind an outstanding call for the same pod, in order.
-    #[serde(default)]
-    pub(crate) pod_deferred: BTreeMap<String, VecDeque<PodEvent>>,
-    /// Pods whose call completed and whose deferred events may run.
-    #[serde(default)]
-    pub(crate) pod_released: BTreeSet<String>,
-    /// Per pod key: (UID, addresses) a replacement drain took from the live pod without a
-    /// record, while they may still be mapped.
-    #[serde(default)]
-    pub(crate) pod_shadows: BTreeMap<String, (String, Vec<(Identity, String)>)>,
-    /// `clusterHasIPv6` (only a positive answer is cached).
-    #[serde(default)]
-    pub(crate) cluster_has_ipv6: bool,
+    /// The rest of the egress state (pod deletion records, the pod informer's objects, calls
+    /// and shadows, the IPv6 decision), its fields inline in the snapshot.
+    #[serde(flatten)]
+    pub(crate) egress: Egress,
     /// Pending deletions whose NRP addresses may have drained (checked by the next
     /// CheckPendingServiceDeletions instead of scanning every pending deletion).
     pub(crate) drain_candidates: BTreeSet<Identity>,
@@ -145,19 +116,9 @@ impl Engine {
             services: BTreeMap::new(),
             buffers: BTreeMap::new(),
             buffered_deltas: 0,
-            pending_pods: BTreeMap::new(),
+            pending_pods: PendingPods::default(),
             pending_deletions: BTreeMap::new(),
-            pending_pod_deletions: BTreeMap::new(),
-            pod_records: RecordIndex::default(),
-            pod_check_candidates: BTreeSet::new(),
-            pod_objects: BTreeMap::new(),
-            pod_busy: BTreeSet::new(),
-            pod_queue: VecDeque::new(),
-            pod_calls: BTreeMap::new(),
-            pod_deferred: BTreeMap::new(),
-            pod_released: BTreeSet::new(),
-            pod_shadows: BTreeMap::new(),
-            cluster_has_ipv6: false,
+            egress: Egress::default(),
             drain_candidates: BTreeSet::new(),
             blocked_by_locations: 0,
             dirty: BTreeSet::new(),
@@ -189,7 +150,7 @@ impl Engine {
             self.run_locations(io);
             self.dispatch(io);
             self.start_pod_calls(io);
-            if !(self.locations_updater.triggered && self.locations_updater.in_flight.is_none()) && self.pod_released.is_empty() {
+            if !(self.locations_updater.triggered && self.locations_updater.in_flight.is_none()) && self.egress.calls.released.is_empty() {
                 break;
             }
         }
@@ -222,7 +183,7 @@ impl Engine {
             operations_in_flight: self.dispatcher.in_flight() as u32,
             calls_in_flight: self.calls_in_flight() as u32,
             pending_deletions: self.pending_deletions.len() as u32,
-            pending_pod_deletions: self.pending_pod_deletions.len() as u32,
+            pending_pod_deletions: self.egress.records.len() as u32,
             buffered_endpoint_deltas: self.buffered_deltas as u32,
             location_sync_in_flight: self.locations_updater.in_flight.is_some(),
             settled: self.is_settled(),
@@ -280,10 +241,10 @@ impl Engine {
     /// Whether the engine still awaits the completion of call `id` (a timed-out call's late
     /// completion is ignored).
     pub fn awaits(&self, id: CallId) -> bool {
-        self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == id) || self.pod_calls.contains_key(&id) || self.dispatcher.calls.contains_key(&id)
+        self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == id) || self.egress.calls.in_flight.contains_key(&id) || self.dispatcher.calls.contains_key(&id)
     }
     pub fn calls_in_flight(&self) -> usize {
-        self.dispatcher.awaited_calls() + usize::from(self.locations_updater.in_flight.is_some()) + self.pod_calls.len()
+        self.dispatcher.awaited_calls() + usize::from(self.locations_updater.in_flight.is_some()) + self.egress.calls.in_flight.len()
     }
 
     /// Nothing in flight, waiting or pending: every op Created or terminal-parked.
@@ -292,9 +253,9 @@ impl Engine {
             && !self.dispatcher.has_runnable()
             && self.ops.unsettled() == 0
             && self.pending_deletions.is_empty()
-            && self.pending_pod_deletions.is_empty()
-            && self.pod_queue.is_empty()
-            && self.pod_deferred.is_empty()
+            && self.egress.records.is_empty()
+            && self.egress.calls.queue.is_empty()
+            && self.egress.calls.deferred.is_empty()
             && self.locations_updater.is_idle()
     }
 
@@ -361,14 +322,9 @@ impl Engine {
         self.nrp.rebuild_index();
         self.endpoints.rebuild_index();
         self.buffered_deltas = self.buffers.values().map(|v| v.len()).sum();
-        for b in self.pending_pods.values_mut() {
-            b.rebuild_index();
-        }
+        self.pending_pods.rebuild_index();
+        self.egress.records.rebuild_index();
         self.timers = self.expected_timers();
-        self.pod_records = RecordIndex::default();
-        for (k, r) in &self.pending_pod_deletions {
-            self.pod_records.add(k, r);
-        }
     }
 
     /// Fires the due timers, one kind after the other in this order: attempts first (a
@@ -385,7 +341,7 @@ impl Engine {
         let mut timers = TimerTable::default();
         self.dispatcher.rearm(&mut timers);
         self.locations_updater.rearm(&mut timers);
-        for (id, c) in &self.pod_calls {
+        for (id, c) in &self.egress.calls.in_flight {
             timers.set(Timer::PodCallTimeout(*id), c.deadline_ms);
         }
         timers
@@ -393,7 +349,7 @@ impl Engine {
 
     fn next_wake(&self) -> Option<u64> {
         let mut wake = self.timers.next_timeout();
-        let sync_due = (self.locations_updater.triggered && self.locations_updater.in_flight.is_none()) || !self.pod_queue.is_empty() || !self.pod_released.is_empty();
+        let sync_due = (self.locations_updater.triggered && self.locations_updater.in_flight.is_none()) || !self.egress.calls.queue.is_empty() || !self.egress.calls.released.is_empty();
         let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < MAX_CONCURRENT_OPERATIONS;
         if sync_due || dispatch_due {
             wake = Some(self.now_ms);
@@ -483,6 +439,12 @@ impl Engine {
     /// flight lists it (it may land after we decide).
     pub(crate) fn may_have_nrp_addresses(&self, id: &Identity) -> bool {
         self.nrp.has_addresses_for(id) || self.locations_updater.in_flight.as_ref().is_some_and(|f| f.identities.contains(id))
+    }
+
+    /// Whether NRP maps `addr` to `id`, or the sync in flight may.
+    pub(crate) fn may_map(&self, id: &Identity, addr: &str) -> bool {
+        self.nrp.maps_address_to(id, addr)
+            || self.locations_updater.in_flight.as_ref().is_some_and(|f| f.diff.locations.values().any(|l| l.addresses.get(addr).is_some_and(|s| s.contains(id))))
     }
 
     pub(crate) fn note_drain_candidate(&mut self, id: &Identity) {
@@ -897,8 +859,8 @@ impl Engine {
                 match result {
                     Ok(()) => {
                         self.observe_retries("delete", kind, retries);
-                        let recreate = self.ops.get(id).is_some_and(|o| o.recreate_after_deletion) || self.pending_pods.get(id).is_some_and(|p| !p.is_empty());
-                        if self.has_last_pod_record(id) {
+                        let recreate = self.ops.get(id).is_some_and(|o| o.recreate_after_deletion) || self.pending_pods.has_pods(id);
+                        if self.egress.records.has_last_pod(id) {
                             // A last pod arrived after the worker's sweep: re-run (idempotent).
                             self.update_op(id, |op| {
                                 op.reset();

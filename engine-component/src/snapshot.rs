@@ -5,7 +5,9 @@
 //! indexes are rebuilt on restore. A snapshot from a newer schema is refused with a clear error.
 
 use crate::engine::{Engine, SnapshotError};
-use serde::Serialize;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The schema this engine writes and the newest it reads. 2 added the egress state (pod
 /// objects, pod calls, shadows, record candidates, the IPv6 decision); a version 1 snapshot
@@ -44,4 +46,34 @@ pub fn decode(bytes: &[u8]) -> Result<Engine, SnapshotError> {
     let mut engine: Engine = serde_json::from_value(engine).map_err(|e| SnapshotError(format!("engine state: {e}")))?;
     engine.rebuild_indexes();
     Ok(engine)
+}
+
+/// Reads a map keyed by integers where the engine's state is `#[serde(flatten)]`ed: serde
+/// buffers flattened fields, and from that buffer it no longer reads the string keys JSON
+/// gives integers as numbers.
+pub(crate) fn int_keyed<'de, D: Deserializer<'de>, V: Deserialize<'de>>(d: D) -> Result<BTreeMap<u64, V>, D::Error> {
+    let map: BTreeMap<IntKey, V> = BTreeMap::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k.0, v)).collect())
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct IntKey(u64);
+
+impl<'de> Deserialize<'de> for IntKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<IntKey, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = IntKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an unsigned integer key")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntKey, E> {
+                Ok(IntKey(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IntKey, E> {
+                v.parse().map(IntKey).map_err(|_| E::invalid_value(Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_any(KeyVisitor)
+    }
 }

@@ -7,13 +7,13 @@
 //! initialization pass (the host starts an engine empty and feeds it events), so a host that
 //! wants a warm start calls these before the first tick.
 
-use crate::egress::PodDeletionRecord;
+use crate::egress::pod::{egress_identity, has_pod_finalizer, pod_addresses, pod_key};
+use crate::egress::{PodCallKind, PodDeletionRecord};
 use crate::engine::Engine;
 use crate::identity::{canonical, check_egress_identity, Identity};
 use crate::io::{AddressLocation, Pod, ServiceType, SgwService};
 use crate::metrics;
 use crate::nrp::NrpLocations;
-use crate::pods::{egress_identity, has_pod_finalizer, pod_addresses, pod_key, PodCallKind};
 
 /// The NRP snapshot of startup step 3: which identities are registered, per kind, and the
 /// address locations, canonicalised. `default-natgw` never enters it.
@@ -104,18 +104,8 @@ impl Engine {
         }
         let addrs = pod_addresses(pod);
         let no_ips = pod.host_ip.is_empty() || addrs.is_empty();
-        let rec = PodDeletionRecord {
-            namespace: pod.meta.namespace.clone(),
-            name: pod.meta.name.clone(),
-            uid: pod.meta.uid.clone(),
-            service_uid: Identity::new(&label),
-            addresses: if no_ips { Vec::new() } else { addrs },
-            other_addresses: Vec::new(),
-            verify_service_drain: no_ips,
-            is_last_pod: false,
-            recovered_at_startup: true,
-            at_ms: self.now_ms,
-        };
+        let addresses = if no_ips { Vec::new() } else { addrs };
+        let rec = PodDeletionRecord::new(pod.meta.object_ref(), Identity::new(&label), addresses, self.now_ms).verify_service_drain(no_ips).recovered(true);
         self.put_pod_record(&key, rec);
         self.metrics.inc(metrics::FINALIZERS_RECOVERY_SCHEDULED_TOTAL, &[]);
         self.trigger_location_sync();

@@ -83,7 +83,7 @@ pub fn egress_pod(key: &str, uid: &str, label: &str, ips: &[&str], hosts: &[&str
             name: name.into(),
             uid: uid.into(),
             resource_version: "1".into(),
-            labels: vec![(crate::pods::EGRESS_LABEL.into(), label.into())],
+            labels: vec![(crate::names::EGRESS_LABEL.into(), label.into())],
             ..Default::default()
         },
         node_name: "n1".into(),
@@ -100,8 +100,8 @@ pub fn egress_pod(key: &str, uid: &str, label: &str, ips: &[&str], hosts: &[&str
 pub fn terminating(pod: &Pod) -> Pod {
     let mut p = pod.clone();
     p.meta.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
-    if !p.meta.finalizers.iter().any(|f| f == crate::pods::POD_FINALIZER) {
-        p.meta.finalizers.push(crate::pods::POD_FINALIZER.into());
+    if !p.meta.finalizers.iter().any(|f| f == crate::names::POD_FINALIZER) {
+        p.meta.finalizers.push(crate::names::POD_FINALIZER.into());
     }
     p
 }

@@ -2,7 +2,8 @@
 
 use super::common::*;
 use crate::egress::FinalizerDecision;
-use crate::pods::{update_actions, REASON_INVALID_EGRESS_LABEL, REASON_INVALID_POD_IP, REASON_NO_NODE_LOCATION, REASON_RESERVED_EGRESS_LABEL};
+use crate::egress::pod::update_actions;
+use crate::names::{REASON_INVALID_EGRESS_LABEL, REASON_INVALID_POD_IP, REASON_NO_NODE_LOCATION, REASON_RESERVED_EGRESS_LABEL};
 
 const L1: &str = "10.0.0.1";
 
@@ -496,7 +497,7 @@ fn s078_pod_update_decision_table() {
         p.host_ip.clear();
         p.host_ips.clear();
     });
-    let label = |l: &str| with(&|p| p.meta.labels = vec![(crate::pods::EGRESS_LABEL.into(), l.into())]);
+    let label = |l: &str| with(&|p| p.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), l.into())]);
     let phase = |ph: &str| with(&|p| p.phase = ph.into());
     let deleting = with(&|p| p.meta.deletion_timestamp = Some("t".into()));
     let moved = with(&|p| {
@@ -518,14 +519,14 @@ fn s078_pod_update_decision_table() {
     let cases: Vec<(&str, Pod, Pod, (bool, bool))> = vec![
         ("label change", base.clone(), label("egress-b"), (true, true)),
         ("label change, new invalid", base.clone(), with(&|p| {
-            p.meta.labels = vec![(crate::pods::EGRESS_LABEL.into(), "egress-b".into())];
+            p.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), "egress-b".into())];
             p.phase = "Failed".into();
         }), (true, false)),
         ("label removed", base.clone(), label(""), (true, false)),
         ("label set on a pod without IPs", label(""), no_ips.clone(), (false, false)),
         ("label gained", label(""), base.clone(), (false, true)),
         ("empty label unchanged", label(""), with(&|p| {
-            p.meta.labels = vec![(crate::pods::EGRESS_LABEL.into(), "".into())];
+            p.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), "".into())];
             p.phase = "Failed".into();
         }), (false, false)),
         ("Failed", base.clone(), phase("Failed"), (true, false)),

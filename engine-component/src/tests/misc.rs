@@ -11,7 +11,7 @@ fn uid(i: usize) -> String {
 fn s131_rejected_service_gets_warning_event_and_no_op() {
     let mut h = harness();
     let mut s = lb_service(UID, &[80]);
-    s.meta.annotations.push((crate::admission::ANNOTATION_INTERNAL.into(), "TRUE".into()));
+    s.meta.annotations.push((crate::names::ANNOTATION_INTERNAL.into(), "TRUE".into()));
     h.deliver(vec![KubeEvent::ServiceApplied(s)]);
     assert!(!h.engine.is_service_tracked(&id(UID)));
     assert!(h.io.events.is_empty(), "events are emitted by the next tick");

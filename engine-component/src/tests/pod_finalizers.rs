@@ -3,7 +3,7 @@
 
 use super::common::*;
 use crate::egress::FinalizerDecision;
-use crate::pods::REASON_FINALIZER_ADD_FAILED;
+use crate::names::REASON_FINALIZER_ADD_FAILED;
 
 const L1: &str = "10.0.0.1";
 
@@ -507,7 +507,7 @@ fn s097_identity_move_drops_the_stale_record() {
     assert_eq!(h.engine.pod_deletion("ns/a").unwrap().service_uid, id(EG));
     // Back to Running under another identity.
     let mut moved = a.clone();
-    moved.meta.labels = vec![(crate::pods::EGRESS_LABEL.into(), EG2.into())];
+    moved.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), EG2.into())];
     h.deliver(vec![KubeEvent::PodApplied(moved)]);
     h.tick();
     let c = h.find_by(|c| is_add_fin(c, "u1")).unwrap();
@@ -555,12 +555,12 @@ fn label_change_to_an_unusable_value_is_a_drain_gated_removal() {
     let b = epod("b", "u2", EG, "10.1.0.2");
     live_egress(&mut h, EG, &[a.clone(), b]);
     let mut reserved = a.clone();
-    reserved.meta.labels = vec![(crate::pods::EGRESS_LABEL.into(), "default-natgw".into())];
-    reserved.meta.finalizers = vec![crate::pods::POD_FINALIZER.into()];
+    reserved.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), "default-natgw".into())];
+    reserved.meta.finalizers = vec![crate::names::POD_FINALIZER.into()];
     h.deliver(vec![KubeEvent::PodApplied(reserved.clone())]);
     assert_eq!(h.engine.pod_deletion("ns/a").unwrap().addresses, vs(&["10.1.0.1"]), "a record holds the finalizer");
     h.tick();
-    assert_eq!(pod_events(&h, crate::pods::REASON_RESERVED_EGRESS_LABEL), 1);
+    assert_eq!(pod_events(&h, crate::names::REASON_RESERVED_EGRESS_LABEL), 1);
     // Deleted before the drain landed: the record still owns the finalizer.
     h.deliver(vec![KubeEvent::PodApplied(terminating(&reserved))]);
     h.tick();
@@ -577,7 +577,7 @@ fn finalizer_waits_for_addresses_left_under_a_previous_identity() {
     live_egress(&mut h, EG, std::slice::from_ref(&a));
     // Moves to another identity: the old address is drained without a record...
     let mut moved = a.clone();
-    moved.meta.labels = vec![(crate::pods::EGRESS_LABEL.into(), EG2.into())];
+    moved.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), EG2.into())];
     h.deliver(vec![KubeEvent::PodApplied(moved.clone())]);
     h.tick();
     let unbind = h.find("POST updateAddressLocations").unwrap();

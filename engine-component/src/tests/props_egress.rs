@@ -14,7 +14,8 @@
 
 use super::common::*;
 use crate::identity::check_egress_identity;
-use crate::pods::{location_for, locations_by_family, pod_addresses, POD_FINALIZER};
+use crate::egress::pod::{location_for, locations_by_family, pod_addresses};
+use crate::names::POD_FINALIZER;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -117,7 +118,7 @@ impl Sim {
 }
 
 fn label_of(i: usize) -> Vec<(String, String)> {
-    vec![(crate::pods::EGRESS_LABEL.to_string(), LABELS[i].to_string())]
+    vec![(crate::names::EGRESS_LABEL.to_string(), LABELS[i].to_string())]
 }
 
 struct Run {
@@ -430,8 +431,8 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
     let mut want_nrp: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
     for pod in r.sim.pods.values() {
         prop_assert!(pod.meta.deletion_timestamp.is_none(), "pod {} stuck terminating with {:?}", pod.meta.uid, pod.meta.finalizers);
-        let label = crate::pods::egress_identity(pod);
-        if label.is_empty() || check_egress_identity(&label).is_err() || !crate::pods::is_valid(pod) || pod.host_ip.is_empty() {
+        let label = crate::egress::pod::egress_identity(pod);
+        if label.is_empty() || check_egress_identity(&label).is_err() || !crate::egress::pod::is_valid(pod) || pod.host_ip.is_empty() {
             continue;
         }
         let locs = locations_by_family(pod);

@@ -170,7 +170,7 @@ fn s048_terminal_create_failure_parks_with_warning() {
     assert!(op.creation_failed_terminal);
     assert_eq!(op.retry_count, 0, "terminal errors are not retries");
     assert_eq!(h.io.events.len(), 1);
-    assert_eq!(h.io.events[0].reason, crate::engine::REASON_CONFIGURATION_REJECTED);
+    assert_eq!(h.io.events[0].reason, crate::names::REASON_CONFIGURATION_REJECTED);
     assert_eq!(h.io.events[0].event_type, EventType::Warning);
     assert_eq!(h.io.events[0].target.uid, UID);
     assert_eq!(metric(&h, "service_operations_parked_total", &[("reason", "terminal_error")]), 1.0);

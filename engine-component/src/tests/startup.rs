@@ -62,7 +62,7 @@ fn s114_egress_address_without_same_family_node_ip_and_fqdn_slices() {
     let mut h = harness();
     let p = egress_pod("ns/v6only", "u1", EG, &["fd01::1"], &["10.0.0.1"]);
     admit(&mut h, &p);
-    assert_eq!(pod_events(&h, crate::pods::REASON_NO_NODE_LOCATION), 1);
+    assert_eq!(pod_events(&h, crate::names::REASON_NO_NODE_LOCATION), 1);
     assert!(!h.engine.is_service_tracked(&id(EG)), "the identity is not desired");
     assert!(h.engine.desired().is_empty());
     assert!(h.engine.buffered_pods(&id(EG)).is_empty());

@@ -99,7 +99,7 @@ impl Engine {
             return Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(e)));
         }
         self.set_nrp_nat_gateway(id, false);
-        let keys: Vec<String> = self.pod_record_keys(id).into_iter().filter(|k| self.pending_pod_deletions.get(k).is_some_and(|r| r.is_last_pod)).collect();
+        let keys: Vec<String> = self.egress.records.keys_of(id).into_iter().filter(|k| self.egress.records.get(k).is_some_and(|r| r.is_last_pod)).collect();
         if let Some(a) = self.dispatcher.active.get_mut(id) {
             a.finalizer_keys = keys;
         }
@@ -118,26 +118,24 @@ impl Engine {
                 };
             }
             let key = a.finalizer_keys.remove(0);
-            let Some(rec) = self.pending_pod_deletions.get(&key).filter(|r| r.is_last_pod && &r.service_uid == id) else { continue };
+            let Some(rec) = self.egress.records.get(&key).filter(|r| r.is_last_pod && &r.service_uid == id) else { continue };
             let target = rec.target();
             if rec.other_addresses.iter().any(|(i, a)| self.may_map(i, a)) {
                 // The NAT gateway is gone, but the pod also left addresses under another
                 // identity that are still mapped: an ordinary drain record from now on.
-                if let Some(r) = self.pending_pod_deletions.get_mut(&key) {
-                    r.is_last_pod = false;
-                }
-                self.pod_check_candidates.insert(key);
+                self.egress.records.clear_last_pod(&key);
+                self.egress.records.candidates.insert(key);
                 self.trigger_location_sync();
                 continue;
             }
-            if self.pod_busy.contains(&key) {
+            if self.egress.calls.busy.contains(&key) {
                 // Another call for this pod is outstanding: keep the record, retry the delete.
                 if let Some(a) = self.dispatcher.active.get_mut(id) {
                     a.finalizer_failed = true;
                 }
                 continue;
             }
-            self.pod_busy.insert(key.clone());
+            self.egress.calls.busy.insert(key.clone());
             if let Some(a) = self.dispatcher.active.get_mut(id) {
                 a.finalizer_target = Some((key, target.uid.clone()));
             }
