@@ -40,6 +40,12 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // A closed stdout (`difftracker replay ... | head`) ends the process quietly, as it ends any
+    // Unix tool, instead of making the next `println!` panic.
+    // SAFETY: called first thing, before any thread exists; SIG_DFL is always a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -479,7 +479,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 impl Driver {
     async fn run(mut self) -> Result<(LiveSummary, Parts)> {
         let started = self.clock.start;
-        let deadline = started + self.options.timeout;
+        // A timeout too large for the clock (`--timeout-secs 18446744073709551615`) is no timeout.
+        let deadline = started.checked_add(self.options.timeout);
         let total = self.options.trace.events.len();
         let mut status_rx = self.tenant.subscribe();
         let mut next = 0usize;
@@ -547,11 +548,11 @@ impl Driver {
                     last_nudge = Some(Instant::now());
                 }
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 break false;
             }
 
-            let mut wake = (Instant::now() + POLL).min(deadline);
+            let mut wake = deadline.map_or(Instant::now() + POLL, |d| (Instant::now() + POLL).min(d));
             if let Some(e) = self.options.trace.events.get(next) {
                 wake = wake.min(self.clock.instant_of(e.at_ms));
             }
