@@ -4,7 +4,7 @@
 //! Indexes by owner (for seeding a service from the cache) and by node name (for moving a node's
 //! endpoints when its IPs change) keep every event O(size of what it touches).
 
-use crate::identity::{canonical, family, parse_ip, pick_same_family, Family, Identity};
+use crate::identity::{family, parse_ip, pick_same_family, Family, Identity};
 use crate::io::{EndpointSlice, Node};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -110,18 +110,6 @@ impl EndpointCache {
         Some(old)
     }
 
-    pub fn slice(&self, key: &str) -> Option<&EndpointSlice> {
-        self.slices.get(key)
-    }
-
-    pub fn slice_count(&self) -> usize {
-        self.slices.len()
-    }
-
-    pub fn node_ips(&self, name: &str) -> Option<&Vec<String>> {
-        self.nodes.get(name)
-    }
-
     /// Stores a node's InternalIPs; returns the previous ones (None if the node was unknown).
     pub fn set_node(&mut self, node: &Node) -> Option<Vec<String>> {
         if node.internal_ips.iter().any(|ip| is_real_ipv6(ip)) {
@@ -221,11 +209,6 @@ impl EndpointCache {
 /// The removals (pairs of `old` not in `new`) of an endpoint delta.
 pub fn removals<'a>(old: &'a EndpointMap, new: &'a EndpointMap) -> impl Iterator<Item = (&'a String, &'a String)> {
     old.iter().filter(move |(addr, loc)| new.get(*addr) != Some(*loc))
-}
-
-/// Canonicalises a raw address (for callers outside slices).
-pub fn canonical_address(raw: &str) -> String {
-    canonical(raw)
 }
 
 #[cfg(test)]

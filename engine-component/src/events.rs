@@ -5,7 +5,7 @@
 //! `UpdateService` (an admission rejection becomes a Warning Event), any other Service that is
 //! tracked or registered goes to `DeleteService`. EndpointSlices and Nodes become
 //! `UpdateEndpoints` deltas with the owner-change and node-IP-change rules of 2.3.
-//! Pods go to the egress pod handlers of [`crate::pods`].
+//! Pods go to the egress pod informer of [`crate::egress`].
 
 use crate::admission::admit;
 use crate::config::ServiceConfig;

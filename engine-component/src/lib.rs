@@ -1,47 +1,54 @@
 //! The difftracker engine: the ServiceGateway diff tracker of cloud-provider-azure, re-built as a
-//! deterministic state machine with no I/O (see `../shared/spec/ENGINE.md`).
+//! deterministic state machine with no I/O (see `docs/ENGINE.md`; section numbers in comments
+//! refer to it).
 //!
-//! Where each piece fits:
+//! One state struct, [`Engine`], with its concerns in modules that each own their part of it:
+//! - `engine`: [`Engine`] itself, driven by `deliver` and `tick`, the inbound entry points of the
+//!   state machine (4.2), and the helpers every mutation goes through.
 //! - [`io`]: the edge. Kubernetes events and call completions come in; calls go out through the
 //!   [`io::Io`] port. Mirrors the WIT package one to one.
-//! - [`engine`]: the public surface, [`Engine`], driven by `deliver` and `tick`, and the entry
-//!   points of the state machine (ENGINE.md 4.2).
-//! - [`events`]: Kubernetes events -> entry points; [`admission`]: Service -> config;
-//!   [`endpoints`]: slice cache and node IPs.
-//! - [`state`], [`config`]: operation records and desired configs; [`desired`], [`nrp`]: the two
-//!   address models; [`readiness`], [`diff`]: what may be published and what differs.
-//! - [`pods`]: egress pod events -> pod entry points and the pod finalizer calls; [`egress`]: the
-//!   egress entry points (AddPod, DeletePod, pending pod deletions).
-//! - [`dispatcher`], [`workers`]: the ServiceUpdater and its per-service step machines (the
-//!   outbound ones in `egress_workers`);
-//!   [`locations`]: the LocationsUpdater; [`backoff`]: retry timing and the jitter generator.
-//! - [`metrics`], [`snapshot`]: observability and persistence; [`testkit`]: a recording `Io`
-//!   and object builders for tests.
+//! - `events`: Kubernetes events -> entry points; `admission`: Service -> config; `endpoints`:
+//!   the slice cache and node IPs.
+//! - `state`, `config`: operation records and desired configs; `desired`, `nrp`: the two
+//!   address models; `readiness`, `diff`: what may be published and what differs.
+//! - `dispatcher`, `workers`: the ServiceUpdater and its inbound step machines; `locations`: the
+//!   LocationsUpdater; `backoff`: retry timing and the jitter generator.
+//! - `timers`: the one table of every deadline; its earliest is the next wake-up.
+//! - `egress`: the egress half (pod buffers, pod deletion records, pod finalizer calls, the pod
+//!   informer, the outbound step machines).
+//! - `startup`: the warm-start entry points (seed NRP, recover pod finalizers).
+//! - [`metrics`], `snapshot`: observability and persistence; [`names`]: the Kubernetes names
+//!   (label, finalizers, annotations, event reasons) hosts share with the engine.
+//! - `testkit` (tests only): a recording `Io`, object builders and a tick-by-tick harness.
 //! - `wit` (wasm32 only): the thin wit-bindgen layer that exports the engine as a component.
+//!
+//! The public surface is [`Engine`], [`SnapshotError`], [`Identity`], [`ResourceState`] and the
+//! modules [`io`], [`metrics`] and [`names`].
 
-pub mod admission;
-pub mod backoff;
-pub mod config;
-pub mod desired;
-pub mod diff;
-pub mod dispatcher;
-pub mod egress;
-pub mod endpoints;
-pub mod engine;
-pub mod events;
-pub mod identity;
+mod admission;
+mod backoff;
+mod config;
+mod desired;
+mod diff;
+mod dispatcher;
+mod egress;
+mod endpoints;
+mod engine;
+mod events;
+mod identity;
 pub mod io;
-pub mod locations;
+mod locations;
 pub mod metrics;
 pub mod names;
-pub mod nrp;
-pub mod readiness;
-pub mod snapshot;
-pub mod startup;
-pub mod state;
-pub mod testkit;
+mod nrp;
+mod readiness;
+mod snapshot;
+mod startup;
+mod state;
+#[cfg(test)]
+mod testkit;
 mod timers;
-pub mod workers;
+mod workers;
 
 #[cfg(test)]
 mod tests;
@@ -51,3 +58,4 @@ mod wit;
 
 pub use engine::{Engine, SnapshotError};
 pub use identity::Identity;
+pub use state::ResourceState;

@@ -56,7 +56,7 @@ pub const STATE_LABELS: [&str; 7] =
     ["not_started", "creation_in_progress", "created", "deletion_pending", "deletion_in_progress", "update_in_progress", "unknown"];
 
 impl ResourceState {
-    /// Index into [`STATE_LABELS`].
+    /// Index into `STATE_LABELS`.
     pub fn label_index(self) -> usize {
         match self {
             ResourceState::Unknown(_) => 6,
@@ -185,14 +185,6 @@ impl OpTable {
 
     pub fn contains(&self, id: &Identity) -> bool {
         self.ops.contains_key(id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Identity, &Operation)> {

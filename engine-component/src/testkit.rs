@@ -1,6 +1,5 @@
-//! Test support: a recording [`Io`], object builders, and a [`Harness`] that drives an
-//! [`Engine`] tick by tick with scripted completions. Plain deterministic Rust, usable from any
-//! native test (also the host's).
+//! Test support (compiled for this crate's tests only): a recording [`Io`], object builders,
+//! and a [`Harness`] that drives an [`Engine`] tick by tick with scripted completions.
 
 use crate::engine::Engine;
 use crate::io::{

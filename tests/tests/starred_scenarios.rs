@@ -3,12 +3,10 @@
 //! where a scenario speaks of internal state (an operation's state, its retry count, a pending
 //! deletion) the test reads it from the component's own snapshot, restored into the engine crate.
 
-use difftracker_engine::identity::Identity;
 use difftracker_engine::io::{
     Call, CloudCall, KubeCall, KubeEvent, LocationUpdate, ObjectMeta, Pod, Service, UpdateAction,
 };
-use difftracker_engine::state::ResourceState;
-use difftracker_engine::Engine;
+use difftracker_engine::{Engine, Identity, ResourceState};
 use difftracker_tests::label::*;
 use difftracker_tests::*;
 

@@ -74,9 +74,6 @@ impl PodBuffer {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
     /// Entries in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = &BufferedPod> {
         self.entries.values()

@@ -11,8 +11,9 @@
 //!
 //! Every lookup an entry point needs is indexed (live addresses by pod key and by address in
 //! [`crate::desired::Desired`], NRP addresses by address in [`crate::nrp::NrpMirror`], buffered
-//! pods by address and pod key in [`PodBuffer`], records by identity in [`DeletionRecords`]), so
-//! one call costs O(size of the pod or identity it touches), never a scan of every pod.
+//! pods by address and pod key in [`buffer::PodBuffer`], records by identity in
+//! [`DeletionRecords`]), so one call costs O(size of the pod or identity it touches), never a
+//! scan of every pod.
 
 mod buffer;
 mod informer;
@@ -21,9 +22,9 @@ mod pod_calls;
 mod records;
 mod workers;
 
-pub use buffer::{BufferedPod, PodBuffer};
+pub use buffer::BufferedPod;
 pub(crate) use buffer::PendingPods;
-pub use pod_calls::{PodCall, PodCallKind, PodEvent};
+pub use pod_calls::{PodCallKind, PodEvent};
 pub(crate) use pod_calls::PodCalls;
 pub use records::PodDeletionRecord;
 pub(crate) use records::{DeletionRecords, Shadows};
