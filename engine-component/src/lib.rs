@@ -3,8 +3,9 @@
 //! refer to it).
 //!
 //! One state struct, [`Engine`], with its concerns in modules that each own their part of it:
-//! - `engine`: [`Engine`] itself, driven by `deliver` and `tick`, the inbound entry points of the
-//!   state machine (4.2), and the helpers every mutation goes through.
+//! - `engine`: [`Engine`] itself, driven by `deliver` and `tick`, and the helpers every mutation
+//!   goes through; `transitions`: the service rows of the transition table (4.2), with the
+//!   endpoint buffers and pending service deletions they own.
 //! - [`io`]: the edge. Kubernetes events and call completions come in; calls go out through the
 //!   [`io::Io`] port. Mirrors the WIT package one to one.
 //! - `events`: Kubernetes events -> entry points; `admission`: Service -> config; `endpoints`:
@@ -48,6 +49,7 @@ mod state;
 #[cfg(test)]
 mod testkit;
 mod timers;
+mod transitions;
 mod workers;
 
 #[cfg(test)]
