@@ -63,7 +63,10 @@ pub fn extract(svc: &Service) -> InboundConfig {
 pub fn admit(svc: &Service) -> Result<Option<InboundConfig>, Rejection> {
     if let Some(v) = svc.meta.annotation(ANNOTATION_INTERNAL) {
         if truthy(v) {
-            return Err(reject(REASON_INTERNAL, format!("annotation {ANNOTATION_INTERNAL}={v}: internal load balancers are not supported with ServiceGateway")));
+            return Err(reject(
+                REASON_INTERNAL,
+                format!("annotation {ANNOTATION_INTERNAL}={v}: internal load balancers are not supported with ServiceGateway"),
+            ));
         }
     }
     if svc.session_affinity == "ClientIP" {

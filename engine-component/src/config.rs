@@ -79,7 +79,11 @@ impl ServiceConfig {
 
     /// An egress (NAT gateway) config: no Kubernetes object of its own.
     pub fn outbound(identity: Identity, ip_families: Vec<IpVersion>, triggering_pod: Option<(String, String)>) -> ServiceConfig {
-        ServiceConfig { identity, object: ObjectRef::default(), details: ServiceDetails::Outbound(OutboundConfig { ip_families, triggering_pod }) }
+        ServiceConfig {
+            identity,
+            object: ObjectRef::default(),
+            details: ServiceDetails::Outbound(OutboundConfig { ip_families, triggering_pod }),
+        }
     }
 
     /// A config without details (deletion-only ops).

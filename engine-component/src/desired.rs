@@ -316,7 +316,10 @@ impl Desired {
         if fresh.index != self.index || fresh.addresses != self.addresses {
             return Err("desired index drifted".into());
         }
-        if fresh.outbound_index != self.outbound_index || fresh.by_pod_key != self.by_pod_key || fresh.outbound_by_addr != self.outbound_by_addr {
+        if fresh.outbound_index != self.outbound_index
+            || fresh.by_pod_key != self.by_pod_key
+            || fresh.outbound_by_addr != self.outbound_by_addr
+        {
             return Err("desired outbound index drifted".into());
         }
         for pods in self.nodes.values() {

@@ -70,7 +70,11 @@ pub fn service_ref(pod: &DesiredPod, ready: &dyn Fn(&Identity, ServiceKind) -> b
 }
 
 /// What the address at `(loc, addr)` contributes, if anything.
-fn address_change(desired_pod: Option<&DesiredPod>, nrp_set: Option<&BTreeSet<Identity>>, ready: &dyn Fn(&Identity, ServiceKind) -> bool) -> Option<BTreeSet<Identity>> {
+fn address_change(
+    desired_pod: Option<&DesiredPod>,
+    nrp_set: Option<&BTreeSet<Identity>>,
+    ready: &dyn Fn(&Identity, ServiceKind) -> bool,
+) -> Option<BTreeSet<Identity>> {
     match desired_pod {
         Some(pod) => {
             let sref = service_ref(pod, ready);
@@ -121,7 +125,12 @@ pub fn full_diff(desired: &Desired, nrp: &NrpMirror, ready: &dyn Fn(&Identity, S
 }
 
 /// The diff restricted to `keys` (the dirty set).
-pub fn keys_diff<'a>(keys: impl IntoIterator<Item = &'a Key>, desired: &Desired, nrp: &NrpMirror, ready: &dyn Fn(&Identity, ServiceKind) -> bool) -> LocationDiff {
+pub fn keys_diff<'a>(
+    keys: impl IntoIterator<Item = &'a Key>,
+    desired: &Desired,
+    nrp: &NrpMirror,
+    ready: &dyn Fn(&Identity, ServiceKind) -> bool,
+) -> LocationDiff {
     let mut out = LocationDiff::default();
     for (loc, addr) in keys {
         if desired.has_node(loc) {
@@ -223,9 +232,18 @@ mod tests {
         let mut nrp = nrp_with(&[("l1", "a1", &["x"]), ("l1", "a2", &["x"]), ("l2", "b1", &["x", "y"]), ("l3", "c1", &["x"])]);
         let mut diff = LocationDiff::default();
         // FullUpdate replaces l1 wholesale.
-        diff.locations.insert("l1".into(), LocationChange { action: UpdateAction::FullUpdate, addresses: BTreeMap::from([("a3".to_string(), BTreeSet::from([Identity::new("z")]))]) });
+        diff.locations.insert(
+            "l1".into(),
+            LocationChange {
+                action: UpdateAction::FullUpdate,
+                addresses: BTreeMap::from([("a3".to_string(), BTreeSet::from([Identity::new("z")]))]),
+            },
+        );
         // PartialUpdate edits in place; an empty set deletes the address, and the emptied location goes.
-        diff.locations.insert("l2".into(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::from([("b1".to_string(), BTreeSet::new())]) });
+        diff.locations.insert(
+            "l2".into(),
+            LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::from([("b1".to_string(), BTreeSet::new())]) },
+        );
         // Empty address map deletes the location.
         diff.locations.insert("l3".into(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() });
         let touched = nrp.apply(&diff);
@@ -238,7 +256,13 @@ mod tests {
         // Partial edit keeps other addresses.
         let mut nrp = nrp_with(&[("l1", "a1", &["x"]), ("l1", "a2", &["x"])]);
         let mut diff = LocationDiff::default();
-        diff.locations.insert("l1".into(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::from([("a1".to_string(), BTreeSet::from([Identity::new("y")]))]) });
+        diff.locations.insert(
+            "l1".into(),
+            LocationChange {
+                action: UpdateAction::PartialUpdate,
+                addresses: BTreeMap::from([("a1".to_string(), BTreeSet::from([Identity::new("y")]))]),
+            },
+        );
         nrp.apply(&diff);
         assert_eq!(nrp.services_at("l1", "a1"), Some(&BTreeSet::from([Identity::new("y")])));
         assert_eq!(nrp.services_at("l1", "a2"), Some(&BTreeSet::from([Identity::new("x")])));

@@ -233,22 +233,20 @@ impl Engine {
         // recreated) decides them now, once for this creation (2.6).
         let families = (needs_families && work == Work::Create).then(|| self.outbound_ip_families());
         let now = self.now_ms;
-        let Some(config) = self
-            .update_op(id, |op| {
-                if let Some(f) = families {
-                    op.config = crate::config::ServiceConfig::outbound(op.config.identity.clone(), f, op.triggering_pod.clone());
-                }
-                if work == Work::Create {
-                    op.state = ResourceState::CreationInProgress;
-                }
-                if work != Work::Delete {
-                    op.in_flight_config = Some(op.config.clone());
-                }
-                op.operation_started_at_ms = Some(now);
-                op.last_attempt_ms = Some(now);
-                op.config.clone()
-            })
-        else {
+        let Some(config) = self.update_op(id, |op| {
+            if let Some(f) = families {
+                op.config = crate::config::ServiceConfig::outbound(op.config.identity.clone(), f, op.triggering_pod.clone());
+            }
+            if work == Work::Create {
+                op.state = ResourceState::CreationInProgress;
+            }
+            if work != Work::Delete {
+                op.in_flight_config = Some(op.config.clone());
+            }
+            op.operation_started_at_ms = Some(now);
+            op.last_attempt_ms = Some(now);
+            op.config.clone()
+        }) else {
             return;
         };
         self.dispatcher.disarm(&mut self.timers, id);
@@ -273,7 +271,12 @@ impl Engine {
                 ResourceState::UpdateInProgress => "update",
                 _ => "create",
             };
-            self.metrics.observe(metrics::SERVICE_OPERATION_RETRIES, &[("operation", operation), ("service_type", kind.label())], metrics::RETRY_BUCKETS, count as f64);
+            self.metrics.observe(
+                metrics::SERVICE_OPERATION_RETRIES,
+                &[("operation", operation), ("service_type", kind.label())],
+                metrics::RETRY_BUCKETS,
+                count as f64,
+            );
             self.dispatcher.arm(&mut self.timers, id, now.saturating_add(PARK_COOLDOWN_MS));
             return Gate::Skip;
         }

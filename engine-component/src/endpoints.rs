@@ -231,19 +231,23 @@ mod tests {
     #[test]
     fn s060_endpoint_selection_rules() {
         let mut c = EndpointCache::default();
-        c.set_node(&Node { name: "n1".into(), uid: "".into(), internal_ips: vec!["10.0.0.2".into(), "bogus".into(), "FD00::0002".into(), "10.0.0.10".into()] });
+        c.set_node(&Node {
+            name: "n1".into(),
+            uid: "".into(),
+            internal_ips: vec!["10.0.0.2".into(), "bogus".into(), "FD00::0002".into(), "10.0.0.10".into()],
+        });
         c.set_node(&Node { name: "v4only".into(), uid: "".into(), internal_ips: vec!["10.0.1.1".into()] });
         let s = slice(
             "a",
             "UID",
             vec![
-                ep(&["10.1.0.1"], None, Some("n1")),            // nil ready = ready
-                ep(&["10.1.0.2"], Some(false), Some("n1")),     // explicit not ready
+                ep(&["10.1.0.1"], None, Some("n1")),               // nil ready = ready
+                ep(&["10.1.0.2"], Some(false), Some("n1")),        // explicit not ready
                 ep(&["junk", "10.1.0.3"], Some(true), Some("n1")), // malformed skipped, peer kept
-                ep(&["10.1.0.4"], Some(true), None),            // no node
-                ep(&["10.1.0.5"], Some(true), Some("unknown")), // node not known
+                ep(&["10.1.0.4"], Some(true), None),               // no node
+                ep(&["10.1.0.5"], Some(true), Some("unknown")),    // node not known
                 ep(&["FD00:0:0:0::0009"], Some(true), Some("n1")), // IPv6 in an "IPv4" slice, canonical
-                ep(&["fd00::10"], Some(true), Some("v4only")),  // no same-family node IP
+                ep(&["fd00::10"], Some(true), Some("v4only")),     // no same-family node IP
             ],
         );
         let m = c.slice_map(&s);

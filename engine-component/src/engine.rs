@@ -227,7 +227,9 @@ impl Engine {
     /// Whether the engine still awaits the completion of call `id` (a timed-out call's late
     /// completion is ignored).
     pub fn awaits(&self, id: CallId) -> bool {
-        self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == id) || self.egress.calls.in_flight.contains_key(&id) || self.dispatcher.calls.contains_key(&id)
+        self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == id)
+            || self.egress.calls.in_flight.contains_key(&id)
+            || self.dispatcher.calls.contains_key(&id)
     }
     pub fn calls_in_flight(&self) -> usize {
         self.dispatcher.awaited_calls() + usize::from(self.locations_updater.in_flight.is_some()) + self.egress.calls.in_flight.len()
@@ -335,7 +337,9 @@ impl Engine {
 
     fn next_wake(&self) -> Option<u64> {
         let mut wake = self.timers.next_timeout();
-        let sync_due = (self.locations_updater.triggered && self.locations_updater.in_flight.is_none()) || !self.egress.calls.queue.is_empty() || !self.egress.calls.released.is_empty();
+        let sync_due = (self.locations_updater.triggered && self.locations_updater.in_flight.is_none())
+            || !self.egress.calls.queue.is_empty()
+            || !self.egress.calls.released.is_empty();
         let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < MAX_CONCURRENT_OPERATIONS;
         if sync_due || dispatch_due {
             wake = Some(self.now_ms);
@@ -358,7 +362,13 @@ impl Engine {
     }
 
     pub(crate) fn queue_event(&mut self, target: ObjectRef, reason: &str, message: String) {
-        self.queued_events.push(KubeEventRecord { target, kind: ObjectKind::Service, event_type: EventType::Warning, reason: reason.to_string(), message });
+        self.queued_events.push(KubeEventRecord {
+            target,
+            kind: ObjectKind::Service,
+            event_type: EventType::Warning,
+            reason: reason.to_string(),
+            message,
+        });
     }
 
     fn readiness(&self, id: &Identity) -> (bool, bool) {
@@ -430,7 +440,11 @@ impl Engine {
     /// Whether NRP maps `addr` to `id`, or the sync in flight may.
     pub(crate) fn may_map(&self, id: &Identity, addr: &str) -> bool {
         self.nrp.maps_address_to(id, addr)
-            || self.locations_updater.in_flight.as_ref().is_some_and(|f| f.diff.locations.values().any(|l| l.addresses.get(addr).is_some_and(|s| s.contains(id))))
+            || self
+                .locations_updater
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.diff.locations.values().any(|l| l.addresses.get(addr).is_some_and(|s| s.contains(id))))
     }
 
     pub(crate) fn strip_desired(&mut self, id: &Identity) {
@@ -459,6 +473,4 @@ impl Engine {
         out.push(gauge(metrics::SERVICEGATEWAY_ENABLED, &[], 1.0));
         out.push(gauge(metrics::INITIALIZATION_DURATION_SECONDS, &[], 0.0));
     }
-
-
 }

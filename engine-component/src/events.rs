@@ -9,11 +9,11 @@
 
 use crate::admission::admit;
 use crate::config::ServiceConfig;
+use crate::egress::PodEvent;
 use crate::endpoints::{owner_of, slice_key, EndpointMap};
 use crate::engine::Engine;
 use crate::identity::Identity;
 use crate::io::{EndpointSlice, KubeEvent, Node, Service};
-use crate::egress::PodEvent;
 use std::collections::BTreeSet;
 
 /// Whether the engine should provision a load balancer for this Service.

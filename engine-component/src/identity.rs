@@ -115,12 +115,7 @@ pub fn family(ip: &IpAddr) -> Family {
 /// Among `node_ips`, the same-family IP for `family`: malformed entries are skipped; if several
 /// match, the lexicographically smallest canonical string wins (order-independent).
 pub fn pick_same_family<S: AsRef<str>>(node_ips: &[S], fam: Family) -> Option<String> {
-    node_ips
-        .iter()
-        .filter_map(|s| parse_ip(s.as_ref()))
-        .filter(|ip| family(ip) == fam)
-        .map(|ip| ip.to_string())
-        .min()
+    node_ips.iter().filter_map(|s| parse_ip(s.as_ref())).filter(|ip| family(ip) == fam).map(|ip| ip.to_string()).min()
 }
 
 #[cfg(test)]

@@ -208,7 +208,10 @@ impl Engine {
         self.locations_updater.failures = self.locations_updater.failures.saturating_add(1);
         let delay = backoff_ms(self.locations_updater.failures, &mut self.rng);
         self.locations_updater.set_retry(&mut self.timers, Some(self.now_ms.saturating_add(delay)));
-        if self.locations_updater.failures >= LOCATION_SYNC_REPORT_THRESHOLD && !self.locations_updater.abandoned_reported && !self.pending_deletions.is_empty() {
+        if self.locations_updater.failures >= LOCATION_SYNC_REPORT_THRESHOLD
+            && !self.locations_updater.abandoned_reported
+            && !self.pending_deletions.is_empty()
+        {
             self.locations_updater.abandoned_reported = true;
             self.metrics.inc(metrics::LOCATION_SYNC_ABANDONED_TOTAL, &[("reason", "drain_attempts_exhausted")]);
         }

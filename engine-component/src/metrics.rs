@@ -174,7 +174,11 @@ impl Metrics {
                 labels.push(("le".into(), le));
                 out.push(MetricSample { name: format!("{PREFIX}{}_bucket", h.name), labels, value: cumulative as f64 });
             }
-            out.push(MetricSample { name: format!("{PREFIX}{}_sum", h.name), labels: h.labels.clone(), value: h.sum_milli as f64 / 1000.0 });
+            out.push(MetricSample {
+                name: format!("{PREFIX}{}_sum", h.name),
+                labels: h.labels.clone(),
+                value: h.sum_milli as f64 / 1000.0,
+            });
             out.push(MetricSample { name: format!("{PREFIX}{}_count", h.name), labels: h.labels.clone(), value: h.count as f64 });
         }
     }
@@ -206,9 +210,7 @@ mod tests {
         let mut out = vec![];
         m.samples(&mut out);
         let bucket = |le: &str| {
-            out.iter()
-                .find(|s| s.name.ends_with("retries_bucket") && s.labels.iter().any(|(k, v)| k == "le" && v == le))
-                .map(|s| s.value)
+            out.iter().find(|s| s.name.ends_with("retries_bucket") && s.labels.iter().any(|(k, v)| k == "le" && v == le)).map(|s| s.value)
         };
         assert_eq!(bucket("0"), Some(1.0));
         assert_eq!(bucket("3"), Some(1.0));

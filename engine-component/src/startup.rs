@@ -72,7 +72,8 @@ impl Engine {
         for id in &snap.nat_gateways {
             self.set_nrp_nat_gateway(id, true);
         }
-        let old: Vec<(String, String)> = self.nrp.locations().iter().flat_map(|(l, a)| a.keys().map(move |x| (l.clone(), x.clone()))).collect();
+        let old: Vec<(String, String)> =
+            self.nrp.locations().iter().flat_map(|(l, a)| a.keys().map(move |x| (l.clone(), x.clone()))).collect();
         self.dirty.extend(old);
         self.nrp.set_locations(snap.locations);
         let keys: Vec<(String, String)> = self
@@ -105,7 +106,9 @@ impl Engine {
         let addrs = pod_addresses(pod);
         let no_ips = pod.host_ip.is_empty() || addrs.is_empty();
         let addresses = if no_ips { Vec::new() } else { addrs };
-        let rec = PodDeletionRecord::new(pod.meta.object_ref(), Identity::new(&label), addresses, self.now_ms).verify_service_drain(no_ips).recovered(true);
+        let rec = PodDeletionRecord::new(pod.meta.object_ref(), Identity::new(&label), addresses, self.now_ms)
+            .verify_service_drain(no_ips)
+            .recovered(true);
         self.put_pod_record(&key, rec);
         self.metrics.inc(metrics::FINALIZERS_RECOVERY_SCHEDULED_TOTAL, &[]);
         self.trigger_location_sync();

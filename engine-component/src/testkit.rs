@@ -38,7 +38,13 @@ impl RecordingIo {
 /// A `type: LoadBalancer` Service with TCP ports (`targetPort` unset).
 pub fn lb_service(uid: &str, ports: &[i32]) -> Service {
     Service {
-        meta: ObjectMeta { namespace: "default".into(), name: format!("svc-{uid}"), uid: uid.into(), resource_version: "1".into(), ..Default::default() },
+        meta: ObjectMeta {
+            namespace: "default".into(),
+            name: format!("svc-{uid}"),
+            uid: uid.into(),
+            resource_version: "1".into(),
+            ..Default::default()
+        },
         service_type: "LoadBalancer".into(),
         ports: ports.iter().map(|p| ServicePort { name: format!("p{p}"), protocol: "TCP".into(), port: *p, target_port: None }).collect(),
         ip_families: vec!["IPv4".into()],
@@ -51,7 +57,10 @@ pub fn lb_service(uid: &str, ports: &[i32]) -> Service {
 /// Same as [`lb_service`] with explicit numeric target ports.
 pub fn lb_service_targets(uid: &str, ports: &[(i32, i32)]) -> Service {
     let mut s = lb_service(uid, &[]);
-    s.ports = ports.iter().map(|(p, t)| ServicePort { name: format!("p{p}"), protocol: "TCP".into(), port: *p, target_port: Some(IntOrString::Int(*t)) }).collect();
+    s.ports = ports
+        .iter()
+        .map(|(p, t)| ServicePort { name: format!("p{p}"), protocol: "TCP".into(), port: *p, target_port: Some(IntOrString::Int(*t)) })
+        .collect();
     s
 }
 

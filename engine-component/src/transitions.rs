@@ -151,7 +151,10 @@ impl Engine {
             return;
         }
         match self.ops.get(id).map(|o| (o.state, o.retries_exhausted)) {
-            Some((ResourceState::NotStarted | ResourceState::CreationInProgress | ResourceState::Created | ResourceState::UpdateInProgress, _)) => {
+            Some((
+                ResourceState::NotStarted | ResourceState::CreationInProgress | ResourceState::Created | ResourceState::UpdateInProgress,
+                _,
+            )) => {
                 self.update_op(id, |op| {
                     op.state = ResourceState::DeletionPending;
                     op.reset();
@@ -315,7 +318,11 @@ impl Engine {
                         } else {
                             self.metrics.inc(metrics::SERVICE_OPERATIONS_PARKED_TOTAL, &[("reason", "terminal_error")]);
                             self.observe_retries(operation, kind, retries);
-                            self.queue_event(object, REASON_CONFIGURATION_REJECTED, format!("ServiceGateway rejected the Service configuration: {}", f.message));
+                            self.queue_event(
+                                object,
+                                REASON_CONFIGURATION_REJECTED,
+                                format!("ServiceGateway rejected the Service configuration: {}", f.message),
+                            );
                         }
                     }
                     Err(_) => {
@@ -513,10 +520,20 @@ impl Engine {
             &[("operation", operation), ("service_type", kind.label()), ("result", res), ("error_code", code), ("is_orphan", orphan)],
         );
         let secs = started.map_or(0.0, |s| self.now_ms.saturating_sub(s) as f64 / 1000.0);
-        self.metrics.observe(metrics::SERVICE_OPERATION_DURATION_SECONDS, &[("operation", operation), ("service_type", kind.label())], metrics::DURATION_BUCKETS, secs);
+        self.metrics.observe(
+            metrics::SERVICE_OPERATION_DURATION_SECONDS,
+            &[("operation", operation), ("service_type", kind.label())],
+            metrics::DURATION_BUCKETS,
+            secs,
+        );
     }
 
     fn observe_retries(&mut self, operation: &str, kind: ServiceKind, retries: u32) {
-        self.metrics.observe(metrics::SERVICE_OPERATION_RETRIES, &[("operation", operation), ("service_type", kind.label())], metrics::RETRY_BUCKETS, retries as f64);
+        self.metrics.observe(
+            metrics::SERVICE_OPERATION_RETRIES,
+            &[("operation", operation), ("service_type", kind.label())],
+            metrics::RETRY_BUCKETS,
+            retries as f64,
+        );
     }
 }

@@ -119,11 +119,9 @@ fn start_cloud(call: io::CloudCall) -> io::CallId {
         C::PutLoadBalancer(spec) => cloud::put_load_balancer(&lb_spec_out(spec)),
         C::DeleteLoadBalancer { name } => cloud::delete_load_balancer(&name),
         C::ListLoadBalancers => cloud::list_load_balancers(),
-        C::PutNatGateway(spec) => cloud::put_nat_gateway(&w::NatGatewaySpec {
-            name: spec.name,
-            public_ips: spec.public_ips,
-            public_ips_v6: spec.public_ips_v6,
-        }),
+        C::PutNatGateway(spec) => {
+            cloud::put_nat_gateway(&w::NatGatewaySpec { name: spec.name, public_ips: spec.public_ips, public_ips_v6: spec.public_ips_v6 })
+        }
         C::DetachNatGateway { name, raw } => cloud::detach_nat_gateway(&name, &raw),
         C::GetNatGateway { name } => cloud::get_nat_gateway(&name),
         C::DeleteNatGateway { name } => cloud::delete_nat_gateway(&name),
@@ -244,11 +242,7 @@ fn status_out(s: io::EngineStatus) -> w::EngineStatus {
         buffered_endpoint_deltas: s.buffered_endpoint_deltas,
         location_sync_in_flight: s.location_sync_in_flight,
         settled: s.settled,
-        metrics: s
-            .metrics
-            .into_iter()
-            .map(|m| w::MetricSample { name: m.name, labels: m.labels, value: m.value })
-            .collect(),
+        metrics: s.metrics.into_iter().map(|m| w::MetricSample { name: m.name, labels: m.labels, value: m.value }).collect(),
     }
 }
 
@@ -296,11 +290,7 @@ fn service_in(s: w::Service) -> io::Service {
 fn slice_in(s: w::EndpointSlice) -> io::EndpointSlice {
     io::EndpointSlice {
         meta: meta_in(s.meta),
-        owner_references: s
-            .owner_references
-            .into_iter()
-            .map(|o| io::OwnerReference { kind: o.kind, name: o.name, uid: o.uid })
-            .collect(),
+        owner_references: s.owner_references.into_iter().map(|o| io::OwnerReference { kind: o.kind, name: o.name, uid: o.uid }).collect(),
         address_type: s.address_type,
         endpoints: s
             .endpoints
@@ -392,10 +382,7 @@ fn output_in(o: w::CallOutput) -> io::CallOutput {
         ),
         O::AddressLocations(list) => io::CallOutput::AddressLocations(
             list.into_iter()
-                .map(|l| io::AddressLocation {
-                    location: l.location,
-                    addresses: l.addresses.into_iter().map(address_update_in).collect(),
-                })
+                .map(|l| io::AddressLocation { location: l.location, addresses: l.addresses.into_iter().map(address_update_in).collect() })
                 .collect(),
         ),
     }

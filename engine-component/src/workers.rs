@@ -15,8 +15,8 @@ use crate::config::ServiceConfig;
 use crate::engine::Engine;
 use crate::identity::{family, parse_ip, Identity};
 use crate::io::{
-    BackendPool, Call, CallError, CallId, CallOutput, CloudCall, ErrorKind, Io, KubeCall, LoadBalancerIngress, NatReference,
-    ServiceType, SgwServiceRequest,
+    BackendPool, Call, CallError, CallId, CallOutput, CloudCall, ErrorKind, Io, KubeCall, LoadBalancerIngress, NatReference, ServiceType,
+    SgwServiceRequest,
 };
 use crate::metrics;
 use serde::{Deserialize, Serialize};
@@ -242,7 +242,9 @@ impl Engine {
                 self.metrics.inc(metrics::OUTBOUND_SERVICE_UPDATES_SKIPPED_TOTAL, &[]);
                 Next::Finish(WorkerResult::Skipped)
             }
-            (Work::Delete, _) => Next::Call(Step::DetachPool, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, false, vec![])]))),
+            (Work::Delete, _) => {
+                Next::Call(Step::DetachPool, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, false, vec![])])))
+            }
         };
         self.follow(id, first, io);
     }
@@ -365,7 +367,9 @@ impl Engine {
                     }
                 }
                 match step {
-                    Step::DeleteLoadBalancer => Next::Call(Step::Unregister, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, true, vec![])]))),
+                    Step::DeleteLoadBalancer => {
+                        Next::Call(Step::Unregister, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, true, vec![])])))
+                    }
                     Step::Unregister => Next::Call(Step::DeletePublicIp, Call::Cloud(CloudCall::DeletePublicIp { name: id.pip_name() })),
                     _ => self.after_delete_steps(id),
                 }
@@ -375,7 +379,9 @@ impl Engine {
                 Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => Next::Finish(WorkerResult::Done),
                 Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
-            Step::Begin | Step::SkipOutbound => Next::Finish(WorkerResult::Failed(AttemptFailure::transient("unknown", "completion for a worker that awaits nothing"))),
+            Step::Begin | Step::SkipOutbound => {
+                Next::Finish(WorkerResult::Failed(AttemptFailure::transient("unknown", "completion for a worker that awaits nothing")))
+            }
             Step::PutNatPublicIp
             | Step::PutNatGateway
             | Step::RegisterOutbound
@@ -451,7 +457,7 @@ mod tests {
     #[test]
     fn s036_overlay_recognised_from_code_or_text_only() {
         assert!(is_overlay_error(&CallError::http(400, OVERLAY_ERROR_CODE, "")));
-        assert!(is_overlay_error(&CallError::http(409, "", &format!("Code=\"{OVERLAY_ERROR_CODE}\" Message=...") )));
+        assert!(is_overlay_error(&CallError::http(409, "", &format!("Code=\"{OVERLAY_ERROR_CODE}\" Message=..."))));
         assert!(!is_overlay_error(&CallError::http(400, "SomethingElse", "unrelated")));
         assert!(!is_overlay_error(&CallError::http(404, "NotFound", "gone")));
         assert!(!is_overlay_error(&CallError::of_kind(ErrorKind::Transport, "")));

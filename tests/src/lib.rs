@@ -12,8 +12,8 @@
 
 use anyhow::{bail, Context, Result};
 use difftracker_engine::io::{
-    AddressLocation, Call, CallError, CallId, CallOutput, CloudCall, Completion, EngineStatus, ErrorKind,
-    KubeEvent, KubeEventRecord, PublicIpInfo, TenantConfig, TickOutcome,
+    AddressLocation, Call, CallError, CallId, CallOutput, CloudCall, Completion, EngineStatus, ErrorKind, KubeEvent, KubeEventRecord,
+    PublicIpInfo, TenantConfig, TickOutcome,
 };
 use difftracker_runtime::driver::{restore_into, CallIds, EngineDriver, NativeEngine, WasmEngine};
 use difftracker_runtime::wasm::{EngineComponent, Runtime, RuntimeOptions};
@@ -40,11 +40,8 @@ pub mod label {
 pub fn component() -> &'static EngineComponent {
     static COMPONENT: OnceLock<EngineComponent> = OnceLock::new();
     COMPONENT.get_or_init(|| {
-        let runtime = Runtime::new(RuntimeOptions {
-            cache_dir: Some(test_cache_dir()),
-            ..RuntimeOptions::default()
-        })
-        .expect("wasmtime runtime");
+        let runtime =
+            Runtime::new(RuntimeOptions { cache_dir: Some(test_cache_dir()), ..RuntimeOptions::default() }).expect("wasmtime runtime");
         runtime.load_builtin().expect("the built-in engine component loads")
     })
 }
@@ -353,11 +350,7 @@ impl Harness {
 
     /// Operations per state label in the latest status.
     pub fn state_count(&self, state: &str) -> u32 {
-        self.statuses
-            .last()
-            .and_then(|s| s.states.iter().find(|(name, _)| name == state))
-            .map(|(_, n)| *n)
-            .unwrap_or(0)
+        self.statuses.last().and_then(|s| s.states.iter().find(|(name, _)| name == state)).map(|(_, n)| *n).unwrap_or(0)
     }
 }
 

@@ -2,8 +2,8 @@
 //! created (five calls each, at most ten operations at a time), and after the deletes and the
 //! drain nothing is tracked. `measure` fails otherwise; the timings are not looked at.
 
-use difftracker_simulation::bench::measure;
 use difftracker_runtime::driver::EngineKind;
+use difftracker_simulation::bench::measure;
 
 fn lifecycle_completes(kind: EngineKind) {
     let phases = measure(kind, 40, 10).expect("the lifecycle completes");

@@ -7,13 +7,13 @@ mod emulator_support;
 
 use difftracker_engine::io::*;
 use difftracker_runtime::driver::CallIds;
+use difftracker_runtime::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
+use difftracker_runtime::tenant::{spawn_tenant, TenantEvent, TenantHandle, TenantOptions};
+use difftracker_runtime::transport::{ArmTransport, TransportOptions};
 use difftracker_simulation::emulator::{
     codes, EmulatorHandle, EmulatorOptions, FaultPlan, LroMode, PollHeaders, PollingOptions, DEFAULT_NATGW, DEFAULT_NATGW_PIP,
 };
-use difftracker_runtime::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
 use difftracker_simulation::mock::MockWorld;
-use difftracker_runtime::tenant::{spawn_tenant, TenantEvent, TenantHandle, TenantOptions};
-use difftracker_runtime::transport::{ArmTransport, TransportOptions};
 use difftracker_tests::{deleting, sample_node, sample_service, sample_slice};
 use emulator_support::raw_http;
 use serde_json::{json, Value};
@@ -48,13 +48,8 @@ impl World {
                 sink.lock().unwrap().push(e);
             }
         });
-        let tenant = spawn_tenant(
-            &executor,
-            TenantOptions::new("e2e"),
-            engine,
-            Backends { cloud: Arc::new(cloud), kube: kube.kube() },
-            Some(tx),
-        );
+        let tenant =
+            spawn_tenant(&executor, TenantOptions::new("e2e"), engine, Backends { cloud: Arc::new(cloud), kube: kube.kube() }, Some(tx));
         World { emulator, tenant, kube, observed }
     }
 
@@ -98,10 +93,7 @@ impl World {
     }
 
     async fn lb_rule_ports(&self) -> Vec<u64> {
-        let path = format!(
-            "{}/loadBalancers/{UID}?api-version=2025-05-01",
-            self.emulator.emulator().options().scope.provider_path()
-        );
+        let path = format!("{}/loadBalancers/{UID}?api-version=2025-05-01", self.emulator.emulator().options().scope.provider_path());
         let (status, _, body) = raw_http(self.emulator.addr(), "GET", &path, None).await;
         if status != 200 {
             return Vec::new();
@@ -184,10 +176,7 @@ async fn delete(w: &World) {
 }
 
 fn polling(headers: PollHeaders) -> EmulatorOptions {
-    EmulatorOptions {
-        lro: LroMode::Polling(PollingOptions { in_progress_polls: 1, headers, ..Default::default() }),
-        ..Default::default()
-    }
+    EmulatorOptions { lro: LroMode::Polling(PollingOptions { in_progress_polls: 1, headers, ..Default::default() }), ..Default::default() }
 }
 
 async fn lifecycle(options: EmulatorOptions) {

@@ -4,8 +4,8 @@
 mod emulator_support;
 
 use difftracker_engine::io::*;
-use difftracker_simulation::emulator::{EmulatorOptions, FaultInjector, FaultPlan};
 use difftracker_runtime::transport::{ArmTransport, TransportOptions};
+use difftracker_simulation::emulator::{EmulatorOptions, FaultInjector, FaultPlan};
 use emulator_support::*;
 use serde_json::json;
 
@@ -114,7 +114,8 @@ fn with_faults(text: &str) -> EmulatorOptions {
 
 #[tokio::test]
 async fn injected_server_errors_reach_the_engine_after_the_transport_retries() {
-    let (h, t) = start(with_faults(r#"{"seed": 1, "rules": [{"call": "PUT loadBalancers", "status": 500, "code": "InternalServerError"}]}"#)).await;
+    let (h, t) =
+        start(with_faults(r#"{"seed": 1, "rules": [{"call": "PUT loadBalancers", "status": 500, "code": "InternalServerError"}]}"#)).await;
     t.perform(put_pip("u-pip", IpVersion::V4)).await.unwrap();
     let e = expect_code(t.perform(put_lb("u")).await, 500, "InternalServerError");
     assert_eq!(e.kind, ErrorKind::Http);
@@ -123,7 +124,8 @@ async fn injected_server_errors_reach_the_engine_after_the_transport_retries() {
 
 #[tokio::test]
 async fn injected_throttling_carries_retry_after() {
-    let (h, _) = start(with_faults(r#"{"seed": 1, "rules": [{"call": "POST updateAddressLocations", "status": 429, "retry_after_s": 2}]}"#)).await;
+    let (h, _) =
+        start(with_faults(r#"{"seed": 1, "rules": [{"call": "POST updateAddressLocations", "status": 429, "retry_after_s": 2}]}"#)).await;
     let mut o = TransportOptions::fast_for_tests();
     o.max_retries = 0;
     let t = ArmTransport::unauthenticated(h.tenant_config(), o).unwrap();
@@ -134,7 +136,9 @@ async fn injected_throttling_carries_retry_after() {
 #[tokio::test]
 async fn a_throttle_that_fires_sometimes_is_absorbed_by_transport_retries() {
     // rate 0.5: a few calls are throttled once or twice; the transport retries them (Retry-After 0).
-    let (_h, t) = start(with_faults(r#"{"seed": 9, "rules": [{"call": "GET loadBalancers", "rate": 0.5, "status": 429, "retry_after_s": 0}]}"#)).await;
+    let (_h, t) =
+        start(with_faults(r#"{"seed": 9, "rules": [{"call": "GET loadBalancers", "rate": 0.5, "status": 429, "retry_after_s": 0}]}"#))
+            .await;
     let mut ok = 0;
     for _ in 0..20 {
         if t.perform(CloudCall::ListLoadBalancers).await.is_ok() {
@@ -147,7 +151,10 @@ async fn a_throttle_that_fires_sometimes_is_absorbed_by_transport_retries() {
 
 #[tokio::test]
 async fn lro_fail_answers_a_failed_operation_and_changes_nothing() {
-    let (h, t) = start(with_faults(r#"{"seed": 1, "rules": [{"call": "DELETE publicIPAddresses", "lro_fail": true, "code": "InternalServerError"}]}"#)).await;
+    let (h, t) = start(with_faults(
+        r#"{"seed": 1, "rules": [{"call": "DELETE publicIPAddresses", "lro_fail": true, "code": "InternalServerError"}]}"#,
+    ))
+    .await;
     t.perform(put_pip("u-pip", IpVersion::V4)).await.unwrap();
     let e = t.perform(CloudCall::DeletePublicIp { name: "u-pip".into() }).await.unwrap_err();
     assert_eq!((e.kind, e.code.as_str()), (ErrorKind::OperationFailed, "InternalServerError"), "{e}");

@@ -14,10 +14,7 @@ const U1: &str = "3f1c2b9e-8d7a-4c55-9e11-0a2b3c4d5e6f";
 const U2: &str = "0b7e3c1d-1111-4a4a-8b8b-123456789abc";
 
 fn polling(headers: PollHeaders) -> EmulatorOptions {
-    EmulatorOptions {
-        lro: LroMode::Polling(PollingOptions { in_progress_polls: 2, headers, ..Default::default() }),
-        ..Default::default()
-    }
+    EmulatorOptions { lro: LroMode::Polling(PollingOptions { in_progress_polls: 2, headers, ..Default::default() }), ..Default::default() }
 }
 
 fn default_only_inventory(inv: &Value) -> Value {
@@ -124,10 +121,14 @@ async fn outbound_lifecycle_with_nat_disassociation() {
         }]))
         .await
         .unwrap();
-        let CallOutput::NatGateway(Some(nat)) = t.perform(CloudCall::GetNatGateway { name: "egress-a".into() }).await.unwrap() else { panic!() };
+        let CallOutput::NatGateway(Some(nat)) = t.perform(CloudCall::GetNatGateway { name: "egress-a".into() }).await.unwrap() else {
+            panic!()
+        };
         assert!(nat.references_service_gateway);
         t.perform(CloudCall::DetachNatGateway { name: "egress-a".into(), raw: nat.raw }).await.unwrap();
-        let CallOutput::NatGateway(Some(nat)) = t.perform(CloudCall::GetNatGateway { name: "egress-a".into() }).await.unwrap() else { panic!() };
+        let CallOutput::NatGateway(Some(nat)) = t.perform(CloudCall::GetNatGateway { name: "egress-a".into() }).await.unwrap() else {
+            panic!()
+        };
         assert!(!nat.references_service_gateway);
         t.perform(unregister("egress-a", ServiceType::Outbound)).await.unwrap();
         t.perform(CloudCall::DeleteNatGateway { name: "egress-a".into() }).await.unwrap();
@@ -283,7 +284,10 @@ async fn without_seeding_there_is_no_default_natgw() {
 
 // ------------------------------------------------------------------------ address-location semantics
 
-async fn registered(options: EmulatorOptions, uids: &[&str]) -> (difftracker_simulation::emulator::EmulatorHandle, difftracker_runtime::transport::ArmTransport) {
+async fn registered(
+    options: EmulatorOptions,
+    uids: &[&str],
+) -> (difftracker_simulation::emulator::EmulatorHandle, difftracker_runtime::transport::ArmTransport) {
     let (h, t) = start(options).await;
     for u in uids {
         t.perform(put_pip(&format!("{u}-pip"), IpVersion::V4)).await.unwrap();
@@ -309,9 +313,12 @@ async fn full_update_partial_update_and_empty_lists() {
     t.perform(publish(vec![loc("10.224.0.4", PartialUpdate, &[("10.244.1.7", &[])])])).await.unwrap();
     assert_eq!(locs(), json!({"10.224.0.4": {"10.244.1.10": [U1], "10.244.1.8": [U2]}}));
     // FullUpdate of a known node replaces everything.
-    t.perform(publish(vec![loc("10.224.0.4", FullUpdate, &[("10.244.1.11", &[U2])]), loc("10.224.0.5", FullUpdate, &[("10.244.2.3", &[U1])])]))
-        .await
-        .unwrap();
+    t.perform(publish(vec![
+        loc("10.224.0.4", FullUpdate, &[("10.244.1.11", &[U2])]),
+        loc("10.224.0.5", FullUpdate, &[("10.244.2.3", &[U1])]),
+    ]))
+    .await
+    .unwrap();
     assert_eq!(locs(), json!({"10.224.0.4": {"10.244.1.11": [U2]}, "10.224.0.5": {"10.244.2.3": [U1]}}));
     // addresses [] with PartialUpdate removes the whole location.
     t.perform(publish(vec![loc("10.224.0.4", PartialUpdate, &[])])).await.unwrap();
@@ -320,7 +327,10 @@ async fn full_update_partial_update_and_empty_lists() {
     let CallOutput::AddressLocations(al) = t.perform(CloudCall::GetAddressLocations).await.unwrap() else { panic!() };
     assert_eq!(
         al,
-        vec![AddressLocation { location: "10.224.0.5".into(), addresses: vec![AddressUpdate { address: "10.244.2.3".into(), services: vec![U1.into()] }] }]
+        vec![AddressLocation {
+            location: "10.224.0.5".into(),
+            addresses: vec![AddressUpdate { address: "10.244.2.3".into(), services: vec![U1.into()] }]
+        }]
     );
 }
 
@@ -391,7 +401,8 @@ async fn paths_match_case_insensitively_and_errors_are_arm_shaped() {
     assert!(v["value"][0]["properties"]["publicIpAddresses"].is_array());
 
     let (status, head, body) =
-        raw_http(a, "GET", "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/natGateways/nope?api-version=2025-05-01", None).await;
+        raw_http(a, "GET", "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/natGateways/nope?api-version=2025-05-01", None)
+            .await;
     assert_eq!(status, 404);
     assert!(head.contains("x-ms-error-code: resourcenotfound"), "{head}");
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -5,8 +5,8 @@ use difftracker_engine::io::KubeEvent;
 use difftracker_runtime::backend::{CallFuture, CloudBackend, KubeBackend};
 use difftracker_runtime::driver::CallIds;
 use difftracker_runtime::executor::{Backends, Clock, Executor, ManualClock};
-use difftracker_simulation::mock::MockWorld;
 use difftracker_runtime::tenant::{spawn_tenant, TenantEvent, TenantOptions};
+use difftracker_simulation::mock::MockWorld;
 use difftracker_tests::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -132,9 +132,10 @@ impl CloudBackend for GatedCloud {
         Box::pin(async move {
             if call.label() == "PUT loadBalancers" {
                 waiting.fetch_add(1, Ordering::SeqCst);
-                let _permit = gate.acquire().await.map_err(|_| {
-                    difftracker_engine::io::CallError::of_kind(difftracker_engine::io::ErrorKind::Transport, "gate closed")
-                })?;
+                let _permit = gate
+                    .acquire()
+                    .await
+                    .map_err(|_| difftracker_engine::io::CallError::of_kind(difftracker_engine::io::ErrorKind::Transport, "gate closed"))?;
             }
             CloudBackend::call(&inner, call).await
         })
@@ -150,13 +151,8 @@ async fn swapping_the_engine_mid_operation_completes_in_flight_calls_into_the_ne
     let waiting = Arc::new(AtomicUsize::new(0));
     let cloud = Arc::new(GatedCloud { inner: world.clone(), gate: gate.clone(), waiting: waiting.clone() });
     let ids = CallIds::default();
-    let tenant = spawn_tenant(
-        &executor,
-        TenantOptions::new("swap"),
-        wasm_engine(ids.clone()),
-        Backends { cloud, kube: world.kube() },
-        None,
-    );
+    let tenant =
+        spawn_tenant(&executor, TenantOptions::new("swap"), wasm_engine(ids.clone()), Backends { cloud, kube: world.kube() }, None);
     let svc = sample_service("default", "web", "dddd0000-0000-4000-8000-000000000001");
     tenant.deliver(vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::ServiceApplied(svc)]).unwrap();
     // Wait until the load balancer call is in flight (held at the gate).

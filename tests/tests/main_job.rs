@@ -5,15 +5,15 @@
 //! endpoints answer while it serves. No assertion depends on timing; waits are bounded only so
 //! that a broken build fails instead of hanging.
 
+use difftracker_runtime::driver::EngineKind;
 use difftracker_runtime::driver::NativeEngine;
 use difftracker_runtime::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
+use difftracker_runtime::observe::{self, Observatory};
+use difftracker_runtime::tenant::TenantOptions;
 use difftracker_simulation::live::{self, LiveOptions, TENANT};
 use difftracker_simulation::mock::MockWorld;
-use difftracker_runtime::observe::{self, Observatory};
 use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
-use difftracker_runtime::driver::EngineKind;
 use difftracker_simulation::replay::{parse_trace, Trace};
-use difftracker_runtime::tenant::TenantOptions;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +97,8 @@ async fn main_job_converges(engine: EngineKind, seed: u64) {
     assert_eq!(s.load_balancers, len(&inventory, "load_balancers"), "{table}");
     assert_eq!(s.nat_gateways, len(&inventory, "nat_gateways"), "{table}");
     assert_eq!(s.registrations, len(&inventory, "sgw_services"), "{table}");
-    let mapped: usize = inventory["address_locations"].as_object().expect("address_locations").values().map(|a| a.as_object().map_or(0, |m| m.len())).sum();
+    let mapped: usize =
+        inventory["address_locations"].as_object().expect("address_locations").values().map(|a| a.as_object().map_or(0, |m| m.len())).sum();
     assert_eq!(s.mapped_addresses, mapped, "{table}");
     // ... and agree with what the engine did: one public IP and one registration per load
     // balancer, beside the pre-existing ones. (Created minus deleted operations need not equal
@@ -113,10 +114,7 @@ async fn main_job_converges(engine: EngineKind, seed: u64) {
     let ops = samples(&metrics, "difftracker_engine_service_operations_total");
     assert!(!ops.is_empty(), "no difftracker_engine_service_operations_total in:\n{metrics}");
     assert!(ops.iter().all(|l| l.contains(&format!("tenant=\"{TENANT}\""))), "{ops:#?}");
-    assert!(
-        ops.iter().any(|l| l.contains("operation=\"create\"") && l.contains("result=\"success\"")),
-        "{ops:#?}"
-    );
+    assert!(ops.iter().any(|l| l.contains("operation=\"create\"") && l.contains("result=\"success\"")), "{ops:#?}");
     // Host metrics: the calls counted there are the summary's.
     let puts = samples(&metrics, "difftracker_host_calls_started_total")
         .into_iter()
@@ -197,6 +195,9 @@ async fn readiness_follows_the_tenants() {
     assert!(body2.contains("broken") && body2.contains("error"), "{body2}");
     assert_eq!(get(&client, &format!("{url}/healthz")).await.0, 200);
     let (_, metrics) = get(&client, &format!("{url}/metrics")).await;
-    assert!(samples(&metrics, "difftracker_host_tenant_up").iter().any(|l| l.contains("tenant=\"broken\"") && l.ends_with(" 0")), "{metrics}");
+    assert!(
+        samples(&metrics, "difftracker_host_tenant_up").iter().any(|l| l.contains("tenant=\"broken\"") && l.ends_with(" 0")),
+        "{metrics}"
+    );
     server.shutdown().await;
 }

@@ -7,13 +7,9 @@ use difftracker_tests::*;
 fn run(mut h: Harness) -> Harness {
     h.script.fail(PUT_PIP, 1, 500, "InternalServerError").fail(UPDATE_LOCATIONS, 1, 429, "TooManyRequests");
     h.script.hold(PUT_LB, 2);
-    let services: Vec<_> = (0..12)
-        .map(|n| sample_service("ns", &format!("s{n}"), &format!("beef0000-0000-4000-8000-{n:012}")))
-        .collect();
-    let mut events = vec![
-        KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")),
-        KubeEvent::NodeApplied(sample_node("node-2", "10.0.0.5")),
-    ];
+    let services: Vec<_> = (0..12).map(|n| sample_service("ns", &format!("s{n}"), &format!("beef0000-0000-4000-8000-{n:012}"))).collect();
+    let mut events =
+        vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::NodeApplied(sample_node("node-2", "10.0.0.5"))];
     for (n, svc) in services.iter().enumerate() {
         events.push(KubeEvent::ServiceApplied(svc.clone()));
         let a = format!("10.244.1.{}", n + 2);
@@ -47,9 +43,7 @@ fn a_native_snapshot_restores_into_the_component() {
     let mut native = Harness::native();
     native.script.hold(PUT_LB, 2);
     let svc = sample_service("ns", "a", "abcd0000-0000-4000-8000-000000000001");
-    native
-        .deliver(vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::ServiceApplied(svc)])
-        .unwrap();
+    native.deliver(vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::ServiceApplied(svc)]).unwrap();
     native.run_until(50, |h| h.first(PUT_LB).is_some()).unwrap();
     // Hand the native engine's state to the component mid-operation.
     native.swap_to_fresh_instance().unwrap();

@@ -2,12 +2,12 @@
 
 use anyhow::Result;
 use difftracker_engine::io::{Call, CallOutput, CloudCall, Completion, KubeCall};
+use difftracker_runtime::driver::EngineKind;
 use difftracker_runtime::driver::{CallIds, EngineDriver, Intercept, Intercepted, NativeEngine, TickResult};
 use difftracker_simulation::emulator::FaultPlan;
 use difftracker_simulation::replay::oracle::check_report;
 use difftracker_simulation::replay::report::to_bytes;
 use difftracker_simulation::replay::trace::TraceOrder;
-use difftracker_runtime::driver::EngineKind;
 use difftracker_simulation::replay::{read_trace, replay, replay_with, ReplayOptions};
 use std::path::PathBuf;
 
@@ -135,4 +135,34 @@ fn the_oracle_catches_a_misbehaving_engine() {
         let problems = check_report(&report).expect_err("the oracle must object");
         assert!(problems.iter().any(|p| p.contains(symptom)), "{symptom}: {problems:#?}");
     }
+}
+
+/// Fails every tick after the first `ok` ones, as a trapping guest would.
+struct FailsAfter {
+    ok: u32,
+}
+
+impl Intercept for FailsAfter {
+    fn tick(&mut self, inner: &mut dyn EngineDriver, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult> {
+        if self.ok == 0 {
+            anyhow::bail!("guest trapped: wasm trap: out of bounds memory access\nwasm backtrace:\n  0: 0x1234 - <unknown>");
+        }
+        self.ok -= 1;
+        inner.tick(now_ms, completions)
+    }
+}
+
+/// An engine that fails mid-run still gets a report: not converged, the failure on one line, and
+/// the oracle's check names it.
+#[test]
+fn a_failing_engine_still_gets_a_report_that_says_so() {
+    let trace = read_trace(&example("sample-trace.jsonl")).unwrap();
+    let driver = Box::new(Intercepted::new(Box::new(NativeEngine::new(CallIds::default())), FailsAfter { ok: 5 }));
+    let report = replay_with(&trace, &ReplayOptions { engine: EngineKind::Native, ..ReplayOptions::default() }, driver).unwrap().report;
+    assert_eq!(report["converged"], false);
+    let failure = report["engine_failure"].as_str().expect("the failure is in the report");
+    assert!(failure.contains("engine tick at") && failure.contains("out of bounds"), "{failure}");
+    assert!(!failure.contains('\n'), "one line: {failure}");
+    let problems = check_report(&report).unwrap_err();
+    assert!(problems.iter().any(|p| p.contains("out of bounds")), "{problems:?}");
 }

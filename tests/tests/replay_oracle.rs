@@ -2,11 +2,11 @@
 //! replayed in virtual time; once settled, the emulator holds exactly what the final cluster
 //! implies. Reports are byte-identical across runs and across the wasm and native engines.
 
+use difftracker_runtime::driver::EngineKind;
 use difftracker_simulation::emulator::FaultPlan;
 use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
 use difftracker_simulation::replay::oracle;
 use difftracker_simulation::replay::report::to_bytes;
-use difftracker_runtime::driver::EngineKind;
 use difftracker_simulation::replay::{parse_trace, replay, ReplayOptions, Trace};
 
 fn trace(services: usize, nodes: usize, churn: Churn, seed: u64) -> Trace {
@@ -39,7 +39,12 @@ fn run(trace: &Trace, engine: EngineKind, seed: u64, faults: Option<FaultPlan>) 
 
 fn assert_oracle(report: &serde_json::Value, what: &str) {
     if let Err(problems) = oracle::check_report(report) {
-        panic!("{what}: {} problems:\n{}\nreport: {}", problems.len(), problems.join("\n"), serde_json::to_string_pretty(&report["kubernetes"]).unwrap());
+        panic!(
+            "{what}: {} problems:\n{}\nreport: {}",
+            problems.len(),
+            problems.join("\n"),
+            serde_json::to_string_pretty(&report["kubernetes"]).unwrap()
+        );
     }
 }
 

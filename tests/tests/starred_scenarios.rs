@@ -3,9 +3,7 @@
 //! where a scenario speaks of internal state (an operation's state, its retry count, a pending
 //! deletion) the test reads it from the component's own snapshot, restored into the engine crate.
 
-use difftracker_engine::io::{
-    Call, CloudCall, KubeCall, KubeEvent, LocationUpdate, ObjectMeta, Pod, Service, UpdateAction,
-};
+use difftracker_engine::io::{Call, CloudCall, KubeCall, KubeEvent, LocationUpdate, ObjectMeta, Pod, Service, UpdateAction};
 use difftracker_engine::{Engine, Identity, ResourceState};
 use difftracker_tests::label::*;
 use difftracker_tests::*;
@@ -306,8 +304,7 @@ fn s054_endpoints_during_create_are_buffered_and_replayed_in_order() {
     let svc = cluster(&mut h, &["10.244.1.7"]);
     h.run_until(50, |h| h.calls(PUT_LB).len() == 1).unwrap();
     // While the create runs: an address added, then removed again.
-    h.deliver(vec![KubeEvent::EndpointSliceApplied(sample_slice(&svc, &[("10.244.1.7", "node-1"), ("10.244.1.9", "node-1")]))])
-        .unwrap();
+    h.deliver(vec![KubeEvent::EndpointSliceApplied(sample_slice(&svc, &[("10.244.1.7", "node-1"), ("10.244.1.9", "node-1")]))]).unwrap();
     h.deliver(vec![KubeEvent::EndpointSliceApplied(sample_slice(&svc, &[("10.244.1.7", "node-1")]))]).unwrap();
     assert!(!view(&mut h).buffered_endpoints(&Identity::new(UID)).is_empty());
     assert_eq!(h.calls(UPDATE_LOCATIONS).len(), 0, "nothing published before registration");
@@ -330,7 +327,10 @@ fn s099_gone_node_and_gone_address_are_sent_as_empty_lists() {
         KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")),
         KubeEvent::NodeApplied(sample_node("node-2", "10.0.0.5")),
         KubeEvent::ServiceApplied(svc.clone()),
-        KubeEvent::EndpointSliceApplied(sample_slice(&svc, &[("10.244.1.7", "node-1"), ("10.244.1.8", "node-1"), ("10.244.2.9", "node-2")])),
+        KubeEvent::EndpointSliceApplied(sample_slice(
+            &svc,
+            &[("10.244.1.7", "node-1"), ("10.244.1.8", "node-1"), ("10.244.2.9", "node-2")],
+        )),
     ])
     .unwrap();
     h.run_until_idle(100).unwrap();
@@ -361,8 +361,7 @@ fn s108_rejected_sync_is_abandoned_unless_a_deletion_waits() {
 
     // A 400 on an ordinary change: abandoned, no retry.
     h.script.fail(UPDATE_LOCATIONS, 1, 400, "InvalidRequestFormat");
-    h.deliver(vec![KubeEvent::EndpointSliceApplied(sample_slice(&svc, &[("10.244.1.7", "node-1"), ("10.244.1.8", "node-1")]))])
-        .unwrap();
+    h.deliver(vec![KubeEvent::EndpointSliceApplied(sample_slice(&svc, &[("10.244.1.7", "node-1"), ("10.244.1.8", "node-1")]))]).unwrap();
     h.run_until_idle(100).unwrap();
     assert_eq!(h.calls(UPDATE_LOCATIONS).len(), 2);
     assert_eq!(h.last_outcome.next_wake_ms, None, "nothing rescheduled");
@@ -506,7 +505,9 @@ fn s113_dual_stack_node_files_each_address_under_its_family() {
     let mut placed: Vec<(String, String, Vec<String>)> = h
         .calls(UPDATE_LOCATIONS)
         .iter()
-        .flat_map(|s| locations(s).iter().flat_map(|l| l.addresses.iter().map(|a| (l.location.clone(), a.address.clone(), a.services.clone()))))
+        .flat_map(|s| {
+            locations(s).iter().flat_map(|l| l.addresses.iter().map(|a| (l.location.clone(), a.address.clone(), a.services.clone())))
+        })
         .collect();
     placed.sort();
     assert_eq!(
@@ -531,10 +532,6 @@ fn s116_default_natgw_is_never_touched() {
     h.run_until_idle(100).unwrap();
 
     assert!(h.events.iter().any(|e| e.reason == "ServiceGatewayReservedEgressLabel"), "{:?}", h.events);
-    assert!(
-        !h.started.iter().any(|s| matches!(s.call, Call::Cloud(_))),
-        "no cloud call at all: {:?}",
-        h.labels()
-    );
+    assert!(!h.started.iter().any(|s| matches!(s.call, Call::Cloud(_))), "no cloud call at all: {:?}", h.labels());
     assert_eq!(state(&mut h, "default-natgw"), None);
 }

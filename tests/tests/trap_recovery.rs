@@ -5,16 +5,16 @@
 //! into the new instance; a tenant beside it is unaffected; one that keeps trapping stops.
 //! Nothing here depends on timing: every wait is for a state of the tenant.
 
-use difftracker_engine::io::{CallError, CloudCall, KubeEvent, Service};
+use difftracker_engine::io::{CallError, CloudCall, EventType, KubeEvent, Service};
 use difftracker_runtime::backend::{CallFuture, CloudBackend};
 use difftracker_runtime::driver::{CallIds, EngineDriver, WasmEngine};
 use difftracker_runtime::executor::{Backends, Clock, Executor, ManualClock};
-use difftracker_simulation::mock::MockWorld;
 use difftracker_runtime::observe::Observatory;
-use difftracker_runtime::wasm::{EngineComponent, Runtime, RuntimeOptions, SandboxLimits};
 use difftracker_runtime::tenant::{
-    spawn_tenant, QuarantinedKind, Recovery, SnapshotPolicy, TenantHandle, TenantOptions, TenantStatus,
+    spawn_tenant, QuarantinedKind, Recovery, SnapshotPolicy, TenantHandle, TenantOptions, TenantStatus, REASON_INPUT_QUARANTINED,
 };
+use difftracker_runtime::wasm::{EngineComponent, Runtime, RuntimeOptions, SandboxLimits};
+use difftracker_simulation::mock::MockWorld;
 use difftracker_tests::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -70,10 +70,8 @@ impl CloudBackend for GatedCloud {
         Box::pin(async move {
             if call.label() == label::PUT_LB {
                 puts.fetch_add(1, Ordering::SeqCst);
-                let _permit = gate
-                    .acquire()
-                    .await
-                    .map_err(|_| CallError::of_kind(difftracker_engine::io::ErrorKind::Transport, "gate closed"))?;
+                let _permit =
+                    gate.acquire().await.map_err(|_| CallError::of_kind(difftracker_engine::io::ErrorKind::Transport, "gate closed"))?;
             }
             CloudBackend::call(&inner, call).await
         })
@@ -149,10 +147,8 @@ async fn a_trapping_event_is_quarantined(snapshots: SnapshotPolicy) {
         ])
         .unwrap();
     // The load balancer of "web" is in flight, held at the gate.
-    let before = settle(&tenant, "web's load balancer in flight", |s| {
-        s.calls_outstanding == 1 && s.state_count("creation_in_progress") == 1
-    })
-    .await;
+    let before =
+        settle(&tenant, "web's load balancer in flight", |s| s.calls_outstanding == 1 && s.state_count("creation_in_progress") == 1).await;
     while puts.load(Ordering::SeqCst) == 0 {
         tokio::task::yield_now().await;
     }
@@ -169,9 +165,7 @@ async fn a_trapping_event_is_quarantined(snapshots: SnapshotPolicy) {
         ])
         .unwrap();
     let beside_svc = sample_service("default", "beside", "bbbb0000-0000-4000-8000-000000000001");
-    beside
-        .deliver(vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::ServiceApplied(beside_svc)])
-        .unwrap();
+    beside.deliver(vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::ServiceApplied(beside_svc)]).unwrap();
 
     let recovered = settle(&tenant, "the huge Service quarantined", |s| s.quarantined_total == 1).await;
     assert_eq!(recovered.restarts, 1, "{recovered:?}");
@@ -214,6 +208,17 @@ async fn a_trapping_event_is_quarantined(snapshots: SnapshotPolicy) {
     }
     let page = observatory.status_page();
     assert!(page.contains("engine restarts after a trap: 1; inputs quarantined: 1"), "{page}");
+
+    // The quarantine is loud: a Warning Event on the skipped Service, the tenant not ready.
+    let huge = huge_service();
+    let warnings: Vec<_> = world.inventory().events.into_iter().filter(|e| e.reason == REASON_INPUT_QUARANTINED).collect();
+    assert_eq!(warnings.len(), 1, "one Warning Event on the skipped Service");
+    assert!(warnings[0].target.name == huge.meta.name && warnings[0].target.uid == huge.meta.uid);
+    assert_eq!(warnings[0].event_type, EventType::Warning);
+    assert!(warnings[0].message.len() <= 1100 && warnings[0].message.contains("skipped"), "{}", warnings[0].message);
+    let not_ready = observatory.readiness().unwrap_err();
+    assert!(not_ready.contains("tenant small skipped 1 input(s)"), "{not_ready}");
+    assert!(!not_ready.contains("beside"), "{not_ready}");
 
     let mut engine = tenant.stop().await.unwrap();
     assert!(engine.status().unwrap().settled);

@@ -134,7 +134,10 @@ impl PendingPods {
     /// Cancels the entries of `id` at (loc, addr) compatible with (key, uid).
     pub(crate) fn cancel(&mut self, id: &Identity, loc: &str, addr: &str, key: &str, uid: &str) -> bool {
         let taken = self.take(id, |buf| {
-            buf.at_address(addr).filter(|(_, e)| e.location == loc && compatible(key, &e.pod_key) && compatible(uid, &e.pod_uid)).map(|(s, _)| s).collect()
+            buf.at_address(addr)
+                .filter(|(_, e)| e.location == loc && compatible(key, &e.pod_key) && compatible(uid, &e.pod_uid))
+                .map(|(s, _)| s)
+                .collect()
         });
         !taken.is_empty()
     }
@@ -144,7 +147,9 @@ impl PendingPods {
         if key.is_empty() || uid.is_empty() {
             return false;
         }
-        self.get(id).is_some_and(|b| b.at_address(addr).any(|(_, e)| e.location == loc && e.pod_key == key && !e.pod_uid.is_empty() && e.pod_uid != uid))
+        self.get(id).is_some_and(|b| {
+            b.at_address(addr).any(|(_, e)| e.location == loc && e.pod_key == key && !e.pod_uid.is_empty() && e.pod_uid != uid)
+        })
     }
 
     pub(crate) fn rebuild_index(&mut self) {

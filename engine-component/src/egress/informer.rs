@@ -2,7 +2,9 @@
 //! points (admission, the update decision table, drains for a replacement, removals), with the
 //! Warning Events of what cannot be admitted.
 
-use super::pod::{egress_identity, has_label_key, has_pod_finalizer, location_for, locations_by_family, pod_addresses, pod_key, update_actions};
+use super::pod::{
+    egress_identity, has_label_key, has_pod_finalizer, location_for, locations_by_family, pod_addresses, pod_key, update_actions,
+};
 use super::pod_calls::{PodCallKind, PodEvent};
 use super::{FinalizerDecision, PodDeletionRecord};
 use crate::engine::Engine;
@@ -12,7 +14,13 @@ use crate::names::{REASON_INVALID_EGRESS_LABEL, REASON_INVALID_POD_IP, REASON_NO
 
 impl Engine {
     pub(crate) fn queue_pod_event(&mut self, target: ObjectRef, reason: &str, message: String) {
-        self.queued_events.push(KubeEventRecord { target, kind: ObjectKind::Pod, event_type: EventType::Warning, reason: reason.to_string(), message });
+        self.queued_events.push(KubeEventRecord {
+            target,
+            kind: ObjectKind::Pod,
+            event_type: EventType::Warning,
+            reason: reason.to_string(),
+            message,
+        });
     }
 
     pub(super) fn process_pod_event(&mut self, ev: PodEvent) {
@@ -280,7 +288,10 @@ impl Engine {
             return;
         }
         let live = match self.ops.get(id) {
-            Some(op) => op.kind() == crate::config::ServiceKind::Outbound && matches!(op.state, crate::state::ResourceState::Created | crate::state::ResourceState::UpdateInProgress),
+            Some(op) => {
+                op.kind() == crate::config::ServiceKind::Outbound
+                    && matches!(op.state, crate::state::ResourceState::Created | crate::state::ResourceState::UpdateInProgress)
+            }
             None => self.nrp.has_nat_gateway(id),
         };
         if live {

@@ -24,8 +24,8 @@ mod workers;
 
 pub use buffer::BufferedPod;
 pub(crate) use buffer::PendingPods;
-pub use pod_calls::{PodCallKind, PodEvent};
 pub(crate) use pod_calls::PodCalls;
+pub use pod_calls::{PodCallKind, PodEvent};
 pub use records::PodDeletionRecord;
 pub(crate) use records::{DeletionRecords, Shadows};
 
@@ -159,7 +159,9 @@ impl Engine {
     }
 
     fn may_have_reached_nrp(&self, id: &Identity) -> bool {
-        self.ops.get(id).is_some_and(|o| o.state != ResourceState::NotStarted) || self.nrp.has_nat_gateway(id) || self.may_have_nrp_addresses(id)
+        self.ops.get(id).is_some_and(|o| o.state != ResourceState::NotStarted)
+            || self.nrp.has_nat_gateway(id)
+            || self.may_have_nrp_addresses(id)
     }
 
     fn live_outbound_is(&self, id: &Identity, loc: &str, addr: &str) -> bool {
@@ -190,7 +192,8 @@ impl Engine {
                 return;
             }
             let families = self.outbound_ip_families();
-            let trig = pod_key.split_once('/').map(|(ns, n)| (ns.to_string(), n.to_string())).unwrap_or((pod_key.to_string(), String::new()));
+            let trig =
+                pod_key.split_once('/').map(|(ns, n)| (ns.to_string(), n.to_string())).unwrap_or((pod_key.to_string(), String::new()));
             let mut op = self.new_op(ServiceConfig::outbound(id.clone(), families, Some(trig.clone())), ResourceState::NotStarted);
             op.triggering_pod = Some(trig);
             self.insert_op(id, op);
@@ -238,12 +241,29 @@ impl Engine {
 
     /// `DeletePodForReplacement`: drains a live pod's leaving addresses without ever scheduling
     /// the NAT gateway's deletion in the drain/add gap.
-    pub fn delete_pod_for_replacement(&mut self, id: &Identity, hint: &str, addresses: &[String], ns: &str, name: &str, uid: &str) -> DeletePodResult {
+    pub fn delete_pod_for_replacement(
+        &mut self,
+        id: &Identity,
+        hint: &str,
+        addresses: &[String],
+        ns: &str,
+        name: &str,
+        uid: &str,
+    ) -> DeletePodResult {
         self.delete_pod_inner(id, hint, addresses, ns, name, uid, true)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn delete_pod_inner(&mut self, id: &Identity, hint: &str, addresses: &[String], ns: &str, name: &str, uid: &str, replacement: bool) -> DeletePodResult {
+    fn delete_pod_inner(
+        &mut self,
+        id: &Identity,
+        hint: &str,
+        addresses: &[String],
+        ns: &str,
+        name: &str,
+        uid: &str,
+        replacement: bool,
+    ) -> DeletePodResult {
         if id.is_empty() || hint.is_empty() || addresses.is_empty() || id.is_reserved() || self.collides_with_inbound(id) {
             return DeletePodResult::rejected();
         }
@@ -273,7 +293,8 @@ impl Engine {
                 continue;
             }
             let owned = self.desired.get(&loc, addr).is_some_and(|p| {
-                compatible(&key, p.outbound_pod_key.as_deref().unwrap_or("")) && compatible(uid, p.outbound_pod_uid.as_deref().unwrap_or(""))
+                compatible(&key, p.outbound_pod_key.as_deref().unwrap_or(""))
+                    && compatible(uid, p.outbound_pod_uid.as_deref().unwrap_or(""))
             });
             if !owned {
                 continue;
@@ -293,7 +314,8 @@ impl Engine {
         if !key.is_empty() {
             if !drained.is_empty() {
                 let recovered = self.egress.records.get(&key).is_some_and(|r| compatible(uid, &r.uid) && r.recovered_at_startup);
-                let rec = PodDeletionRecord::new(object(ns, name, uid), id.clone(), drained, self.now_ms).last_pod(is_last).recovered(recovered);
+                let rec =
+                    PodDeletionRecord::new(object(ns, name, uid), id.clone(), drained, self.now_ms).last_pod(is_last).recovered(recovered);
                 self.put_pod_record(&key, rec);
                 enqueued = true;
             } else if self.egress.records.get(&key).is_some_and(|r| compatible(uid, &r.uid)) {
@@ -327,7 +349,8 @@ impl Engine {
         }
         match self.ops.get(id).map(|o| o.state) {
             None => {
-                let op = self.new_op(ServiceConfig::bare(id.clone(), ServiceKind::Outbound, ObjectRef::default()), ResourceState::DeletionPending);
+                let op = self
+                    .new_op(ServiceConfig::bare(id.clone(), ServiceKind::Outbound, ObjectRef::default()), ResourceState::DeletionPending);
                 self.insert_op(id, op);
             }
             // Never demoted: a revive would race the running delete.
@@ -393,7 +416,8 @@ impl Engine {
 
         let mut addresses: Vec<String> = Vec::new();
         let mut removed_any = false;
-        let buffered = self.pending_pods.take(id, |buf| buf.of_pod(&key).filter(|(_, e)| compatible(uid, &e.pod_uid)).map(|(s, _)| s).collect());
+        let buffered =
+            self.pending_pods.take(id, |buf| buf.of_pod(&key).filter(|(_, e)| compatible(uid, &e.pod_uid)).map(|(s, _)| s).collect());
         for e in buffered {
             push_unique(&mut addresses, &e.address);
             removed_any = true;
@@ -434,7 +458,9 @@ impl Engine {
             self.mark_outbound_for_deletion(id);
         }
         let verify = addresses.is_empty();
-        let rec = PodDeletionRecord::new(object(ns, name, uid), id.clone(), addresses, self.now_ms).verify_service_drain(verify).last_pod(is_last);
+        let rec = PodDeletionRecord::new(object(ns, name, uid), id.clone(), addresses, self.now_ms)
+            .verify_service_drain(verify)
+            .last_pod(is_last);
         self.put_pod_record(&key, rec);
         self.trigger_location_sync();
         DeletePodResult::decide(is_last, true)
@@ -446,7 +472,9 @@ impl Engine {
             return false;
         }
         let live = self.desired.keys_of_pod(key).any(|(l, a)| {
-            self.desired.get(l, a).is_some_and(|p| p.outbound.as_ref() == Some(id) && p.outbound_pod_uid.as_deref().is_some_and(|u| !u.is_empty() && u != uid))
+            self.desired.get(l, a).is_some_and(|p| {
+                p.outbound.as_ref() == Some(id) && p.outbound_pod_uid.as_deref().is_some_and(|u| !u.is_empty() && u != uid)
+            })
         });
         live || self.pending_pods.get(id).is_some_and(|b| b.of_pod(key).any(|(_, e)| !e.pod_uid.is_empty() && e.pod_uid != uid))
     }

@@ -197,7 +197,8 @@ impl Engine {
     /// deletion instead of leaking.
     fn finish_replacement(&mut self, identity: &Identity, pod: &Pod, old_id: &Identity, hint: &str, drained: &[String]) {
         let key = pod_key(pod);
-        let registered = self.desired.keys_of_pod(&key).next().is_some() || self.pending_pods.get(identity).is_some_and(|b| b.of_pod(&key).next().is_some());
+        let registered = self.desired.keys_of_pod(&key).next().is_some()
+            || self.pending_pods.get(identity).is_some_and(|b| b.of_pod(&key).next().is_some());
         if registered || drained.is_empty() {
             return;
         }

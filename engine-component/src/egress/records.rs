@@ -356,11 +356,13 @@ impl Engine {
         if rec.verify_service_drain {
             let buf = self.pending_pods.get(id);
             return !self.nrp.keys_of(id).any(|(loc, addr)| {
-                let backed = self.live_outbound_is(id, loc, addr) || buf.is_some_and(|b| b.at_address(addr).any(|(_, e)| &e.location == loc));
+                let backed =
+                    self.live_outbound_is(id, loc, addr) || buf.is_some_and(|b| b.at_address(addr).any(|(_, e)| &e.location == loc));
                 !backed
             });
         }
-        !rec.addresses.iter().any(|a| self.nrp.maps_address_to(id, a)) && !rec.other_addresses.iter().any(|(i, a)| self.nrp.maps_address_to(i, a))
+        !rec.addresses.iter().any(|a| self.nrp.maps_address_to(id, a))
+            && !rec.other_addresses.iter().any(|(i, a)| self.nrp.maps_address_to(i, a))
     }
 
     /// `CheckPendingPodDeletions` (8.3), run after every LocationsUpdater pass: every drained

@@ -13,12 +13,21 @@
 
 use crate::engine::Engine;
 use crate::identity::Identity;
-use crate::io::{Call, CallError, CallOutput, CloudCall, ErrorKind, IpVersion, KubeCall, NatGatewaySpec, NatReference, ServiceType, SgwServiceRequest};
+use crate::io::{
+    Call, CallError, CallOutput, CloudCall, ErrorKind, IpVersion, KubeCall, NatGatewaySpec, NatReference, ServiceType, SgwServiceRequest,
+};
 use crate::metrics;
 use crate::workers::{is_not_found, AttemptFailure, Next, Step, WorkerResult};
 
 fn outbound_request(id: &Identity, is_delete: bool, nat: NatReference) -> SgwServiceRequest {
-    SgwServiceRequest { name: id.as_str().to_string(), service_type: ServiceType::Outbound, is_delete, backend_pools: vec![], nat_gateway: nat, is_default: None }
+    SgwServiceRequest {
+        name: id.as_str().to_string(),
+        service_type: ServiceType::Outbound,
+        is_delete,
+        backend_pools: vec![],
+        nat_gateway: nat,
+        is_default: None,
+    }
 }
 
 fn pip_name(id: &Identity, v: IpVersion) -> String {
@@ -31,7 +40,8 @@ fn pip_name(id: &Identity, v: IpVersion) -> String {
 impl Engine {
     /// The families of the worker's config (IPv4 when nothing was decided).
     fn worker_families(&self, id: &Identity) -> Vec<IpVersion> {
-        let fams = self.dispatcher.active.get(id).and_then(|a| a.config.outbound_config().map(|c| c.ip_families.clone())).unwrap_or_default();
+        let fams =
+            self.dispatcher.active.get(id).and_then(|a| a.config.outbound_config().map(|c| c.ip_families.clone())).unwrap_or_default();
         if fams.is_empty() {
             vec![IpVersion::V4]
         } else {
@@ -99,7 +109,8 @@ impl Engine {
             return Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(e)));
         }
         self.set_nrp_nat_gateway(id, false);
-        let keys: Vec<String> = self.egress.records.keys_of(id).into_iter().filter(|k| self.egress.records.get(k).is_some_and(|r| r.is_last_pod)).collect();
+        let keys: Vec<String> =
+            self.egress.records.keys_of(id).into_iter().filter(|k| self.egress.records.get(k).is_some_and(|r| r.is_last_pod)).collect();
         if let Some(a) = self.dispatcher.active.get_mut(id) {
             a.finalizer_keys = keys;
         }
@@ -112,7 +123,10 @@ impl Engine {
             let Some(a) = self.dispatcher.active.get_mut(id) else { return Next::Finish(WorkerResult::Dropped) };
             if a.finalizer_keys.is_empty() {
                 return if a.finalizer_failed {
-                    Next::Finish(WorkerResult::Failed(AttemptFailure::transient("unknown", "a last pod's cleanup finalizer could not be removed")))
+                    Next::Finish(WorkerResult::Failed(AttemptFailure::transient(
+                        "unknown",
+                        "a last pod's cleanup finalizer could not be removed",
+                    )))
                 } else {
                     Next::Finish(WorkerResult::Done)
                 };
@@ -172,7 +186,8 @@ impl Engine {
             },
             Step::GetSgwServices => match outcome {
                 Ok(CallOutput::SgwServices(list)) => {
-                    let entry = list.into_iter().find(|s| s.name.eq_ignore_ascii_case(id.as_str()) && !Identity::new(&s.name).is_reserved());
+                    let entry =
+                        list.into_iter().find(|s| s.name.eq_ignore_ascii_case(id.as_str()) && !Identity::new(&s.name).is_reserved());
                     match entry {
                         Some(e) if e.nat_gateway.is_some() => {
                             let req = SgwServiceRequest {
@@ -200,9 +215,10 @@ impl Engine {
                 Self::get_nat(id)
             }
             Step::GetNatGateway => match outcome {
-                Ok(CallOutput::NatGateway(Some(info))) if info.references_service_gateway => {
-                    Next::Call(Step::DetachNatGateway, Call::Cloud(CloudCall::DetachNatGateway { name: id.as_str().to_string(), raw: info.raw }))
-                }
+                Ok(CallOutput::NatGateway(Some(info))) if info.references_service_gateway => Next::Call(
+                    Step::DetachNatGateway,
+                    Call::Cloud(CloudCall::DetachNatGateway { name: id.as_str().to_string(), raw: info.raw }),
+                ),
                 Ok(CallOutput::NatGateway(_)) => self.unregister_outbound(id),
                 Err(e) if is_not_found(&e) => self.unregister_outbound(id),
                 Ok(_) | Err(_) => {

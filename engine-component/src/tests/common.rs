@@ -218,7 +218,9 @@ pub fn finish_nat_delete(h: &mut Harness, eid: &str) {
     for _ in 0..20 {
         let Some(c) = h.find_by(|c| match c {
             Call::Cloud(CloudCall::GetSgwServices) => true,
-            Call::Cloud(CloudCall::GetNatGateway { name }) | Call::Cloud(CloudCall::DetachNatGateway { name, .. }) | Call::Cloud(CloudCall::DeleteNatGateway { name }) => name == eid,
+            Call::Cloud(CloudCall::GetNatGateway { name })
+            | Call::Cloud(CloudCall::DetachNatGateway { name, .. })
+            | Call::Cloud(CloudCall::DeleteNatGateway { name }) => name == eid,
             Call::Cloud(CloudCall::UpdateServices(r)) => r.iter().any(|r| r.name == eid),
             Call::Cloud(CloudCall::DeletePublicIp { name }) => name.starts_with(&format!("{eid}-pip")),
             Call::Kube(KubeCall::RemovePodFinalizer(_)) => h.engine.active_operation(&id(eid)).is_some(),

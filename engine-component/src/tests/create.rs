@@ -150,7 +150,15 @@ fn s010_create_writes_ingress_and_records_last_applied() {
     for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers", "POST updateServices"] {
         let c = h.find(label).unwrap();
         if label == "PUT publicIPAddresses" {
-            h.complete(c, Ok(CallOutput::PublicIp(PublicIpInfo { name: format!("{UID}-pip"), ip_address: Some("20.1.2.3".into()), version: IpVersion::V4, attached: false })));
+            h.complete(
+                c,
+                Ok(CallOutput::PublicIp(PublicIpInfo {
+                    name: format!("{UID}-pip"),
+                    ip_address: Some("20.1.2.3".into()),
+                    version: IpVersion::V4,
+                    attached: false,
+                })),
+            );
             pip = Some(());
         } else {
             h.ok(c);

@@ -97,7 +97,9 @@ fn s029_update_completion_after_republish_returns_to_pending() {
     let put = s[0].0;
     // Drain happened meanwhile: NRP has nothing for the service; the delete takes the fast path.
     let mut drain = crate::diff::LocationDiff::default();
-    drain.locations.insert("10.0.0.1".into(), crate::diff::LocationChange { action: UpdateAction::PartialUpdate, addresses: Default::default() });
+    drain
+        .locations
+        .insert("10.0.0.1".into(), crate::diff::LocationChange { action: UpdateAction::PartialUpdate, addresses: Default::default() });
     h.engine.nrp.apply(&drain);
     h.engine.delete_service(&id(UID), true, false);
     assert_eq!(state(&h, UID), Some(ResourceState::DeletionInProgress));
@@ -187,7 +189,15 @@ fn s032_lb_clusterip_lb_flip_recreates_after_delete() {
         sync_ok(&mut h);
         // Delete succeeds.
         let mut done = 0;
-        while let Some(c) = h.find_by(|c| matches!(c, Call::Cloud(CloudCall::UpdateServices(_)) | Call::Cloud(CloudCall::DeleteLoadBalancer { .. }) | Call::Cloud(CloudCall::DeletePublicIp { .. }) | Call::Kube(KubeCall::RemoveServiceFinalizers(_)))) {
+        while let Some(c) = h.find_by(|c| {
+            matches!(
+                c,
+                Call::Cloud(CloudCall::UpdateServices(_))
+                    | Call::Cloud(CloudCall::DeleteLoadBalancer { .. })
+                    | Call::Cloud(CloudCall::DeletePublicIp { .. })
+                    | Call::Kube(KubeCall::RemoveServiceFinalizers(_))
+            )
+        }) {
             if h.engine.operation(&id(UID)).unwrap().state != ResourceState::DeletionInProgress {
                 break;
             }
@@ -201,7 +211,9 @@ fn s032_lb_clusterip_lb_flip_recreates_after_delete() {
         assert!(op.last_applied_config.is_none());
         assert!(!op.recreate_after_deletion);
         assert_eq!(started_labels(&[(0, h.log.last().unwrap().1.clone())]), vec!["add-service-finalizers"]);
-        for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers", "POST updateServices", "patch-service-ingress"] {
+        for label in
+            ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers", "POST updateServices", "patch-service-ingress"]
+        {
             let c = h.find(label).unwrap();
             h.ok(c);
         }
@@ -256,7 +268,10 @@ fn s035_overlay_rejection_re_drains() {
     // The transition itself, through the entry point.
     let mut h = harness();
     put_op(&mut h, UID, ResourceState::DeletionInProgress);
-    h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::AttemptFailure::from_call(&CallError::http(400, crate::workers::OVERLAY_ERROR_CODE, "mapped"))));
+    h.engine.on_service_creation_complete(
+        &id(UID),
+        Err(crate::workers::AttemptFailure::from_call(&CallError::http(400, crate::workers::OVERLAY_ERROR_CODE, "mapped"))),
+    );
     let op = h.engine.operation(&id(UID)).unwrap();
     assert_eq!(op.state, ResourceState::DeletionPending);
     assert_eq!(op.retry_count, 1);
@@ -320,7 +335,10 @@ fn s035_overlay_with_addresses_waits_for_the_drain() {
     }
     // NRP turns out to still hold an address (e.g. it landed late).
     let mut republish = crate::diff::LocationDiff::default();
-    republish.locations.insert("10.0.0.1".into(), crate::diff::LocationChange { action: UpdateAction::FullUpdate, addresses: [("10.1.0.1".to_string(), [id(UID)].into())].into() });
+    republish.locations.insert(
+        "10.0.0.1".into(),
+        crate::diff::LocationChange { action: UpdateAction::FullUpdate, addresses: [("10.1.0.1".to_string(), [id(UID)].into())].into() },
+    );
     h.engine.nrp.apply(&republish);
     h.engine.dirty.insert(("10.0.0.1".into(), "10.1.0.1".into()));
     let c = h.find_by(|c| is_unregister(c, UID)).unwrap();

@@ -1,8 +1,8 @@
 //! Group F (egress pods and ref-counting), plus 11 and 12 (outbound create, kind collision).
 
 use super::common::*;
-use crate::egress::FinalizerDecision;
 use crate::egress::pod::update_actions;
+use crate::egress::FinalizerDecision;
 use crate::names::{REASON_INVALID_EGRESS_LABEL, REASON_INVALID_POD_IP, REASON_NO_NODE_LOCATION, REASON_RESERVED_EGRESS_LABEL};
 
 const L1: &str = "10.0.0.1";
@@ -20,7 +20,11 @@ fn s011_outbound_create_pips_then_nat_then_registration() {
     let c = h.find("PUT natGateways").unwrap();
     assert_eq!(
         h.outstanding[&c],
-        Call::Cloud(CloudCall::PutNatGateway(NatGatewaySpec { name: EG.into(), public_ips: vec![format!("{EG}-pip")], public_ips_v6: vec![] }))
+        Call::Cloud(CloudCall::PutNatGateway(NatGatewaySpec {
+            name: EG.into(),
+            public_ips: vec![format!("{EG}-pip")],
+            public_ips_v6: vec![]
+        }))
     );
     // A failing NAT PUT records nothing and retries.
     h.fail(c, transient());
@@ -52,8 +56,18 @@ fn s011_outbound_create_pips_then_nat_then_registration() {
     create_nat(&mut h, EG);
     assert_eq!(state(&h, EG), Some(ResourceState::Created));
     let body = sync_ok(&mut h).unwrap();
-    assert_eq!(body, vec![LocationUpdate { location: L1.into(), action: UpdateAction::FullUpdate, addresses: vec![AddressUpdate { address: "10.1.0.1".into(), services: vec![EG.into()] }] }]);
-    assert_eq!(metric(&h, "service_operations_total", &[("operation", "create"), ("service_type", "outbound"), ("result", "success")]), 1.0);
+    assert_eq!(
+        body,
+        vec![LocationUpdate {
+            location: L1.into(),
+            action: UpdateAction::FullUpdate,
+            addresses: vec![AddressUpdate { address: "10.1.0.1".into(), services: vec![EG.into()] }]
+        }]
+    );
+    assert_eq!(
+        metric(&h, "service_operations_total", &[("operation", "create"), ("service_type", "outbound"), ("result", "success")]),
+        1.0
+    );
     inv(&h);
 
     // With an IPv6 node in the cluster, a new identity gets both families.
@@ -69,7 +83,11 @@ fn s011_outbound_create_pips_then_nat_then_registration() {
     let c = h.find("PUT natGateways").unwrap();
     assert_eq!(
         h.outstanding[&c],
-        Call::Cloud(CloudCall::PutNatGateway(NatGatewaySpec { name: EG2.into(), public_ips: vec![format!("{EG2}-pip")], public_ips_v6: vec![format!("{EG2}-pip-v6")] }))
+        Call::Cloud(CloudCall::PutNatGateway(NatGatewaySpec {
+            name: EG2.into(),
+            public_ips: vec![format!("{EG2}-pip")],
+            public_ips_v6: vec![format!("{EG2}-pip-v6")]
+        }))
     );
 }
 
@@ -105,7 +123,10 @@ fn s062_nat_in_nrp_untracked_applies_pod_immediately() {
     assert!(h.engine.desired().holds(&id(EG), L1, "10.1.0.1"));
     assert_eq!(h.engine.pod_ref_count(&id(EG)), 1);
     assert!(lu_triggered(&h));
-    let body = { h.tick(); sync_ok(&mut h).unwrap() };
+    let body = {
+        h.tick();
+        sync_ok(&mut h).unwrap()
+    };
     assert_eq!(body[0].addresses[0].services, vec![EG.to_string()], "adopted NAT is ready: published at once");
     inv(&h);
 }
@@ -357,7 +378,8 @@ fn s072_failed_create_losing_last_buffered_pod_tears_down() {
     let mut h = harness();
     h.engine.set_nrp_nat_gateway(&id(EG), true);
     h.engine.add_pod(&id(EG), "ns/live", "u0", L1, "10.1.0.9");
-    let mut op = crate::state::Operation::new(ServiceConfig::outbound(id(EG), vec![IpVersion::V4], None), ResourceState::NotStarted, 0, "c".into());
+    let mut op =
+        crate::state::Operation::new(ServiceConfig::outbound(id(EG), vec![IpVersion::V4], None), ResourceState::NotStarted, 0, "c".into());
     op.retry_count = 2;
     h.engine.insert_op(&id(EG), op);
     h.engine.add_pod(&id(EG), "ns/a", "u1", L1, "10.1.0.1");
@@ -470,7 +492,9 @@ fn s077_new_pod_during_in_flight_delete_is_not_revived() {
     sync_ok(&mut h);
     assert_eq!(state(&h, EG), Some(ResourceState::DeletionInProgress));
     // A recovered drain (NRP still maps an old address) while the delete is in flight.
-    h.engine.nrp.set_locations([(L1.to_string(), [("10.1.0.8".to_string(), [id(EG)].into_iter().collect())].into_iter().collect())].into_iter().collect());
+    h.engine.nrp.set_locations(
+        [(L1.to_string(), [("10.1.0.8".to_string(), [id(EG)].into_iter().collect())].into_iter().collect())].into_iter().collect(),
+    );
     h.engine.mark_dirty(L1, "10.1.0.8");
     let r = h.engine.delete_pod(&id(EG), L1, &vs(&["10.1.0.8"]), "ns", "old", "u0");
     assert!(r.is_last_pod);
@@ -518,26 +542,41 @@ fn s078_pod_update_decision_table() {
     });
     let cases: Vec<(&str, Pod, Pod, (bool, bool))> = vec![
         ("label change", base.clone(), label("egress-b"), (true, true)),
-        ("label change, new invalid", base.clone(), with(&|p| {
-            p.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), "egress-b".into())];
-            p.phase = "Failed".into();
-        }), (true, false)),
+        (
+            "label change, new invalid",
+            base.clone(),
+            with(&|p| {
+                p.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), "egress-b".into())];
+                p.phase = "Failed".into();
+            }),
+            (true, false),
+        ),
         ("label removed", base.clone(), label(""), (true, false)),
         ("label set on a pod without IPs", label(""), no_ips.clone(), (false, false)),
         ("label gained", label(""), base.clone(), (false, true)),
-        ("empty label unchanged", label(""), with(&|p| {
-            p.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), "".into())];
-            p.phase = "Failed".into();
-        }), (false, false)),
+        (
+            "empty label unchanged",
+            label(""),
+            with(&|p| {
+                p.meta.labels = vec![(crate::names::EGRESS_LABEL.into(), "".into())];
+                p.phase = "Failed".into();
+            }),
+            (false, false),
+        ),
         ("Failed", base.clone(), phase("Failed"), (true, false)),
         ("Succeeded", base.clone(), phase("Succeeded"), (true, false)),
         ("Unknown", base.clone(), phase("Unknown"), (true, false)),
         ("deletionTimestamp", base.clone(), deleting.clone(), (true, false)),
-        ("invalid without IPs stays quiet", no_ips.clone(), with(&|p| {
-            p.pod_ip.clear();
-            p.pod_ips.clear();
-            p.phase = "Failed".into();
-        }), (false, false)),
+        (
+            "invalid without IPs stays quiet",
+            no_ips.clone(),
+            with(&|p| {
+                p.pod_ip.clear();
+                p.pod_ips.clear();
+                p.phase = "Failed".into();
+            }),
+            (false, false),
+        ),
         ("gained IPs", no_ips.clone(), base.clone(), (false, true)),
         ("gained hostIP", no_host.clone(), base.clone(), (false, true)),
         ("gained IPs while invalid", no_ips.clone(), phase("Failed"), (false, false)),
@@ -561,7 +600,11 @@ fn s078_pod_update_decision_table() {
 #[test]
 fn s079_invalid_and_reserved_labels_are_refused() {
     let mut h = harness();
-    let cases = [("default-natgw", REASON_RESERVED_EGRESS_LABEL), ("Default-NatGW", REASON_RESERVED_EGRESS_LABEL), ("ns/path", REASON_INVALID_EGRESS_LABEL)];
+    let cases = [
+        ("default-natgw", REASON_RESERVED_EGRESS_LABEL),
+        ("Default-NatGW", REASON_RESERVED_EGRESS_LABEL),
+        ("ns/path", REASON_INVALID_EGRESS_LABEL),
+    ];
     let long = "x".repeat(74);
     let mut all: Vec<(String, &str)> = cases.iter().map(|(l, r)| (l.to_string(), *r)).collect();
     all.push((long, REASON_INVALID_EGRESS_LABEL));
@@ -663,7 +706,10 @@ fn outbound_delete_disassociation_is_best_effort_and_counted_once() {
     let c = h.find_by(|c| is_remove_fin(c, "u1")).unwrap();
     h.ok(c);
     assert!(!h.engine.is_service_tracked(&id(EG)));
-    assert_eq!(metric(&h, "service_operations_total", &[("operation", "delete"), ("service_type", "outbound"), ("result", "success")]), 1.0);
+    assert_eq!(
+        metric(&h, "service_operations_total", &[("operation", "delete"), ("service_type", "outbound"), ("result", "success")]),
+        1.0
+    );
     // A services read without our entry and a NAT that is gone: no clear, no detach, no count.
     let mut h = harness();
     let a = epod("a", "u1", EG, "10.1.0.1");

@@ -112,7 +112,14 @@ fn golden_snapshot_of_a_busy_engine() {
     restored.check_invariants().unwrap();
 
     // The restored engine then behaves exactly as the original, tick after tick.
-    let mut twin = Harness { engine: restored, io: h.io.clone(), now: h.now, outstanding: h.outstanding.clone(), log: Vec::new(), last: h.last.clone() };
+    let mut twin = Harness {
+        engine: restored,
+        io: h.io.clone(),
+        now: h.now,
+        outstanding: h.outstanding.clone(),
+        log: Vec::new(),
+        last: h.last.clone(),
+    };
     h.log.clear();
     let first = h.tick();
     assert_eq!(twin.tick(), first, "the next tick starts the same calls");
@@ -125,7 +132,8 @@ fn golden_snapshot_of_a_busy_engine() {
             h.now += 6 * 60 * 1_000;
             twin.now = h.now;
         }
-        let completions: Vec<Completion> = h.outstanding.iter().take(3).map(|(id, c)| Completion { id: *id, outcome: Ok(ok_output(c)) }).collect();
+        let completions: Vec<Completion> =
+            h.outstanding.iter().take(3).map(|(id, c)| Completion { id: *id, outcome: Ok(ok_output(c)) }).collect();
         let a = h.tick_with(completions.clone());
         let b = twin.tick_with(completions);
         assert_eq!(a, b, "round {round}");
@@ -166,7 +174,8 @@ fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
-const TRACE_UIDS: [&str; 3] = ["11111111-0000-4000-8000-00000000000a", "22222222-0000-4000-8000-00000000000b", "33333333-0000-4000-8000-00000000000c"];
+const TRACE_UIDS: [&str; 3] =
+    ["11111111-0000-4000-8000-00000000000a", "22222222-0000-4000-8000-00000000000b", "33333333-0000-4000-8000-00000000000c"];
 const TRACE_ADDRS: [&str; 6] = ["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4", "fd01::1", "10.1.0.5"];
 const POD_ADDRS: [&str; 6] = ["10.2.0.1", "10.2.0.2", "10.2.0.3", "10.2.0.4", "fd02::1", "10.2.0.5"];
 const LABELS: [&str; 3] = [EG, EG2, "Bad Label!"];

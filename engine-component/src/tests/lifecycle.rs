@@ -24,7 +24,10 @@ fn inbound_create_publish_delete_end_to_end() {
         Call::Cloud(CloudCall::PutLoadBalancer(lb)) => {
             assert_eq!(lb.name, UID);
             assert_eq!(lb.public_ip, format!("{UID}-pip"));
-            assert_eq!(lb.rules, vec![LbRule { protocol: TransportProtocol::Tcp, frontend_port: 80, backend_port: 80, idle_timeout_minutes: 4 }]);
+            assert_eq!(
+                lb.rules,
+                vec![LbRule { protocol: TransportProtocol::Tcp, frontend_port: 80, backend_port: 80, idle_timeout_minutes: 4 }]
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -133,7 +136,17 @@ fn schema_1_snapshot_restores_with_empty_egress_state() {
     assert_eq!(v["schema_version"], serde_json::json!(2));
     v["schema_version"] = serde_json::json!(1);
     let e = v["engine"].as_object_mut().unwrap();
-    for field in ["pod_check_candidates", "pod_objects", "pod_busy", "pod_queue", "pod_calls", "pod_deferred", "pod_released", "pod_shadows", "cluster_has_ipv6"] {
+    for field in [
+        "pod_check_candidates",
+        "pod_objects",
+        "pod_busy",
+        "pod_queue",
+        "pod_calls",
+        "pod_deferred",
+        "pod_released",
+        "pod_shadows",
+        "cluster_has_ipv6",
+    ] {
         assert!(e.remove(field).is_some(), "{field}");
     }
     let restored = crate::Engine::restore(&serde_json::to_vec(&v).unwrap()).unwrap();

@@ -175,8 +175,16 @@ fn s111_sent_request_has_exact_content() {
     assert_eq!(
         body,
         vec![
-            LocationUpdate { location: "10.0.0.6".into(), action: UpdateAction::FullUpdate, addresses: vec![AddressUpdate { address: "10.1.0.7".into(), services: vec![UID.into()] }] },
-            LocationUpdate { location: "fd00:10:224::6".into(), action: UpdateAction::FullUpdate, addresses: vec![AddressUpdate { address: "fd00:10:244:2::9".into(), services: vec![UID.into()] }] },
+            LocationUpdate {
+                location: "10.0.0.6".into(),
+                action: UpdateAction::FullUpdate,
+                addresses: vec![AddressUpdate { address: "10.1.0.7".into(), services: vec![UID.into()] }]
+            },
+            LocationUpdate {
+                location: "fd00:10:224::6".into(),
+                action: UpdateAction::FullUpdate,
+                addresses: vec![AddressUpdate { address: "fd00:10:244:2::9".into(), services: vec![UID.into()] }]
+            },
         ]
     );
 }

@@ -48,7 +48,16 @@ fn s133_register_completion_success_and_failure_shapes() {
         h.ok(c);
     }
     let c = h.find("POST updateServices").unwrap();
-    h.fail(c, CallError { kind: ErrorKind::OperationFailed, status: 200, code: "SomeError".into(), message: "poll failed".into(), retry_after_ms: None });
+    h.fail(
+        c,
+        CallError {
+            kind: ErrorKind::OperationFailed,
+            status: 200,
+            code: "SomeError".into(),
+            message: "poll failed".into(),
+            retry_after_ms: None,
+        },
+    );
     assert!(!h.engine.nrp().has_load_balancer(&id(UID)));
     assert_eq!(h.engine.operation(&id(UID)).unwrap().retry_count, 1);
     assert!(h.run_ok(30));
@@ -106,7 +115,10 @@ fn s136_a_hung_arm_call_blocks_nothing_else() {
     h.ok(c);
     let hung = h.find("PUT publicIPAddresses").unwrap();
 
-    h.deliver(vec![KubeEvent::ServiceApplied(lb_service(&b, &[80])), KubeEvent::EndpointSliceApplied(slice("b", &b, &[("10.1.0.2", "n1")]))]);
+    h.deliver(vec![
+        KubeEvent::ServiceApplied(lb_service(&b, &[80])),
+        KubeEvent::EndpointSliceApplied(slice("b", &b, &[("10.1.0.2", "n1")])),
+    ]);
     h.tick();
     run_ok_except(&mut h, hung);
     assert_eq!(state(&h, &b), Some(ResourceState::Created), "B is created while A's call hangs");
@@ -159,7 +171,11 @@ fn s137_storm_of_entry_points_keeps_invariants_and_frees_everything() {
             let u = uid(i);
             match (i + round) % 5 {
                 0 => h.deliver(vec![KubeEvent::ServiceApplied(lb_service(&u, &[80 + round as i32]))]),
-                1 => h.deliver(vec![KubeEvent::EndpointSliceApplied(slice(&format!("s{i}"), &u, &[(&format!("10.1.{round}.{i}"), if i % 2 == 0 { "n1" } else { "n2" })]))]),
+                1 => h.deliver(vec![KubeEvent::EndpointSliceApplied(slice(
+                    &format!("s{i}"),
+                    &u,
+                    &[(&format!("10.1.{round}.{i}"), if i % 2 == 0 { "n1" } else { "n2" })],
+                ))]),
                 2 => h.engine.delete_service(&id(&u), true, i % 3 == 0),
                 3 => h.deliver(vec![as_cluster_ip(&u), KubeEvent::ServiceApplied(lb_service(&u, &[80]))]),
                 _ => h.engine.update_endpoints(&id(&u), &emap(&[]), &emap(&[(&format!("10.2.0.{i}"), "10.0.0.1")])),
@@ -199,7 +215,14 @@ fn s137_storm_of_entry_points_keeps_invariants_and_frees_everything() {
 fn s138_one_attempt_per_completion_path() {
     let mut h = harness();
     create(&mut h, UID, &[80]);
-    assert_eq!(metric(&h, "service_operations_total", &[("operation", "create"), ("result", "success"), ("service_type", "inbound"), ("error_code", ""), ("is_orphan", "false")]), 1.0);
+    assert_eq!(
+        metric(
+            &h,
+            "service_operations_total",
+            &[("operation", "create"), ("result", "success"), ("service_type", "inbound"), ("error_code", ""), ("is_orphan", "false")]
+        ),
+        1.0
+    );
     assert_eq!(metric(&h, "service_operations_total", &[]), 1.0);
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[81]))]);
     let s = h.tick();
@@ -345,7 +368,10 @@ fn extreme_and_malformed_inputs_never_panic() {
     assert_eq!(h.io.events.iter().filter(|e| e.reason == "ServiceGatewayConfigurationRejected").count(), 1);
     // A valid Service still goes all the way at that clock, and the junk published nothing.
     let ok = uid(7);
-    h.deliver(vec![KubeEvent::ServiceApplied(lb_service(&ok, &[80])), KubeEvent::EndpointSliceApplied(slice("ok", &ok, &[("10.1.0.9", "n2")]))]);
+    h.deliver(vec![
+        KubeEvent::ServiceApplied(lb_service(&ok, &[80])),
+        KubeEvent::EndpointSliceApplied(slice("ok", &ok, &[("10.1.0.9", "n2")])),
+    ]);
     assert!(h.run_ok(50), "{:?}", h.engine.status());
     assert_eq!(state(&h, &ok), Some(ResourceState::Created));
     assert_eq!(h.engine.nrp().address_count(), 1);

@@ -80,7 +80,10 @@ fn s082_non_last_pod_finalizer_waits_for_drain() {
     sync_ok(&mut h).unwrap();
     assert!(!h.engine.nrp().maps_address_to(&id(EG), "10.1.0.1"));
     let c = remove_call(&h, "u1").expect("released after the drain");
-    assert_eq!(h.outstanding[&c], Call::Kube(KubeCall::RemovePodFinalizer(ObjectRef { namespace: "ns".into(), name: "a".into(), uid: "u1".into() })));
+    assert_eq!(
+        h.outstanding[&c],
+        Call::Kube(KubeCall::RemovePodFinalizer(ObjectRef { namespace: "ns".into(), name: "a".into(), uid: "u1".into() }))
+    );
     h.ok(c);
     assert!(h.engine.pod_deletion("ns/a").is_none());
     assert_eq!(state(&h, EG), Some(ResourceState::Created));
@@ -117,7 +120,13 @@ fn s083_last_pod_finalizer_only_after_nat_delete() {
     let c = h.find("GET services").unwrap();
     h.complete(
         c,
-        Ok(CallOutput::SgwServices(vec![SgwService { name: EG.into(), service_type: ServiceType::Outbound, backend_pools: vec![], nat_gateway: Some(EG.into()), is_default: false }])),
+        Ok(CallOutput::SgwServices(vec![SgwService {
+            name: EG.into(),
+            service_type: ServiceType::Outbound,
+            backend_pools: vec![],
+            nat_gateway: Some(EG.into()),
+            is_default: false,
+        }])),
     );
     let c = h.find("POST updateServices").unwrap();
     assert_eq!(
@@ -133,7 +142,10 @@ fn s083_last_pod_finalizer_only_after_nat_delete() {
     );
     h.ok(c);
     let c = h.find("GET natGateways").unwrap();
-    h.complete(c, Ok(CallOutput::NatGateway(Some(NatGatewayInfo { name: EG.into(), references_service_gateway: true, raw: "{\"raw\":1}".into() }))));
+    h.complete(
+        c,
+        Ok(CallOutput::NatGateway(Some(NatGatewayInfo { name: EG.into(), references_service_gateway: true, raw: "{\"raw\":1}".into() }))),
+    );
     let c = h.find("PUT natGateways").unwrap();
     assert_eq!(h.outstanding[&c], Call::Cloud(CloudCall::DetachNatGateway { name: EG.into(), raw: "{\"raw\":1}".into() }));
     h.ok(c);
@@ -159,7 +171,10 @@ fn s083_last_pod_finalizer_only_after_nat_delete() {
     assert!(!h.engine.nrp().has_nat_gateway(&id(EG)));
     assert!(h.engine.pod_deletions().is_empty());
     assert_eq!(metric(&h, "service_operations_total", &[("operation", "delete"), ("service_type", "outbound"), ("result", "error")]), 1.0);
-    assert_eq!(metric(&h, "service_operations_total", &[("operation", "delete"), ("service_type", "outbound"), ("result", "success")]), 1.0);
+    assert_eq!(
+        metric(&h, "service_operations_total", &[("operation", "delete"), ("service_type", "outbound"), ("result", "success")]),
+        1.0
+    );
     inv(&h);
 }
 

@@ -88,21 +88,45 @@ enum Ready {
 #[derive(Clone, Debug)]
 enum Action {
     /// Creates the Service of `slot` (with a new UID if the name is free) or updates its spec.
-    Apply { slot: usize, spec: Spec },
+    Apply {
+        slot: usize,
+        spec: Spec,
+    },
     /// Deletes the Service of `slot` (graceful if it carries finalizers).
-    Delete { slot: usize },
+    Delete {
+        slot: usize,
+    },
     /// Writes slice `slice` with `(pod, readiness)`, owned by a Service that exists (`slot`
     /// picks which).
-    Slice { slice: usize, slot: usize, eps: Vec<(usize, Ready)> },
-    DeleteSlice { slice: usize },
-    Node { node: usize, variant: usize },
-    DeleteNode { node: usize },
+    Slice {
+        slice: usize,
+        slot: usize,
+        eps: Vec<(usize, Ready)>,
+    },
+    DeleteSlice {
+        slice: usize,
+    },
+    Node {
+        node: usize,
+        variant: usize,
+    },
+    DeleteNode {
+        node: usize,
+    },
     /// Up to `rounds` rounds of: answer every outstanding call (in an order drawn from `seed`), or
     /// when none is outstanding, wake the engine at its next deadline.
-    Pump { rounds: u8, seed: u64 },
+    Pump {
+        rounds: u8,
+        seed: u64,
+    },
     /// Answers one outstanding call (a fault if `fault` and the case injects faults).
-    Step { pick: usize, fault: bool },
-    Advance { ms: u64 },
+    Step {
+        pick: usize,
+        fault: bool,
+    },
+    Advance {
+        ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -114,7 +138,8 @@ struct Case {
 
 fn spec() -> impl Strategy<Value = Spec> {
     let kind = prop_oneof![8 => Just(Kind::LoadBalancer), 1 => Just(Kind::ClusterIp), 1 => Just(Kind::NodePort)];
-    let internal = prop_oneof![14 => Just(Internal::Absent), 1 => Just(Internal::True), 1 => Just(Internal::Upper), 1 => Just(Internal::False)];
+    let internal =
+        prop_oneof![14 => Just(Internal::Absent), 1 => Just(Internal::True), 1 => Just(Internal::Upper), 1 => Just(Internal::False)];
     (kind, prop::bool::weighted(0.1), internal, 0..3u8).prop_map(|(kind, class, internal, ports)| Spec { kind, class, internal, ports })
 }
 
@@ -165,11 +190,13 @@ fn teardown() -> impl Strategy<Value = Vec<Action>> {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (prop_oneof![Just(0u64), Just(5), Just(15)], setup(), prop::collection::vec(action(), 0..40), teardown()).prop_map(|(fault_pct, mut actions, middle, end)| {
-        actions.extend(middle);
-        actions.extend(end);
-        Case { fault_pct, actions }
-    })
+    (prop_oneof![Just(0u64), Just(5), Just(15)], setup(), prop::collection::vec(action(), 0..40), teardown()).prop_map(
+        |(fault_pct, mut actions, middle, end)| {
+            actions.extend(middle);
+            actions.extend(end);
+            Case { fault_pct, actions }
+        },
+    )
 }
 
 /// Pod `p` lives on node `p % NODES`; a few pods are IPv6 (non-canonical spelling) and one has
@@ -363,7 +390,12 @@ impl Cluster {
                     continue;
                 }
                 let (Some(ips), Ok(addr)) = (self.nodes.get(&(p % NODES)), pod_addr(*p).parse::<IpAddr>()) else { continue };
-                let location = ips.iter().filter_map(|i| i.parse::<IpAddr>().ok()).filter(|i| i.is_ipv4() == addr.is_ipv4()).map(|i| i.to_string()).min();
+                let location = ips
+                    .iter()
+                    .filter_map(|i| i.parse::<IpAddr>().ok())
+                    .filter(|i| i.is_ipv4() == addr.is_ipv4())
+                    .map(|i| i.to_string())
+                    .min();
                 if let Some(loc) = location {
                     out.entry(loc).or_default().entry(addr.to_string()).or_default().insert(s.owner.clone());
                 }
@@ -430,7 +462,8 @@ impl Cloud {
                 prop_assert!(self.pips.contains(&lb.public_ip), "load balancer {} starts before its public IP exists", lb.name);
             }
             Call::Cloud(CloudCall::UpdateAddressLocations(locs)) => {
-                let listed: BTreeSet<String> = locs.iter().flat_map(|l| l.addresses.iter()).flat_map(|a| a.services.iter().cloned()).collect();
+                let listed: BTreeSet<String> =
+                    locs.iter().flat_map(|l| l.addresses.iter()).flat_map(|a| a.services.iter().cloned()).collect();
                 for s in &listed {
                     prop_assert!(self.registered.contains(s), "a sync publishes an address for unregistered {}", s);
                     prop_assert!(!self.teardowns.values().any(|t| t == s), "a sync publishes an address for {} while it is torn down", s);
@@ -488,7 +521,11 @@ impl Cloud {
                         return Err(not_found());
                     }
                     if r.is_delete && !self.references(&r.name).is_empty() {
-                        return Err(CallError::http(400, "ServiceWithOverlayMappingsCannotBeDeleted", "addresses still reference the service"));
+                        return Err(CallError::http(
+                            400,
+                            "ServiceWithOverlayMappingsCannotBeDeleted",
+                            "addresses still reference the service",
+                        ));
                     }
                 }
                 for r in reqs {
@@ -565,7 +602,16 @@ struct World {
 
 impl World {
     fn new(fault_pct: u64) -> World {
-        let mut w = World { h: Harness::new(11), cluster: Cluster::default(), cloud: Cloud::default(), seen: 0, fault_pct, rng: 0x9e37_79b9_7f4a_7c15, reached: Reached::default(), ever_published: BTreeSet::new() };
+        let mut w = World {
+            h: Harness::new(11),
+            cluster: Cluster::default(),
+            cloud: Cloud::default(),
+            seen: 0,
+            fault_pct,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            reached: Reached::default(),
+            ever_published: BTreeSet::new(),
+        };
         let mut events = Vec::new();
         for n in 0..NODES {
             let ips = node_ips(n, 0);
@@ -617,7 +663,13 @@ impl World {
         match (call, self.next() % 4) {
             (Call::Kube(_), _) => CallError::of_kind(ErrorKind::Conflict, "the object has been modified"),
             (_, 0) => CallError::http(500, "InternalServerError", "boom"),
-            (_, 1) => CallError { kind: ErrorKind::Throttled, status: 429, code: "TooManyRequests".into(), message: "slow down".into(), retry_after_ms: Some(2_000) },
+            (_, 1) => CallError {
+                kind: ErrorKind::Throttled,
+                status: 429,
+                code: "TooManyRequests".into(),
+                message: "slow down".into(),
+                retry_after_ms: Some(2_000),
+            },
             (_, 2) => CallError::of_kind(ErrorKind::Timeout, "deadline exceeded"),
             _ => CallError::of_kind(ErrorKind::Transport, "connection reset"),
         }
@@ -693,7 +745,8 @@ impl World {
                         let g = self.cluster.generation[slot];
                         self.reached.recreated |= g > 1;
                         let uid = format!("{slot:08x}-0000-4000-8000-{g:012x}");
-                        self.cluster.services[slot] = Some(SvcObj { uid, spec, finalizers: false, deleting: false, ingress: vec![], version: 1 });
+                        self.cluster.services[slot] =
+                            Some(SvcObj { uid, spec, finalizers: false, deleting: false, ingress: vec![], version: 1 });
                     }
                 }
                 let ev = self.cluster.applied(slot);
@@ -719,7 +772,13 @@ impl World {
                 let Some(&slot) = existing.get(slot % existing.len().max(1)) else { return Ok(()) };
                 let owner = self.cluster.services[slot].as_ref().expect("exists").uid.clone();
                 // A pod appears once per Service: not twice in a slice, nor in two of its slices.
-                let taken: BTreeSet<usize> = self.cluster.slices.iter().filter(|(i, s)| **i != idx && s.owner == owner).flat_map(|(_, s)| s.eps.iter().map(|(p, _)| *p)).collect();
+                let taken: BTreeSet<usize> = self
+                    .cluster
+                    .slices
+                    .iter()
+                    .filter(|(i, s)| **i != idx && s.owner == owner)
+                    .flat_map(|(_, s)| s.eps.iter().map(|(p, _)| *p))
+                    .collect();
                 let mut seen = BTreeSet::new();
                 let eps: Vec<(usize, Ready)> = eps.into_iter().filter(|(p, _)| !taken.contains(p) && seen.insert(*p)).collect();
                 let previous = self.cluster.slices.get(&idx).map(|s| s.owner.clone());
@@ -744,7 +803,8 @@ impl World {
             Action::DeleteNode { node: n } => {
                 self.note_node_churn(n);
                 if let Some(ips) = self.cluster.nodes.remove(&n) {
-                    self.h.deliver(vec![KubeEvent::NodeDeleted(node(&format!("n{n}"), &ips.iter().map(|s| s.as_str()).collect::<Vec<_>>()))]);
+                    self.h
+                        .deliver(vec![KubeEvent::NodeDeleted(node(&format!("n{n}"), &ips.iter().map(|s| s.as_str()).collect::<Vec<_>>()))]);
                 }
             }
             Action::Pump { rounds, seed } => {

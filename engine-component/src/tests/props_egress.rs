@@ -13,8 +13,8 @@
 //! address mapped, nothing else, and no pod stuck terminating.
 
 use super::common::*;
-use crate::identity::check_egress_identity;
 use crate::egress::pod::{location_for, locations_by_family, pod_addresses};
+use crate::identity::check_egress_identity;
 use crate::names::POD_FINALIZER;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -162,7 +162,9 @@ impl Run {
                 let ips = sim.fresh_ips(true);
                 Sim::set_node(p, node, ips);
             }),
-            Action::Phase { slot, phase } => self.edit(slot, |_, p| p.phase = ["Running", "Pending", "Failed", "Succeeded", "Unknown"][phase].into()),
+            Action::Phase { slot, phase } => {
+                self.edit(slot, |_, p| p.phase = ["Running", "Pending", "Failed", "Succeeded", "Unknown"][phase].into())
+            }
             Action::Label { slot, label } => self.edit(slot, |_, p| p.meta.labels = label_of(label)),
             Action::Delete { slot, clear_ips } => {
                 let key = Sim::key(slot);
@@ -234,7 +236,12 @@ impl Run {
         match call {
             CloudCall::PutPublicIp { name, version } => {
                 sim.pips.insert(name.clone());
-                Ok(CallOutput::PublicIp(PublicIpInfo { name: name.clone(), ip_address: Some("20.0.0.1".into()), version: *version, attached: false }))
+                Ok(CallOutput::PublicIp(PublicIpInfo {
+                    name: name.clone(),
+                    ip_address: Some("20.0.0.1".into()),
+                    version: *version,
+                    attached: false,
+                }))
             }
             CloudCall::DeletePublicIp { name } => {
                 sim.pips.remove(name);
@@ -248,14 +255,22 @@ impl Run {
                 sim.nats.remove(name);
                 Ok(CallOutput::Done)
             }
-            CloudCall::GetNatGateway { name } => Ok(CallOutput::NatGateway(
-                sim.nats.contains(name).then(|| NatGatewayInfo { name: name.clone(), references_service_gateway: true, raw: "{}".into() }),
-            )),
+            CloudCall::GetNatGateway { name } => Ok(CallOutput::NatGateway(sim.nats.contains(name).then(|| NatGatewayInfo {
+                name: name.clone(),
+                references_service_gateway: true,
+                raw: "{}".into(),
+            }))),
             CloudCall::DetachNatGateway { .. } => Ok(CallOutput::Done),
             CloudCall::GetSgwServices => Ok(CallOutput::SgwServices(
                 sim.registered
                     .iter()
-                    .map(|n| SgwService { name: n.clone(), service_type: ServiceType::Outbound, backend_pools: vec![], nat_gateway: Some(n.clone()), is_default: false })
+                    .map(|n| SgwService {
+                        name: n.clone(),
+                        service_type: ServiceType::Outbound,
+                        backend_pools: vec![],
+                        nat_gateway: Some(n.clone()),
+                        is_default: false,
+                    })
                     .collect(),
             )),
             CloudCall::UpdateServices(reqs) => {
@@ -472,4 +487,3 @@ proptest! {
         run(actions)?;
     }
 }
-

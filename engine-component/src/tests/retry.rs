@@ -247,7 +247,16 @@ fn s051_garbage_completions_are_failures_never_panics() {
     assert_eq!(op.retry_count, 1);
     // Unknown and repeated ids.
     h.complete(987_654, Ok(CallOutput::Done));
-    h.complete(c, Err(CallError { kind: ErrorKind::InvalidResponse, status: 0, code: "\u{0}".into(), message: "garbage".into(), retry_after_ms: Some(u64::MAX) }));
+    h.complete(
+        c,
+        Err(CallError {
+            kind: ErrorKind::InvalidResponse,
+            status: 0,
+            code: "\u{0}".into(),
+            message: "garbage".into(),
+            retry_after_ms: Some(u64::MAX),
+        }),
+    );
     assert_eq!(metric(&h, "ignored_completions_total", &[]), 2.0);
     inv(&h);
 }

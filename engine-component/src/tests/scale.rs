@@ -11,13 +11,21 @@ fn lifecycle(n: usize) {
     let uid = |i: usize| format!("{i:08x}-0000-4000-8000-000000000000");
     let t = Instant::now();
     for i in 0..n {
-        let eps: Vec<(String, String)> = (0..10).map(|k| (std::net::Ipv4Addr::from(0x0a40_0000u32 + (i * 10 + k) as u32).to_string(), format!("n{}", i / 10))).collect();
+        let eps: Vec<(String, String)> =
+            (0..10).map(|k| (std::net::Ipv4Addr::from(0x0a40_0000u32 + (i * 10 + k) as u32).to_string(), format!("n{}", i / 10))).collect();
         let eps: Vec<(&str, &str)> = eps.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        h.deliver(vec![KubeEvent::EndpointSliceApplied(slice(&format!("s{i}"), &uid(i), &eps)), KubeEvent::ServiceApplied(lb_service(&uid(i), &[80]))]);
+        h.deliver(vec![
+            KubeEvent::EndpointSliceApplied(slice(&format!("s{i}"), &uid(i), &eps)),
+            KubeEvent::ServiceApplied(lb_service(&uid(i), &[80])),
+        ]);
     }
     let add = t.elapsed();
     let t = Instant::now();
-    assert!(h.run_ok(100_000), "{:?}", { let mut st = h.engine.status(); st.metrics.clear(); st });
+    assert!(h.run_ok(100_000), "{:?}", {
+        let mut st = h.engine.status();
+        st.metrics.clear();
+        st
+    });
     let create = t.elapsed();
     assert_eq!(h.engine.nrp().address_count(), n * 10);
     let t = Instant::now();
@@ -29,7 +37,13 @@ fn lifecycle(n: usize) {
     assert!(h.run_ok(100_000));
     let drain = t.elapsed();
     assert_eq!(h.engine.operations().count(), 0);
-    println!("n={n}: add {:?}/svc, create+publish {:?}/svc, delete {:?}/svc, drain+teardown {:?}/svc", add / n as u32, create / n as u32, delete / n as u32, drain / n as u32);
+    println!(
+        "n={n}: add {:?}/svc, create+publish {:?}/svc, delete {:?}/svc, drain+teardown {:?}/svc",
+        add / n as u32,
+        create / n as u32,
+        delete / n as u32,
+        drain / n as u32
+    );
 }
 
 #[test]
@@ -70,7 +84,13 @@ fn egress_lifecycle(n: usize) {
     let drain = t.elapsed();
     assert_eq!(h.engine.operations().count(), 0);
     assert!(h.engine.pod_deletions().is_empty());
-    println!("egress n={n}: add {:?}/pod, finalizers+create+publish {:?}/pod, delete {:?}/pod, drain+release+teardown {:?}/pod", add / n as u32, create / n as u32, delete / n as u32, drain / n as u32);
+    println!(
+        "egress n={n}: add {:?}/pod, finalizers+create+publish {:?}/pod, delete {:?}/pod, drain+release+teardown {:?}/pod",
+        add / n as u32,
+        create / n as u32,
+        delete / n as u32,
+        drain / n as u32
+    );
 }
 
 #[test]

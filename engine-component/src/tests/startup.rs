@@ -35,13 +35,31 @@ fn s113_dual_stack_node_restart_is_already_in_sync() {
 
     // What the ServiceGateway reports after the restart, spelled as it likes.
     let services = vec![
-        SgwService { name: V4.to_uppercase(), service_type: ServiceType::Inbound, backend_pools: vec![], nat_gateway: None, is_default: false },
+        SgwService {
+            name: V4.to_uppercase(),
+            service_type: ServiceType::Inbound,
+            backend_pools: vec![],
+            nat_gateway: None,
+            is_default: false,
+        },
         SgwService { name: V6.into(), service_type: ServiceType::Inbound, backend_pools: vec![], nat_gateway: None, is_default: false },
-        SgwService { name: "default-natgw".into(), service_type: ServiceType::Outbound, backend_pools: vec![], nat_gateway: Some("default-natgw".into()), is_default: true },
+        SgwService {
+            name: "default-natgw".into(),
+            service_type: ServiceType::Outbound,
+            backend_pools: vec![],
+            nat_gateway: Some("default-natgw".into()),
+            is_default: true,
+        },
     ];
     let locations = vec![
-        AddressLocation { location: "10.0.0.3".into(), addresses: vec![AddressUpdate { address: "10.1.3.1".into(), services: vec![V4.to_uppercase()] }] },
-        AddressLocation { location: "FD00::0003".into(), addresses: vec![AddressUpdate { address: "fd01:0::1".into(), services: vec![V6.into()] }] },
+        AddressLocation {
+            location: "10.0.0.3".into(),
+            addresses: vec![AddressUpdate { address: "10.1.3.1".into(), services: vec![V4.to_uppercase()] }],
+        },
+        AddressLocation {
+            location: "FD00::0003".into(),
+            addresses: vec![AddressUpdate { address: "fd01:0::1".into(), services: vec![V6.into()] }],
+        },
     ];
     let mut r = Harness::new(4);
     r.engine.seed_nrp(&services, &locations);
@@ -82,8 +100,20 @@ fn s114_egress_address_without_same_family_node_ip_and_fqdn_slices() {
 #[test]
 fn s116_default_natgw_is_never_snapshotted_removed_or_touched() {
     let services = vec![
-        SgwService { name: "Default-NatGW".into(), service_type: ServiceType::Outbound, backend_pools: vec![], nat_gateway: Some("default-natgw".into()), is_default: true },
-        SgwService { name: "egress-a".into(), service_type: ServiceType::InboundOutbound, backend_pools: vec![], nat_gateway: None, is_default: false },
+        SgwService {
+            name: "Default-NatGW".into(),
+            service_type: ServiceType::Outbound,
+            backend_pools: vec![],
+            nat_gateway: Some("default-natgw".into()),
+            is_default: true,
+        },
+        SgwService {
+            name: "egress-a".into(),
+            service_type: ServiceType::InboundOutbound,
+            backend_pools: vec![],
+            nat_gateway: None,
+            is_default: false,
+        },
     ];
     let locations = vec![AddressLocation {
         location: "10.0.0.1".into(),

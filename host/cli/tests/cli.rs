@@ -39,12 +39,7 @@ fn the_commands_and_their_flags_are_the_documented_ones() {
 /// A reader that goes away (`difftracker demo | head -1`) ends the command without a panic.
 #[test]
 fn a_closed_stdout_is_not_a_panic() {
-    let mut child = difftracker()
-        .args(["demo", "--engine", "native"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = difftracker().args(["demo", "--engine", "native"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     assert!(!first.is_empty());

@@ -66,4 +66,3 @@ impl Io for CallQueue {
         self.events.push(event);
     }
 }
-

@@ -8,13 +8,11 @@
 //! [`WasmEngine`], which then refuses every further call, and the tenant rebuilds it from a
 //! snapshot ([`restore_into`]).
 
-use crate::wasm::bindings::{wit as w, wit_engine as wx, DifftrackerEngine};
 pub use crate::calls::{CallIds, CallQueue};
+use crate::wasm::bindings::{wit as w, wit_engine as wx, DifftrackerEngine};
 use crate::wasm::{wt, EngineComponent, HostState, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
-use difftracker_engine::io::{
-    Call, CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, TenantConfig, TickOutcome,
-};
+use difftracker_engine::io::{Call, CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, TenantConfig, TickOutcome};
 use difftracker_engine::Engine;
 use wasmtime::Store;
 

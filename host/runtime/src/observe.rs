@@ -95,6 +95,7 @@ struct HostMetrics {
     tick_duration: Family<Labels, Histogram, fn() -> Histogram>,
     swaps: Family<Labels, Counter>,
     restarts: Family<Labels, Counter>,
+    quarantined: Family<Labels, Counter>,
     tenant_up: Family<Labels, Gauge>,
 }
 
@@ -112,6 +113,7 @@ impl HostMetrics {
             tick_duration: Family::new_with_constructor(tick_histogram as fn() -> Histogram),
             swaps: Family::default(),
             restarts: Family::default(),
+            quarantined: Family::default(),
             tenant_up: Family::default(),
         }
     }
@@ -123,7 +125,11 @@ impl HostMetrics {
             "Calls completed and handed back to the engine, by tenant, call and result (ok or the error kind)",
             self.calls_completed.clone(),
         );
-        registry.register("difftracker_host_calls_in_flight", "Calls started and not yet handed back to the engine", self.calls_in_flight.clone());
+        registry.register(
+            "difftracker_host_calls_in_flight",
+            "Calls started and not yet handed back to the engine",
+            self.calls_in_flight.clone(),
+        );
         registry.register("difftracker_host_ticks", "Engine ticks", self.ticks.clone());
         registry.register(
             "difftracker_host_tick_duration_seconds",
@@ -135,6 +141,11 @@ impl HostMetrics {
             "difftracker_host_engine_restarts",
             "Engine instances rebuilt from a snapshot after a trap or a limit",
             self.restarts.clone(),
+        );
+        registry.register(
+            "difftracker_host_inputs_quarantined",
+            "Inputs (events, completions) skipped because the engine traps on them",
+            self.quarantined.clone(),
         );
         registry.register("difftracker_host_tenant_up", "1 while the tenant's loop runs, 0 once it stopped", self.tenant_up.clone());
     }
@@ -158,7 +169,7 @@ impl CallCounts {
     }
 }
 
-struct TenantEntry {
+struct ObservedTenant {
     engine_kind: String,
     status: Option<watch::Receiver<TenantStatus>>,
     calls: BTreeMap<String, CallCounts>,
@@ -166,9 +177,9 @@ struct TenantEntry {
     ticks_seen: u64,
 }
 
-impl TenantEntry {
-    fn new() -> TenantEntry {
-        TenantEntry { engine_kind: String::new(), status: None, calls: BTreeMap::new(), last_tick_at: None, ticks_seen: 0 }
+impl ObservedTenant {
+    fn new() -> ObservedTenant {
+        ObservedTenant { engine_kind: String::new(), status: None, calls: BTreeMap::new(), last_tick_at: None, ticks_seen: 0 }
     }
 
     fn status(&self) -> Option<TenantStatus> {
@@ -178,7 +189,7 @@ impl TenantEntry {
 
 /// What the observatory and the engine-sample collector share.
 struct Shared {
-    tenants: Mutex<BTreeMap<String, TenantEntry>>,
+    tenants: Mutex<BTreeMap<String, ObservedTenant>>,
     started: Instant,
     note: Mutex<String>,
 }
@@ -221,9 +232,9 @@ impl Observatory {
         Observatory { inner: Arc::new(Inner { shared, host, registry }) }
     }
 
-    fn with_tenant<R>(&self, name: &str, f: impl FnOnce(&mut TenantEntry) -> R) -> R {
+    fn with_tenant<R>(&self, name: &str, f: impl FnOnce(&mut ObservedTenant) -> R) -> R {
         let mut tenants = lock(&self.inner.shared.tenants);
-        f(tenants.entry(name.to_string()).or_insert_with(TenantEntry::new))
+        f(tenants.entry(name.to_string()).or_insert_with(ObservedTenant::new))
     }
 
     pub fn tenant_names(&self) -> Vec<String> {
@@ -326,12 +337,16 @@ impl Observatory {
             let tenant_labels = labels(&[("tenant", &tenant)]);
             let ticks = this.inner.host.ticks.get_or_create(&tenant_labels).clone();
             let up = this.inner.host.tenant_up.get_or_create(&tenant_labels).clone();
+            let quarantined = this.inner.host.quarantined.get_or_create(&tenant_labels).clone();
             let mut restarts_seen = 0u64;
+            let mut quarantined_seen = 0u64;
             loop {
-                let (count, stopped, restarts) = {
+                let (count, stopped, restarts, quarantined_total) = {
                     let s = rx.borrow_and_update();
-                    (s.ticks, s.stopped, s.restarts)
+                    (s.ticks, s.stopped, s.restarts, s.quarantined_total)
                 };
+                quarantined.inc_by(quarantined_total.saturating_sub(quarantined_seen));
+                quarantined_seen = quarantined_seen.max(quarantined_total);
                 for _ in restarts_seen..restarts {
                     this.record_restart(&tenant);
                 }
@@ -391,6 +406,10 @@ impl Observatory {
                 problems.push(format!("tenant {name} stopped"));
             } else if s.ticks == 0 {
                 problems.push(format!("tenant {name} has not ticked yet"));
+            } else if s.quarantined_total > 0 {
+                // Skipped inputs mean cloud state nobody reconciles: loud until an operator acts.
+                let latest = s.quarantined.last().map(|q| format!(" (latest: {})", q.summary)).unwrap_or_default();
+                problems.push(format!("tenant {name} skipped {} input(s) its engine traps on{latest}", s.quarantined_total));
             }
         }
         if problems.is_empty() {
@@ -562,11 +581,8 @@ enum EngineFamily {
 
 /// The samples' labels plus `tenant` (replacing one the engine may have set), sorted, escaped.
 fn with_tenant(sample_labels: &[(String, String)], tenant: &str, skip_le: bool) -> Labels {
-    let mut out: Labels = sample_labels
-        .iter()
-        .filter(|(k, _)| k != "tenant" && !(skip_le && k == "le"))
-        .map(|(k, v)| (k.clone(), escape(v)))
-        .collect();
+    let mut out: Labels =
+        sample_labels.iter().filter(|(k, _)| k != "tenant" && !(skip_le && k == "le")).map(|(k, v)| (k.clone(), escape(v))).collect();
     out.push(("tenant".into(), escape(tenant)));
     out.sort();
     out
@@ -773,6 +789,36 @@ mod tests {
         let err = obs.readiness().unwrap_err();
         assert!(err.contains("guest trapped"), "{err}");
         assert!(obs.status_page().contains("STOPPED: guest trapped"));
+    }
+
+    /// A quarantined input makes the tenant not ready and counts in
+    /// `difftracker_host_inputs_quarantined_total`; a restart alone does not.
+    #[tokio::test]
+    async fn a_quarantined_input_makes_the_tenant_not_ready_and_is_counted() {
+        let obs = Observatory::new();
+        let (tx, rx) = watch::channel(status(1, vec![]));
+        obs.watch_tenant("a", rx);
+        tx.send_modify(|s| s.restarts = 1);
+        assert!(obs.readiness().is_ok(), "a recovered trap alone leaves the tenant ready");
+        tx.send_modify(|s| {
+            s.quarantined_total = 2;
+            s.quarantined.push(crate::tenant::Quarantined {
+                tick: 3,
+                at_ms: 10,
+                kind: crate::tenant::QuarantinedKind::Event,
+                summary: "ServiceApplied default/huge (9000000 bytes)".into(),
+                reason: "guest trapped".into(),
+            });
+        });
+        let err = obs.readiness().unwrap_err();
+        assert!(err.contains("skipped 2 input(s)") && err.contains("default/huge"), "{err}");
+        for _ in 0..100 {
+            if obs.render_metrics().contains("difftracker_host_inputs_quarantined_total{tenant=\"a\"} 2") {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the quarantine counter never reached 2:\n{}", obs.render_metrics());
     }
 
     #[test]

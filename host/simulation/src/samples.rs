@@ -3,8 +3,8 @@
 
 use crate::emulator::FaultPlan;
 use crate::replay::{parse_trace, Trace, TraceError};
-use difftracker_engine::names::SERVICE_FINALIZERS;
 use difftracker_engine::io::{Endpoint, EndpointSlice, IntOrString, Node, ObjectMeta, OwnerReference, Service, ServicePort};
+use difftracker_engine::names::SERVICE_FINALIZERS;
 
 /// The bundled sample trace, `examples/sample-trace.jsonl` (40 Services; written by
 /// `difftracker gen-trace --services 40 --nodes 4 --churn medium --seed 1`).
@@ -24,7 +24,6 @@ pub fn sample_faults() -> Result<FaultPlan, String> {
     FaultPlan::parse(SAMPLE_FAULTS)
 }
 
-
 pub fn sample_node(name: &str, ip: &str) -> Node {
     Node { name: name.into(), uid: format!("node-uid-{name}"), internal_ips: vec![ip.into()] }
 }
@@ -41,12 +40,7 @@ pub fn sample_service(namespace: &str, name: &str, uid: &str) -> Service {
         },
         service_type: "LoadBalancer".into(),
         load_balancer_class: None,
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: "TCP".into(),
-            port: 80,
-            target_port: Some(IntOrString::Int(8080)),
-        }],
+        ports: vec![ServicePort { name: "http".into(), protocol: "TCP".into(), port: 80, target_port: Some(IntOrString::Int(8080)) }],
         ip_families: vec!["IPv4".into()],
         session_affinity: "None".into(),
         load_balancer_ip: String::new(),
@@ -75,11 +69,7 @@ pub fn sample_slice(service: &Service, endpoints: &[(&str, &str)]) -> EndpointSl
             labels: vec![("kubernetes.io/service-name".into(), service.meta.name.clone())],
             ..ObjectMeta::default()
         },
-        owner_references: vec![OwnerReference {
-            kind: "Service".into(),
-            name: service.meta.name.clone(),
-            uid: service.meta.uid.clone(),
-        }],
+        owner_references: vec![OwnerReference { kind: "Service".into(), name: service.meta.name.clone(), uid: service.meta.uid.clone() }],
         address_type: "IPv4".into(),
         endpoints: endpoints
             .iter()

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use difftracker_engine::io::*;
-use difftracker_simulation::emulator::{serve, EmulatorHandle, EmulatorOptions};
 use difftracker_runtime::transport::{ArmTransport, TransportOptions};
+use difftracker_simulation::emulator::{serve, EmulatorHandle, EmulatorOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub async fn start(options: EmulatorOptions) -> (EmulatorHandle, ArmTransport) {

@@ -1,11 +1,11 @@
 //! The `replay` and `gen-trace` subcommands.
 
 use super::EngineArg;
+use anyhow::{bail, Context, Result};
 use difftracker_runtime::driver::EngineKind;
 use difftracker_simulation::emulator::FaultPlan;
 use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
 use difftracker_simulation::replay::{oracle, read_trace, replay, report, ReplayOptions, DEFAULT_UNTIL_MS};
-use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;

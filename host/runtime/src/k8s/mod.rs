@@ -11,8 +11,8 @@ mod convert;
 mod types;
 
 pub use convert::{
-    endpoint_slice_from_k8s, endpoint_slice_to_k8s, node_from_k8s, node_to_k8s, pod_from_k8s, pod_to_k8s,
-    service_from_k8s, service_to_k8s, json_type_name, KubeObject,
+    endpoint_slice_from_k8s, endpoint_slice_to_k8s, json_type_name, node_from_k8s, node_to_k8s, pod_from_k8s, pod_to_k8s, service_from_k8s,
+    service_to_k8s, KubeObject,
 };
 pub use types::*;
 

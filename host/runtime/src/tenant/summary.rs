@@ -1,7 +1,7 @@
 //! One-line summaries of failures, events and completions for logs and the status page: bounded
 //! in length whatever the input, so a hostile object cannot flood a log line.
 
-use difftracker_engine::io::{CallOutput, Completion, KubeEvent};
+use difftracker_engine::io::{CallOutput, Completion, EventType, KubeEvent, KubeEventRecord, ObjectKind, ObjectRef};
 
 /// A failure on one line: its first line and its causes, without wasmtime's wasm backtrace.
 /// `guest failed in `deliver`: error while executing at wasm backtrace (forcing trap when
@@ -68,10 +68,43 @@ pub fn completion_summary(completion: &Completion, label: Option<&str>) -> Strin
         Ok(CallOutput::AddressLocations(v)) => format!("ok, {} address location(s)", v.len()),
         Err(e) => format!("error {} {}", e.status, short(&e.code, 64)),
     };
-    format!(
-        "completion of call #{} ({}): {outcome} ({} bytes)",
-        completion.id,
-        label.unwrap_or("unknown call"),
-        encoded_size(completion)
-    )
+    format!("completion of call #{} ({}): {outcome} ({} bytes)", completion.id, label.unwrap_or("unknown call"), encoded_size(completion))
+}
+
+/// The reason of the Warning Event recorded on an object whose event was quarantined.
+pub const REASON_INPUT_QUARANTINED: &str = "ServiceGatewayInputQuarantined";
+
+/// The Warning Event that tells the object's owner its object was skipped: on the Service or Pod
+/// itself, on the owning Service for an EndpointSlice; none for a Node (no Event target the engine
+/// writes to).
+pub fn quarantine_warning(event: &KubeEvent, reason: &str) -> Option<KubeEventRecord> {
+    let (kind, target) = match event {
+        KubeEvent::ServiceApplied(s) | KubeEvent::ServiceDeleted(s) => {
+            (ObjectKind::Service, object_ref(&s.meta.namespace, &s.meta.name, &s.meta.uid))
+        }
+        KubeEvent::PodApplied(p) | KubeEvent::PodDeleted(p) => (ObjectKind::Pod, object_ref(&p.meta.namespace, &p.meta.name, &p.meta.uid)),
+        KubeEvent::EndpointSliceApplied(s) | KubeEvent::EndpointSliceDeleted(s) => {
+            let owner = s.owner_references.iter().find(|o| o.kind == "Service")?;
+            (ObjectKind::Service, object_ref(&s.meta.namespace, &owner.name, &owner.uid))
+        }
+        KubeEvent::NodeApplied(_) | KubeEvent::NodeDeleted(_) => return None,
+    };
+    Some(KubeEventRecord {
+        target,
+        kind,
+        event_type: EventType::Warning,
+        reason: REASON_INPUT_QUARANTINED.to_string(),
+        message: short(
+            &format!(
+                "the controller skipped {}: its engine fails on it ({}); the object's cloud resources are not reconciled until it changes",
+                event_summary(event),
+                brief_reason(reason)
+            ),
+            1024,
+        ),
+    })
+}
+
+fn object_ref(namespace: &str, name: &str, uid: &str) -> ObjectRef {
+    ObjectRef { namespace: namespace.to_string(), name: name.to_string(), uid: uid.to_string() }
 }

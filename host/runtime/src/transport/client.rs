@@ -218,9 +218,7 @@ impl ArmTransport {
                 let info = wire::parse_public_ip(&v, Some((name.as_str(), *version))).map_err(|m| ctx.invalid(200, m))?;
                 Ok(CallOutput::PublicIp(info))
             }
-            CloudCall::DeletePublicIp { name } => {
-                self.delete_resource(&cfg.resource_id(ResourceKind::PublicIp, name).map_err(ne)?).await
-            }
+            CloudCall::DeletePublicIp { name } => self.delete_resource(&cfg.resource_id(ResourceKind::PublicIp, name).map_err(ne)?).await,
             CloudCall::ListPublicIps => {
                 let (ctx, items) = self.list(&cfg.collection_path(ResourceKind::PublicIp)).await?;
                 let ips = items
@@ -400,7 +398,11 @@ impl ArmTransport {
             _ => {
                 let text = String::from_utf8_lossy(&resp.body);
                 let text: String = text.chars().take(200).collect();
-                if text.trim().is_empty() { format!("HTTP {}", resp.status) } else { format!("HTTP {}: {}", resp.status, text.trim()) }
+                if text.trim().is_empty() {
+                    format!("HTTP {}", resp.status)
+                } else {
+                    format!("HTTP {}: {}", resp.status, text.trim())
+                }
             }
         };
         let kind = kind.unwrap_or(if resp.status == 429 { ErrorKind::Throttled } else { ErrorKind::Http });
@@ -637,7 +639,11 @@ impl CloudBackend for ArmTransport {
 }
 
 fn sep(message: &str) -> String {
-    if message.is_empty() { String::new() } else { format!(": {message}") }
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
 }
 
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
@@ -658,4 +664,3 @@ pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let when = httpdate::parse_http_date(&v).ok()?;
     Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
-

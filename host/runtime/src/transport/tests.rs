@@ -232,7 +232,10 @@ fn request_bodies_match_the_wire_spec() {
     assert_eq!(lb["sku"], json!({"name": "Service"}));
     assert_eq!(lb["properties"]["scope"], "Public");
     assert_eq!(lb["properties"]["backendAddressPools"], json!([{"name": "u", "properties": {}}]));
-    assert_eq!(lb["properties"]["frontendIPConfigurations"][0]["properties"]["publicIPAddress"]["id"], format!("{NET}/publicIPAddresses/u-pip"));
+    assert_eq!(
+        lb["properties"]["frontendIPConfigurations"][0]["properties"]["publicIPAddress"]["id"],
+        format!("{NET}/publicIPAddresses/u-pip")
+    );
     let rules = lb["properties"]["loadBalancingRules"].as_array().unwrap();
     assert_eq!(rules[0]["name"], "rule-tcp-80");
     assert_eq!(
@@ -248,13 +251,21 @@ fn request_bodies_match_the_wire_spec() {
     let no_rules = wire::load_balancer_body(&c, &LoadBalancerSpec { rules: vec![], ..spec }).unwrap();
     assert!(no_rules["properties"].get("loadBalancingRules").is_none());
 
-    let nat = wire::nat_gateway_body(&c, &NatGatewaySpec { name: "egress-a".into(), public_ips: vec!["egress-a-pip".into()], public_ips_v6: vec![] }).unwrap();
+    let nat = wire::nat_gateway_body(
+        &c,
+        &NatGatewaySpec { name: "egress-a".into(), public_ips: vec!["egress-a-pip".into()], public_ips_v6: vec![] },
+    )
+    .unwrap();
     assert_eq!(
         nat["properties"],
         json!({"publicIpAddresses": [{"id": format!("{NET}/publicIPAddresses/egress-a-pip")}],
                "serviceGateway": {"id": format!("{NET}/serviceGateways/servicegateway")}})
     );
-    let nat6 = wire::nat_gateway_body(&c, &NatGatewaySpec { name: "e".into(), public_ips: vec!["e-pip".into()], public_ips_v6: vec!["e-pip-v6".into()] }).unwrap();
+    let nat6 = wire::nat_gateway_body(
+        &c,
+        &NatGatewaySpec { name: "e".into(), public_ips: vec!["e-pip".into()], public_ips_v6: vec!["e-pip-v6".into()] },
+    )
+    .unwrap();
     assert_eq!(nat6["properties"]["publicIpAddressesV6"], json!([{"id": format!("{NET}/publicIPAddresses/e-pip-v6")}]));
 
     let reqs = vec![
@@ -327,7 +338,10 @@ fn request_bodies_match_the_wire_spec() {
 #[tokio::test]
 async fn list_follows_next_link_across_pages() {
     let s = ScriptedServer::start(vec![
-        canned(200, &format!(r#"{{"value":[{{"name":"lb-a"}}],"nextLink":"{{base}}{NET}/loadBalancers?api-version=2025-05-01&$skiptoken=1"}}"#)),
+        canned(
+            200,
+            &format!(r#"{{"value":[{{"name":"lb-a"}}],"nextLink":"{{base}}{NET}/loadBalancers?api-version=2025-05-01&$skiptoken=1"}}"#),
+        ),
         canned(200, r#"{"value":[{"name":"lb-b"},{"name":"lb-c"}]}"#),
     ])
     .await;
@@ -354,16 +368,26 @@ async fn a_next_link_off_the_arm_endpoint_is_refused() {
 async fn put_polls_azure_async_operation_then_gets_the_resource() {
     let op = "{base}/subscriptions/sub-1/providers/Microsoft.Network/locations/eastus2/operations/op1?api-version=2025-05-01";
     let s = ScriptedServer::start(vec![
-        canned(201, r#"{"name":"u-pip","properties":{"provisioningState":"Updating"}}"#).header("azure-asyncoperation", op).header("retry-after", "0"),
+        canned(201, r#"{"name":"u-pip","properties":{"provisioningState":"Updating"}}"#)
+            .header("azure-asyncoperation", op)
+            .header("retry-after", "0"),
         canned(200, r#"{"status":"InProgress"}"#),
         canned(200, r#"{"status":"Succeeded"}"#),
-        canned(200, r#"{"name":"u-pip","properties":{"ipAddress":"20.1.2.3","publicIPAddressVersion":"IPv4","provisioningState":"Succeeded"}}"#),
+        canned(
+            200,
+            r#"{"name":"u-pip","properties":{"ipAddress":"20.1.2.3","publicIPAddressVersion":"IPv4","provisioningState":"Succeeded"}}"#,
+        ),
     ])
     .await;
     let out = s.transport().perform(CloudCall::PutPublicIp { name: "u-pip".into(), version: IpVersion::V4 }).await.unwrap();
     assert_eq!(
         out,
-        CallOutput::PublicIp(PublicIpInfo { name: "u-pip".into(), ip_address: Some("20.1.2.3".into()), version: IpVersion::V4, attached: false })
+        CallOutput::PublicIp(PublicIpInfo {
+            name: "u-pip".into(),
+            ip_address: Some("20.1.2.3".into()),
+            version: IpVersion::V4,
+            attached: false
+        })
     );
     let seen = s.seen();
     let calls: Vec<(String, String)> = seen.iter().map(|x| (x.method.clone(), path_only(x).to_string())).collect();
@@ -409,7 +433,8 @@ async fn post_prefers_azure_async_operation_over_location() {
 #[tokio::test]
 async fn an_lro_that_ends_failed_is_operation_failed_with_its_code() {
     let s = ScriptedServer::start(vec![
-        canned(201, "{}").header("azure-asyncoperation", "{base}/subscriptions/sub-1/providers/Microsoft.Network/locations/eastus2/operations/9"),
+        canned(201, "{}")
+            .header("azure-asyncoperation", "{base}/subscriptions/sub-1/providers/Microsoft.Network/locations/eastus2/operations/9"),
         canned(200, r#"{"status":"Failed","error":{"code":"InternalServerError","message":"boom"}}"#),
     ])
     .await;
@@ -419,7 +444,8 @@ async fn an_lro_that_ends_failed_is_operation_failed_with_its_code() {
     assert!(e.message.contains("boom") && e.message.contains(&format!("PUT {NET}/loadBalancers/u")), "{e}");
 
     let s = ScriptedServer::start(vec![
-        canned(202, "").header("azure-asyncoperation", "{base}/subscriptions/sub-1/providers/Microsoft.Network/locations/eastus2/operations/9"),
+        canned(202, "")
+            .header("azure-asyncoperation", "{base}/subscriptions/sub-1/providers/Microsoft.Network/locations/eastus2/operations/9"),
         canned(200, r#"{"status":"Canceled"}"#),
     ])
     .await;
@@ -551,7 +577,12 @@ async fn malformed_responses_are_invalid_response_naming_method_and_path() {
     let op = "{base}/subscriptions/sub-1/providers/Microsoft.Network/locations/eastus2/operations/1";
     let cases: Vec<(CloudCall, Vec<Canned>, &str, String)> = vec![
         (CloudCall::GetSgwServices, vec![canned(200, "not json")], "GET", format!("{NET}/serviceGateways/servicegateway/services")),
-        (CloudCall::GetAddressLocations, vec![canned(200, r#"{"items":[]}"#)], "GET", format!("{NET}/serviceGateways/servicegateway/addressLocations")),
+        (
+            CloudCall::GetAddressLocations,
+            vec![canned(200, r#"{"items":[]}"#)],
+            "GET",
+            format!("{NET}/serviceGateways/servicegateway/addressLocations"),
+        ),
         (
             CloudCall::GetSgwServices,
             vec![canned(200, r#"{"value":[{"name":"x","properties":{"serviceType":"Sideways"}}]}"#)],
@@ -565,7 +596,12 @@ async fn malformed_responses_are_invalid_response_naming_method_and_path() {
         (CloudCall::GetNatGateway { name: "n".into() }, vec![canned(302, "")], "GET", format!("{NET}/natGateways/n")),
         (pip.clone(), vec![canned(200, "<html>")], "PUT", format!("{NET}/publicIPAddresses/u-pip")),
         (pip.clone(), vec![canned(204, "")], "PUT", format!("{NET}/publicIPAddresses/u-pip")),
-        (pip.clone(), vec![canned(201, "{}").header("azure-asyncoperation", op), canned(200, r#"{"state":"x"}"#)], "PUT", format!("{NET}/publicIPAddresses/u-pip")),
+        (
+            pip.clone(),
+            vec![canned(201, "{}").header("azure-asyncoperation", op), canned(200, r#"{"state":"x"}"#)],
+            "PUT",
+            format!("{NET}/publicIPAddresses/u-pip"),
+        ),
         (
             pip.clone(),
             vec![canned(201, "{}").header("azure-asyncoperation", op), canned(200, r#"{"status":"Succeeded"}"#), canned(200, "[")],
@@ -573,16 +609,26 @@ async fn malformed_responses_are_invalid_response_naming_method_and_path() {
             format!("{NET}/publicIPAddresses/u-pip"),
         ),
         (CloudCall::DeletePublicIp { name: "p".into() }, vec![canned(202, "")], "DELETE", format!("{NET}/publicIPAddresses/p")),
-        (CloudCall::UpdateServices(vec![SgwServiceRequest {
-            name: "u".into(), service_type: ServiceType::Inbound, is_delete: false, backend_pools: vec![], nat_gateway: NatReference::Absent, is_default: None,
-        }]), vec![canned(202, "")], "POST", format!("{NET}/serviceGateways/servicegateway/updateServices")),
-        (CloudCall::UpdateAddressLocations(vec![]), vec![canned(201, "")], "POST", format!("{NET}/serviceGateways/servicegateway/updateAddressLocations")),
         (
-            CloudCall::DetachNatGateway { name: "n".into(), raw: "{not json".into() },
-            vec![],
-            "PUT",
-            format!("{NET}/natGateways/n"),
+            CloudCall::UpdateServices(vec![SgwServiceRequest {
+                name: "u".into(),
+                service_type: ServiceType::Inbound,
+                is_delete: false,
+                backend_pools: vec![],
+                nat_gateway: NatReference::Absent,
+                is_default: None,
+            }]),
+            vec![canned(202, "")],
+            "POST",
+            format!("{NET}/serviceGateways/servicegateway/updateServices"),
         ),
+        (
+            CloudCall::UpdateAddressLocations(vec![]),
+            vec![canned(201, "")],
+            "POST",
+            format!("{NET}/serviceGateways/servicegateway/updateAddressLocations"),
+        ),
+        (CloudCall::DetachNatGateway { name: "n".into(), raw: "{not json".into() }, vec![], "PUT", format!("{NET}/natGateways/n")),
     ];
     for (i, (call, script, method, path)) in cases.into_iter().enumerate() {
         let s = ScriptedServer::start(script).await;

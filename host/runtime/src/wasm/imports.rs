@@ -89,23 +89,10 @@ impl kube::Host for HostState {
     fn remove_pod_finalizer(&mut self, target: w::ObjectRef) -> w::CallId {
         self.kube(io::KubeCall::RemovePodFinalizer(io::ObjectRef::from(target)))
     }
-    fn record_event(
-        &mut self,
-        target: w::ObjectRef,
-        kind: w::ObjectKind,
-        event_type: w::EventType,
-        reason: String,
-        message: String,
-    ) {
+    fn record_event(&mut self, target: w::ObjectRef, kind: w::ObjectKind, event_type: w::EventType, reason: String, message: String) {
         io::Io::record_event(
             &mut self.queue,
-            io::KubeEventRecord {
-                target: io::ObjectRef::from(target),
-                kind: kind.into(),
-                event_type: event_type.into(),
-                reason,
-                message,
-            },
+            io::KubeEventRecord { target: io::ObjectRef::from(target), kind: kind.into(), event_type: event_type.into(), reason, message },
         )
     }
 }

@@ -81,13 +81,7 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions {
-            cache_dir: None,
-            disable_cache: false,
-            limits: SandboxLimits::default(),
-            pooling: true,
-            max_instances: 128,
-        }
+        RuntimeOptions { cache_dir: None, disable_cache: false, limits: SandboxLimits::default(), pooling: true, max_instances: 128 }
     }
 }
 
@@ -122,12 +116,9 @@ impl Runtime {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wt).context("linking WASI")?;
-        bindings::DifftrackerEngine::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(wt)
-        .context("linking the cloud and kube imports")?;
+        bindings::DifftrackerEngine::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(wt)
+            .context("linking the cloud and kube imports")?;
 
         let cache = if options.disable_cache {
             None
@@ -140,10 +131,7 @@ impl Runtime {
     /// A process-wide runtime with default options, created on first use.
     pub fn shared() -> Result<Runtime> {
         static SHARED: OnceLock<Result<Runtime, String>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| Runtime::new(RuntimeOptions::default()).map_err(|e| format!("{e:#}")))
-            .clone()
-            .map_err(|e| anyhow::anyhow!(e))
+        SHARED.get_or_init(|| Runtime::new(RuntimeOptions::default()).map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow::anyhow!(e))
     }
 
     pub fn engine(&self) -> &wasmtime::Engine {
@@ -178,9 +166,7 @@ impl Runtime {
         let imports: Vec<String> = ty.imports(&self.inner.engine).map(|(name, _)| name.to_string()).collect();
         check_imports(imports.iter().map(String::as_str))?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(wt).context("linking the engine component")?;
-        let pre = bindings::DifftrackerEnginePre::new(pre)
-            .map_err(wt)
-            .context("the component does not export clb:difftracker/engine")?;
+        let pre = bindings::DifftrackerEnginePre::new(pre).map_err(wt).context("the component does not export clb:difftracker/engine")?;
         Ok(EngineComponent { runtime: self.clone(), pre, sha256: cache::content_hash(bytes), cache, imports })
     }
 

@@ -47,13 +47,7 @@ impl Default for SandboxLimits {
 
 impl SandboxLimits {
     pub fn store_limits(&self) -> StoreLimits {
-        StoreLimitsBuilder::new()
-            .memory_size(self.memory_bytes)
-            .instances(64)
-            .tables(64)
-            .memories(16)
-            .trap_on_grow_failure(true)
-            .build()
+        StoreLimitsBuilder::new().memory_size(self.memory_bytes).instances(64).tables(64).memories(16).trap_on_grow_failure(true).build()
     }
 
     /// The deadline of one guest call, in epoch ticks (at least one).
@@ -80,7 +74,11 @@ pub fn import_allowed(name: &str) -> bool {
 /// Checks a component's import names (`wasi:sockets/tcp@0.2.6`, ...) against the allow-list.
 pub fn check_imports<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), ForbiddenImports> {
     let forbidden: Vec<String> = names.into_iter().filter(|n| !import_allowed(n)).map(str::to_string).collect();
-    if forbidden.is_empty() { Ok(()) } else { Err(ForbiddenImports { forbidden }) }
+    if forbidden.is_empty() {
+        Ok(())
+    } else {
+        Err(ForbiddenImports { forbidden })
+    }
 }
 
 /// A wall clock stuck at 2024-01-01T00:00:00Z.
@@ -131,8 +129,7 @@ mod tests {
     #[test]
     fn allow_list_refuses_sockets_and_http() {
         assert!(check_imports(["clb:difftracker/cloud@0.1.0", "wasi:cli/environment@0.2.6", "wasi:io/streams@0.2.6"]).is_ok());
-        let err = check_imports(["wasi:sockets/tcp@0.2.6", "wasi:io/poll@0.2.6", "wasi:http/outgoing-handler@0.2.6"])
-            .unwrap_err();
+        let err = check_imports(["wasi:sockets/tcp@0.2.6", "wasi:io/poll@0.2.6", "wasi:http/outgoing-handler@0.2.6"]).unwrap_err();
         assert_eq!(err.forbidden, vec!["wasi:sockets/tcp@0.2.6", "wasi:http/outgoing-handler@0.2.6"]);
         assert!(err.to_string().contains("wasi:sockets/tcp@0.2.6"));
     }

@@ -21,10 +21,10 @@ use super::cluster::Cluster;
 use super::oracle;
 use super::report::{self, Report};
 use super::trace::Trace;
-use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use crate::emulator::{Emulator, EmulatorBackend, EmulatorOptions, FaultPlan};
 use anyhow::{Context, Result};
 use difftracker_engine::io::{Call, CallId, Completion, EngineStatus, TenantConfig};
+use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,9 +93,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
     let mut cluster = Cluster::new();
     let mut stats = LoopStats::default();
 
-    driver
-        .create(&TenantConfig { tenant: options.tenant.clone(), seed: options.seed })
-        .context("creating the engine")?;
+    driver.create(&TenantConfig { tenant: options.tenant.clone(), seed: options.seed }).context("creating the engine")?;
 
     let events = &trace.events;
     let mut next_event = 0usize;
@@ -104,6 +102,8 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
     let mut now = 0u64;
     let mut must_tick = true;
     let converged;
+    // A failing engine (a trap, a limit) ends the run, but the report is still written and says so.
+    let mut engine_failure: Option<String> = None;
     loop {
         while next_event < events.len() && events[next_event].at_ms <= now {
             let e = &events[next_event];
@@ -113,7 +113,11 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
         let kube_events = cluster.take_events();
         let delivered = !kube_events.is_empty();
         if delivered {
-            driver.deliver(now, kube_events).with_context(|| format!("engine deliver at {now} ms"))?;
+            if let Err(e) = driver.deliver(now, kube_events) {
+                engine_failure = Some(failure(now, "deliver", &e));
+                converged = false;
+                break;
+            }
         }
         let mut due = Vec::new();
         while let Some(entry) = in_flight.first_entry() {
@@ -125,7 +129,14 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
         let woken = wake.is_some_and(|w| w <= now);
         if delivered || !due.is_empty() || woken || must_tick {
             must_tick = false;
-            let result = driver.tick(now, due).with_context(|| format!("engine tick at {now} ms"))?;
+            let result = match driver.tick(now, due) {
+                Ok(result) => result,
+                Err(e) => {
+                    engine_failure = Some(failure(now, "tick", &e));
+                    converged = false;
+                    break;
+                }
+            };
             stats.ticks += 1;
             for record in result.events {
                 cluster.record_event(record);
@@ -137,7 +148,11 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
                         *stats.cloud_calls.entry(label.to_string()).or_insert(0) += 1;
                         let decided = backend.perform_at(now, &c);
                         if let Err(e) = &decided.outcome {
-                            let key = if e.code.is_empty() { format!("{label} {}", e.status) } else { format!("{label} {} {}", e.status, e.code) };
+                            let key = if e.code.is_empty() {
+                                format!("{label} {}", e.status)
+                            } else {
+                                format!("{label} {} {}", e.status, e.code)
+                            };
                             *stats.cloud_errors.entry(key).or_insert(0) += 1;
                         }
                         (now.saturating_add(decided.latency_ms), decided.outcome)
@@ -158,7 +173,14 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
         // Nothing more at `now`.
         let next_trace = events.get(next_event).map(|e| e.at_ms);
         if next_trace.is_none() && in_flight.is_empty() && !cluster.has_events() {
-            let status = driver.status().context("engine status")?;
+            let status = match driver.status() {
+                Ok(status) => status,
+                Err(e) => {
+                    engine_failure = Some(failure(now, "status", &e));
+                    converged = false;
+                    break;
+                }
+            };
             if status.settled && cluster.stuck_deleting().is_empty() && !cluster.has_deferred() {
                 converged = true;
                 break;
@@ -184,7 +206,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
         }
     }
 
-    let status = driver.status().context("engine status")?;
+    let status = if engine_failure.is_some() { EngineStatus::default() } else { driver.status().context("engine status")? };
     let inventory = emulator.inventory();
     let differences = oracle::check(&cluster, &inventory, &baseline);
     let report = report::build(report::Inputs {
@@ -200,5 +222,15 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
         trace_left: events.len() - next_event,
         differences: &differences,
     });
+    let mut report = report;
+    if let Some(f) = engine_failure {
+        // Only a failed run carries the key, so the reports of healthy runs keep their bytes.
+        report["engine_failure"] = Value::String(f);
+    }
     Ok(ReplayOutcome { report, cluster, baseline, inventory, status })
+}
+
+/// One line on a failed guest call, bounded.
+fn failure(now: u64, call: &str, e: &anyhow::Error) -> String {
+    format!("engine {call} at {now} ms failed: {}", difftracker_runtime::tenant::brief_reason(&format!("{e:#}")))
 }

@@ -163,8 +163,8 @@ pub fn parse_trace(text: &[u8]) -> Result<Trace, TraceError> {
         let entries = entries_of(&value).map_err(at)?;
         for entry in entries {
             match entry {
-                Entry::Skip(what) => *trace.skipped.entry(what).or_insert(0) += 1,
-                Entry::Event { event_type, object: raw, at_ms } => {
+                TraceItem::Skip(what) => *trace.skipped.entry(what).or_insert(0) += 1,
+                TraceItem::Event { event_type, object: raw, at_ms } => {
                     let object = match KubeObject::from_json(raw).map_err(at)? {
                         Some(o) => o,
                         None => {
@@ -206,12 +206,12 @@ pub fn parse_trace(text: &[u8]) -> Result<Trace, TraceError> {
     Ok(trace)
 }
 
-enum Entry<'v> {
+enum TraceItem<'v> {
     Skip(String),
     Event { event_type: WatchEventType, object: &'v Value, at_ms: Option<u64> },
 }
 
-fn entries_of(value: &Value) -> Result<Vec<Entry<'_>>, String> {
+fn entries_of(value: &Value) -> Result<Vec<TraceItem<'_>>, String> {
     let obj = match value {
         Value::Object(o) => o,
         other => {
@@ -237,7 +237,7 @@ fn entries_of(value: &Value) -> Result<Vec<Entry<'_>>, String> {
         };
         let event_type = match WatchEventType::parse(t) {
             Some(et) => et,
-            None if t == "BOOKMARK" || t == "ERROR" => return Ok(vec![Entry::Skip(format!("watch {t}"))]),
+            None if t == "BOOKMARK" || t == "ERROR" => return Ok(vec![TraceItem::Skip(format!("watch {t}"))]),
             None => return Err(format!("unknown watch event type {t:?} (expected ADDED, MODIFIED or DELETED)")),
         };
         if !object.is_object() {
@@ -246,34 +246,36 @@ fn entries_of(value: &Value) -> Result<Vec<Entry<'_>>, String> {
                 difftracker_runtime::k8s::json_type_name(object)
             ));
         }
-        return Ok(vec![Entry::Event { event_type, object, at_ms }]);
+        return Ok(vec![TraceItem::Event { event_type, object, at_ms }]);
     }
     match obj.get("kind").and_then(Value::as_str) {
         Some(kind) if kind.ends_with("List") && obj.contains_key("items") => {
             let items = match obj.get("items") {
                 Some(Value::Array(items)) => items,
                 Some(Value::Null) => return Ok(Vec::new()),
-                Some(other) => return Err(format!("{kind}: \"items\" must be an array, found {}", difftracker_runtime::k8s::json_type_name(other))),
+                Some(other) => {
+                    return Err(format!("{kind}: \"items\" must be an array, found {}", difftracker_runtime::k8s::json_type_name(other)))
+                }
                 None => return Ok(Vec::new()),
             };
             let item_kind = kind.strip_suffix("List").unwrap_or("");
             let mut out = Vec::with_capacity(items.len());
             for item in items {
                 if item_kind.is_empty() || item.get("kind").is_some() {
-                    out.push(Entry::Event { event_type: WatchEventType::Added, object: item, at_ms });
+                    out.push(TraceItem::Event { event_type: WatchEventType::Added, object: item, at_ms });
                 } else if item_kind == "Service" || item_kind == "EndpointSlice" || item_kind == "Node" || item_kind == "Pod" {
                     // Typed lists from the API leave `kind` out of their items.
-                    return Err(format!(
-                        "{kind}: items carry no \"kind\"; print the list with kubectl (it sets it) or add it"
-                    ));
+                    return Err(format!("{kind}: items carry no \"kind\"; print the list with kubectl (it sets it) or add it"));
                 } else {
-                    out.push(Entry::Skip(item_kind.to_string()));
+                    out.push(TraceItem::Skip(item_kind.to_string()));
                 }
             }
             Ok(out)
         }
-        Some(_) => Ok(vec![Entry::Event { event_type: WatchEventType::Added, object: value, at_ms }]),
-        None => Err("expected a watch event {\"type\": ..., \"object\": {...}} or a Kubernetes object; found an object with neither".into()),
+        Some(_) => Ok(vec![TraceItem::Event { event_type: WatchEventType::Added, object: value, at_ms }]),
+        None => {
+            Err("expected a watch event {\"type\": ..., \"object\": {...}} or a Kubernetes object; found an object with neither".into())
+        }
     }
 }
 
@@ -389,7 +391,11 @@ mod tests {
         let seen: Vec<(u64, Option<u64>, usize)> = t.events.iter().map(|e| (e.at_ms, e.resource_version, e.line)).collect();
         assert_eq!(seen, vec![(0, Some(10), 1), (100, Some(20), 9), (200, Some(30), 5), (300, Some(40), 13)]);
         // One object without a numeric resourceVersion: file order.
-        let text = format!("{}{}{{\"type\":\"ADDED\",\"object\":{{\"kind\":\"Node\",\"metadata\":{{\"name\":\"n\"}}}}}}", svc(10, "ADDED"), slice(5));
+        let text = format!(
+            "{}{}{{\"type\":\"ADDED\",\"object\":{{\"kind\":\"Node\",\"metadata\":{{\"name\":\"n\"}}}}}}",
+            svc(10, "ADDED"),
+            slice(5)
+        );
         let t = parse_trace(text.as_bytes()).unwrap();
         assert_eq!(t.order, TraceOrder::File);
         assert_eq!(t.events[1].resource_version, Some(5));
