@@ -59,11 +59,11 @@ pub fn is_unregister(c: &Call, uid: &str) -> bool {
     matches!(c, Call::Cloud(CloudCall::UpdateServices(r)) if r.iter().any(|r| r.is_delete && r.name == uid))
 }
 
-pub fn su_queued(h: &Harness, uid: &str) -> bool {
+pub fn queued_for_update(h: &Harness, uid: &str) -> bool {
     h.engine.dispatcher().is_queued(&id(uid))
 }
 
-pub fn lu_triggered(h: &Harness) -> bool {
+pub fn location_sync_triggered(h: &Harness) -> bool {
     h.engine.locations_updater().triggered
 }
 

@@ -7,7 +7,7 @@ fn s001_add_service_creates_not_started_op_and_one_trigger() {
     let mut h = harness();
     h.engine.add_service(inbound_cfg(UID, &[80]));
     assert_eq!(state(&h, UID), Some(ResourceState::NotStarted));
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
     assert_eq!(h.engine.dispatcher().runnable_len(), 1);
     let op = h.engine.operation(&id(UID)).unwrap();
     assert_eq!(op.correlation_id.len(), 36);
@@ -21,7 +21,7 @@ fn s002_add_service_for_registered_lb_is_a_no_op() {
     h.engine.nrp.set_load_balancer(&id(UID), true);
     h.engine.add_service(inbound_cfg(UID, &[80]));
     assert!(!h.engine.is_service_tracked(&id(UID)));
-    assert!(!su_queued(&h, UID));
+    assert!(!queued_for_update(&h, UID));
     assert!(h.tick().is_empty());
 }
 
@@ -37,7 +37,7 @@ fn s003_add_service_again_leaves_in_flight_op_untouched() {
     assert_eq!(op.state, ResourceState::CreationInProgress);
     assert_eq!(op.retry_count, 3);
     assert!(op.config.same_spec(&inbound_cfg(UID, &[80])));
-    assert!(!su_queued(&h, UID));
+    assert!(!queued_for_update(&h, UID));
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn s004_empty_uid_creates_nothing() {
     h.deliver(vec![KubeEvent::ServiceApplied(s)]);
     assert_eq!(h.engine.operations().count(), 0);
     assert_eq!(h.engine.dispatcher().runnable_len(), 0);
-    assert!(!lu_triggered(&h));
+    assert!(!location_sync_triggered(&h));
     assert!(h.engine.desired().is_empty());
 }
 

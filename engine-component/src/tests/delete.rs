@@ -10,8 +10,8 @@ fn s024_delete_waits_for_drain() {
     assert_eq!(state(&h, UID), Some(ResourceState::DeletionPending));
     assert!(h.engine.pending_deletion(&id(UID)).is_some());
     assert!(h.engine.desired().keys_of(&id(UID)).next().is_none(), "stripped from desired pods");
-    assert!(lu_triggered(&h));
-    assert!(!su_queued(&h, UID));
+    assert!(location_sync_triggered(&h));
+    assert!(!queued_for_update(&h, UID));
     let s = h.tick();
     assert_eq!(started_labels(&s), vec!["POST updateAddressLocations"], "only the drain");
     sync_ok(&mut h);
@@ -28,7 +28,7 @@ fn s025_delete_without_addresses_goes_straight_to_in_progress() {
     h.engine.delete_service(&id(UID), true, false);
     assert_eq!(state(&h, UID), Some(ResourceState::DeletionInProgress));
     assert!(h.engine.pending_deletion(&id(UID)).is_none());
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
 }
 
 #[test]
@@ -40,7 +40,7 @@ fn s026_untracked_unregistered_delete_is_a_no_op_unless_orphan() {
     let op = h.engine.operation(&id(UID)).unwrap();
     assert!(op.is_orphan);
     assert_eq!(op.state, ResourceState::DeletionInProgress);
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
 }
 
 #[test]
@@ -277,8 +277,8 @@ fn s035_overlay_rejection_re_drains() {
     assert_eq!(op.retry_count, 1);
     assert!(op.next_retry_at_ms.unwrap() > h.now);
     assert!(h.engine.pending_deletion(&id(UID)).is_some());
-    assert!(lu_triggered(&h));
-    assert!(!su_queued(&h, UID));
+    assert!(location_sync_triggered(&h));
+    assert!(!queued_for_update(&h, UID));
 
     // Through the worker: steps continue past the failure; the LU pass (nothing left in the
     // mirror) promotes it back and the retry waits out the backoff.

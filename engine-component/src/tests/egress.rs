@@ -122,7 +122,7 @@ fn s062_nat_in_nrp_untracked_applies_pod_immediately() {
     assert!(h.engine.buffered_pods(&id(EG)).is_empty());
     assert!(h.engine.desired().holds(&id(EG), L1, "10.1.0.1"));
     assert_eq!(h.engine.pod_ref_count(&id(EG)), 1);
-    assert!(lu_triggered(&h));
+    assert!(location_sync_triggered(&h));
     let body = {
         h.tick();
         sync_ok(&mut h).unwrap()
@@ -140,7 +140,7 @@ fn s063_unknown_identity_creates_op_and_buffers() {
     assert_eq!(op.kind(), crate::config::ServiceKind::Outbound);
     assert_eq!(op.triggering_pod, Some(("ns".to_string(), "a".to_string())));
     assert_eq!(op.config.outbound_config().unwrap().ip_families, vec![IpVersion::V4]);
-    assert!(su_queued(&h, EG));
+    assert!(queued_for_update(&h, EG));
     assert_eq!(h.engine.buffered_pods(&id(EG)).len(), 1);
     assert_eq!(h.engine.pod_ref_count(&id(EG)), 0, "buffered pods are not counted");
     h.engine.add_pod(&id(EG), "ns/b", "u2", L1, "10.1.0.2");
@@ -237,7 +237,7 @@ fn s067_revive_of_pending_deletion_or_buffer_after_an_attempt() {
     assert!(h.engine.pod_deletion("ns/a").is_none(), "the live pod's own record is dropped");
     assert!(!h.engine.pod_deletion("ns/gone").unwrap().is_last_pod, "demoted to an ordinary drain record");
     assert!(h.engine.desired().holds(&id(EG), L1, "10.1.0.5"));
-    assert!(lu_triggered(&h));
+    assert!(location_sync_triggered(&h));
     inv(&h);
 
     // A delete already attempted (RetryCount > 0): buffer instead.
@@ -366,7 +366,7 @@ fn s072_failed_create_losing_last_buffered_pod_tears_down() {
     let r = h.engine.delete_pod(&id(EG), L1, &vs(&["10.1.0.1"]), "ns", "a", "u1");
     assert_eq!(state(&h, EG), Some(ResourceState::DeletionInProgress));
     assert!(h.engine.pending_deletion(&id(EG)).is_some());
-    assert!(su_queued(&h, EG));
+    assert!(queued_for_update(&h, EG));
     assert_eq!(r.decision, FinalizerDecision::HoldForServiceDeletion, "finalizer held until the teardown");
     inv(&h);
     h.wake();

@@ -56,7 +56,7 @@ fn s056_registered_untracked_service_applies_endpoints_live() {
     h.engine.nrp.set_load_balancer(&id(UID), true);
     h.deliver(vec![KubeEvent::EndpointSliceApplied(slice("s", UID, &[("10.1.0.1", "n1")]))]);
     assert_eq!(desired(&h, UID), vec![k("10.0.0.1", "10.1.0.1")]);
-    assert!(lu_triggered(&h));
+    assert!(location_sync_triggered(&h));
     let s = h.tick();
     assert_eq!(started_labels(&s), vec!["POST updateAddressLocations"]);
 }
@@ -96,7 +96,7 @@ fn s059_node_ip_changes_move_endpoints() {
     assert_eq!(published(&h, UID), vec![k("10.0.0.1", "10.1.0.1"), k("10.0.0.3", "10.1.0.3")]);
     // IP change moves the pod; an unchanged IP set (reordered) does nothing.
     h.deliver(vec![KubeEvent::NodeApplied(node("n1", &["10.0.0.1"]))]);
-    assert!(!lu_triggered(&h));
+    assert!(!location_sync_triggered(&h));
     h.deliver(vec![KubeEvent::NodeApplied(node("n1", &["10.0.0.11"]))]);
     h.tick();
     let body = sync_ok(&mut h).unwrap();

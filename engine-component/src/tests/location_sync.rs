@@ -263,5 +263,5 @@ fn readiness_flip_marks_addresses_dirty() {
     h.engine.set_nrp_load_balancer(&id(UID), true);
     assert!(!h.engine.full_location_diff().is_empty());
     assert_eq!(h.engine.pending_location_diff(), h.engine.full_location_diff());
-    assert!(lu_triggered(&h));
+    assert!(location_sync_triggered(&h));
 }

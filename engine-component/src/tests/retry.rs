@@ -102,7 +102,7 @@ fn s044_resync_within_cooldown_keeps_park_after_cooldown_re_arms() {
     h.now += PARK_COOLDOWN_MS;
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[80]))]);
     assert!(!h.engine.operation(&id(UID)).unwrap().retries_exhausted);
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
     // Spec change re-arms immediately.
     let mut h = harness();
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[80]))]);
@@ -141,7 +141,7 @@ fn s046_repeated_delete_re_arms_parked_delete() {
     let op = h.engine.operation(&id(UID)).unwrap();
     assert!(!op.retries_exhausted);
     assert_eq!(op.retry_count, 0);
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
     assert_eq!(h.tick().len(), 1);
 }
 
@@ -183,7 +183,7 @@ fn s048_terminal_create_failure_parks_with_warning() {
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[80]))]);
     let op = h.engine.operation(&id(UID)).unwrap();
     assert!(!op.creation_failed_terminal);
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
     assert!(!h.engine.is_settled());
     assert!(h.run_ok(20));
 }
@@ -200,7 +200,7 @@ fn s049_terminal_failure_of_replaced_config_redispatches() {
     let op = h.engine.operation(&id(UID)).unwrap();
     assert!(!op.creation_failed_terminal);
     assert_eq!(op.state, ResourceState::NotStarted);
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
     let _ = s;
     // Through the worker: an update whose config changed during a terminal build.
     let mut h = harness();
@@ -209,7 +209,7 @@ fn s049_terminal_failure_of_replaced_config_redispatches() {
     h.engine.update_op(&id(UID), |op| op.in_flight_config = Some(inbound_cfg(UID, &[65535])));
     h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::AttemptFailure::terminal("bad port")));
     assert!(!h.engine.operation(&id(UID)).unwrap().creation_failed_terminal);
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
 }
 
 #[test]

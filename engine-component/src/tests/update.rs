@@ -16,10 +16,10 @@ fn s013_changed_port_moves_created_to_update() {
     create(&mut h, UID, &[80]);
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[80]))]);
     assert_eq!(state(&h, UID), Some(ResourceState::Created));
-    assert!(!su_queued(&h, UID));
+    assert!(!queued_for_update(&h, UID));
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[80, 443]))]);
     assert_eq!(state(&h, UID), Some(ResourceState::UpdateInProgress));
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
     assert_eq!(h.engine.dispatcher().runnable_len(), 1);
 }
 
@@ -38,7 +38,7 @@ fn s014_update_in_each_state_records_config_without_trigger() {
         let op = h.engine.operation(&id(UID)).unwrap();
         assert_eq!(op.state, st);
         assert!(op.config.same_spec(&inbound_cfg(UID, &[8080])), "{st:?}");
-        assert!(!su_queued(&h, UID), "{st:?}");
+        assert!(!queued_for_update(&h, UID), "{st:?}");
         assert_eq!(op.recreate_after_deletion, st.is_deleting(), "{st:?}");
     }
 }
@@ -51,7 +51,7 @@ fn s015_registered_untracked_lb_is_adopted_into_update() {
     let op = h.engine.operation(&id(UID)).unwrap();
     assert_eq!(op.state, ResourceState::UpdateInProgress);
     assert!(op.last_applied_config.is_none());
-    assert!(su_queued(&h, UID));
+    assert!(queued_for_update(&h, UID));
     let s = h.tick();
     assert_eq!(started_labels(&s), vec!["PUT loadBalancers"]);
     h.ok(s[0].0);
@@ -68,7 +68,7 @@ fn s016_outbound_update_is_ignored() {
     };
     h.engine.update_service(cfg);
     assert!(!h.engine.is_service_tracked(&id("egress-a")));
-    assert!(!su_queued(&h, "egress-a"));
+    assert!(!queued_for_update(&h, "egress-a"));
     let _ = ServiceKind::Outbound;
 }
 
@@ -87,7 +87,7 @@ fn s017_update_success_applies_in_flight_snapshot_and_detects_drift() {
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[82]))]);
     let s = h.tick();
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[83]))]);
-    assert!(!su_queued(&h, UID));
+    assert!(!queued_for_update(&h, UID));
     h.complete(s[0].0, Ok(CallOutput::Done));
     let op = h.engine.operation(&id(UID)).unwrap();
     assert_eq!(op.state, ResourceState::UpdateInProgress);
@@ -172,7 +172,7 @@ fn s022_unknown_state_is_a_no_op_everywhere() {
     h.engine.add_service(inbound_cfg(UID, &[82]));
     h.engine.update_endpoints(&id(UID), &emap(&[]), &emap(&[("10.1.0.1", "10.0.0.1")]));
     assert_eq!(h.engine.operation(&id(UID)).cloned(), before);
-    assert!(!su_queued(&h, UID));
+    assert!(!queued_for_update(&h, UID));
     assert!(h.engine.pending_deletion(&id(UID)).is_none());
     assert!(h.engine.buffered_endpoints(&id(UID)).is_empty());
     assert!(h.tick().is_empty());
