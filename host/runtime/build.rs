@@ -66,7 +66,11 @@ fn main() -> Result<()> {
 }
 
 fn absolute(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
 }
 
 /// Installs the wasm32-wasip2 standard library through rustup when this toolchain lacks it.
@@ -129,8 +133,7 @@ fn scrub_env(cmd: &mut Command) {
         "RUSTC_LINKER",
         "RUSTDOC",
     ];
-    const PREFIXES: &[&str] =
-        &["CARGO_CFG_", "CARGO_FEATURE_", "CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_PROFILE_", "CARGO_TARGET_"];
+    const PREFIXES: &[&str] = &["CARGO_CFG_", "CARGO_FEATURE_", "CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_PROFILE_", "CARGO_TARGET_"];
     for name in EXACT {
         cmd.env_remove(name);
     }

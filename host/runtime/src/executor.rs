@@ -40,10 +40,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 
     fn sleep_until(&self, deadline_ms: u64) -> Sleep {
@@ -138,9 +135,7 @@ pub fn call_identity(call: &Call) -> String {
             C::PutNatGateway(spec) => spec.name.clone(),
             C::UpdateServices(requests) => requests.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
             C::UpdateAddressLocations(locations) => format!("{} location(s)", locations.len()),
-            C::ListPublicIps | C::ListLoadBalancers | C::ListNatGateways | C::GetSgwServices | C::GetAddressLocations => {
-                String::new()
-            }
+            C::ListPublicIps | C::ListLoadBalancers | C::ListNatGateways | C::GetSgwServices | C::GetAddressLocations => String::new(),
         },
         Call::Kube(k) => match k {
             K::AddServiceFinalizers(r)

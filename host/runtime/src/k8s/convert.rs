@@ -2,8 +2,7 @@
 
 use super::types::*;
 use difftracker_engine::io::{
-    Endpoint, EndpointSlice, IntOrString, KubeEvent, LoadBalancerIngress, Node, ObjectMeta, OwnerReference, Pod, Service,
-    ServicePort,
+    Endpoint, EndpointSlice, IntOrString, KubeEvent, LoadBalancerIngress, Node, ObjectMeta, OwnerReference, Pod, Service, ServicePort,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -107,11 +106,7 @@ impl KubeObject {
         };
         let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let describe = |e: serde_json::Error| {
-            let name = obj
-                .get("metadata")
-                .and_then(|m| m.get("name"))
-                .and_then(Value::as_str)
-                .unwrap_or("<unnamed>");
+            let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<unnamed>");
             format!("{kind} {name}: {e}")
         };
         let parsed = match kind {
@@ -229,10 +224,7 @@ pub fn service_from_k8s(s: &K8sService) -> Service {
         .and_then(|lb| lb.ingress.as_ref())
         .map(|list| {
             list.iter()
-                .map(|i| LoadBalancerIngress {
-                    ip: i.ip.clone().unwrap_or_default(),
-                    hostname: i.hostname.clone().unwrap_or_default(),
-                })
+                .map(|i| LoadBalancerIngress { ip: i.ip.clone().unwrap_or_default(), hostname: i.hostname.clone().unwrap_or_default() })
                 .collect()
         })
         .unwrap_or_default();
@@ -340,8 +332,7 @@ pub fn endpoint_slice_to_k8s(s: &EndpointSlice) -> K8sEndpointSlice {
         &s.owner_references
             .iter()
             .map(|o| K8sOwnerReference {
-                api_version: Some(if o.kind == "Service" { "v1".into() } else { String::new() })
-                    .filter(|v: &String| !v.is_empty()),
+                api_version: Some(if o.kind == "Service" { "v1".into() } else { String::new() }).filter(|v: &String| !v.is_empty()),
                 kind: Some(o.kind.clone()),
                 name: Some(o.name.clone()),
                 uid: Some(o.uid.clone()),
@@ -360,11 +351,7 @@ pub fn endpoint_slice_to_k8s(s: &EndpointSlice) -> K8sEndpointSlice {
                 .iter()
                 .map(|e| K8sEndpoint {
                     addresses: Some(e.addresses.clone()),
-                    conditions: Some(K8sEndpointConditions {
-                        ready: e.ready,
-                        serving: e.ready,
-                        terminating: e.ready.map(|_| false),
-                    }),
+                    conditions: Some(K8sEndpointConditions { ready: e.ready, serving: e.ready, terminating: e.ready.map(|_| false) }),
                     node_name: e.node_name.clone(),
                     target_ref: None,
                     zone: None,
@@ -385,31 +372,19 @@ pub fn node_from_k8s(n: &K8sNode) -> Node {
             .status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
-            .map(|list| {
-                list.iter()
-                    .filter(|a| a.address_type.as_deref() == Some("InternalIP"))
-                    .filter_map(|a| a.address.clone())
-                    .collect()
-            })
+            .map(|list| list.iter().filter(|a| a.address_type.as_deref() == Some("InternalIP")).filter_map(|a| a.address.clone()).collect())
             .unwrap_or_default(),
     }
 }
 
 pub fn node_to_k8s(n: &Node) -> K8sNode {
-    let mut addresses: Vec<K8sNodeAddress> = n
-        .internal_ips
-        .iter()
-        .map(|ip| K8sNodeAddress { address_type: Some("InternalIP".into()), address: Some(ip.clone()) })
-        .collect();
+    let mut addresses: Vec<K8sNodeAddress> =
+        n.internal_ips.iter().map(|ip| K8sNodeAddress { address_type: Some("InternalIP".into()), address: Some(ip.clone()) }).collect();
     addresses.push(K8sNodeAddress { address_type: Some("Hostname".into()), address: Some(n.name.clone()) });
     K8sNode {
         api_version: Some("v1".into()),
         kind: Some("Node".into()),
-        metadata: K8sObjectMeta {
-            name: Some(n.name.clone()),
-            uid: non_empty(&n.uid),
-            ..K8sObjectMeta::default()
-        },
+        metadata: K8sObjectMeta { name: Some(n.name.clone()), uid: non_empty(&n.uid), ..K8sObjectMeta::default() },
         spec: None,
         status: Some(K8sNodeStatus { addresses: Some(addresses) }),
     }

@@ -11,14 +11,13 @@ mod convert;
 mod types;
 
 pub use convert::{
-    endpoint_slice_from_k8s, endpoint_slice_to_k8s, node_from_k8s, node_to_k8s, pod_from_k8s, pod_to_k8s,
-    service_from_k8s, service_to_k8s, json_type_name, KubeObject,
+    endpoint_slice_from_k8s, endpoint_slice_to_k8s, json_type_name, node_from_k8s, node_to_k8s, pod_from_k8s, pod_to_k8s, service_from_k8s,
+    service_to_k8s, KubeObject,
 };
 pub use types::*;
 
 /// The finalizers the engine owns on Services (ENGINE.md 8.3).
-pub const SERVICE_FINALIZERS: [&str; 2] =
-    ["servicegateway.azure.com/service-cleanup", "service.kubernetes.io/load-balancer-cleanup"];
+pub const SERVICE_FINALIZERS: [&str; 2] = ["servicegateway.azure.com/service-cleanup", "service.kubernetes.io/load-balancer-cleanup"];
 /// The finalizer the engine owns on egress Pods (ENGINE.md 8.3).
 pub const POD_FINALIZER: &str = "servicegateway.azure.com/pod-cleanup";
 /// The label that associates a Pod with an egress identity (ENGINE.md 2.4).

@@ -72,11 +72,21 @@ impl TokenSource for StaticToken {
 /// Which Entra ID credential to use (AZURE-WIRE.md section 1.2, first three kinds).
 #[derive(Clone)]
 pub enum AzureCredentialConfig {
-    ClientSecret { tenant_id: String, client_id: String, client_secret: String },
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        client_secret: String,
+    },
     /// `None` fields fall back to `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`.
-    WorkloadIdentity { tenant_id: Option<String>, client_id: Option<String>, token_file: Option<PathBuf> },
+    WorkloadIdentity {
+        tenant_id: Option<String>,
+        client_id: Option<String>,
+        token_file: Option<PathBuf>,
+    },
     /// `user_assigned_id` is an ARM resource ID if it contains `/subscriptions/`, else a client ID.
-    ManagedIdentity { user_assigned_id: Option<String> },
+    ManagedIdentity {
+        user_assigned_id: Option<String>,
+    },
 }
 
 impl fmt::Debug for AzureCredentialConfig {
@@ -111,9 +121,7 @@ impl AzureCredentialConfig {
         if var("AZURE_FEDERATED_TOKEN_FILE").is_some() {
             return AzureCredentialConfig::WorkloadIdentity { tenant_id: None, client_id: None, token_file: None };
         }
-        if let (Some(secret), Some(tenant), Some(client)) =
-            (var("AZURE_CLIENT_SECRET"), var("AZURE_TENANT_ID"), var("AZURE_CLIENT_ID"))
-        {
+        if let (Some(secret), Some(tenant), Some(client)) = (var("AZURE_CLIENT_SECRET"), var("AZURE_TENANT_ID"), var("AZURE_CLIENT_ID")) {
             return AzureCredentialConfig::ClientSecret { tenant_id: tenant, client_id: client, client_secret: secret };
         }
         AzureCredentialConfig::ManagedIdentity { user_assigned_id: var("AZURE_CLIENT_ID") }
@@ -191,9 +199,8 @@ impl AzureIdentityTokens {
     /// Builds the credential of `config` for the ARM scope.
     pub fn new(config: &AzureCredentialConfig) -> Result<Self, AuthError> {
         use azure_identity::{
-            ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
-            ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
-            WorkloadIdentityCredentialOptions,
+            ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
+            ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(20))

@@ -172,11 +172,7 @@ impl TenantAzureConfig {
 
     /// `/subscriptions/{netsub}/resourceGroups/{rg}/providers/Microsoft.Network`.
     pub fn provider_path(&self) -> String {
-        format!(
-            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network",
-            self.network_subscription(),
-            self.resource_group
-        )
+        format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network", self.network_subscription(), self.resource_group)
     }
 
     /// The collection path of a kind (list calls).
@@ -253,9 +249,5 @@ fn validate_rg(what: &'static str, value: &str) -> Result<(), NameError> {
 /// of a backend pool ID.
 pub fn id_segment_after<'a>(id: &'a str, kind: &str) -> Option<&'a str> {
     let parts: Vec<&str> = id.split('/').collect();
-    parts
-        .iter()
-        .position(|p| p.eq_ignore_ascii_case(kind))
-        .and_then(|i| parts.get(i + 1).copied())
-        .filter(|s| !s.is_empty())
+    parts.iter().position(|p| p.eq_ignore_ascii_case(kind)).and_then(|i| parts.get(i + 1).copied()).filter(|s| !s.is_empty())
 }

@@ -16,8 +16,8 @@ pub mod wire;
 pub use auth::{AuthError, AzureCredentialConfig, AzureIdentityTokens, BearerToken, NoAuth, StaticToken, TokenSource};
 pub use client::{retry_after, ArmTransport, TransportOptions};
 pub use config::{
-    validate_name, NameError, ResourceKind, SgwOperation, TenantAzureConfig, API_VERSION, ARM_SCOPE,
-    DEFAULT_ARM_ENDPOINT, SERVICE_GATEWAY_NAME,
+    validate_name, NameError, ResourceKind, SgwOperation, TenantAzureConfig, API_VERSION, ARM_SCOPE, DEFAULT_ARM_ENDPOINT,
+    SERVICE_GATEWAY_NAME,
 };
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 
 use super::config::{id_segment_after, NameError, ResourceKind, TenantAzureConfig};
 use difftracker_engine::io::{
-    AddressLocation, AddressUpdate, BackendPool, IpVersion, LoadBalancerSpec, LocationUpdate, NatGatewayInfo,
-    NatGatewaySpec, NatReference, PublicIpInfo, SgwService, SgwServiceRequest, ServiceType, TransportProtocol,
-    UpdateAction,
+    AddressLocation, AddressUpdate, BackendPool, IpVersion, LoadBalancerSpec, LocationUpdate, NatGatewayInfo, NatGatewaySpec, NatReference,
+    PublicIpInfo, ServiceType, SgwService, SgwServiceRequest, TransportProtocol, UpdateAction,
 };
 use serde_json::{json, Map, Value};
 
@@ -65,10 +64,7 @@ pub fn load_balancer_body(cfg: &TenantAzureConfig, spec: &LoadBalancerSpec) -> R
     let pool_id = cfg.backend_pool_id(name, name)?;
     let mut props = Map::new();
     props.insert("backendAddressPools".into(), json!([{ "name": name, "properties": {} }]));
-    props.insert(
-        "frontendIPConfigurations".into(),
-        json!([{ "name": "frontend", "properties": { "publicIPAddress": { "id": pip_id } } }]),
-    );
+    props.insert("frontendIPConfigurations".into(), json!([{ "name": "frontend", "properties": { "publicIPAddress": { "id": pip_id } } }]));
     if !spec.rules.is_empty() {
         let rules: Vec<Value> = spec
             .rules

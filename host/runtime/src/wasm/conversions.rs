@@ -44,7 +44,7 @@ impl From<w::IpVersion> for io::IpVersion {
             w::IpVersion::Ipv4 => io::IpVersion::V4,
             w::IpVersion::Ipv6 => io::IpVersion::V6,
         }
-}
+    }
 }
 
 impl From<w::ServiceType> for io::ServiceType {
@@ -54,7 +54,7 @@ impl From<w::ServiceType> for io::ServiceType {
             w::ServiceType::Outbound => io::ServiceType::Outbound,
             w::ServiceType::InboundOutbound => io::ServiceType::InboundOutbound,
         }
-}
+    }
 }
 
 impl From<w::LoadBalancerSpec> for io::LoadBalancerSpec {
@@ -76,7 +76,7 @@ impl From<w::LoadBalancerSpec> for io::LoadBalancerSpec {
                 })
                 .collect(),
         }
-}
+    }
 }
 
 impl From<w::SgwServiceRequest> for io::SgwServiceRequest {
@@ -85,11 +85,7 @@ impl From<w::SgwServiceRequest> for io::SgwServiceRequest {
             name: r.name,
             service_type: io::ServiceType::from(r.service_type),
             is_delete: r.is_delete,
-            backend_pools: r
-                .backend_pools
-                .into_iter()
-                .map(|p| io::BackendPool { load_balancer: p.load_balancer, pool: p.pool })
-                .collect(),
+            backend_pools: r.backend_pools.into_iter().map(|p| io::BackendPool { load_balancer: p.load_balancer, pool: p.pool }).collect(),
             nat_gateway: match r.nat_gateway {
                 w::NatReference::Absent => io::NatReference::Absent,
                 w::NatReference::Set(name) => io::NatReference::Set(name),
@@ -97,7 +93,7 @@ impl From<w::SgwServiceRequest> for io::SgwServiceRequest {
             },
             is_default: r.is_default,
         }
-}
+    }
 }
 
 impl From<w::LocationUpdate> for io::LocationUpdate {
@@ -110,13 +106,13 @@ impl From<w::LocationUpdate> for io::LocationUpdate {
             },
             addresses: l.addresses.into_iter().map(|a| io::AddressUpdate { address: a.address, services: a.services }).collect(),
         }
-}
+    }
 }
 
 impl From<w::ObjectRef> for io::ObjectRef {
     fn from(r: w::ObjectRef) -> io::ObjectRef {
         io::ObjectRef { namespace: r.namespace, name: r.name, uid: r.uid }
-}
+    }
 }
 
 // ------------------------------------------------------------------------ WIT -> io (results)
@@ -124,7 +120,7 @@ impl From<w::ObjectRef> for io::ObjectRef {
 impl From<wx::TickOutcome> for io::TickOutcome {
     fn from(o: wx::TickOutcome) -> io::TickOutcome {
         io::TickOutcome { next_wake_ms: o.next_wake_ms, calls_in_flight: o.calls_in_flight }
-}
+    }
 }
 
 impl From<w::EngineStatus> for io::EngineStatus {
@@ -138,13 +134,9 @@ impl From<w::EngineStatus> for io::EngineStatus {
             buffered_endpoint_deltas: s.buffered_endpoint_deltas,
             location_sync_in_flight: s.location_sync_in_flight,
             settled: s.settled,
-            metrics: s
-                .metrics
-                .into_iter()
-                .map(|m| io::MetricSample { name: m.name, labels: m.labels, value: m.value })
-                .collect(),
+            metrics: s.metrics.into_iter().map(|m| io::MetricSample { name: m.name, labels: m.labels, value: m.value }).collect(),
         }
-}
+    }
 }
 
 // ------------------------------------------------------------------------ io -> WIT (inputs)
@@ -152,7 +144,7 @@ impl From<w::EngineStatus> for io::EngineStatus {
 impl From<&io::TenantConfig> for wx::TenantConfig {
     fn from(c: &io::TenantConfig) -> wx::TenantConfig {
         wx::TenantConfig { tenant: c.tenant.clone(), seed: c.seed }
-}
+    }
 }
 
 impl From<io::ObjectMeta> for w::ObjectMeta {
@@ -167,7 +159,7 @@ impl From<io::ObjectMeta> for w::ObjectMeta {
             labels: m.labels,
             annotations: m.annotations,
         }
-}
+    }
 }
 
 impl From<io::Service> for w::Service {
@@ -195,7 +187,7 @@ impl From<io::Service> for w::Service {
             external_traffic_policy: s.external_traffic_policy,
             ingress: s.ingress.into_iter().map(|i| w::LoadBalancerIngress { ip: i.ip, hostname: i.hostname }).collect(),
         }
-}
+    }
 }
 
 impl From<io::EndpointSlice> for w::EndpointSlice {
@@ -214,13 +206,13 @@ impl From<io::EndpointSlice> for w::EndpointSlice {
                 .map(|e| w::Endpoint { addresses: e.addresses, ready: e.ready, node_name: e.node_name })
                 .collect(),
         }
-}
+    }
 }
 
 impl From<io::Node> for w::Node {
     fn from(n: io::Node) -> w::Node {
         w::Node { name: n.name, uid: n.uid, internal_ips: n.internal_ips }
-}
+    }
 }
 
 impl From<io::Pod> for w::Pod {
@@ -234,7 +226,7 @@ impl From<io::Pod> for w::Pod {
             host_ip: p.host_ip,
             host_ips: p.host_ips,
         }
-}
+    }
 }
 
 impl From<io::KubeEvent> for w::KubeEvent {
@@ -250,7 +242,7 @@ impl From<io::KubeEvent> for w::KubeEvent {
             E::PodApplied(p) => w::KubeEvent::PodApplied(w::Pod::from(p)),
             E::PodDeleted(p) => w::KubeEvent::PodDeleted(w::Pod::from(p)),
         }
-}
+    }
 }
 
 impl From<io::IpVersion> for w::IpVersion {
@@ -259,19 +251,19 @@ impl From<io::IpVersion> for w::IpVersion {
             io::IpVersion::V4 => w::IpVersion::Ipv4,
             io::IpVersion::V6 => w::IpVersion::Ipv6,
         }
-}
+    }
 }
 
 impl From<io::PublicIpInfo> for w::PublicIpInfo {
     fn from(p: io::PublicIpInfo) -> w::PublicIpInfo {
         w::PublicIpInfo { name: p.name, ip_address: p.ip_address, version: w::IpVersion::from(p.version), attached: p.attached }
-}
+    }
 }
 
 impl From<io::AddressUpdate> for w::AddressUpdate {
     fn from(a: io::AddressUpdate) -> w::AddressUpdate {
         w::AddressUpdate { address: a.address, services: a.services }
-}
+    }
 }
 
 impl From<io::CallOutput> for w::CallOutput {
@@ -315,7 +307,7 @@ impl From<io::CallOutput> for w::CallOutput {
                     .collect(),
             ),
         }
-}
+    }
 }
 
 impl From<io::CallError> for w::CallError {
@@ -338,11 +330,11 @@ impl From<io::CallError> for w::CallError {
             message: e.message,
             retry_after_ms: e.retry_after_ms,
         }
-}
+    }
 }
 
 impl From<io::Completion> for w::Completion {
     fn from(c: io::Completion) -> w::Completion {
         w::Completion { id: c.id, outcome: c.outcome.map(w::CallOutput::from).map_err(w::CallError::from) }
-}
+    }
 }
