@@ -18,12 +18,12 @@
 mod recovery;
 mod summary;
 mod swap;
-mod tick_loop;
 #[cfg(test)]
 mod tests;
+mod tick_loop;
 
 pub use recovery::{EngineFactory, Recovery, SnapshotPolicy};
-pub use summary::{brief_reason, completion_summary, event_summary};
+pub use summary::{brief_reason, completion_summary, event_summary, one_line, short};
 
 use crate::driver::EngineDriver;
 use crate::executor::{Backends, CallRunner, Executor, DEFAULT_TENANT_CAP};
@@ -32,9 +32,9 @@ use difftracker_engine::io::{Call, CallError, CallId, CallOutput, EngineStatus, 
 use recovery::GuardedEngine;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tick_loop::TenantLoop;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tick_loop::TenantLoop;
 
 /// Requests to a running tenant loop, handled between ticks.
 enum Control {
@@ -42,7 +42,6 @@ enum Control {
     /// instances with this factory when one is given (a new component).
     Swap(Box<dyn EngineDriver>, Option<EngineFactory>, oneshot::Sender<Result<()>>),
 }
-
 
 /// How a tenant runs.
 #[derive(Clone, Debug)]
@@ -69,8 +68,14 @@ impl TenantOptions {
 /// What happened in a tenant, in order (for observers such as the demo's printer).
 #[derive(Clone, Debug, PartialEq)]
 pub enum TenantEvent {
-    CallStarted { id: CallId, call: Call },
-    CallCompleted { id: CallId, outcome: Result<CallOutput, CallError> },
+    CallStarted {
+        id: CallId,
+        call: Call,
+    },
+    CallCompleted {
+        id: CallId,
+        outcome: Result<CallOutput, CallError>,
+    },
     EventRecorded(KubeEventRecord),
     /// The engine's count of operations per state changed.
     StatesChanged(Vec<(String, u32)>),
@@ -162,11 +167,7 @@ impl TenantHandle {
     /// Waits until `done` holds for the tenant's status; fails if the loop stops first.
     pub async fn wait_for(&self, mut done: impl FnMut(&TenantStatus) -> bool) -> Result<TenantStatus> {
         let mut rx = self.status.clone();
-        let status = rx
-            .wait_for(|s| done(s) || s.stopped)
-            .await
-            .map_err(|_| anyhow!("tenant {} stopped", self.name))?
-            .clone();
+        let status = rx.wait_for(|s| done(s) || s.stopped).await.map_err(|_| anyhow!("tenant {} stopped", self.name))?.clone();
         match (&status.error, status.stopped && !done(&status)) {
             (Some(e), _) => Err(anyhow!("tenant {} failed: {e}", self.name)),
             (None, true) => Err(anyhow!("tenant {} stopped", self.name)),
@@ -191,9 +192,7 @@ impl TenantHandle {
 
     async fn send_swap(&self, fresh: Box<dyn EngineDriver>, factory: Option<EngineFactory>) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.control
-            .send(Control::Swap(fresh, factory, tx))
-            .map_err(|_| anyhow!("tenant {} is not running", self.name))?;
+        self.control.send(Control::Swap(fresh, factory, tx)).map_err(|_| anyhow!("tenant {} is not running", self.name))?;
         rx.await.map_err(|_| anyhow!("tenant {} stopped during the swap", self.name))?
     }
 

@@ -128,17 +128,12 @@ impl Recovery {
     }
 
     /// Passes every instance the factory builds through `wrap` (e.g. to instrument it).
-    pub fn map_instances(
-        mut self,
-        wrap: impl Fn(Box<dyn EngineDriver>) -> Box<dyn EngineDriver> + Send + Sync + 'static,
-    ) -> Recovery {
+    pub fn map_instances(mut self, wrap: impl Fn(Box<dyn EngineDriver>) -> Box<dyn EngineDriver> + Send + Sync + 'static) -> Recovery {
         let inner = self.factory;
         self.factory = Arc::new(move |ids| inner(ids).map(&wrap));
         self
     }
 }
-
-
 
 /// Quarantined inputs rebuilt around in one recovery before the tenant gives up.
 const MAX_QUARANTINED_PER_RECOVERY: usize = 16;
@@ -213,7 +208,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// One applied input, as the replay needs it.
 enum LoggedInput {
-    Deliver { now_ms: u64, events: Vec<KubeEvent> },
+    Deliver {
+        now_ms: u64,
+        events: Vec<KubeEvent>,
+    },
     Tick {
         now_ms: u64,
         completions: Vec<Completion>,
@@ -375,9 +373,8 @@ impl GuardedEngine {
             Err(failure) => {
                 let reason = self.poison(failure)?;
                 self.restart(tick_no, &reason, out)?;
-                guarded(&mut self.driver, |d| d.status()).map_err(|f| {
-                    f.into_error().context("the engine traps reading its status on a fresh instance too")
-                })?
+                guarded(&mut self.driver, |d| d.status())
+                    .map_err(|f| f.into_error().context("the engine traps reading its status on a fresh instance too"))?
             }
         };
         if self.recovery.as_ref().is_some_and(RecoveryState::snapshot_due) {
@@ -477,7 +474,11 @@ impl GuardedEngine {
         }
         recovery.restarts.push_back(tick_no);
         out.restarts += 1;
-        tracing::error!(tenant = %self.name, error = %reason, "engine instance unusable; restarting it from its last good snapshot");
+        tracing::error!(
+            tenant = %self.name,
+            error = %super::summary::brief_reason(reason),
+            "engine instance unusable; restarting it from its last good snapshot"
+        );
         self.rebuild()
     }
 
@@ -552,9 +553,7 @@ impl GuardedEngine {
         }
         if !ticked {
             let tick = self.tick(now, Vec::new()).map_err(|(failure, _)| {
-                failure.into_error().context(
-                    "the engine traps on a fresh instance restored from its last good snapshot with no new input",
-                )
+                failure.into_error().context("the engine traps on a fresh instance restored from its last good snapshot with no new input")
             })?;
             out.merge(tick);
         }
@@ -570,14 +569,18 @@ impl GuardedEngine {
 }
 
 /// A fresh instance: the checkpoint restored, the log replayed, the call ids checked.
-fn rebuild_from_checkpoint(factory: &EngineFactory, ids: &CallIds, checkpoint: &Checkpoint, log: &[LoggedInput]) -> Result<Box<dyn EngineDriver>> {
+fn rebuild_from_checkpoint(
+    factory: &EngineFactory,
+    ids: &CallIds,
+    checkpoint: &Checkpoint,
+    log: &[LoggedInput],
+) -> Result<Box<dyn EngineDriver>> {
     ids.set_next(checkpoint.next_call_id);
     let mut fresh = match std::panic::catch_unwind(AssertUnwindSafe(|| factory(ids.clone()))) {
         Ok(built) => built.context("building a fresh engine instance")?,
         Err(panic) => bail!("the engine factory panicked: {}", panic_message(panic.as_ref())),
     };
-    guarded(&mut fresh, |d| d.restore(&checkpoint.snapshot))
-        .map_err(|f| f.into_error().context("restoring the last good snapshot"))?;
+    guarded(&mut fresh, |d| d.restore(&checkpoint.snapshot)).map_err(|f| f.into_error().context("restoring the last good snapshot"))?;
     for (i, entry) in log.iter().enumerate() {
         match entry {
             LoggedInput::Deliver { now_ms, events } => guarded(&mut fresh, |d| d.deliver(*now_ms, events.clone()))
