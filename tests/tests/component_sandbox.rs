@@ -82,7 +82,8 @@ fn compiled_components_are_cached_on_disk_and_reused() {
 
 #[test]
 fn a_guest_that_runs_out_of_memory_traps_into_an_error_and_a_fresh_instance_recovers() {
-    let runtime = uncached_runtime(SandboxLimits { memory_bytes: 8 << 20, cpu_deadline: Duration::from_secs(5) });
+    let runtime =
+        uncached_runtime(SandboxLimits { memory_bytes: 8 << 20, cpu_deadline: Duration::from_secs(5), ..SandboxLimits::default() });
     let component = runtime.load_builtin().unwrap();
     let ids = CallIds::default();
     let mut engine = WasmEngine::new(&component, ids.clone()).unwrap();
@@ -116,7 +117,8 @@ fn a_guest_that_loops_forever_is_interrupted_by_the_cpu_deadline() {
            )"#,
     )
     .unwrap();
-    let runtime = uncached_runtime(SandboxLimits { memory_bytes: 1 << 20, cpu_deadline: Duration::from_millis(50) });
+    let runtime =
+        uncached_runtime(SandboxLimits { memory_bytes: 1 << 20, cpu_deadline: Duration::from_millis(50), ..SandboxLimits::default() });
     let component = wasmtime::component::Component::new(runtime.engine(), &wasm).unwrap();
     let linker = wasmtime::component::Linker::<()>::new(runtime.engine());
     let mut store = wasmtime::Store::new(runtime.engine(), ());
@@ -137,4 +139,51 @@ fn guest_errors_do_not_poison_the_instance() {
     assert!(engine.restore(&[0xff, 0x00, 0x13]).is_err());
     assert!(!engine.is_poisoned());
     engine.tick(0, vec![]).unwrap();
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_component_file_over_the_size_cap_is_refused_without_reading_it() {
+    // A sparse 1 GiB file: refused on its size, before a byte of it is read into memory.
+    let dir = scratch("oversized-component");
+    let path = dir.join("huge.wasm");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(1 << 30).unwrap();
+    drop(file);
+    let err = match uncached_runtime(SandboxLimits::default()).load_file(&path) {
+        Ok(_) => panic!("a 1 GiB component was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("larger than the limit of 67108864 bytes") && err.contains("huge.wasm"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_component_stream_without_end_is_refused_at_the_size_cap() {
+    // `/dev/zero` has no size to check: it is read up to the cap and refused there.
+    let runtime =
+        Runtime::new(RuntimeOptions { disable_cache: true, pooling: false, max_component_bytes: 1 << 20, ..RuntimeOptions::default() })
+            .unwrap();
+    let err = match runtime.load_file(std::path::Path::new("/dev/zero")) {
+        Ok(_) => panic!("/dev/zero was accepted as a component"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("larger than the limit of 1048576 bytes") && err.contains("/dev/zero"), "{err}");
+}
+
+#[test]
+fn a_component_under_the_size_cap_still_loads_from_a_file() {
+    let runtime = Runtime::new(RuntimeOptions { disable_cache: true, pooling: false, ..RuntimeOptions::default() }).unwrap();
+    runtime.load_file(difftracker_runtime::engine_wasm_path()).unwrap();
+    let small =
+        Runtime::new(RuntimeOptions { disable_cache: true, pooling: false, max_component_bytes: 1024, ..RuntimeOptions::default() })
+            .unwrap();
+    let err = format!("{:#}", small.load(difftracker_runtime::ENGINE_WASM).err().expect("over a 1 KiB cap"));
+    assert!(err.contains("larger than the limit of 1024 bytes"), "{err}");
 }
