@@ -23,7 +23,7 @@
 
 use crate::driver::{EngineDriver, Intercept, Intercepted, TickResult};
 use crate::executor::{Backends, Executor};
-use crate::server::ServerHandle;
+use crate::server::{ServerHandle, ServerOptions};
 use crate::tenant::{spawn_tenant, TenantEvent, TenantHandle, TenantOptions, TenantStatus};
 use anyhow::{Context, Result};
 use axum::extract::State;
@@ -123,7 +123,11 @@ impl HostMetrics {
             "Calls completed and handed back to the engine, by tenant, call and result (ok or the error kind)",
             self.calls_completed.clone(),
         );
-        registry.register("difftracker_host_calls_in_flight", "Calls started and not yet handed back to the engine", self.calls_in_flight.clone());
+        registry.register(
+            "difftracker_host_calls_in_flight",
+            "Calls started and not yet handed back to the engine",
+            self.calls_in_flight.clone(),
+        );
         registry.register("difftracker_host_ticks", "Engine ticks", self.ticks.clone());
         registry.register(
             "difftracker_host_tick_duration_seconds",
@@ -562,11 +566,8 @@ enum EngineFamily {
 
 /// The samples' labels plus `tenant` (replacing one the engine may have set), sorted, escaped.
 fn with_tenant(sample_labels: &[(String, String)], tenant: &str, skip_le: bool) -> Labels {
-    let mut out: Labels = sample_labels
-        .iter()
-        .filter(|(k, _)| k != "tenant" && !(skip_le && k == "le"))
-        .map(|(k, v)| (k.clone(), escape(v)))
-        .collect();
+    let mut out: Labels =
+        sample_labels.iter().filter(|(k, _)| k != "tenant" && !(skip_le && k == "le")).map(|(k, v)| (k.clone(), escape(v))).collect();
     out.push(("tenant".into(), escape(tenant)));
     out.sort();
     out
@@ -703,7 +704,16 @@ async fn status_endpoint(State(obs): State<Observatory>) -> Response {
 
 /// Serves the endpoints of `observatory` on `listener` until the handle is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, observatory: Observatory) -> std::io::Result<ObserveHandle> {
-    ServerHandle::spawn(listener, router(observatory), "observability")
+    serve_with(listener, observatory, ServerOptions::default()).await
+}
+
+/// [`serve`] with other connection limits than the default ones.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    observatory: Observatory,
+    options: ServerOptions,
+) -> std::io::Result<ObserveHandle> {
+    ServerHandle::spawn_with(listener, router(observatory), "observability", options)
 }
 
 /// Binds `addr` (port 0 picks a free port) and serves the endpoints there.
