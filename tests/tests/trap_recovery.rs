@@ -28,7 +28,7 @@ fn small_component() -> &'static EngineComponent {
         let runtime = Runtime::new(RuntimeOptions {
             cache_dir: Some(test_cache_dir()),
             pooling: false,
-            limits: SandboxLimits { memory_bytes: 8 << 20, cpu_deadline: Duration::from_secs(10) },
+            limits: SandboxLimits { memory_bytes: 8 << 20, cpu_deadline: Duration::from_secs(10), ..SandboxLimits::default() },
             ..RuntimeOptions::default()
         })
         .expect("wasmtime runtime");

@@ -8,13 +8,17 @@
 //! [`WasmEngine`], which then refuses every further call, and the tenant rebuilds it from a
 //! snapshot ([`restore_into`]).
 
-pub use crate::calls::{CallIds, CallQueue};
+pub use crate::calls::{CallIds, CallQueue, QueueLimits, QueueOverflow};
+use crate::tenant::{brief_reason, one_line};
 use crate::wasm::bindings::{wit as w, wit_engine as wx, DifftrackerEngine};
 use crate::wasm::{wt, EngineComponent, HostState, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
 use difftracker_engine::io::{Call, CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, TenantConfig, TickOutcome};
 use difftracker_engine::Engine;
 use wasmtime::Store;
+
+/// Characters of a trapped guest's stderr kept in the trap's reason.
+const GUEST_STDERR_KEPT: usize = 1000;
 
 /// The result of one tick.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -186,7 +190,7 @@ impl WasmEngine {
     pub fn new(component: &EngineComponent, ids: CallIds) -> Result<WasmEngine> {
         let runtime = component.runtime();
         let limits = runtime.limits().clone();
-        let mut store = Store::new(runtime.engine(), HostState::new(&limits, CallQueue::new(ids.clone())));
+        let mut store = Store::new(runtime.engine(), HostState::new(&limits, CallQueue::with_limits(ids.clone(), limits.queue_limits())));
         store.limiter(|state| &mut state.limits);
         let deadline_ticks = limits.deadline_ticks();
         store.set_epoch_deadline(deadline_ticks);
@@ -213,21 +217,30 @@ impl WasmEngine {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => {
                 self.store.data_mut().queue.take();
-                Err(anyhow!("engine `{export}` failed: {message}"))
+                // The guest's own words, shortened: it could return its whole memory as an error.
+                Err(anyhow!("engine `{export}` failed: {}", brief_reason(&message)))
             }
             Err(error) => {
-                let (dropped, _) = self.store.data_mut().queue.take();
+                let overflow = self.store.data().queue.overflow().cloned();
+                let (dropped, dropped_events) = self.store.data_mut().queue.take();
                 let trap = error.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
                 let stderr = self.new_stderr();
-                let mut reason = match trap {
-                    Some(trap) => format!("guest trapped in `{export}`: {trap}"),
-                    None => format!("guest failed in `{export}`: {}", wt(error)),
+                let mut reason = match (overflow, trap) {
+                    (Some(overflow), _) => format!("guest trapped in `{export}`: {overflow}"),
+                    (None, Some(trap)) => format!("guest trapped in `{export}`: {trap}"),
+                    // The first line and the causes, without the wasm backtrace (which a deep
+                    // guest stack makes as long as it likes).
+                    (None, None) => brief_reason(&format!("guest failed in `{export}`: {}", wt(error))),
                 };
                 if !stderr.is_empty() {
-                    reason.push_str(&format!("; guest stderr: {}", stderr.trim_end()));
+                    reason.push_str(&format!("; guest stderr: {}", one_line(stderr.trim_end(), GUEST_STDERR_KEPT)));
                 }
-                if !dropped.is_empty() {
-                    tracing::warn!(calls = dropped.len(), "dropping calls started by the failed guest call");
+                if !dropped.is_empty() || !dropped_events.is_empty() {
+                    tracing::warn!(
+                        calls = dropped.len(),
+                        events = dropped_events.len(),
+                        "dropping the calls and Events queued by the failed guest call"
+                    );
                 }
                 self.poisoned = Some(reason.clone());
                 Err(anyhow!(reason))
@@ -299,14 +312,31 @@ impl EngineDriver for WasmEngine {
 pub struct NativeEngine {
     engine: Option<Engine>,
     queue: CallQueue,
+    /// Set once a tick went past the queue's limits: the engine believes it started calls the
+    /// host dropped, so it is not used again.
+    poisoned: Option<String>,
 }
 
 impl NativeEngine {
     pub fn new(ids: CallIds) -> NativeEngine {
-        NativeEngine { engine: None, queue: CallQueue::new(ids) }
+        NativeEngine::with_limits(ids, QueueLimits::default())
+    }
+
+    /// A native engine whose ticks may queue at most `limits`; past them its tick fails and the
+    /// engine is poisoned, as a sandboxed one would trap.
+    pub fn with_limits(ids: CallIds, limits: QueueLimits) -> NativeEngine {
+        NativeEngine { engine: None, queue: CallQueue::with_limits(ids, limits), poisoned: None }
+    }
+
+    fn usable(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(reason) => bail!("engine instance is unusable after an earlier failure ({reason}); restore it into a fresh instance"),
+            None => Ok(()),
+        }
     }
 
     fn engine(&mut self) -> Result<&mut Engine> {
+        self.usable()?;
         self.engine.as_mut().ok_or_else(|| anyhow!("no engine in this instance: call create or restore first"))
     }
 }
@@ -317,6 +347,7 @@ impl EngineDriver for NativeEngine {
     }
 
     fn create(&mut self, config: &TenantConfig) -> Result<()> {
+        self.usable()?;
         if self.engine.is_some() {
             bail!("engine `create` failed: an engine already exists in this instance");
         }
@@ -330,9 +361,21 @@ impl EngineDriver for NativeEngine {
     }
 
     fn tick(&mut self, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult> {
+        self.usable()?;
         let engine = self.engine.as_mut().ok_or_else(|| anyhow!("no engine in this instance: call create or restore first"))?;
         let outcome = engine.tick(now_ms, completions, &mut self.queue);
+        let overflow = self.queue.overflow().cloned();
         let (started, events) = self.queue.take();
+        if let Some(overflow) = overflow {
+            let reason = format!(
+                "engine `tick` went past its limits: {overflow}; the {} calls and {} Events it queued are dropped",
+                started.len(),
+                events.len()
+            );
+            self.engine = None;
+            self.poisoned = Some(reason.clone());
+            bail!(reason);
+        }
         Ok(TickResult { outcome, started, events })
     }
 
@@ -341,6 +384,7 @@ impl EngineDriver for NativeEngine {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        self.usable()?;
         self.engine = Some(Engine::restore(snapshot)?);
         Ok(())
     }
@@ -351,6 +395,10 @@ impl EngineDriver for NativeEngine {
 
     fn call_ids(&self) -> &CallIds {
         self.queue.ids()
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
     }
 }
 
@@ -393,6 +441,28 @@ mod tests {
         // The instance is still usable: errors are not traps.
         assert!(!engine.is_poisoned());
         engine.tick(0, vec![]).unwrap();
+    }
+
+    #[test]
+    fn a_native_engine_past_its_queue_limits_is_poisoned_like_a_trapped_guest() {
+        use difftracker_engine::io::KubeEvent;
+        use difftracker_engine::testkit::lb_service;
+        let ids = CallIds::default();
+        let mut engine = NativeEngine::with_limits(ids.clone(), QueueLimits { max_calls: 1, ..QueueLimits::default() });
+        engine.create(&config()).unwrap();
+        let services = vec![KubeEvent::ServiceApplied(lb_service("u1", &[80])), KubeEvent::ServiceApplied(lb_service("u2", &[80]))];
+        engine.deliver(0, services.clone()).unwrap();
+        let err = format!("{:#}", engine.tick(0, vec![]).unwrap_err());
+        assert!(err.contains("more than 1 calls") && err.contains("max_calls_per_tick"), "{err}");
+        assert!(engine.is_poisoned());
+        assert!(engine.tick(0, vec![]).is_err(), "a poisoned engine refuses every further call");
+        assert!(engine.snapshot().is_err());
+
+        // The same inputs within the default limits start their calls.
+        let mut fine = NativeEngine::new(CallIds::default());
+        fine.create(&config()).unwrap();
+        fine.deliver(0, services).unwrap();
+        assert!(fine.tick(0, vec![]).unwrap().started.len() > 1);
     }
 
     #[test]

@@ -23,7 +23,7 @@
 
 use crate::driver::{EngineDriver, Intercept, Intercepted, TickResult};
 use crate::executor::{Backends, Executor};
-use crate::server::ServerHandle;
+use crate::server::{ServerHandle, ServerOptions};
 use crate::tenant::{spawn_tenant, TenantEvent, TenantHandle, TenantOptions, TenantStatus};
 use anyhow::{Context, Result};
 use axum::extract::State;
@@ -719,7 +719,16 @@ async fn status_endpoint(State(obs): State<Observatory>) -> Response {
 
 /// Serves the endpoints of `observatory` on `listener` until the handle is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, observatory: Observatory) -> std::io::Result<ObserveHandle> {
-    ServerHandle::spawn(listener, router(observatory), "observability")
+    serve_with(listener, observatory, ServerOptions::default()).await
+}
+
+/// [`serve`] with other connection limits than the default ones.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    observatory: Observatory,
+    options: ServerOptions,
+) -> std::io::Result<ObserveHandle> {
+    ServerHandle::spawn_with(listener, router(observatory), "observability", options)
 }
 
 /// Binds `addr` (port 0 picks a free port) and serves the endpoints there.

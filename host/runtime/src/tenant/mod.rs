@@ -23,7 +23,7 @@ mod tests;
 mod tick_loop;
 
 pub use recovery::{EngineFactory, Recovery, SnapshotPolicy};
-pub use summary::{brief_reason, completion_summary, event_summary, quarantine_warning, REASON_INPUT_QUARANTINED};
+pub use summary::{brief_reason, completion_summary, event_summary, one_line, quarantine_warning, short, REASON_INPUT_QUARANTINED};
 
 use crate::driver::EngineDriver;
 use crate::executor::{Backends, CallRunner, Executor, DEFAULT_TENANT_CAP};

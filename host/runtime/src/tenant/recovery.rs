@@ -474,7 +474,11 @@ impl GuardedEngine {
         }
         recovery.restarts.push_back(tick_no);
         out.restarts += 1;
-        tracing::error!(tenant = %self.name, error = %reason, "engine instance unusable; restarting it from its last good snapshot");
+        tracing::error!(
+            tenant = %self.name,
+            error = %super::summary::brief_reason(reason),
+            "engine instance unusable; restarting it from its last good snapshot"
+        );
         self.rebuild()
     }
 

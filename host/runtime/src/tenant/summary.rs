@@ -26,7 +26,23 @@ pub fn brief_reason(reason: &str) -> String {
     short(&line, 300)
 }
 
-fn short(s: &str, max: usize) -> String {
+/// `s` on one line (its lines joined with ` | `), at most `max` characters and a `…`.
+pub fn one_line(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, line) in s.lines().map(str::trim_end).filter(|l| !l.is_empty()).enumerate() {
+        if i > 0 {
+            out.push_str(" | ");
+        }
+        out.push_str(line);
+        if out.len() > max.saturating_mul(4) {
+            break;
+        }
+    }
+    short(&out, max)
+}
+
+/// At most `max` characters of `s`, and a `…` when it was longer.
+pub fn short(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {

@@ -2,7 +2,7 @@
 //! next wake-up; then tick on the blocking pool and hand the started calls to the executor.
 
 use super::recovery::{GuardedEngine, Input, TickReport};
-use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning};
+use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning, short};
 use super::swap::swap_blocking;
 use super::{Control, Quarantined, QuarantinedKind, TenantEvent, TenantStatus};
 use crate::driver::{EngineDriver, TickResult};
@@ -123,14 +123,15 @@ impl TenantLoop {
                 Input::Event(e) => (QuarantinedKind::Event, event_summary(e)),
                 Input::Completion(c) => (QuarantinedKind::Completion(c.id), completion_summary(c, self.labels.get(&c.id).copied())),
             };
-            tracing::error!(tenant = %self.name, input = %summary, reason = %brief_reason(&d.reason), "input quarantined: the engine traps on it");
+            let reason = brief_reason(&d.reason);
+            tracing::error!(tenant = %self.name, input = %summary, reason = %reason, "input quarantined: the engine traps on it");
             if let Input::Event(e) = &d.input {
                 if let Some(warning) = quarantine_warning(e, &d.reason) {
                     self.observe(TenantEvent::EventRecorded(warning.clone()));
                     self.runner.backends.kube.record_event(warning);
                 }
             }
-            dropped.push(Quarantined { tick: tick_no, at_ms: now, kind, summary, reason: brief_reason(&d.reason) });
+            dropped.push(Quarantined { tick: tick_no, at_ms: now, kind, summary, reason });
         }
         let capacity = self.quarantine_capacity.max(1);
         self.status.send_modify(|s| {
@@ -151,7 +152,12 @@ impl TenantLoop {
             self.runner.spawn(id, call);
         }
         for event in tick.events {
-            tracing::info!(tenant = %self.name, reason = %event.reason, object = %event.target.name, "event recorded");
+            tracing::info!(
+                tenant = %self.name,
+                reason = %short(&event.reason, 128),
+                object = %short(&event.target.name, 128),
+                "event recorded"
+            );
             self.observe(TenantEvent::EventRecorded(event.clone()));
             self.runner.backends.kube.record_event(event);
         }

@@ -30,8 +30,17 @@ pub struct TransportOptions {
     pub operation_timeout: Duration,
     /// Bound of one HTTP exchange (1 minute).
     pub attempt_timeout: Duration,
-    /// Pages followed at most on a list call.
+    /// Pages followed at most on a list call (1000).
     pub max_pages: usize,
+    /// Items a list call accumulates at most across its pages (100,000).
+    pub max_list_items: usize,
+    /// Body bytes a list call reads at most across its pages (64 MiB).
+    pub max_list_bytes: usize,
+    /// Bytes of one response body read at most; a longer body is a transport error (16 MiB).
+    pub max_response_bytes: usize,
+    /// Bytes kept of an ARM error's code and of its message, each (4 KiB); the rest is cut on a
+    /// character boundary and marked.
+    pub max_error_text_bytes: usize,
     pub user_agent: String,
 }
 
@@ -46,6 +55,10 @@ impl Default for TransportOptions {
             operation_timeout: Duration::from_secs(300),
             attempt_timeout: Duration::from_secs(60),
             max_pages: 1000,
+            max_list_items: 100_000,
+            max_list_bytes: 64 << 20,
+            max_response_bytes: 16 << 20,
+            max_error_text_bytes: 4096,
             user_agent: concat!("difftracker/", env!("CARGO_PKG_VERSION")).into(),
         }
     }
@@ -351,9 +364,20 @@ impl ArmTransport {
                 Ok(rsp) => {
                     let status = rsp.status().as_u16();
                     let headers = rsp.headers().clone();
-                    match rsp.bytes().await {
-                        Ok(b) => Ok(Resp { status, headers, body: b.to_vec() }),
-                        Err(e) => Err(format!("reading the response of {} {}: {e}", verb.as_str(), path_of(url))),
+                    match read_body(rsp, o.max_response_bytes).await {
+                        Ok(body) => Ok(Resp { status, headers, body }),
+                        // Not retried: the same answer would be as large again.
+                        Err(BodyError::TooLarge(why)) => {
+                            let msg = format!("{} {}: {why}", verb.as_str(), path_of(url));
+                            return Err(CallError {
+                                kind: ErrorKind::Transport,
+                                status: 0,
+                                code: String::new(),
+                                message: if path_of(url) == ctx.path { msg } else { format!("{}: {msg}", ctx.what()) },
+                                retry_after_ms: None,
+                            });
+                        }
+                        Err(BodyError::Read(e)) => Err(format!("reading the response of {} {}: {e}", verb.as_str(), path_of(url))),
                     }
                 }
                 Err(e) => Err(format!("{} {}: {e}", verb.as_str(), path_of(url))),
@@ -391,8 +415,8 @@ impl ArmTransport {
     fn error_of(&self, ctx: &Ctx, resp: &Resp, kind: Option<ErrorKind>) -> CallError {
         let body: Option<Value> = serde_json::from_slice(&resp.body).ok();
         let header_code = resp.headers.get("x-ms-error-code").and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty());
-        let body_err = body.as_ref().and_then(wire::arm_error_of);
-        let code = header_code.map(String::from).or_else(|| body_err.as_ref().map(|e| e.0.clone())).unwrap_or_default();
+        let body_err = body.as_ref().and_then(|b| self.arm_error(b));
+        let code = header_code.map(|c| self.bounded(c.to_string())).or_else(|| body_err.as_ref().map(|e| e.0.clone())).unwrap_or_default();
         let detail = match &body_err {
             Some((_, m)) if !m.is_empty() => m.clone(),
             _ => {
@@ -413,6 +437,16 @@ impl ArmTransport {
             message: format!("{}: {detail}", ctx.what()),
             retry_after_ms: retry_after(&resp.headers).map(|d| d.as_millis().min(u64::MAX as u128) as u64),
         }
+    }
+
+    /// The ARM error of a body ([`wire::arm_error_of`]), its code and message each cut to
+    /// [`TransportOptions::max_error_text_bytes`].
+    fn arm_error(&self, body: &Value) -> Option<(String, String)> {
+        wire::arm_error_of(body).map(|(code, message)| (self.bounded(code), self.bounded(message)))
+    }
+
+    fn bounded(&self, text: String) -> String {
+        bounded(text, self.inner.options.max_error_text_bytes)
     }
 
     /// A status the call does not accept: an ARM error from 4xx/5xx, else an unreadable response.
@@ -460,7 +494,7 @@ impl ArmTransport {
                 Some("succeeded") => return Ok((ctx, v)),
                 None if resp.status == 200 => return Ok((ctx, v)),
                 Some("failed") | Some("canceled") | Some("cancelled") => {
-                    let (code, message) = wire::arm_error_of(&v).unwrap_or_default();
+                    let (code, message) = self.arm_error(&v).unwrap_or_default();
                     return Err(CallError {
                         kind: ErrorKind::OperationFailed,
                         status: resp.status,
@@ -507,7 +541,7 @@ impl ArmTransport {
             match status.to_ascii_lowercase().as_str() {
                 "succeeded" | "completed" => return Ok(()),
                 "failed" | "canceled" | "cancelled" => {
-                    let (code, message) = wire::arm_error_of(&v).unwrap_or_default();
+                    let (code, message) = self.arm_error(&v).unwrap_or_default();
                     return Err(CallError {
                         kind: ErrorKind::OperationFailed,
                         status: resp.status,
@@ -601,19 +635,36 @@ impl ArmTransport {
         }
     }
 
-    /// GET a list, following `nextLink`.
+    /// GET a list, following `nextLink`, within the page, item and byte caps of the options.
     async fn list(&self, path: &str) -> Result<(Ctx, Vec<Value>), CallError> {
+        let o = &self.inner.options;
         let ctx = Ctx { verb: Verb::Get, path: path.to_string() };
         let mut url = self.inner.config.url(path);
         let mut out = Vec::new();
-        for _ in 0..self.inner.options.max_pages.max(1) {
+        let mut bytes = 0usize;
+        for _ in 0..o.max_pages.max(1) {
             let resp = self.send(&ctx, Verb::Get, &url, None).await?;
             if resp.status != 200 {
                 return Err(self.unexpected(&ctx, &resp));
             }
-            let v = self.json_of(&ctx, &resp)?;
-            match v.get("value") {
-                Some(Value::Array(items)) => out.extend(items.iter().cloned()),
+            bytes = bytes.saturating_add(resp.body.len());
+            if bytes > o.max_list_bytes {
+                return Err(
+                    ctx.invalid(200, format!("the list is more than {} bytes (TransportOptions::max_list_bytes)", o.max_list_bytes))
+                );
+            }
+            let mut v = self.json_of(&ctx, &resp)?;
+            drop(resp);
+            match v.get_mut("value") {
+                Some(Value::Array(items)) => {
+                    if out.len().saturating_add(items.len()) > o.max_list_items {
+                        return Err(ctx.invalid(
+                            200,
+                            format!("the list has more than {} items (TransportOptions::max_list_items)", o.max_list_items),
+                        ));
+                    }
+                    out.append(items);
+                }
                 _ => return Err(ctx.invalid(200, format!("page at {} has no \"value\" array", path_of(&url)))),
             }
             match v.get("nextLink") {
@@ -622,7 +673,7 @@ impl ArmTransport {
                 Some(_) => return Err(ctx.invalid(200, "\"nextLink\" is not a string")),
             }
         }
-        Err(ctx.invalid(200, format!("more than {} pages", self.inner.options.max_pages)))
+        Err(ctx.invalid(200, format!("more than {} pages", o.max_pages)))
     }
 
     async fn list_names(&self, path: &str) -> Result<CallOutput, CallError> {
@@ -636,6 +687,47 @@ impl CloudBackend for ArmTransport {
         let this = self.clone();
         Box::pin(async move { this.perform(call).await })
     }
+}
+
+/// Why a response body was not read.
+enum BodyError {
+    /// Over the cap: declared so, or found so while reading.
+    TooLarge(String),
+    Read(reqwest::Error),
+}
+
+/// The body of `rsp`, read chunk by chunk and refused as soon as it is longer than `max` bytes
+/// (or declares so), so an endless or enormous answer costs at most `max` bytes.
+async fn read_body(mut rsp: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    let declared = rsp.content_length();
+    if let Some(len) = declared.filter(|&len| len > max as u64) {
+        return Err(BodyError::TooLarge(format!(
+            "the response declares a body of {len} bytes, over the limit of {max} bytes (TransportOptions::max_response_bytes)"
+        )));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
+    while let Some(chunk) = rsp.chunk().await.map_err(BodyError::Read)? {
+        if body.len().saturating_add(chunk.len()) > max {
+            return Err(BodyError::TooLarge(format!(
+                "the response body is longer than the limit of {max} bytes (TransportOptions::max_response_bytes)"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with how long it was.
+/// A new string, so the long one's allocation is freed rather than kept for the short text.
+pub(crate) fn bounded(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… (truncated from {} bytes)", &text[..cut], text.len())
 }
 
 fn sep(message: &str) -> String {

@@ -758,3 +758,198 @@ async fn tokens_are_cached_and_refreshed_before_expiry() {
     assert_eq!(seen[0].headers.get("authorization").unwrap(), "Bearer token-2");
     assert_eq!(seen[1].headers.get("authorization").unwrap(), "Bearer token-2");
 }
+
+// ------------------------------------------------------------------------ memory bounds
+
+/// A raw HTTP/1.1 server that answers every request with `head` and then `body_len` bytes of JSON
+/// whitespace followed by `tail`, written in 64 KiB chunks (chunked encoding when `chunked`,
+/// else one `Content-Length` covering it all). Counts the body bytes it managed to write.
+struct StreamingServer {
+    base: String,
+    written: Arc<std::sync::atomic::AtomicUsize>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StreamingServer {
+    async fn start(body_len: usize, tail: &'static str, chunked: bool) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (w, c) = (written.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let w = w.clone();
+                tokio::spawn(async move {
+                    // The request head (the transport sends no body on GET).
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|x| x == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let total = body_len + tail.len();
+                    let framing = if chunked { "Transfer-Encoding: chunked".to_string() } else { format!("Content-Length: {total}") };
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{framing}\r\n\r\n");
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b' '; 64 << 10];
+                    let mut left = body_len;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        let ok = if chunked {
+                            sock.write_all(format!("{n:x}\r\n").as_bytes()).await.is_ok()
+                                && sock.write_all(&chunk[..n]).await.is_ok()
+                                && sock.write_all(b"\r\n").await.is_ok()
+                        } else {
+                            sock.write_all(&chunk[..n]).await.is_ok()
+                        };
+                        if !ok {
+                            return;
+                        }
+                        w.fetch_add(n, Ordering::SeqCst);
+                        left -= n;
+                    }
+                    let end = if chunked { format!("{:x}\r\n{tail}\r\n0\r\n\r\n", tail.len()) } else { tail.to_string() };
+                    let _ = sock.write_all(end.as_bytes()).await;
+                    w.fetch_add(tail.len(), Ordering::SeqCst);
+                    let _ = sock.flush().await;
+                });
+            }
+        });
+        StreamingServer { base, written, connections }
+    }
+}
+
+#[tokio::test]
+async fn a_response_body_over_the_cap_is_a_transport_error_and_is_not_read_to_the_end() {
+    use std::sync::atomic::Ordering;
+    // 64 MiB of whitespace and then a valid list: a transport that buffers whole bodies accepts it.
+    const BODY: usize = 64 << 20;
+    for chunked in [true, false] {
+        let s = StreamingServer::start(BODY, r#"{"value":[]}"#, chunked).await;
+        let mut o = TransportOptions::fast_for_tests();
+        o.max_response_bytes = 1 << 20;
+        let t = ArmTransport::unauthenticated(cfg(&s.base), o).unwrap();
+        let e = t.perform(CloudCall::ListLoadBalancers).await.expect_err("a 64 MiB body is over a 1 MiB cap");
+        assert_eq!(e.kind, ErrorKind::Transport, "chunked {chunked}: {e}");
+        assert!(e.message.contains("1048576 bytes"), "chunked {chunked}: the message names the cap: {e}");
+        assert!(e.message.contains(&format!("GET {NET}/loadBalancers")), "chunked {chunked}: {e}");
+        // The body was abandoned at the cap (plus what the sockets buffer), not read to its end,
+        // and an excess is not retried.
+        assert!(s.written.load(Ordering::SeqCst) < BODY / 2, "chunked {chunked}: the server wrote the whole body");
+        assert_eq!(s.connections.load(Ordering::SeqCst), 1, "chunked {chunked}: an oversized answer is not retried");
+    }
+}
+
+#[tokio::test]
+async fn a_declared_content_length_over_the_cap_is_refused_before_reading() {
+    // Declares 1 TiB and sends nothing of it: refused on the header alone.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n{").await;
+                // Hold the connection open, as a slow peer would.
+                tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+            });
+        }
+    });
+    let t = ArmTransport::unauthenticated(cfg(&base), TransportOptions::fast_for_tests()).unwrap();
+    let e = tokio::time::timeout(std::time::Duration::from_secs(60), t.perform(CloudCall::ListPublicIps))
+        .await
+        .expect("guard: the call ends")
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transport, "{e}");
+    assert!(e.message.contains("1099511627776") && e.message.contains("16777216"), "{e}");
+}
+
+#[tokio::test]
+async fn a_list_whose_next_link_never_ends_stops_at_the_page_cap() {
+    let page = format!(r#"{{"value":[{{"name":"lb"}}],"nextLink":"{{base}}{NET}/loadBalancers?api-version=2025-05-01&$skiptoken=again"}}"#);
+    let s = ScriptedServer::start_sticky(vec![canned(200, &page)]).await;
+    let mut o = TransportOptions::fast_for_tests();
+    o.max_pages = 5;
+    let t = ArmTransport::unauthenticated(cfg(&s.base), o).unwrap();
+    let e = t.perform(CloudCall::ListLoadBalancers).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse, "{e}");
+    assert!(e.message.contains("more than 5 pages"), "{e}");
+    assert_eq!(s.seen().len(), 5);
+}
+
+#[tokio::test]
+async fn a_list_stops_at_the_item_cap() {
+    let items: Vec<String> = (0..1000).map(|i| format!(r#"{{"name":"lb-{i}"}}"#)).collect();
+    let page =
+        format!(r#"{{"value":[{}],"nextLink":"{{base}}{NET}/loadBalancers?api-version=2025-05-01&$skiptoken=again"}}"#, items.join(","));
+    let s = ScriptedServer::start_sticky(vec![canned(200, &page)]).await;
+    let mut o = TransportOptions::fast_for_tests();
+    o.max_list_items = 2500;
+    let t = ArmTransport::unauthenticated(cfg(&s.base), o).unwrap();
+    let e = t.perform(CloudCall::ListLoadBalancers).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse, "{e}");
+    assert!(e.message.contains("more than 2500 items"), "{e}");
+    assert_eq!(s.seen().len(), 3, "the third page crosses the cap; no fourth is fetched");
+}
+
+#[tokio::test]
+async fn a_list_stops_at_the_byte_cap() {
+    let page = format!(
+        r#"{{"value":[{{"name":"lb","tags":{{"pad":"{}"}}}}],"nextLink":"{{base}}{NET}/natGateways?api-version=2025-05-01&$skiptoken=again"}}"#,
+        "p".repeat(100_000)
+    );
+    let s = ScriptedServer::start_sticky(vec![canned(200, &page)]).await;
+    let mut o = TransportOptions::fast_for_tests();
+    o.max_list_bytes = 250_000;
+    let t = ArmTransport::unauthenticated(cfg(&s.base), o).unwrap();
+    let e = t.perform(CloudCall::ListNatGateways).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse, "{e}");
+    assert!(e.message.contains("more than 250000 bytes"), "{e}");
+    assert_eq!(s.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn a_huge_arm_error_is_cut_to_a_bounded_length_on_a_char_boundary() {
+    // 10 MB of two-byte characters in the message, 100 KB of code.
+    let message = "é".repeat(5_000_000);
+    let code = "C".repeat(100_000);
+    let body = json!({ "error": { "code": code, "message": message } }).to_string();
+    let check = |e: &CallError, what: &str| {
+        assert!(e.message.len() <= 4096 + 512, "{what}: the message keeps {} bytes", e.message.len());
+        assert!(e.message.contains("é") && e.message.contains("truncated"), "{what}: {}", &e.message[..200.min(e.message.len())]);
+        assert!(e.code.len() <= 4096 + 64, "{what}: the code keeps {} bytes", e.code.len());
+        assert!(e.code.starts_with("CCCC") && e.code.contains("truncated"), "{what}");
+    };
+
+    // An ARM error answer.
+    let s = ScriptedServer::start(vec![canned(400, &body)]).await;
+    let e = s.transport().perform(CloudCall::DeletePublicIp { name: "u-pip".into() }).await.unwrap_err();
+    assert_eq!((e.kind, e.status), (ErrorKind::Http, 400));
+    check(&e, "HTTP 400");
+
+    // A long-running operation that ends Failed with it.
+    let op = "{base}/subscriptions/sub-1/providers/Microsoft.Network/locations/eastus2/operations/op1?api-version=2025-05-01";
+    let failed = json!({ "status": "Failed", "error": { "code": code, "message": message } }).to_string();
+    let s = ScriptedServer::start(vec![canned(202, "").header("azure-asyncoperation", op), canned(200, &failed)]).await;
+    let e = s.transport().perform(CloudCall::DeleteLoadBalancer { name: "u".into() }).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::OperationFailed);
+    check(&e, "LRO Failed");
+
+    // A PUT whose body ends in provisioningState Failed.
+    let failed =
+        json!({ "name": "u", "properties": { "provisioningState": "Failed" }, "error": { "code": code, "message": message } }).to_string();
+    let s = ScriptedServer::start(vec![canned(201, &failed)]).await;
+    let e = s.transport().perform(CloudCall::PutPublicIp { name: "u-pip".into(), version: IpVersion::V4 }).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::OperationFailed);
+    check(&e, "provisioningState Failed");
+}

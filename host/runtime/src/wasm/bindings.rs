@@ -2,10 +2,13 @@
 //!
 //! The generated `Host` traits of the `cloud` and `kube` imports are implemented by
 //! [`crate::driver::HostState`]; the `engine` export is called through [`DifftrackerEngine`].
+//! Every import may trap (returns `wasmtime::Result`): that is how a guest past its per-tick
+//! limits is stopped.
 
 wasmtime::component::bindgen!({
     world: "difftracker-engine",
     path: "../../wit",
+    imports: { default: trappable },
 });
 
 pub use clb::difftracker::types as wit;

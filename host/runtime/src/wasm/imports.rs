@@ -3,21 +3,24 @@
 //!
 //! Starting a call allocates the next id of the tenant's counter and queues `(id, call)` in the
 //! store's [`CallQueue`]; nothing is performed here. The driver hands the queue to the executor
-//! once the export returns.
+//! once the export returns. A call or Event past the queue's per-tick limits
+//! ([`crate::calls::QueueLimits`], from the sandbox limits) traps the guest.
 
 use super::bindings::clb::difftracker::{cloud, kube, types};
 use super::bindings::wit as w;
 use super::HostState;
 use difftracker_engine::io;
 
+type Trappable<T> = wasmtime::Result<T>;
+
 impl HostState {
-    fn start(&mut self, call: io::Call) -> w::CallId {
-        io::Io::start(&mut self.queue, call)
+    fn start(&mut self, call: io::Call) -> Trappable<w::CallId> {
+        self.queue.try_start(call).map_err(wasmtime::Error::new)
     }
-    fn cloud(&mut self, call: io::CloudCall) -> w::CallId {
+    fn cloud(&mut self, call: io::CloudCall) -> Trappable<w::CallId> {
         self.start(io::Call::Cloud(call))
     }
-    fn kube(&mut self, call: io::KubeCall) -> w::CallId {
+    fn kube(&mut self, call: io::KubeCall) -> Trappable<w::CallId> {
         self.start(io::Call::Kube(call))
     }
 }
@@ -25,74 +28,86 @@ impl HostState {
 impl types::Host for HostState {}
 
 impl cloud::Host for HostState {
-    fn put_public_ip(&mut self, name: String, version: w::IpVersion) -> w::CallId {
+    fn put_public_ip(&mut self, name: String, version: w::IpVersion) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::PutPublicIp { name, version: io::IpVersion::from(version) })
     }
-    fn delete_public_ip(&mut self, name: String) -> w::CallId {
+    fn delete_public_ip(&mut self, name: String) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::DeletePublicIp { name })
     }
-    fn list_public_ips(&mut self) -> w::CallId {
+    fn list_public_ips(&mut self) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::ListPublicIps)
     }
-    fn put_load_balancer(&mut self, spec: w::LoadBalancerSpec) -> w::CallId {
+    fn put_load_balancer(&mut self, spec: w::LoadBalancerSpec) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::PutLoadBalancer(io::LoadBalancerSpec::from(spec)))
     }
-    fn delete_load_balancer(&mut self, name: String) -> w::CallId {
+    fn delete_load_balancer(&mut self, name: String) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::DeleteLoadBalancer { name })
     }
-    fn list_load_balancers(&mut self) -> w::CallId {
+    fn list_load_balancers(&mut self) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::ListLoadBalancers)
     }
-    fn put_nat_gateway(&mut self, spec: w::NatGatewaySpec) -> w::CallId {
+    fn put_nat_gateway(&mut self, spec: w::NatGatewaySpec) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::PutNatGateway(spec.into()))
     }
-    fn detach_nat_gateway(&mut self, name: String, raw: String) -> w::CallId {
+    fn detach_nat_gateway(&mut self, name: String, raw: String) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::DetachNatGateway { name, raw })
     }
-    fn get_nat_gateway(&mut self, name: String) -> w::CallId {
+    fn get_nat_gateway(&mut self, name: String) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::GetNatGateway { name })
     }
-    fn delete_nat_gateway(&mut self, name: String) -> w::CallId {
+    fn delete_nat_gateway(&mut self, name: String) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::DeleteNatGateway { name })
     }
-    fn list_nat_gateways(&mut self) -> w::CallId {
+    fn list_nat_gateways(&mut self) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::ListNatGateways)
     }
-    fn get_sgw_services(&mut self) -> w::CallId {
+    fn get_sgw_services(&mut self) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::GetSgwServices)
     }
-    fn get_address_locations(&mut self) -> w::CallId {
+    fn get_address_locations(&mut self) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::GetAddressLocations)
     }
-    fn update_services(&mut self, requests: Vec<w::SgwServiceRequest>) -> w::CallId {
+    fn update_services(&mut self, requests: Vec<w::SgwServiceRequest>) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::UpdateServices(requests.into_iter().map(io::SgwServiceRequest::from).collect()))
     }
-    fn update_address_locations(&mut self, locations: Vec<w::LocationUpdate>) -> w::CallId {
+    fn update_address_locations(&mut self, locations: Vec<w::LocationUpdate>) -> Trappable<w::CallId> {
         self.cloud(io::CloudCall::UpdateAddressLocations(locations.into_iter().map(io::LocationUpdate::from).collect()))
     }
 }
 
 impl kube::Host for HostState {
-    fn add_service_finalizers(&mut self, target: w::ObjectRef) -> w::CallId {
+    fn add_service_finalizers(&mut self, target: w::ObjectRef) -> Trappable<w::CallId> {
         self.kube(io::KubeCall::AddServiceFinalizers(io::ObjectRef::from(target)))
     }
-    fn remove_service_finalizers(&mut self, target: w::ObjectRef) -> w::CallId {
+    fn remove_service_finalizers(&mut self, target: w::ObjectRef) -> Trappable<w::CallId> {
         self.kube(io::KubeCall::RemoveServiceFinalizers(io::ObjectRef::from(target)))
     }
-    fn patch_service_ingress(&mut self, target: w::ObjectRef, ingress: Vec<w::LoadBalancerIngress>) -> w::CallId {
+    fn patch_service_ingress(&mut self, target: w::ObjectRef, ingress: Vec<w::LoadBalancerIngress>) -> Trappable<w::CallId> {
         let ingress = ingress.into_iter().map(io::LoadBalancerIngress::from).collect();
         self.kube(io::KubeCall::PatchServiceIngress(io::ObjectRef::from(target), ingress))
     }
-    fn add_pod_finalizer(&mut self, target: w::ObjectRef) -> w::CallId {
+    fn add_pod_finalizer(&mut self, target: w::ObjectRef) -> Trappable<w::CallId> {
         self.kube(io::KubeCall::AddPodFinalizer(io::ObjectRef::from(target)))
     }
-    fn remove_pod_finalizer(&mut self, target: w::ObjectRef) -> w::CallId {
+    fn remove_pod_finalizer(&mut self, target: w::ObjectRef) -> Trappable<w::CallId> {
         self.kube(io::KubeCall::RemovePodFinalizer(io::ObjectRef::from(target)))
     }
-    fn record_event(&mut self, target: w::ObjectRef, kind: w::ObjectKind, event_type: w::EventType, reason: String, message: String) {
-        io::Io::record_event(
-            &mut self.queue,
-            io::KubeEventRecord { target: io::ObjectRef::from(target), kind: kind.into(), event_type: event_type.into(), reason, message },
-        )
+    fn record_event(
+        &mut self,
+        target: w::ObjectRef,
+        kind: w::ObjectKind,
+        event_type: w::EventType,
+        reason: String,
+        message: String,
+    ) -> Trappable<()> {
+        self.queue
+            .try_record_event(io::KubeEventRecord {
+                target: io::ObjectRef::from(target),
+                kind: kind.into(),
+                event_type: event_type.into(),
+                reason,
+                message,
+            })
+            .map_err(wasmtime::Error::new)
     }
 }

@@ -63,6 +63,9 @@ impl WasiView for HostState {
     }
 }
 
+/// The default of [`RuntimeOptions::max_component_bytes`]: 64 MiB (the engine is about 1 MiB).
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
 /// How the process-wide runtime is set up.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
@@ -77,11 +80,20 @@ pub struct RuntimeOptions {
     pub pooling: bool,
     /// Instance slots of the pool (tenants plus instances being swapped in).
     pub max_instances: u32,
+    /// Largest component [`Runtime::load`] and [`Runtime::load_file`] accept, in bytes (64 MiB).
+    pub max_component_bytes: u64,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { cache_dir: None, disable_cache: false, limits: SandboxLimits::default(), pooling: true, max_instances: 128 }
+        RuntimeOptions {
+            cache_dir: None,
+            disable_cache: false,
+            limits: SandboxLimits::default(),
+            pooling: true,
+            max_instances: 128,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
+        }
     }
 }
 
@@ -97,6 +109,7 @@ struct RuntimeInner {
     cache: Option<ComponentCache>,
     limits: SandboxLimits,
     pooling: bool,
+    max_component_bytes: u64,
 }
 
 impl Runtime {
@@ -125,7 +138,16 @@ impl Runtime {
         } else {
             Some(ComponentCache::new(options.cache_dir.clone().unwrap_or_else(ComponentCache::default_dir)))
         };
-        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, cache, limits: options.limits, pooling }) })
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache,
+                limits: options.limits,
+                pooling,
+                max_component_bytes: options.max_component_bytes,
+            }),
+        })
     }
 
     /// A process-wide runtime with default options, created on first use.
@@ -152,6 +174,10 @@ impl Runtime {
 
     /// Checks, compiles (or loads from the cache) and pre-links an engine component.
     pub fn load(&self, bytes: &[u8]) -> Result<EngineComponent> {
+        let max = self.inner.max_component_bytes;
+        if bytes.len() as u64 > max {
+            bail!("the component is {} bytes, larger than the limit of {max} bytes (RuntimeOptions::max_component_bytes)", bytes.len());
+        }
         if bytes.len() < 8 || bytes[..4] != *b"\0asm" {
             bail!("not a WebAssembly binary");
         }
@@ -170,8 +196,10 @@ impl Runtime {
         Ok(EngineComponent { runtime: self.clone(), pre, sha256: cache::content_hash(bytes), cache, imports })
     }
 
+    /// [`Runtime::load`] of a file, which is read only up to the size limit: a larger file is
+    /// refused on its size, a stream without end (a device, a pipe) once the limit is read.
     pub fn load_file(&self, path: &Path) -> Result<EngineComponent> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = read_at_most(path, self.inner.max_component_bytes)?;
         self.load(&bytes).with_context(|| format!("loading {}", path.display()))
     }
 
@@ -179,6 +207,23 @@ impl Runtime {
     pub fn load_builtin(&self) -> Result<EngineComponent> {
         self.load(ENGINE_WASM).context("loading the built-in engine component")
     }
+}
+
+/// The contents of `path` if it holds at most `max` bytes.
+fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let too_large = || anyhow::anyhow!("{} is larger than the limit of {max} bytes (RuntimeOptions::max_component_bytes)", path.display());
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_file() && meta.len() > max {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(if meta.is_file() { meta.len() as usize } else { 0 });
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 fn config(options: &RuntimeOptions, pooling: bool) -> Config {

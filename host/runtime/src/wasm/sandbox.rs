@@ -10,10 +10,16 @@
 //!   that even an accidental use (std's `HashMap` seeding itself, `SystemTime::now`) is
 //!   deterministic. The guest's stderr goes to a small in-memory pipe whose contents (a panic
 //!   message) are attached to the error when the guest traps.
+//! - **Host-side output**: what the guest starts through its imports is held by the host, outside
+//!   the memory cap, so one export call may start at most [`SandboxLimits::max_calls_per_tick`]
+//!   calls and record [`SandboxLimits::max_events_per_tick`] Events, of at most
+//!   [`SandboxLimits::max_output_bytes_per_tick`] bytes together; the import that crosses a limit
+//!   traps the guest (see [`crate::calls::QueueLimits`]).
 //! - **Imports**: [`check_imports`] refuses, before anything is compiled into an instance, a
 //!   component that imports anything beyond the project's own interfaces (`clb:difftracker/*`)
 //!   and the harmless parts of WASI (cli, io, clocks, random, filesystem without preopens).
 
+use crate::calls::QueueLimits;
 use std::time::Duration;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -37,15 +43,33 @@ pub struct SandboxLimits {
     pub memory_bytes: usize,
     /// CPU time one call into the guest may take before it is interrupted.
     pub cpu_deadline: Duration,
+    /// Calls one guest call (a tick) may start (100,000).
+    pub max_calls_per_tick: usize,
+    /// Kubernetes Events one guest call may record (10,000).
+    pub max_events_per_tick: usize,
+    /// Bytes (as JSON) of the calls and Events one guest call may queue (256 MiB).
+    pub max_output_bytes_per_tick: usize,
 }
 
 impl Default for SandboxLimits {
     fn default() -> Self {
-        SandboxLimits { memory_bytes: 256 << 20, cpu_deadline: Duration::from_secs(2) }
+        let queue = QueueLimits::default();
+        SandboxLimits {
+            memory_bytes: 256 << 20,
+            cpu_deadline: Duration::from_secs(2),
+            max_calls_per_tick: queue.max_calls,
+            max_events_per_tick: queue.max_events,
+            max_output_bytes_per_tick: queue.max_bytes,
+        }
     }
 }
 
 impl SandboxLimits {
+    /// The limits of the queue the guest's imports fill.
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits { max_calls: self.max_calls_per_tick, max_events: self.max_events_per_tick, max_bytes: self.max_output_bytes_per_tick }
+    }
+
     pub fn store_limits(&self) -> StoreLimits {
         StoreLimitsBuilder::new().memory_size(self.memory_bytes).instances(64).tables(64).memories(16).trap_on_grow_failure(true).build()
     }
@@ -136,7 +160,7 @@ mod tests {
 
     #[test]
     fn deadline_is_at_least_one_tick() {
-        let limits = SandboxLimits { memory_bytes: 1 << 20, cpu_deadline: Duration::from_millis(1) };
+        let limits = SandboxLimits { memory_bytes: 1 << 20, cpu_deadline: Duration::from_millis(1), ..SandboxLimits::default() };
         assert_eq!(limits.deadline_ticks(), 1);
         assert_eq!(SandboxLimits::default().deadline_ticks(), 200);
     }
