@@ -5,11 +5,9 @@
 //! answered at once by a trivial responder: what is timed is the engine, not a backend.
 
 use crate::samples::{sample_node, sample_service, sample_slice};
-use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use anyhow::{bail, Result};
-use difftracker_engine::io::{
-    Call, CallOutput, CloudCall, Completion, KubeEvent, PublicIpInfo, Service, TenantConfig,
-};
+use difftracker_engine::io::{Call, CallOutput, CloudCall, Completion, KubeEvent, PublicIpInfo, Service, TenantConfig};
+use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use std::time::{Duration, Instant};
 
 const ENDPOINTS_PER_SERVICE: usize = 10;
@@ -90,9 +88,8 @@ fn node_of(service: usize, endpoint: usize) -> String {
 }
 
 fn slice_event(service: &Service, s: usize, replaced: Option<usize>) -> KubeEvent {
-    let ips: Vec<(String, String)> = (0..ENDPOINTS_PER_SERVICE)
-        .map(|e| (pod_ip(s, e, usize::from(replaced == Some(e))), node_of(s, e)))
-        .collect();
+    let ips: Vec<(String, String)> =
+        (0..ENDPOINTS_PER_SERVICE).map(|e| (pod_ip(s, e, usize::from(replaced == Some(e))), node_of(s, e))).collect();
     let refs: Vec<(&str, &str)> = ips.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     KubeEvent::EndpointSliceApplied(sample_slice(service, &refs))
 }
@@ -135,8 +132,7 @@ pub fn measure(kind: EngineKind, services: usize, single_events: usize) -> Resul
     // Every event is built before the clock starts: the phases time the engine, not the harness.
     let adds: Vec<KubeEvent> = objects.iter().map(|s| KubeEvent::ServiceApplied(s.clone())).collect();
     let slices: Vec<KubeEvent> = objects.iter().enumerate().map(|(i, s)| slice_event(s, i, None)).collect();
-    let churn: Vec<KubeEvent> =
-        objects.iter().enumerate().map(|(i, s)| slice_event(s, i, Some(i % ENDPOINTS_PER_SERVICE))).collect();
+    let churn: Vec<KubeEvent> = objects.iter().enumerate().map(|(i, s)| slice_event(s, i, Some(i % ENDPOINTS_PER_SERVICE))).collect();
     let singles = single_events.min(services);
     let restores: Vec<KubeEvent> = slices.iter().take(singles).cloned().collect();
     let deletes: Vec<KubeEvent> = objects.iter().map(|s| KubeEvent::ServiceDeleted(s.clone())).collect();

@@ -6,14 +6,14 @@
 //! (addresses drained, load balancer detached and deleted, unregistered, public IP deleted,
 //! finalizers removed). The mock inventory is printed at the end; it must be empty.
 
-use crate::samples::{deleting, sample_node, sample_service, sample_slice};
-use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind, NativeEngine, WasmEngine};
-use difftracker_runtime::executor::{call_identity, Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
 use crate::mock::MockWorld;
-use difftracker_runtime::wasm::{Runtime, RuntimeOptions};
-use difftracker_runtime::tenant::{spawn_tenant, TenantEvent, TenantOptions, TenantStatus};
+use crate::samples::{deleting, sample_node, sample_service, sample_slice};
 use anyhow::{bail, Context, Result};
 use difftracker_engine::io::{CallOutput, KubeEvent, Service, TenantConfig};
+use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind, NativeEngine, WasmEngine};
+use difftracker_runtime::executor::{call_identity, Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
+use difftracker_runtime::tenant::{spawn_tenant, TenantEvent, TenantOptions, TenantStatus};
+use difftracker_runtime::wasm::{Runtime, RuntimeOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,26 +64,18 @@ pub async fn run(args: DemoOptions) -> Result<()> {
     let world = MockWorld::new();
     let executor = Executor::new(Arc::new(SystemClock), DEFAULT_GLOBAL_CAP);
     let (observer, mut observed) = tokio::sync::mpsc::unbounded_channel();
-    let tenant = spawn_tenant(
-        &executor,
-        TenantOptions::new("demo"),
-        driver,
-        Backends { cloud: world.cloud(), kube: world.kube() },
-        Some(observer),
-    );
+    let tenant =
+        spawn_tenant(&executor, TenantOptions::new("demo"), driver, Backends { cloud: world.cloud(), kube: world.kube() }, Some(observer));
     let printer = tokio::spawn(async move {
         while let Some(event) = observed.recv().await {
             println!("{}", describe(&event));
         }
     });
 
-    let services: Vec<Service> = (1..=args.services)
-        .map(|n| sample_service("default", &format!("web-{n}"), &format!("00000000-0000-4000-8000-{n:012}")))
-        .collect();
-    let mut events = vec![
-        KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")),
-        KubeEvent::NodeApplied(sample_node("node-2", "10.0.0.5")),
-    ];
+    let services: Vec<Service> =
+        (1..=args.services).map(|n| sample_service("default", &format!("web-{n}"), &format!("00000000-0000-4000-8000-{n:012}"))).collect();
+    let mut events =
+        vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::NodeApplied(sample_node("node-2", "10.0.0.5"))];
     for (i, svc) in services.iter().enumerate() {
         let a = format!("10.244.1.{}", i + 10);
         let b = format!("10.244.2.{}", i + 10);

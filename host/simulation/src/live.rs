@@ -19,19 +19,19 @@
 //! Unlike `replay` this runs in wall-clock time over real sockets: it shows the system working,
 //! it is not deterministic.
 
-use difftracker_runtime::backend::{CallFuture, KubeBackend};
 use crate::emulator::{self, EmulatorHandle, EmulatorOptions, LroMode, PollingOptions};
-use difftracker_runtime::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
-use difftracker_runtime::observe::{self, CallCounts, ObserveHandle, Observatory};
 use crate::replay::cluster::Cluster;
 use crate::replay::oracle;
 use crate::replay::{parse_trace, Trace};
 use crate::samples::{SAMPLE_TRACE, SAMPLE_TRACE_NAME};
-use difftracker_runtime::driver::{CallIds, EngineKind};
-use difftracker_runtime::tenant::{Recovery, TenantHandle, TenantOptions, TenantStatus};
-use difftracker_runtime::transport::{ArmTransport, TransportOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use difftracker_engine::io::{KubeCall, KubeEvent, KubeEventRecord, TenantConfig};
+use difftracker_runtime::backend::{CallFuture, KubeBackend};
+use difftracker_runtime::driver::{CallIds, EngineKind};
+use difftracker_runtime::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
+use difftracker_runtime::observe::{self, CallCounts, Observatory, ObserveHandle};
+use difftracker_runtime::tenant::{Recovery, TenantHandle, TenantOptions, TenantStatus};
+use difftracker_runtime::transport::{ArmTransport, TransportOptions};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -66,7 +66,11 @@ impl LiveOptions {
     /// The bundled sample trace with the command's defaults.
     pub fn sample() -> Result<LiveOptions> {
         let trace = parse_trace(SAMPLE_TRACE.as_bytes()).map_err(|e| anyhow!("bundled sample trace: {e}"))?;
-        Ok(LiveOptions { trace_name: SAMPLE_TRACE_NAME.to_string(), print_progress: true, ..LiveOptions::for_trace(trace, EngineKind::Wasm) })
+        Ok(LiveOptions {
+            trace_name: SAMPLE_TRACE_NAME.to_string(),
+            print_progress: true,
+            ..LiveOptions::for_trace(trace, EngineKind::Wasm)
+        })
     }
 
     /// `trace` with the library defaults (50x, 120 s, synchronous LROs, any loopback port, quiet).
@@ -403,8 +407,8 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     let emulator = emulator::serve(listener, emulator_options).await.context("starting the emulator")?;
     let emulator_url = emulator.base_url();
     let baseline = emulator.inventory();
-    let cloud = ArmTransport::unauthenticated(emulator.tenant_config(), transport_options())
-        .map_err(|e| anyhow!("emulator configuration: {e}"))?;
+    let cloud =
+        ArmTransport::unauthenticated(emulator.tenant_config(), transport_options()).map_err(|e| anyhow!("emulator configuration: {e}"))?;
 
     let observatory = Observatory::new();
     let observe = observe::bind(options.listen, observatory.clone()).await?;
@@ -441,18 +445,8 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
         println!("  status page       {url}/");
     }
 
-    let driver = Driver {
-        options,
-        tenant,
-        cluster,
-        watch_tx,
-        watch_rx,
-        clock,
-        observatory: observatory.clone(),
-        emulator,
-        baseline,
-        startup,
-    };
+    let driver =
+        Driver { options, tenant, cluster, watch_tx, watch_rx, clock, observatory: observatory.clone(), emulator, baseline, startup };
     let task = tokio::spawn(driver.run());
     Ok(LiveRun { observatory, observe, emulator_url, task })
 }
@@ -574,7 +568,13 @@ impl Driver {
         self.observatory.set_note(format!(
             "main job finished in {:.2} s: {}",
             wall.as_secs_f64(),
-            if summary.ok() { "converged, oracle OK" } else if summary.converged { "converged, oracle found differences" } else { "did NOT converge" }
+            if summary.ok() {
+                "converged, oracle OK"
+            } else if summary.converged {
+                "converged, oracle found differences"
+            } else {
+                "did NOT converge"
+            }
         ));
         Ok((summary, Parts { _tenant: self.tenant, _emulator: self.emulator }))
     }
@@ -608,8 +608,7 @@ impl Driver {
         let oracle_differences = oracle::check(&cluster, &inventory, &self.baseline);
         let ops = operations_succeeded(&status);
         let (mapped_addresses, locations) = mapped(&inventory);
-        let cloud_calls =
-            self.observatory.calls(TENANT).into_iter().filter(|(label, _)| label.contains(' ')).collect::<BTreeMap<_, _>>();
+        let cloud_calls = self.observatory.calls(TENANT).into_iter().filter(|(label, _)| label.contains(' ')).collect::<BTreeMap<_, _>>();
         LiveSummary {
             converged,
             engine: self.options.engine,
@@ -651,11 +650,7 @@ pub async fn run(options: LiveOptions, keep_serving: bool) -> Result<()> {
     let converged = finished.summary.converged;
     let differences = finished.summary.oracle_differences.len();
     if keep_serving {
-        println!(
-            "serving {}/metrics and the emulator at {} until Ctrl-C",
-            finished.observe_url(),
-            finished.emulator_url()
-        );
+        println!("serving {}/metrics and the emulator at {} until Ctrl-C", finished.observe_url(), finished.emulator_url());
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     }
     finished.shutdown().await;

@@ -3,11 +3,10 @@
 //! address locations, Kubernetes finalizers and ingress). They drive the demo and tests that only
 //! need a cooperative cloud; the ARM/NRP emulator is the faithful one.
 
-use difftracker_runtime::backend::{CallFuture, CloudBackend, KubeBackend};
 use difftracker_engine::io::{
-    AddressLocation, CallOutput, CloudCall, KubeCall, KubeEventRecord, LoadBalancerIngress, PublicIpInfo, SgwService,
-    UpdateAction,
+    AddressLocation, CallOutput, CloudCall, KubeCall, KubeEventRecord, LoadBalancerIngress, PublicIpInfo, SgwService, UpdateAction,
 };
+use difftracker_runtime::backend::{CallFuture, CloudBackend, KubeBackend};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 

@@ -23,7 +23,6 @@ pub fn sample_faults() -> Result<FaultPlan, String> {
     FaultPlan::parse(SAMPLE_FAULTS)
 }
 
-
 pub fn sample_node(name: &str, ip: &str) -> Node {
     Node { name: name.into(), uid: format!("node-uid-{name}"), internal_ips: vec![ip.into()] }
 }
@@ -40,12 +39,7 @@ pub fn sample_service(namespace: &str, name: &str, uid: &str) -> Service {
         },
         service_type: "LoadBalancer".into(),
         load_balancer_class: None,
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: "TCP".into(),
-            port: 80,
-            target_port: Some(IntOrString::Int(8080)),
-        }],
+        ports: vec![ServicePort { name: "http".into(), protocol: "TCP".into(), port: 80, target_port: Some(IntOrString::Int(8080)) }],
         ip_families: vec!["IPv4".into()],
         session_affinity: "None".into(),
         load_balancer_ip: String::new(),
@@ -58,8 +52,7 @@ pub fn sample_service(namespace: &str, name: &str, uid: &str) -> Service {
 pub fn deleting(service: &Service) -> Service {
     let mut s = service.clone();
     s.meta.deletion_timestamp = Some("2024-01-01T00:10:00Z".into());
-    s.meta.finalizers =
-        vec!["servicegateway.azure.com/service-cleanup".into(), "service.kubernetes.io/load-balancer-cleanup".into()];
+    s.meta.finalizers = vec!["servicegateway.azure.com/service-cleanup".into(), "service.kubernetes.io/load-balancer-cleanup".into()];
     s.meta.resource_version = format!("{}0", s.meta.resource_version);
     s
 }
@@ -75,11 +68,7 @@ pub fn sample_slice(service: &Service, endpoints: &[(&str, &str)]) -> EndpointSl
             labels: vec![("kubernetes.io/service-name".into(), service.meta.name.clone())],
             ..ObjectMeta::default()
         },
-        owner_references: vec![OwnerReference {
-            kind: "Service".into(),
-            name: service.meta.name.clone(),
-            uid: service.meta.uid.clone(),
-        }],
+        owner_references: vec![OwnerReference { kind: "Service".into(), name: service.meta.name.clone(), uid: service.meta.uid.clone() }],
         address_type: "IPv4".into(),
         endpoints: endpoints
             .iter()

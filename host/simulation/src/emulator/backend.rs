@@ -5,10 +5,10 @@
 
 use super::state::{ArmError, Method, Reply, Target};
 use super::Emulator;
+use difftracker_engine::io::{CallError, CallOutput, CloudCall, ErrorKind};
 use difftracker_runtime::backend::{CallFuture, CloudBackend};
 use difftracker_runtime::transport::config::{NameError, ResourceKind, TenantAzureConfig};
 use difftracker_runtime::transport::wire;
-use difftracker_engine::io::{CallError, CallOutput, CloudCall, ErrorKind};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,7 +114,8 @@ impl EmulatorBackend {
                 (Method::Put, res(ResourceKind::NatGateway, &spec.name)?, Some(wire::nat_gateway_body(cfg, spec).map_err(ne)?))
             }
             CloudCall::DetachNatGateway { name, raw } => {
-                let body = wire::detach_nat_body(raw).map_err(|m| CallError::of_kind(ErrorKind::InvalidResponse, &format!("PUT natGateways/{name}: {m}")))?;
+                let body = wire::detach_nat_body(raw)
+                    .map_err(|m| CallError::of_kind(ErrorKind::InvalidResponse, &format!("PUT natGateways/{name}: {m}")))?;
                 (Method::Put, res(ResourceKind::NatGateway, name)?, Some(body))
             }
             CloudCall::GetNatGateway { name } => (Method::Get, res(ResourceKind::NatGateway, name)?, None),
@@ -165,7 +166,9 @@ impl EmulatorBackend {
                 let raw = v.to_string();
                 wire::parse_nat_gateway(&v, raw).map(|i| CallOutput::NatGateway(Some(i))).map_err(invalid)
             }
-            (CloudCall::GetSgwServices, Reply::List(items)) => wire::parse_sgw_services(&items).map(CallOutput::SgwServices).map_err(invalid),
+            (CloudCall::GetSgwServices, Reply::List(items)) => {
+                wire::parse_sgw_services(&items).map(CallOutput::SgwServices).map_err(invalid)
+            }
             (CloudCall::GetAddressLocations, Reply::List(items)) => {
                 wire::parse_address_locations(&items).map(CallOutput::AddressLocations).map_err(invalid)
             }

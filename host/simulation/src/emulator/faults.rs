@@ -228,7 +228,12 @@ impl FaultPlan {
                 }
                 FaultEffect::Error { status, code, message, retry_after_s } => {
                     if d.error.is_none() {
-                        d.error = Some(InjectedError { status: *status, code: code.clone(), message: message.clone(), retry_after_s: *retry_after_s });
+                        d.error = Some(InjectedError {
+                            status: *status,
+                            code: code.clone(),
+                            message: message.clone(),
+                            retry_after_s: *retry_after_s,
+                        });
                     }
                 }
                 FaultEffect::LroFail { code, message } => {

@@ -5,12 +5,12 @@
 
 use super::state::{label_of, ArmError, Method, Reply, Target};
 use super::{Emulator, EmulatorOptions, LroMode, PollHeaders};
-use difftracker_runtime::transport::config::{ResourceKind, API_VERSION, SERVICE_GATEWAY_NAME};
-use difftracker_runtime::server::ServerHandle;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method as HttpMethod, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
+use difftracker_runtime::server::ServerHandle;
+use difftracker_runtime::transport::config::{ResourceKind, API_VERSION, SERVICE_GATEWAY_NAME};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -204,9 +204,19 @@ async fn handle(
                 _ => return error_response(&ArmError::new(405, "HttpMethodNotAllowed", format!("{method} is not supported."))),
             };
             match query_param(&uri, "api-version") {
-                None => return error_response(&ArmError::new(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")),
+                None => {
+                    return error_response(&ArmError::new(
+                        400,
+                        "MissingApiVersionParameter",
+                        "The api-version query parameter (?api-version=) is required for all requests.",
+                    ))
+                }
                 Some(v) if v != API_VERSION => {
-                    return error_response(&ArmError::new(400, "InvalidApiVersionParameter", format!("The api-version '{v}' is invalid; this emulator serves {API_VERSION}.")))
+                    return error_response(&ArmError::new(
+                        400,
+                        "InvalidApiVersionParameter",
+                        format!("The api-version '{v}' is invalid; this emulator serves {API_VERSION}."),
+                    ))
                 }
                 Some(_) => {}
             }
@@ -251,7 +261,13 @@ impl Server {
         let parsed: Option<Value> = if matches!(m, Method::Put | Method::Post) && !body.is_empty() {
             match serde_json::from_slice(body) {
                 Ok(v) => Some(v),
-                Err(e) => return error_response(&ArmError::new(400, "InvalidRequestContent", format!("The request content is not valid JSON: {e}"))),
+                Err(e) => {
+                    return error_response(&ArmError::new(
+                        400,
+                        "InvalidRequestContent",
+                        format!("The request content is not valid JSON: {e}"),
+                    ))
+                }
             }
         } else {
             None
@@ -363,7 +379,9 @@ impl Server {
             (Ok(_), false) => json_response(200, &json!({ "status": "Succeeded" })),
             (Ok(Some(body)), true) => json_response(200, body),
             (Ok(None), true) => empty_response(204),
-            (Err((code, message)), false) => json_response(200, &json!({ "status": "Failed", "error": { "code": code, "message": message } })),
+            (Err((code, message)), false) => {
+                json_response(200, &json!({ "status": "Failed", "error": { "code": code, "message": message } }))
+            }
             (Err((code, message)), true) => error_response(&ArmError::new(400, code, message.clone())),
         }
     }

@@ -20,8 +20,8 @@ pub use faults::{FaultDecision, FaultInjector, FaultPlan};
 pub use http::{serve, serve_emulator, EmulatorHandle};
 pub use state::{codes, ArmError, EmulatorState, Method, Reply, Target, DEFAULT_NATGW, DEFAULT_NATGW_PIP};
 
-use difftracker_runtime::transport::TenantAzureConfig;
 use anyhow::Context;
+use difftracker_runtime::transport::TenantAzureConfig;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -297,7 +297,13 @@ impl EmulatorState {
         self.nats.insert(key(DEFAULT_NATGW), NatGateway { name: DEFAULT_NATGW.into(), body, pips: vec![key(DEFAULT_NATGW_PIP)], etag });
         self.services.insert(
             key(DEFAULT_NATGW),
-            SgwEntry { name: DEFAULT_NATGW.into(), service_type: "Outbound".into(), pools: Vec::new(), nat_id: Some(nat_id), is_default: true },
+            SgwEntry {
+                name: DEFAULT_NATGW.into(),
+                service_type: "Outbound".into(),
+                pools: Vec::new(),
+                nat_id: Some(nat_id),
+                is_default: true,
+            },
         );
         self.protected.insert((ResourceKind::PublicIp, key(DEFAULT_NATGW_PIP)));
         self.protected.insert((ResourceKind::NatGateway, key(DEFAULT_NATGW)));
@@ -409,8 +415,9 @@ impl EmulatorState {
     fn resolve_pips(&self, ids: &[String], user: (ResourceKind, &str)) -> Result<Vec<String>, ArmError> {
         let mut out = Vec::new();
         for id in ids {
-            let name = id_segment_after(id, "publicIPAddresses")
-                .ok_or_else(|| ArmError::bad(codes::INVALID_RESOURCE_REFERENCE, format!("Resource reference {id} is not a public IP address.")))?;
+            let name = id_segment_after(id, "publicIPAddresses").ok_or_else(|| {
+                ArmError::bad(codes::INVALID_RESOURCE_REFERENCE, format!("Resource reference {id} is not a public IP address."))
+            })?;
             let k = key(name);
             if !self.pips.contains_key(&k) {
                 return Err(ArmError::bad(
@@ -421,10 +428,7 @@ impl EmulatorState {
             if let Some((kind, by)) = self.pip_users(&k) {
                 let same = kind == user.0 && id_segment_after(&by, kind.segment()).is_some_and(|n| n.eq_ignore_ascii_case(user.1));
                 if !same {
-                    return Err(ArmError::bad(
-                        codes::PUBLIC_IP_IN_USE,
-                        format!("Public IP address {id} is already in use by {by}."),
-                    ));
+                    return Err(ArmError::bad(codes::PUBLIC_IP_IN_USE, format!("Public IP address {id} is already in use by {by}.")));
                 }
             }
             out.push(k);
@@ -670,7 +674,8 @@ impl EmulatorState {
             Some(a) if a.eq_ignore_ascii_case("FullUpdate") => true,
             other => return Err(ArmError::format(format!("action must be PartialUpdate or FullUpdate, got {other:?}"))),
         };
-        let reqs = o.get("serviceRequests").and_then(Value::as_array).ok_or_else(|| ArmError::format("serviceRequests must be an array"))?;
+        let reqs =
+            o.get("serviceRequests").and_then(Value::as_array).ok_or_else(|| ArmError::format("serviceRequests must be an array"))?;
         enum Change {
             Upsert(String, SgwEntry),
             Delete(String),
@@ -702,7 +707,11 @@ impl EmulatorState {
             }
             if is_delete {
                 if existing.is_none() {
-                    return Err(ArmError::new(404, codes::RESOURCE_NOT_FOUND, format!("Service {name} is not registered in the ServiceGateway.")));
+                    return Err(ArmError::new(
+                        404,
+                        codes::RESOURCE_NOT_FOUND,
+                        format!("Service {name} is not registered in the ServiceGateway."),
+                    ));
                 }
                 if self.has_mappings(&k) {
                     return Err(ArmError::bad(
@@ -770,7 +779,9 @@ impl EmulatorState {
                     }
                     Some(id.clone())
                 }
-                Some(_) => return Err(ArmError::format(format!("serviceRequests[{i}] ({name}): publicNatGatewayId must be a string or null"))),
+                Some(_) => {
+                    return Err(ArmError::format(format!("serviceRequests[{i}] ({name}): publicNatGatewayId must be a string or null")))
+                }
             };
             let entry = SgwEntry { name: name.into(), service_type: service_type.into(), pools: pool_ids, nat_id, is_default: false };
             changes.push(Change::Upsert(k, entry));
@@ -787,7 +798,8 @@ impl EmulatorState {
                     ));
                 }
             }
-            let keep: BTreeSet<String> = self.services.iter().filter(|(k, s)| s.is_default || seen.contains(*k)).map(|(k, _)| k.clone()).collect();
+            let keep: BTreeSet<String> =
+                self.services.iter().filter(|(k, s)| s.is_default || seen.contains(*k)).map(|(k, _)| k.clone()).collect();
             self.services.retain(|k, _| keep.contains(k));
         }
         for c in changes {
@@ -829,7 +841,8 @@ impl EmulatorState {
             Some(a) if a.eq_ignore_ascii_case("FullUpdate") => true,
             other => return Err(ArmError::format(format!("action must be PartialUpdate or FullUpdate, got {other:?}"))),
         };
-        let locs = o.get("addressLocations").and_then(Value::as_array).ok_or_else(|| ArmError::format("addressLocations must be an array"))?;
+        let locs =
+            o.get("addressLocations").and_then(Value::as_array).ok_or_else(|| ArmError::format("addressLocations must be an array"))?;
         struct Loc {
             node: IpAddr,
             full: bool,
@@ -844,12 +857,19 @@ impl EmulatorState {
                 .ok_or_else(|| ArmError::format(format!("addressLocations[{i}].addressLocation is missing")))?;
             let node = parse_ip(node_s, "addressLocation")?;
             if !seen_nodes.insert(node) {
-                return Err(ArmError::bad(codes::DUPLICATE_LOCATIONS, format!("Address location {node_s} appears more than once in the request.")));
+                return Err(ArmError::bad(
+                    codes::DUPLICATE_LOCATIONS,
+                    format!("Address location {node_s} appears more than once in the request."),
+                ));
             }
             let loc_full = match l.get("addressUpdateAction").and_then(Value::as_str) {
                 Some(a) if a.eq_ignore_ascii_case("FullUpdate") => true,
                 Some(a) if a.eq_ignore_ascii_case("PartialUpdate") => false,
-                other => return Err(ArmError::format(format!("addressLocations[{i}].addressUpdateAction must be FullUpdate or PartialUpdate, got {other:?}"))),
+                other => {
+                    return Err(ArmError::format(format!(
+                        "addressLocations[{i}].addressUpdateAction must be FullUpdate or PartialUpdate, got {other:?}"
+                    )))
+                }
             };
             let addrs = l
                 .get("addresses")
@@ -870,7 +890,10 @@ impl EmulatorState {
                     ));
                 }
                 if !seen_addrs.insert(addr) {
-                    return Err(ArmError::bad(codes::DUPLICATE_ADDRESSES, format!("Address {addr_s} appears more than once under {node_s}.")));
+                    return Err(ArmError::bad(
+                        codes::DUPLICATE_ADDRESSES,
+                        format!("Address {addr_s} appears more than once under {node_s}."),
+                    ));
                 }
                 let svcs = a
                     .get("services")
@@ -933,7 +956,8 @@ impl EmulatorState {
                 let m: Map<String, Value> = addrs
                     .iter()
                     .map(|(pod, svcs)| {
-                        let mut names: Vec<&str> = svcs.iter().map(|s| self.services.get(s).map(|e| e.name.as_str()).unwrap_or(s)).collect();
+                        let mut names: Vec<&str> =
+                            svcs.iter().map(|s| self.services.get(s).map(|e| e.name.as_str()).unwrap_or(s)).collect();
                         names.sort();
                         (pod.to_string(), json!(names))
                     })
@@ -983,7 +1007,9 @@ mod tests {
             let mut out = Vec::new();
             for (n, v) in [("a", "IPv4"), ("b", "IPv6"), ("c", "IPv4")] {
                 let body = json!({"properties": {"publicIPAddressVersion": v}});
-                let Reply::Put { body, created } = s.apply(Method::Put, &Target::Resource(ResourceKind::PublicIp, n.into()), NET, Some(&body)).unwrap() else {
+                let Reply::Put { body, created } =
+                    s.apply(Method::Put, &Target::Resource(ResourceKind::PublicIp, n.into()), NET, Some(&body)).unwrap()
+                else {
                     panic!()
                 };
                 assert!(created);
@@ -1001,8 +1027,10 @@ mod tests {
     fn the_overlay_lag_rejects_unregistration_after_the_drain() {
         let mut s = state_with_lb("u");
         s.overlay_lag = 2;
-        let publish = |addrs: Value| json!({"action": "PartialUpdate", "addressLocations": [
-            {"addressLocation": "10.0.0.1", "addressUpdateAction": "PartialUpdate", "addresses": addrs}]});
+        let publish = |addrs: Value| {
+            json!({"action": "PartialUpdate", "addressLocations": [
+            {"addressLocation": "10.0.0.1", "addressUpdateAction": "PartialUpdate", "addresses": addrs}]})
+        };
         s.update_address_locations(&publish(json!([{"address": "10.1.0.1", "services": ["U"]}]))).unwrap();
         s.update_address_locations(&publish(json!([]))).unwrap();
         let unreg = json!({"action": "PartialUpdate", "serviceRequests": [{"isDelete": true, "service": {"name": "u", "properties": {"serviceType": "Inbound"}}}]});

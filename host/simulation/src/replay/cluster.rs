@@ -23,10 +23,10 @@
 //!
 //! Everything is synchronous and ordered (BTreeMaps): the same inputs give the same events.
 
-use difftracker_runtime::k8s::{is_engine_finalizer, KubeObject, WatchEventType, POD_FINALIZER, SERVICE_FINALIZERS};
 use difftracker_engine::io::{
     CallError, CallOutput, ErrorKind, KubeCall, KubeEvent, KubeEventRecord, LoadBalancerIngress, ObjectMeta, ObjectRef,
 };
+use difftracker_runtime::k8s::{is_engine_finalizer, KubeObject, WatchEventType, POD_FINALIZER, SERVICE_FINALIZERS};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -143,7 +143,13 @@ fn set_uid(object: &mut KubeObject, uid: &str) {
 }
 
 fn not_found(what: &str) -> CallError {
-    CallError { kind: ErrorKind::NotFound, status: 404, code: "NotFound".into(), message: format!("{what} not found"), retry_after_ms: None }
+    CallError {
+        kind: ErrorKind::NotFound,
+        status: 404,
+        code: "NotFound".into(),
+        message: format!("{what} not found"),
+        retry_after_ms: None,
+    }
 }
 
 fn replaced(what: &str, wanted: &str, found: &str) -> CallError {
@@ -206,11 +212,7 @@ impl Cluster {
 
     /// Objects being deleted that still wait for a finalizer, as `<kind>/<namespace>/<name>`.
     pub fn stuck_deleting(&self) -> Vec<String> {
-        self.objects
-            .iter()
-            .filter(|(_, o)| o.meta().is_some_and(|m| m.deletion_timestamp.is_some()))
-            .map(|(k, _)| k.to_string())
-            .collect()
+        self.objects.iter().filter(|(_, o)| o.meta().is_some_and(|m| m.deletion_timestamp.is_some())).map(|(k, _)| k.to_string()).collect()
     }
 
     /// Whether a trace event is held back waiting for an older object to go.
@@ -375,12 +377,8 @@ impl Cluster {
 
     fn unindex(&mut self, key: &ObjectKey) {
         if let Some(KubeObject::EndpointSlice(old)) = self.objects.get(key) {
-            let owners: Vec<String> = old
-                .owner_references
-                .iter()
-                .filter(|o| o.kind == "Service")
-                .map(|o| o.uid.to_ascii_lowercase())
-                .collect();
+            let owners: Vec<String> =
+                old.owner_references.iter().filter(|o| o.kind == "Service").map(|o| o.uid.to_ascii_lowercase()).collect();
             for owner in owners {
                 if let Some(set) = self.slices_by_owner.get_mut(&owner) {
                     set.remove(key);
@@ -504,17 +502,10 @@ impl Cluster {
         true
     }
 
-    fn add_finalizers(
-        &mut self,
-        _now_ms: u64,
-        key: &ObjectKey,
-        target: &ObjectRef,
-        finalizers: &[&str],
-    ) -> Result<CallOutput, CallError> {
+    fn add_finalizers(&mut self, _now_ms: u64, key: &ObjectKey, target: &ObjectRef, finalizers: &[&str]) -> Result<CallOutput, CallError> {
         let Some(object) = self.guarded(key, target)? else { return Err(not_found(&key.to_string())) };
         let meta = object.meta().cloned().unwrap_or_default();
-        let missing: Vec<String> =
-            finalizers.iter().filter(|f| !meta.finalizers.iter().any(|g| g == *f)).map(|f| f.to_string()).collect();
+        let missing: Vec<String> = finalizers.iter().filter(|f| !meta.finalizers.iter().any(|g| g == *f)).map(|f| f.to_string()).collect();
         if missing.is_empty() {
             return Ok(CallOutput::Done);
         }
@@ -523,7 +514,9 @@ impl Cluster {
                 kind: ErrorKind::Http,
                 status: 422,
                 code: "Invalid".into(),
-                message: format!("{key} is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted"),
+                message: format!(
+                    "{key} is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted"
+                ),
                 retry_after_ms: None,
             });
         }

@@ -14,10 +14,8 @@
 //! Service is never changed into a rejected one (the engine keeps the existing load balancer
 //! then, which the oracle does not model).
 
+use difftracker_engine::io::{Endpoint, EndpointSlice, IntOrString, Node, ObjectMeta, OwnerReference, Pod, Service, ServicePort};
 use difftracker_runtime::k8s::{KubeObject, WatchEvent, WatchEventType, EGRESS_LABEL, SERVICE_NAME_LABEL};
-use difftracker_engine::io::{
-    Endpoint, EndpointSlice, IntOrString, Node, ObjectMeta, OwnerReference, Pod, Service, ServicePort,
-};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -214,9 +212,8 @@ impl Gen {
 
     /// A fresh pod IP of `family` on a node that can hold it at `at_ms`; `(ip, node name)`.
     fn pod_ip(&mut self, family: Family, at_ms: u64) -> Option<(String, String)> {
-        let candidates: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].ready_at <= at_ms && (family == Family::V4 || self.nodes[i].dual))
-            .collect();
+        let candidates: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].ready_at <= at_ms && (family == Family::V4 || self.nodes[i].dual)).collect();
         if candidates.is_empty() {
             return None;
         }
@@ -264,12 +261,7 @@ fn port_set(rng: &mut Rng, family_udp_ok: bool) -> Vec<ServicePort> {
         if proto == "UDP" && !family_udp_ok {
             continue;
         }
-        ports.push(ServicePort {
-            name: name.into(),
-            protocol: proto.into(),
-            port,
-            target_port: target.map(IntOrString::Int),
-        });
+        ports.push(ServicePort { name: name.into(), protocol: proto.into(), port, target_port: target.map(IntOrString::Int) });
     }
     ports
 }
@@ -351,7 +343,10 @@ impl Gen {
     fn create_service(&mut self, i: usize, t0: u64) -> (SvcScript, u64) {
         let mut s = self.new_service(i);
         self.emit_service(t0, WatchEventType::Added, &s);
-        let count = self.rng.range(self.opts.endpoints.saturating_sub(self.opts.endpoints / 2) as u64, (self.opts.endpoints + self.opts.endpoints / 2) as u64);
+        let count = self.rng.range(
+            self.opts.endpoints.saturating_sub(self.opts.endpoints / 2) as u64,
+            (self.opts.endpoints + self.opts.endpoints / 2) as u64,
+        );
         let mut t = t0 + self.rng.range(100, 600);
         let mut pending = Vec::new();
         for _ in 0..count {

@@ -16,8 +16,8 @@
 //! history and expects nothing for it, so generated traces never do it.
 
 use super::cluster::Cluster;
-use difftracker_runtime::k8s::EGRESS_LABEL;
 use difftracker_engine::io::{IntOrString, Pod, Service};
+use difftracker_runtime::k8s::EGRESS_LABEL;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -256,7 +256,10 @@ pub fn check(cluster: &Cluster, inventory: &Value, baseline: &Value) -> Vec<Stri
                 }
                 if let (Some(v6), Some(addr)) = (exp.ipv6.get(name), got.as_deref().and_then(canonical)) {
                     if addr.is_ipv6() != *v6 {
-                        diffs.push(format!("public IP {name} has address {addr}, expected an {} address", if *v6 { "IPv6" } else { "IPv4" }));
+                        diffs.push(format!(
+                            "public IP {name} has address {addr}, expected an {} address",
+                            if *v6 { "IPv6" } else { "IPv4" }
+                        ));
                     }
                 }
             }
@@ -314,9 +317,7 @@ pub fn check(cluster: &Cluster, inventory: &Value, baseline: &Value) -> Vec<Stri
             match (want.get(pod), got.get(pod)) {
                 (Some(w), None) => diffs.push(format!("missing address {pod} under {node} for {}", join(w))),
                 (None, Some(g)) => diffs.push(format!("unexpected address {pod} under {node} for {}", join(g))),
-                (Some(w), Some(g)) if w != g => {
-                    diffs.push(format!("address {pod} under {node} maps to {}, expected {}", join(g), join(w)))
-                }
+                (Some(w), Some(g)) if w != g => diffs.push(format!("address {pod} under {node} maps to {}, expected {}", join(g), join(w))),
                 _ => {}
             }
         }
@@ -354,10 +355,8 @@ fn join(set: &BTreeSet<String>) -> String {
 pub fn check_report(report: &Value) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     if report.get("converged") != Some(&Value::Bool(true)) {
-        problems.push(format!(
-            "did not converge within {} ms of virtual time",
-            report.get("virtual_ms").and_then(Value::as_u64).unwrap_or(0)
-        ));
+        problems
+            .push(format!("did not converge within {} ms of virtual time", report.get("virtual_ms").and_then(Value::as_u64).unwrap_or(0)));
     }
     match report.get("oracle").and_then(|o| o.get("differences")) {
         Some(Value::Array(d)) => problems.extend(d.iter().map(|v| v.as_str().unwrap_or_default().to_string())),
@@ -373,10 +372,10 @@ pub fn check_report(report: &Value) -> Result<(), Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use difftracker_runtime::k8s::{KubeObject, WatchEventType};
     use difftracker_engine::io::{
         Endpoint, EndpointSlice, KubeCall, LoadBalancerIngress, Node, ObjectMeta, ObjectRef, OwnerReference, ServicePort,
     };
+    use difftracker_runtime::k8s::{KubeObject, WatchEventType};
     use serde_json::json;
 
     fn svc(name: &str, uid: &str) -> Service {
@@ -391,7 +390,11 @@ mod tests {
 
     fn cluster() -> Cluster {
         let mut c = Cluster::new();
-        c.apply(0, WatchEventType::Added, KubeObject::Node(Node { name: "n1".into(), uid: "n".into(), internal_ips: vec!["10.0.0.4".into(), "fd00::4".into()] }));
+        c.apply(
+            0,
+            WatchEventType::Added,
+            KubeObject::Node(Node { name: "n1".into(), uid: "n".into(), internal_ips: vec!["10.0.0.4".into(), "fd00::4".into()] }),
+        );
         c.apply(0, WatchEventType::Added, KubeObject::Service(svc("a", "UID-A")));
         let mut rejected = svc("b", "uid-b");
         rejected.session_affinity = "ClientIP".into();

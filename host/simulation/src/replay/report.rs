@@ -65,8 +65,7 @@ fn number(v: f64) -> Value {
 }
 
 pub(crate) fn build(i: Inputs<'_>) -> Report {
-    let metrics: Map<String, Value> =
-        i.status.metrics.iter().map(|m| (metric_key(&m.name, &m.labels), number(m.value))).collect();
+    let metrics: Map<String, Value> = i.status.metrics.iter().map(|m| (metric_key(&m.name, &m.labels), number(m.value))).collect();
     let states: BTreeMap<String, u32> = i.status.states.iter().cloned().collect();
     let mut objects: BTreeMap<&str, u64> = BTreeMap::new();
     for (key, _) in i.cluster.objects() {

@@ -21,10 +21,10 @@ use super::cluster::Cluster;
 use super::oracle;
 use super::report::{self, Report};
 use super::trace::Trace;
-use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use crate::emulator::{Emulator, EmulatorBackend, EmulatorOptions, FaultPlan};
 use anyhow::{Context, Result};
 use difftracker_engine::io::{Call, CallId, Completion, EngineStatus, TenantConfig};
+use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,9 +93,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
     let mut cluster = Cluster::new();
     let mut stats = LoopStats::default();
 
-    driver
-        .create(&TenantConfig { tenant: options.tenant.clone(), seed: options.seed })
-        .context("creating the engine")?;
+    driver.create(&TenantConfig { tenant: options.tenant.clone(), seed: options.seed }).context("creating the engine")?;
 
     let events = &trace.events;
     let mut next_event = 0usize;
@@ -137,7 +135,11 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
                         *stats.cloud_calls.entry(label.to_string()).or_insert(0) += 1;
                         let decided = backend.perform_at(now, &c);
                         if let Err(e) = &decided.outcome {
-                            let key = if e.code.is_empty() { format!("{label} {}", e.status) } else { format!("{label} {} {}", e.status, e.code) };
+                            let key = if e.code.is_empty() {
+                                format!("{label} {}", e.status)
+                            } else {
+                                format!("{label} {} {}", e.status, e.code)
+                            };
                             *stats.cloud_errors.entry(key).or_insert(0) += 1;
                         }
                         (now.saturating_add(decided.latency_ms), decided.outcome)

@@ -253,7 +253,9 @@ fn entries_of(value: &Value) -> Result<Vec<Entry<'_>>, String> {
             let items = match obj.get("items") {
                 Some(Value::Array(items)) => items,
                 Some(Value::Null) => return Ok(Vec::new()),
-                Some(other) => return Err(format!("{kind}: \"items\" must be an array, found {}", difftracker_runtime::k8s::json_type_name(other))),
+                Some(other) => {
+                    return Err(format!("{kind}: \"items\" must be an array, found {}", difftracker_runtime::k8s::json_type_name(other)))
+                }
                 None => return Ok(Vec::new()),
             };
             let item_kind = kind.strip_suffix("List").unwrap_or("");
@@ -263,9 +265,7 @@ fn entries_of(value: &Value) -> Result<Vec<Entry<'_>>, String> {
                     out.push(Entry::Event { event_type: WatchEventType::Added, object: item, at_ms });
                 } else if item_kind == "Service" || item_kind == "EndpointSlice" || item_kind == "Node" || item_kind == "Pod" {
                     // Typed lists from the API leave `kind` out of their items.
-                    return Err(format!(
-                        "{kind}: items carry no \"kind\"; print the list with kubectl (it sets it) or add it"
-                    ));
+                    return Err(format!("{kind}: items carry no \"kind\"; print the list with kubectl (it sets it) or add it"));
                 } else {
                     out.push(Entry::Skip(item_kind.to_string()));
                 }
@@ -273,7 +273,9 @@ fn entries_of(value: &Value) -> Result<Vec<Entry<'_>>, String> {
             Ok(out)
         }
         Some(_) => Ok(vec![Entry::Event { event_type: WatchEventType::Added, object: value, at_ms }]),
-        None => Err("expected a watch event {\"type\": ..., \"object\": {...}} or a Kubernetes object; found an object with neither".into()),
+        None => {
+            Err("expected a watch event {\"type\": ..., \"object\": {...}} or a Kubernetes object; found an object with neither".into())
+        }
     }
 }
 
@@ -389,7 +391,11 @@ mod tests {
         let seen: Vec<(u64, Option<u64>, usize)> = t.events.iter().map(|e| (e.at_ms, e.resource_version, e.line)).collect();
         assert_eq!(seen, vec![(0, Some(10), 1), (100, Some(20), 9), (200, Some(30), 5), (300, Some(40), 13)]);
         // One object without a numeric resourceVersion: file order.
-        let text = format!("{}{}{{\"type\":\"ADDED\",\"object\":{{\"kind\":\"Node\",\"metadata\":{{\"name\":\"n\"}}}}}}", svc(10, "ADDED"), slice(5));
+        let text = format!(
+            "{}{}{{\"type\":\"ADDED\",\"object\":{{\"kind\":\"Node\",\"metadata\":{{\"name\":\"n\"}}}}}}",
+            svc(10, "ADDED"),
+            slice(5)
+        );
         let t = parse_trace(text.as_bytes()).unwrap();
         assert_eq!(t.order, TraceOrder::File);
         assert_eq!(t.events[1].resource_version, Some(5));

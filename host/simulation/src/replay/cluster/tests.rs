@@ -28,7 +28,12 @@ fn names(events: &[KubeEvent]) -> Vec<String> {
         .iter()
         .map(|e| match e {
             KubeEvent::ServiceApplied(s) => {
-                format!("svc+ {} rv{}{}", s.meta.name, s.meta.resource_version, if s.meta.deletion_timestamp.is_some() { " deleting" } else { "" })
+                format!(
+                    "svc+ {} rv{}{}",
+                    s.meta.name,
+                    s.meta.resource_version,
+                    if s.meta.deletion_timestamp.is_some() { " deleting" } else { "" }
+                )
             }
             KubeEvent::ServiceDeleted(s) => format!("svc- {}", s.meta.name),
             KubeEvent::EndpointSliceApplied(s) => format!("slice+ {}", s.meta.name),
@@ -90,10 +95,7 @@ fn finalizers_hold_the_object_until_the_last_is_removed() {
     // Removing from a missing object is success; adding is NotFound.
     assert_eq!(c.perform(3001, &KubeCall::RemoveServiceFinalizers(oref("a", "u1"))), Ok(CallOutput::Done));
     assert_eq!(c.perform(3002, &KubeCall::AddServiceFinalizers(oref("a", "u1"))).unwrap_err().kind, ErrorKind::NotFound);
-    assert_eq!(
-        c.perform(3003, &KubeCall::PatchServiceIngress(oref("a", "u1"), vec![])).unwrap_err().kind,
-        ErrorKind::NotFound
-    );
+    assert_eq!(c.perform(3003, &KubeCall::PatchServiceIngress(oref("a", "u1"), vec![])).unwrap_err().kind, ErrorKind::NotFound);
     assert_eq!(c.stats().writes.get("add-service-finalizers not_found"), Some(&1));
 }
 
