@@ -447,6 +447,9 @@ async fn the_bearer_token_is_checked_when_the_emulator_is_given_credentials() {
     assert_eq!(raw_http(h.addr(), "GET", &op, None).await.0, 401);
     assert_eq!(raw_http_with(h.addr(), "GET", &op, &auth, None).await.0, 200);
     assert_eq!(raw_http(h.addr(), "GET", "/_emulator/inventory", None).await.0, 200);
+    // The token is checked before the route, as at ARM's front door.
+    assert_eq!(raw_http(h.addr(), "GET", "/subscriptions/x/nonsense", None).await.0, 401);
+    assert_eq!(raw_http_with(h.addr(), "GET", "/subscriptions/x/nonsense", &auth, None).await.0, 404);
 
     // "Any bearer": any non-empty bearer token, nothing else.
     let (h, anonymous) = start(EmulatorOptions { auth: EmulatorAuth::AnyBearer, ..Default::default() }).await;

@@ -255,12 +255,9 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let route = match route(uri.path()) {
-        Ok(r) => r,
-        Err(e) => return error_response(&e),
-    };
+    let route = route(uri.path());
     // The emulator's own endpoint is not ARM: it needs no token.
-    if let Route::Inventory = route {
+    if let Ok(Route::Inventory) = route {
         if method != HttpMethod::GET {
             return error_response(&ArmError::new(405, "HttpMethodNotAllowed", format!("{method} is not supported here.")));
         }
@@ -270,9 +267,14 @@ async fn handle(
         };
         return json_response(200, &inv);
     }
+    // As at ARM's front door: the token first, then the route.
     if let Err(e) = server.emulator.authorize(header_text(&headers, "authorization").as_deref()) {
         return error_response(&e);
     }
+    let route = match route {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
     match route {
         Route::Poll { subscription, op, location_style } if method == HttpMethod::GET => {
             server.poll(&subscription, op, location_style, &uri)
