@@ -62,7 +62,7 @@ async fn inbound_lifecycle(options: EmulatorOptions) {
     t.perform(CloudCall::DeleteLoadBalancer { name: U1.into() }).await.unwrap();
     t.perform(unregister(U1, ServiceType::Inbound)).await.unwrap();
     t.perform(CloudCall::DeletePublicIp { name: format!("{U1}-pip") }).await.unwrap();
-    // Repeats are 404s, which the transport counts as success.
+    // Repeated deletes are 204s (nothing to delete) and an unregistration of an unknown service a 404, both success.
     t.perform(CloudCall::DeleteLoadBalancer { name: U1.into() }).await.unwrap();
     t.perform(unregister(U1, ServiceType::Inbound)).await.unwrap();
     t.perform(CloudCall::DeletePublicIp { name: format!("{U1}-pip") }).await.unwrap();
@@ -392,72 +392,76 @@ async fn inventory_endpoint_has_the_documented_shape() {
 async fn paths_match_case_insensitively_and_errors_are_arm_shaped() {
     let (h, _t) = start(EmulatorOptions::default()).await;
     let a = h.addr();
-    let (status, _, body) =
-        raw_http(a, "GET", "/SUBSCRIPTIONS/s/RESOURCEGROUPS/r/PROVIDERS/microsoft.network/NATGATEWAYS?api-version=2025-05-01", None).await;
-    assert_eq!(status, 200);
+    let scope = h.emulator().options().scope.clone();
+    let (sub, rg) = (scope.subscription.clone(), scope.resource_group.clone());
+    let net = scope.provider_path();
+    let (status, _, body) = raw_http(
+        a,
+        "GET",
+        &format!(
+            "/SUBSCRIPTIONS/{sub}/RESOURCEGROUPS/{}/PROVIDERS/microsoft.network/NATGATEWAYS?api-version=2025-05-01",
+            rg.to_uppercase()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["value"][0]["name"], DEFAULT_NATGW);
     assert_eq!(v["value"][0]["type"], "Microsoft.Network/natGateways");
     assert!(v["value"][0]["properties"]["publicIpAddresses"].is_array());
 
-    let (status, head, body) =
-        raw_http(a, "GET", "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/natGateways/nope?api-version=2025-05-01", None)
-            .await;
+    let (status, head, body) = raw_http(a, "GET", &format!("{net}/natGateways/nope?api-version=2025-05-01"), None).await;
     assert_eq!(status, 404);
     assert!(head.contains("x-ms-error-code: resourcenotfound"), "{head}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "ResourceNotFound");
     assert!(v["error"]["message"].is_string());
 
-    let (status, _, body) = raw_http(a, "GET", "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/loadBalancers", None).await;
+    let (status, _, body) = raw_http(a, "GET", &format!("{net}/loadBalancers"), None).await;
     assert_eq!(status, 400);
     assert!(body.contains("MissingApiVersionParameter"));
 
-    let (status, _, body) = raw_http(
-        a,
-        "PUT",
-        "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/publicIPAddresses/p?api-version=2025-05-01",
-        Some("{not json"),
-    )
-    .await;
+    let (status, _, body) = raw_http(a, "PUT", &format!("{net}/publicIPAddresses/p?api-version=2025-05-01"), Some("{not json")).await;
     assert_eq!(status, 400);
     assert!(body.contains("InvalidRequestContent"));
 
-    let (status, _, body) = raw_http(
-        a,
-        "POST",
-        "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/serviceGateways/other/updateServices?api-version=2025-05-01",
-        Some("{}"),
-    )
-    .await;
+    let (status, _, body) =
+        raw_http(a, "POST", &format!("{net}/serviceGateways/other/updateServices?api-version=2025-05-01"), Some("{}")).await;
     assert_eq!(status, 404);
     assert!(body.contains("ResourceNotFound"));
 
-    // A bare 200 for the ServiceGateway POSTs in synchronous mode.
+    // A 200 with a JSON status for the ServiceGateway POSTs in synchronous mode.
     let (status, _, body) = raw_http(
         a,
         "POST",
-        "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/serviceGateways/ServiceGateway/UpdateAddressLocations?api-version=2025-05-01",
+        &format!(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/serviceGateways/ServiceGateway/UpdateAddressLocations?api-version=2025-05-01"
+        ),
         Some(r#"{"action":"PartialUpdate","addressLocations":[]}"#),
     )
     .await;
-    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()), (200, json!({"status": "Succeeded"})));
 }
 
 #[tokio::test]
 async fn polling_mode_hands_out_absolute_polling_urls() {
     let (h, _t) = start(polling(PollHeaders::Both)).await;
+    let scope = h.emulator().options().scope.clone();
     let (status, head, body) = raw_http(
         h.addr(),
         "PUT",
-        "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/publicIPAddresses/p?api-version=2025-05-01",
+        &format!("{}/publicIPAddresses/p?api-version=2025-05-01", scope.provider_path()),
         Some(r#"{"location":"eastus2","properties":{"publicIPAddressVersion":"IPv4"}}"#),
     )
     .await;
     assert_eq!(status, 201);
     assert!(body.contains("\"provisioningState\":\"Updating\""), "{body}");
     let op = head.lines().find_map(|l| l.strip_prefix("azure-asyncoperation: ")).expect("Azure-AsyncOperation").to_string();
-    assert!(op.starts_with(&format!("http://{}/subscriptions/s/providers/microsoft.network/locations/", h.addr())), "{op}");
+    assert!(
+        op.starts_with(&format!("http://{}/subscriptions/{}/providers/microsoft.network/locations/", h.addr(), scope.subscription)),
+        "{op}"
+    );
     let path = op.split_once(&h.addr().to_string()).unwrap().1.to_string();
     let mut statuses = Vec::new();
     for _ in 0..3 {
@@ -465,4 +469,8 @@ async fn polling_mode_hands_out_absolute_polling_urls() {
         statuses.push(serde_json::from_str::<Value>(&b).unwrap()["status"].as_str().unwrap().to_string());
     }
     assert_eq!(statuses, ["InProgress", "InProgress", "Succeeded"]);
+    // The operation belongs to its subscription.
+    let other = path.replace(&scope.subscription, "11111111-2222-3333-4444-555555555555");
+    let (status, _, b) = raw_http(h.addr(), "GET", &other, None).await;
+    assert_eq!((status, serde_json::from_str::<Value>(&b).unwrap()["error"]["code"].as_str()), (404, Some("SubscriptionNotFound")));
 }

@@ -33,7 +33,7 @@ async fn inbound_lifecycle_in_process() {
     b.call(CloudCall::DeleteLoadBalancer { name: "u".into() }).await.unwrap();
     b.call(unregister("u", ServiceType::Inbound)).await.unwrap();
     b.call(CloudCall::DeletePublicIp { name: "u-pip".into() }).await.unwrap();
-    // 404s are success, as the transport treats them.
+    // Nothing to delete is success, as over HTTP.
     b.call(CloudCall::DeletePublicIp { name: "u-pip".into() }).await.unwrap();
     b.call(unregister("u", ServiceType::Inbound)).await.unwrap();
     assert_eq!(b.call(CloudCall::GetNatGateway { name: "x".into() }).await.unwrap(), CallOutput::NatGateway(None));

@@ -93,6 +93,8 @@ impl LiveOptions {
 pub fn transport_options() -> TransportOptions {
     TransportOptions {
         default_poll_interval: Duration::from_millis(20),
+        // The in-process emulator is the only server polled.
+        min_poll_interval: Duration::from_millis(20),
         max_retries: 3,
         retry_base_delay: Duration::from_millis(50),
         retry_max_delay: Duration::from_secs(1),

@@ -98,12 +98,27 @@ pub fn expect_code(r: Result<CallOutput, CallError>, status: u16, code: &str) ->
 
 /// A raw HTTP/1.1 exchange: (status, lower-cased header block, body).
 pub async fn raw_http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
+    raw_http_with(addr, method, path, &[], body).await
+}
+
+/// A raw HTTP/1.1 exchange with extra request headers (a `Host` among them replaces the default).
+pub async fn raw_http_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let req = format!("{head}Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
@@ -127,4 +142,10 @@ pub async fn raw_http(addr: std::net::SocketAddr, method: &str, path: &str, body
         rest.to_string()
     };
     (status, head.to_ascii_lowercase(), body)
+}
+
+/// The value of a header in a lower-cased header block from [`raw_http`].
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("{}: ", name.to_ascii_lowercase());
+    head.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map(str::trim)
 }

@@ -1,7 +1,7 @@
 //! `difftracker emulator`.
 
 use anyhow::Result;
-use difftracker_simulation::emulator::{run_emulator, EmulatorOptions, LroMode, PollingOptions};
+use difftracker_simulation::emulator::{run_emulator, EmulatorAuth, EmulatorOptions, LroMode, PollingOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -20,13 +20,30 @@ pub struct EmulatorArgs {
     /// Do not seed the AKS-owned `default-natgw`.
     #[arg(long)]
     pub no_default_natgw: bool,
+    /// Accept only this bearer token (401 without it), as ARM checks its callers.
+    #[arg(long, conflicts_with = "any_token")]
+    pub token: Option<String>,
+    /// Accept any non-empty bearer token (401 without one).
+    #[arg(long)]
+    pub any_token: bool,
+    /// The URL clients reach the emulator at (the base of the polling URLs and nextLinks it
+    /// hands out); `http://` + the listening address by default.
+    #[arg(long)]
+    pub public_url: Option<String>,
 }
 
 impl EmulatorArgs {
     pub async fn run(self) -> Result<()> {
+        let auth = match (self.token, self.any_token) {
+            (Some(t), _) => EmulatorAuth::Token(t),
+            (None, true) => EmulatorAuth::AnyBearer,
+            (None, false) => EmulatorAuth::Open,
+        };
         let options = EmulatorOptions {
             lro: if self.polling { LroMode::Polling(PollingOptions::default()) } else { LroMode::Synchronous },
             seed_default_natgw: !self.no_default_natgw,
+            auth,
+            public_url: self.public_url,
             ..EmulatorOptions::default()
         };
         run_emulator(self.listen, self.faults, options).await

@@ -1,6 +1,7 @@
 //! The ARM/NRP HTTP transport: one [`CloudCall`] in, one completion out, with ARM's conventions
 //! (AZURE-WIRE.md sections 1.4 to 1.7): long-running operations, `Retry-After`, paging, the
-//! ServiceGateway POST quirk, 404-as-success on deletes. Every failure becomes a typed
+//! ServiceGateway POST quirk, 404-as-success on deletes (but not when the subscription or
+//! resource group is missing), a floor under the poll interval. Every failure becomes a typed
 //! [`CallError`]; nothing here panics on what a server sends.
 
 use super::auth::{NoAuth, TokenSource};
@@ -18,6 +19,9 @@ use std::time::{Duration, SystemTime};
 pub struct TransportOptions {
     /// LRO poll interval when a response carries no `Retry-After` (5 s).
     pub default_poll_interval: Duration,
+    /// The shortest wait between LRO polls, whatever `Retry-After` says (1 s, as azcore's
+    /// minimum poll frequency): a server answering `Retry-After: 0` is not polled in a loop.
+    pub min_poll_interval: Duration,
     /// Transport-level retries of 408/429/5xx and connection failures (3).
     pub max_retries: u32,
     /// First retry delay without `Retry-After`; doubles per retry (5 s).
@@ -48,6 +52,7 @@ impl Default for TransportOptions {
     fn default() -> Self {
         TransportOptions {
             default_poll_interval: Duration::from_secs(5),
+            min_poll_interval: Duration::from_secs(1),
             max_retries: 3,
             retry_base_delay: Duration::from_secs(5),
             retry_max_delay: Duration::from_secs(60),
@@ -69,6 +74,7 @@ impl TransportOptions {
     pub fn fast_for_tests() -> Self {
         TransportOptions {
             default_poll_interval: Duration::from_millis(5),
+            min_poll_interval: Duration::from_millis(1),
             max_retries: 2,
             retry_base_delay: Duration::from_millis(5),
             retry_max_delay: Duration::from_millis(20),
@@ -462,9 +468,10 @@ impl ArmTransport {
         serde_json::from_slice(&resp.body).map_err(|e| ctx.invalid(resp.status, format!("malformed JSON body: {e}")))
     }
 
+    /// The wait before the next poll: `Retry-After` (capped) or the default, never below the floor.
     fn poll_delay(&self, headers: &HeaderMap) -> Duration {
         let o = &self.inner.options;
-        retry_after(headers).map(|d| d.min(o.max_retry_after)).unwrap_or(o.default_poll_interval)
+        retry_after(headers).map(|d| d.min(o.max_retry_after)).unwrap_or(o.default_poll_interval).max(o.min_poll_interval)
     }
 
     // -------------------------------------------------------------------- call shapes
@@ -592,7 +599,8 @@ impl ArmTransport {
         let url = self.inner.config.url(path);
         let resp = self.send(&ctx, Verb::Delete, &url, None).await?;
         match resp.status {
-            200 | 204 | 404 => Ok(CallOutput::Done),
+            200 | 204 => Ok(CallOutput::Done),
+            404 if !scope_missing(&resp) => Ok(CallOutput::Done),
             201 | 202 => self.follow_accepted(&ctx, &resp).await.map(|_| CallOutput::Done),
             _ => Err(self.unexpected(&ctx, &resp)),
         }
@@ -616,7 +624,7 @@ impl ArmTransport {
             }
             204 => Ok(()),
             202 => self.follow_accepted(&ctx, &resp).await,
-            404 if not_found_ok => Ok(()),
+            404 if not_found_ok && !scope_missing(&resp) => Ok(()),
             _ => Err(self.unexpected(&ctx, &resp)),
         }
     }
@@ -630,7 +638,7 @@ impl ArmTransport {
                 let v = self.json_of(&ctx, &resp)?;
                 Ok(Some((v, String::from_utf8_lossy(&resp.body).into_owned())))
             }
-            404 => Ok(None),
+            404 if !scope_missing(&resp) => Ok(None),
             _ => Err(self.unexpected(&ctx, &resp)),
         }
     }
@@ -736,6 +744,14 @@ fn sep(message: &str) -> String {
     } else {
         format!(": {message}")
     }
+}
+
+/// A 404 that says the subscription or resource group does not exist: an error even where a
+/// missing resource counts as done (a misaddressed tenant must not "succeed").
+fn scope_missing(resp: &Resp) -> bool {
+    let header_code = header_str(&resp.headers, "x-ms-error-code");
+    let body_code = || serde_json::from_slice::<Value>(&resp.body).ok().and_then(|v| wire::arm_error_of(&v)).map(|(c, _)| c);
+    header_code.or_else(body_code).is_some_and(|c| wire::is_missing_scope(&c))
 }
 
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {

@@ -308,3 +308,9 @@ pub fn arm_error_of(body: &Value) -> Option<(String, String)> {
     let message = e.get("message").and_then(Value::as_str).unwrap_or("").to_string();
     Some((code, message))
 }
+
+/// Whether an ARM error code says the subscription or resource group of a request does not exist
+/// (as opposed to the resource): such a 404 is never "already gone".
+pub fn is_missing_scope(code: &str) -> bool {
+    code.eq_ignore_ascii_case("SubscriptionNotFound") || code.eq_ignore_ascii_case("ResourceGroupNotFound")
+}

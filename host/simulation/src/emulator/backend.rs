@@ -2,8 +2,13 @@
 //! the same request bodies and response decoding as the HTTP transport. Faults and latency are
 //! decided from the fault plan's seed and the "now" the caller gives ([`EmulatorBackend::perform_at`]),
 //! so a virtual-time replay gets the same faults every run.
+//!
+//! It is held to what the HTTP face checks: the tenant's subscription and resource group must be
+//! served (`SubscriptionNotFound` / `ResourceGroupNotFound` otherwise, never taken as "already
+//! gone"), and with [`EmulatorAuth`](super::EmulatorAuth) configured its token
+//! ([`EmulatorBackend::with_token`]) must be accepted.
 
-use super::state::{ArmError, Method, Reply, Target};
+use super::state::{ArmError, Conditions, Method, Reply, ScopeKey, Target};
 use super::Emulator;
 use difftracker_engine::io::{CallError, CallOutput, CloudCall, ErrorKind};
 use difftracker_runtime::backend::{CallFuture, CloudBackend};
@@ -27,6 +32,8 @@ pub struct EmulatorBackend {
     emulator: Arc<Emulator>,
     config: TenantAzureConfig,
     clock: Clock,
+    /// The bearer token each call presents, as the HTTP transport would.
+    token: Option<String>,
 }
 
 fn arm_to_call_error(label: &str, e: ArmError, retry_after_s: Option<u64>) -> CallError {
@@ -43,7 +50,13 @@ impl EmulatorBackend {
     /// A backend for `config`'s tenant; its clock counts real milliseconds from now.
     pub fn new(emulator: Arc<Emulator>, config: TenantAzureConfig) -> Self {
         let start = Instant::now();
-        EmulatorBackend { emulator, config, clock: Arc::new(move || start.elapsed().as_millis() as u64) }
+        EmulatorBackend { emulator, config, clock: Arc::new(move || start.elapsed().as_millis() as u64), token: None }
+    }
+
+    /// Presents `token` as the bearer token of every call (none by default).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// Replaces the clock the [`CloudBackend`] impl reads "now" from (e.g. a virtual clock).
@@ -60,13 +73,20 @@ impl EmulatorBackend {
     /// outcome with the latency to apply. Does not sleep.
     pub fn perform_at(&self, now_ms: u64, call: &CloudCall) -> Decided {
         let label = call.label();
+        if let Err(e) = self.emulator.authorize(self.token.as_ref().map(|t| format!("Bearer {t}")).as_deref()) {
+            return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)) };
+        }
         let faults = self.emulator.decide_faults(label, now_ms);
         let latency_ms = faults.latency_ms;
         if let Some(e) = faults.error {
             let err = ArmError::new(e.status, &e.code, e.message);
             return Decided { latency_ms, outcome: Err(arm_to_call_error(label, err, e.retry_after_s)) };
         }
+        let scope = ScopeKey::new(self.config.network_subscription(), &self.config.resource_group);
         let outcome = self.request_of(call).and_then(|(method, target, body)| {
+            if let Err(e) = self.emulator.state().check_scope(&scope) {
+                return Err(arm_to_call_error(label, e, None));
+            }
             if let Some((code, message)) = faults.lro_fail {
                 return Err(CallError {
                     kind: ErrorKind::OperationFailed,
@@ -79,8 +99,7 @@ impl EmulatorBackend {
             if matches!(call, CloudCall::UpdateServices(r) if r.is_empty()) {
                 return Ok(CallOutput::Done);
             }
-            let provider = self.config.provider_path();
-            let reply = self.emulator.apply(method, &target, &provider, body.as_ref());
+            let reply = self.emulator.apply(&scope, method, &target, body.as_ref(), &Conditions::NONE);
             self.output_of(call, reply)
         });
         Decided { latency_ms, outcome }
@@ -137,7 +156,8 @@ impl EmulatorBackend {
         let invalid = |m: String| CallError::of_kind(ErrorKind::InvalidResponse, &format!("{label}: {m}"));
         let reply = match reply {
             Ok(r) => r,
-            Err(e) if e.status == 404 => {
+            // "Not found" of the resource means gone; of its subscription or resource group, an error.
+            Err(e) if e.status == 404 && !wire::is_missing_scope(&e.code) => {
                 return match call {
                     CloudCall::DeletePublicIp { .. } | CloudCall::DeleteLoadBalancer { .. } | CloudCall::DeleteNatGateway { .. } => {
                         Ok(CallOutput::Done)
@@ -172,7 +192,7 @@ impl EmulatorBackend {
             (CloudCall::GetAddressLocations, Reply::List(items)) => {
                 wire::parse_address_locations(&items).map(CallOutput::AddressLocations).map_err(invalid)
             }
-            (_, Reply::Put { .. } | Reply::Deleted | Reply::Done) => Ok(CallOutput::Done),
+            (_, Reply::Put { .. } | Reply::Deleted | Reply::NoContent | Reply::Done) => Ok(CallOutput::Done),
             (_, other) => Err(invalid(format!("unexpected emulator reply {other:?}"))),
         }
     }

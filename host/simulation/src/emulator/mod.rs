@@ -1,14 +1,16 @@
 //! An in-memory ARM/NRP emulator that behaves like Azure where the engine can tell.
 //!
-//! - [`state`]: the semantic core (resources, ServiceGateway services and address locations,
-//!   Azure's referential rules and error codes), callable in-process without HTTP.
+//! - [`state`]: the semantic core (resources, ServiceGateway services and address locations of
+//!   each resource group served, Azure's referential rules and error codes), callable in-process
+//!   without HTTP.
 //! - [`faults`]: seeded fault injection from a JSON fault file.
 //! - [`http`]: the axum server: all 14 calls of AZURE-WIRE.md section 0, the polling URLs it
 //!   hands out, `GET /_emulator/inventory`; [`serve`] runs it on a listener.
 //! - [`backend`]: [`EmulatorBackend`], a [`CloudBackend`](difftracker_runtime::backend::CloudBackend) that
 //!   calls the core directly, with faults decided from a caller-supplied "now" (virtual time).
 //!
-//! [`run_emulator`] is the `difftracker emulator --listen ADDR [--faults FILE]` subcommand.
+//! [`run_emulator`] is the `difftracker emulator --listen ADDR [--faults FILE] [--token T] [--public-url URL]`
+//! subcommand.
 
 pub mod backend;
 pub mod faults;
@@ -18,7 +20,7 @@ pub mod state;
 pub use backend::{Decided, EmulatorBackend};
 pub use faults::{FaultDecision, FaultInjector, FaultPlan};
 pub use http::{serve, serve_emulator, EmulatorHandle};
-pub use state::{codes, ArmError, EmulatorState, Method, Reply, Target, DEFAULT_NATGW, DEFAULT_NATGW_PIP};
+pub use state::{codes, ArmError, Conditions, EmulatorState, Method, Reply, ScopeKey, Target, DEFAULT_NATGW, DEFAULT_NATGW_PIP};
 
 use anyhow::Context;
 use difftracker_runtime::transport::TenantAzureConfig;
@@ -54,7 +56,19 @@ pub struct PollingOptions {
     pub in_progress_for: Duration,
     pub headers: PollHeaders,
     /// `Retry-After` (seconds) on the initial answer and on in-progress polls; none by default.
+    /// Never less than [`MIN_RETRY_AFTER_S`]: a 0 is answered as 1.
     pub retry_after_s: Option<u64>,
+}
+
+/// The shortest `Retry-After` the emulator hands out on long-running operations (seconds), so a
+/// client that honours it polls at most once a second.
+pub const MIN_RETRY_AFTER_S: u64 = 1;
+
+impl PollingOptions {
+    /// The `Retry-After` to send, if any: the configured one, at least [`MIN_RETRY_AFTER_S`].
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after_s.map(|s| s.max(MIN_RETRY_AFTER_S))
+    }
 }
 
 impl Default for PollingOptions {
@@ -63,9 +77,10 @@ impl Default for PollingOptions {
     }
 }
 
-/// The subscription, resource group and region the emulator presents (used to seed
-/// `default-natgw` and to hand out polling URLs; requests under any subscription and resource
-/// group are served from the one state).
+/// A subscription and resource group the emulator serves, its region (of the polling URLs it
+/// hands out and of its ServiceGateway) and the VNet name of tenant configurations addressing it.
+/// Requests under any other subscription or resource group are answered `SubscriptionNotFound`
+/// or `ResourceGroupNotFound`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EmulatorScope {
     pub subscription: String,
@@ -87,12 +102,68 @@ impl Default for EmulatorScope {
 
 impl EmulatorScope {
     pub fn provider_path(&self) -> String {
-        format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network", self.subscription, self.resource_group)
+        self.key().provider_path()
+    }
+
+    /// The subscription and resource group.
+    pub fn key(&self) -> ScopeKey {
+        ScopeKey::new(&self.subscription, &self.resource_group)
     }
 
     /// A tenant configuration addressing this scope at `arm_endpoint`.
     pub fn tenant_config(&self, arm_endpoint: &str) -> TenantAzureConfig {
         TenantAzureConfig::new(arm_endpoint, &self.subscription, &self.resource_group, &self.location, &self.vnet_name)
+    }
+}
+
+/// Which `Authorization` headers the emulator accepts (ARM answers 401 to anything else).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum EmulatorAuth {
+    /// No check (the default: the transport's emulator mode sends no token).
+    #[default]
+    Open,
+    /// Any non-empty `Bearer` token.
+    AnyBearer,
+    /// Exactly this bearer token.
+    Token(String),
+}
+
+impl std::fmt::Debug for EmulatorAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EmulatorAuth::Open => f.write_str("Open"),
+            EmulatorAuth::AnyBearer => f.write_str("AnyBearer"),
+            EmulatorAuth::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
+
+impl EmulatorAuth {
+    /// Checks an `Authorization` header value: `AuthenticationFailed` without a bearer token,
+    /// `InvalidAuthenticationToken` with one this configuration does not accept.
+    pub fn check(&self, authorization: Option<&str>) -> Result<(), ArmError> {
+        if *self == EmulatorAuth::Open {
+            return Ok(());
+        }
+        let Some(value) = authorization.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Err(ArmError::new(401, codes::AUTHENTICATION_FAILED, "Authentication failed. The 'Authorization' header is missing."));
+        };
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
+            _ => {
+                return Err(ArmError::new(
+                    401,
+                    codes::AUTHENTICATION_FAILED,
+                    "Authentication failed. The 'Authorization' header is provided in an invalid format.",
+                ))
+            }
+        };
+        match self {
+            EmulatorAuth::Token(expected) if expected != token => {
+                Err(ArmError::new(401, codes::INVALID_AUTHENTICATION_TOKEN, "The access token is invalid."))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -105,11 +176,26 @@ pub struct EmulatorOptions {
     pub uppercase_ipv6: bool,
     /// Seed the AKS-owned `default-natgw` (NAT gateway, its public IP, its default service).
     pub seed_default_natgw: bool,
+    /// The resource group tenant configurations address by default ([`EmulatorHandle::tenant_config`]).
     pub scope: EmulatorScope,
+    /// Further resource groups served, each with its own resources and ServiceGateway.
+    pub extra_scopes: Vec<EmulatorScope>,
+    /// The bearer tokens accepted; [`EmulatorAuth::Open`] by default.
+    pub auth: EmulatorAuth,
+    /// The URL clients reach the HTTP face at, the base of every polling URL and `nextLink` it
+    /// hands out; `http://` + the listening address by default. Never taken from a request.
+    pub public_url: Option<String>,
     pub faults: Option<FaultPlan>,
     /// Unregistrations still rejected with `ServiceWithOverlayMappingsCannotBeDeleted` after a
     /// service's last address was removed (NRP's asynchronous mapping removal); 0 by default.
     pub overlay_lag: u32,
+}
+
+impl EmulatorOptions {
+    /// Every resource group served: [`EmulatorOptions::scope`], then the extra ones.
+    pub fn scopes(&self) -> impl Iterator<Item = &EmulatorScope> {
+        std::iter::once(&self.scope).chain(self.extra_scopes.iter())
+    }
 }
 
 impl Default for EmulatorOptions {
@@ -120,6 +206,9 @@ impl Default for EmulatorOptions {
             uppercase_ipv6: false,
             seed_default_natgw: true,
             scope: EmulatorScope::default(),
+            extra_scopes: Vec::new(),
+            auth: EmulatorAuth::Open,
+            public_url: None,
             faults: None,
             overlay_lag: 0,
         }
@@ -139,8 +228,12 @@ impl Emulator {
         let mut state = EmulatorState::new();
         state.uppercase_ipv6 = options.uppercase_ipv6;
         state.overlay_lag = options.overlay_lag;
-        if options.seed_default_natgw {
-            state.seed_default_natgw(&options.scope.provider_path(), &options.scope.location);
+        for scope in options.scopes() {
+            state.add_resource_group(&scope.key(), &scope.location);
+            if options.seed_default_natgw {
+                // Cannot fail: the resource group was just added.
+                let _ = state.seed_default_natgw(&scope.key());
+            }
         }
         let faults = options.faults.clone().map(|p| Arc::new(FaultInjector::new(p)));
         Arc::new(Emulator { state: Mutex::new(state), faults: Mutex::new(faults), options })
@@ -155,9 +248,19 @@ impl Emulator {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `GET /_emulator/inventory`.
+    /// `GET /_emulator/inventory`: the content of the default resource group ([`EmulatorOptions::scope`]).
     pub fn inventory(&self) -> Value {
-        self.state().inventory()
+        self.state().inventory(&self.options.scope.key())
+    }
+
+    /// The content of one resource group (empty for one not served).
+    pub fn inventory_of(&self, scope: &ScopeKey) -> Value {
+        self.state().inventory(scope)
+    }
+
+    /// Checks a request's `Authorization` header against [`EmulatorOptions::auth`].
+    pub fn authorize(&self, authorization: Option<&str>) -> Result<(), ArmError> {
+        self.options.auth.check(authorization)
     }
 
     /// The faults of the next call of `label` at `now_ms` (none without a fault plan).
@@ -174,21 +277,34 @@ impl Emulator {
         *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = plan.map(|p| Arc::new(FaultInjector::new(p)));
     }
 
-    /// Performs a request on the state.
-    pub fn apply(&self, method: Method, target: &Target, provider_path: &str, body: Option<&Value>) -> Result<Reply, ArmError> {
-        self.state().apply(method, target, provider_path, body)
+    /// Performs a request in `scope` on the state.
+    pub fn apply(
+        &self,
+        scope: &ScopeKey,
+        method: Method,
+        target: &Target,
+        body: Option<&Value>,
+        cond: &Conditions,
+    ) -> Result<Reply, ArmError> {
+        self.state().apply(scope, method, target, body, cond)
     }
 }
 
-/// The `difftracker emulator --listen ADDR [--faults FILE]` subcommand: serves until Ctrl-C.
+/// The `difftracker emulator` subcommand: serves until Ctrl-C.
 pub async fn run_emulator(listen: SocketAddr, faults: Option<PathBuf>, mut options: EmulatorOptions) -> anyhow::Result<()> {
     if let Some(path) = faults {
         options.faults = Some(FaultPlan::load(&path).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(u) = options.public_url.as_deref().filter(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+        anyhow::bail!("the public URL {u:?} must start with http:// or https://");
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let handle = serve(listener, options).await?;
     tracing::info!(url = %handle.base_url(), "ARM/NRP emulator listening");
     println!("ARM/NRP emulator listening on {}", handle.base_url());
+    for scope in handle.emulator().options().scopes() {
+        println!("  serving subscription {}, resource group {} ({})", scope.subscription, scope.resource_group, scope.location);
+    }
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     handle.shutdown().await;
     Ok(())

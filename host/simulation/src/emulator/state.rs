@@ -3,10 +3,17 @@
 //! clock, no randomness: the same requests in the same order give the same state (addresses are
 //! allocated from counters), so it serves both the HTTP server and deterministic replay.
 //!
+//! Everything lives in a resource group of a subscription ([`ScopeKey`]); the state knows which
+//! resource groups exist ([`EmulatorState::add_resource_group`]) and answers
+//! `SubscriptionNotFound` / `ResourceGroupNotFound` for the others, as ARM does. Each resource
+//! group has its own resources, ServiceGateway services and address locations; references in a
+//! body (a frontend's public IP, a rule's pool, a service's NAT gateway) must be fully qualified
+//! IDs in the resource group of the request.
+//!
 //! Requests and answers are the wire JSON of AZURE-WIRE.md section 3; errors carry the HTTP status
 //! and ARM error code Azure answers with ([`codes`]).
 
-use difftracker_runtime::transport::config::{id_segment_after, ResourceKind, SERVICE_GATEWAY_NAME};
+use difftracker_runtime::transport::config::{ResourceKind, SERVICE_GATEWAY_NAME};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -14,6 +21,20 @@ use std::net::IpAddr;
 /// ARM error codes the emulator answers with.
 pub mod codes {
     pub const RESOURCE_NOT_FOUND: &str = "ResourceNotFound";
+    pub const SUBSCRIPTION_NOT_FOUND: &str = "SubscriptionNotFound";
+    pub const RESOURCE_GROUP_NOT_FOUND: &str = "ResourceGroupNotFound";
+    /// No `Authorization` header, or not a bearer token.
+    pub const AUTHENTICATION_FAILED: &str = "AuthenticationFailed";
+    /// A bearer token the emulator was not configured to accept.
+    pub const INVALID_AUTHENTICATION_TOKEN: &str = "InvalidAuthenticationToken";
+    /// `If-Match` / `If-None-Match` not met.
+    pub const PRECONDITION_FAILED: &str = "PreconditionFailed";
+    /// A tracked resource (public IP, load balancer, NAT gateway) without a `location`.
+    pub const LOCATION_REQUIRED: &str = "LocationRequired";
+    /// A PUT that would move an existing resource to another region.
+    pub const INVALID_RESOURCE_LOCATION: &str = "InvalidResourceLocation";
+    /// A reference that is not a fully qualified resource ID.
+    pub const LINKED_INVALID_PROPERTY_ID: &str = "LinkedInvalidPropertyId";
     /// A load balancer, NAT gateway or ServiceGateway service references a missing resource.
     pub const INVALID_RESOURCE_REFERENCE: &str = "InvalidResourceReference";
     pub const PUBLIC_IP_CANNOT_BE_DELETED: &str = "PublicIPAddressCannotBeDeleted";
@@ -53,9 +74,6 @@ impl ArmError {
     fn format(message: impl Into<String>) -> Self {
         Self::bad(codes::INVALID_REQUEST_FORMAT, message)
     }
-    fn not_found(what: &str, name: &str) -> Self {
-        Self::new(404, codes::RESOURCE_NOT_FOUND, format!("The Resource '{what}/{name}' was not found."))
-    }
     /// `{"error":{"code","message"}}`.
     pub fn body(&self) -> Value {
         json!({ "error": { "code": self.code, "message": self.message } })
@@ -68,7 +86,35 @@ impl std::fmt::Display for ArmError {
     }
 }
 
-/// What a request is aimed at.
+/// A subscription and resource group, spelled as a URL or a configuration gives them (ARM
+/// compares them case-insensitively).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeKey {
+    pub subscription: String,
+    pub resource_group: String,
+}
+
+impl ScopeKey {
+    pub fn new(subscription: impl Into<String>, resource_group: impl Into<String>) -> Self {
+        ScopeKey { subscription: subscription.into(), resource_group: resource_group.into() }
+    }
+
+    /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network`.
+    pub fn provider_path(&self) -> String {
+        format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network", self.subscription, self.resource_group)
+    }
+
+    fn lower(&self) -> (String, String) {
+        (key(&self.subscription), key(&self.resource_group))
+    }
+
+    /// Whether `other` names the same resource group.
+    pub fn same_as(&self, other: &ScopeKey) -> bool {
+        self.lower() == other.lower()
+    }
+}
+
+/// What a request is aimed at (within its [`ScopeKey`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Collection(ResourceKind),
@@ -78,6 +124,8 @@ pub enum Target {
     SgwAddressLocations,
     SgwUpdateServices,
     SgwUpdateAddressLocations,
+    /// A ServiceGateway other than `servicegateway` (none exists), or anything under one.
+    OtherServiceGateway(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +145,17 @@ impl Method {
             Method::Post => "POST",
         }
     }
+}
+
+/// The conditional headers of a write (`If-Match`, `If-None-Match`), as sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Conditions {
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+}
+
+impl Conditions {
+    pub const NONE: Conditions = Conditions { if_match: None, if_none_match: None };
 }
 
 /// The fault-file label of a request (`CloudCall::label`), or `None` for requests that are not
@@ -132,6 +191,8 @@ pub enum Reply {
     List(Vec<Value>),
     /// A DELETE that removed something.
     Deleted,
+    /// A DELETE of something that did not exist (ARM: 204 No Content).
+    NoContent,
     /// A ServiceGateway POST.
     Done,
 }
@@ -143,15 +204,23 @@ struct PublicIp {
     version: &'static str,
     address: String,
     location: String,
+    sku: Value,
+    tags: Option<Value>,
+    zones: Option<Value>,
+    ip_tags: Value,
+    idle_timeout: u64,
+    allocation: &'static str,
     etag: u64,
 }
 
 #[derive(Clone, Debug)]
 struct LoadBalancer {
     name: String,
+    location: String,
+    /// The stored body: children carry their ids, etag, type and provisioning state.
     body: Value,
-    /// Lower-cased names of the public IPs its frontends use.
-    pips: Vec<String>,
+    /// (frontend name, lower-cased public IP name) of each frontend with a public IP.
+    frontends: Vec<(String, String)>,
     /// Lower-cased backend pool names.
     pools: BTreeSet<String>,
     etag: u64,
@@ -160,13 +229,14 @@ struct LoadBalancer {
 #[derive(Clone, Debug)]
 struct NatGateway {
     name: String,
+    location: String,
     body: Value,
     pips: Vec<String>,
     etag: u64,
 }
 
 #[derive(Clone, Debug)]
-struct SgwEntry {
+struct RegisteredService {
     name: String,
     service_type: String,
     pools: Vec<String>,
@@ -174,35 +244,115 @@ struct SgwEntry {
     is_default: bool,
 }
 
-/// Everything the emulator holds. Keys of resources and services are lower-cased names (ARM
-/// names are case-insensitive); IPs are stored canonical.
-#[derive(Clone, Debug, Default)]
-pub struct EmulatorState {
+/// One resource group: its resources, its ServiceGateway's services and address locations. Keys
+/// of resources and services are lower-cased names (ARM names are case-insensitive); IPs are
+/// stored canonical.
+#[derive(Clone, Debug)]
+struct Group {
+    scope: ScopeKey,
+    location: String,
     pips: BTreeMap<String, PublicIp>,
     lbs: BTreeMap<String, LoadBalancer>,
     nats: BTreeMap<String, NatGateway>,
-    services: BTreeMap<String, SgwEntry>,
+    services: BTreeMap<String, RegisteredService>,
     /// node IP -> pod IP -> lower-cased service keys.
     locations: BTreeMap<IpAddr, BTreeMap<IpAddr, BTreeSet<String>>>,
     /// Lower-cased names of resources only the AKS resource provider may write.
     protected: BTreeSet<(ResourceKind, String)>,
-    next_v4: u32,
-    next_v6: u32,
-    etag: u64,
-    /// Emit IPv6 addresses upper-cased in GETs, as NRP has been seen doing.
-    pub uppercase_ipv6: bool,
-    /// NRP removes overlay mappings asynchronously: after a service's last address is removed,
-    /// this many unregistrations of it are still rejected with
-    /// `ServiceWithOverlayMappingsCannotBeDeleted` (0: none).
-    pub overlay_lag: u32,
     lagging: BTreeMap<String, u32>,
     /// Service key -> how many mapped addresses name it (an index over `locations`, so checks
     /// and updates cost the same however many addresses are mapped).
     mapped: BTreeMap<String, usize>,
 }
 
+impl Group {
+    fn new(scope: ScopeKey, location: String) -> Self {
+        Group {
+            scope,
+            location,
+            pips: BTreeMap::new(),
+            lbs: BTreeMap::new(),
+            nats: BTreeMap::new(),
+            services: BTreeMap::new(),
+            locations: BTreeMap::new(),
+            protected: BTreeSet::new(),
+            lagging: BTreeMap::new(),
+            mapped: BTreeMap::new(),
+        }
+    }
+
+    fn inventory(&self) -> Value {
+        let public_ips: Map<String, Value> = self.pips.values().map(|p| (p.name.clone(), json!(p.address))).collect();
+        let mut lbs: Vec<&str> = self.lbs.values().map(|l| l.name.as_str()).collect();
+        lbs.sort();
+        let mut nats: Vec<&str> = self.nats.values().map(|n| n.name.as_str()).collect();
+        nats.sort();
+        let sgw: Map<String, Value> = self.services.values().map(|s| (s.name.clone(), json!(s.service_type))).collect();
+        let locations: Map<String, Value> = self
+            .locations
+            .iter()
+            .map(|(node, addrs)| {
+                let m: Map<String, Value> = addrs
+                    .iter()
+                    .map(|(pod, svcs)| {
+                        let mut names: Vec<&str> =
+                            svcs.iter().map(|s| self.services.get(s).map(|e| e.name.as_str()).unwrap_or(s)).collect();
+                        names.sort();
+                        (pod.to_string(), json!(names))
+                    })
+                    .collect();
+                (node.to_string(), Value::Object(m))
+            })
+            .collect();
+        json!({
+            "address_locations": locations,
+            "load_balancers": lbs,
+            "nat_gateways": nats,
+            "public_ips": public_ips,
+            "sgw_services": sgw,
+        })
+    }
+}
+
+/// Counters shared by every resource group: addresses and etags are unique across them.
+#[derive(Clone, Debug, Default)]
+struct Alloc {
+    next_v4: u32,
+    next_v6: u32,
+    etag: u64,
+}
+
+/// Everything the emulator holds: its resource groups and the counters they share.
+#[derive(Clone, Debug, Default)]
+pub struct EmulatorState {
+    /// (lower-cased subscription, lower-cased resource group) -> its content.
+    groups: BTreeMap<(String, String), Group>,
+    alloc: Alloc,
+    /// Emit IPv6 addresses upper-cased in GETs, as NRP has been seen doing.
+    pub uppercase_ipv6: bool,
+    /// NRP removes overlay mappings asynchronously: after a service's last address is removed,
+    /// this many unregistrations of it are still rejected with
+    /// `ServiceWithOverlayMappingsCannotBeDeleted` (0: none).
+    pub overlay_lag: u32,
+}
+
 fn key(name: &str) -> String {
     name.to_ascii_lowercase()
+}
+
+fn etag_text(etag: u64) -> String {
+    format!("W/\"{etag:016x}\"")
+}
+
+/// Whether two entity tags name the same version (weak comparison).
+fn same_etag(a: &str, b: &str) -> bool {
+    let strip = |s: &str| s.trim().trim_start_matches("W/").trim_start_matches("w/").to_string();
+    strip(a) == strip(b)
+}
+
+/// A region as ARM compares it: `East US 2` and `eastus2` are the same.
+fn region(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
 }
 
 fn obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, ArmError> {
@@ -217,30 +367,175 @@ fn props_of(body: &Value) -> Result<Option<&Map<String, Value>>, ArmError> {
     }
 }
 
-/// The `id`s of an array of `{ "id": ... }` (missing array = empty).
-fn ids_of(v: Option<&Value>, what: &str) -> Result<Vec<String>, ArmError> {
+/// An optional array (absent and `null` are empty).
+fn array_of<'a>(v: Option<&'a Value>, what: &str) -> Result<&'a [Value], ArmError> {
     match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|e| e.get("id").and_then(Value::as_str).map(String::from).ok_or_else(|| ArmError::format(format!("{what}[] needs an id"))))
-            .collect(),
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
         Some(_) => Err(ArmError::format(format!("{what} must be an array"))),
     }
+}
+
+/// The `id`s of an array of `{ "id": ... }` (missing array = empty).
+fn ids_of(v: Option<&Value>, what: &str) -> Result<Vec<String>, ArmError> {
+    array_of(v, what)?
+        .iter()
+        .map(|e| e.get("id").and_then(Value::as_str).map(String::from).ok_or_else(|| ArmError::format(format!("{what}[] needs an id"))))
+        .collect()
 }
 
 fn parse_ip(s: &str, what: &str) -> Result<IpAddr, ArmError> {
     s.parse::<IpAddr>().map_err(|_| ArmError::format(format!("{what} {s:?} is not an IP address")))
 }
 
+/// The names a fully qualified reference gives: the resource, and the child after it if any.
+struct Ref<'a> {
+    name: &'a str,
+    child: Option<(&'a str, &'a str)>,
+}
+
+/// Parses `id` (a reference in a body at `path`) as
+/// `/subscriptions/{s}/resourceGroups/{g}/providers/Microsoft.Network/{segment}/{name}[/{child}/{name}]`
+/// in `scope`: a malformed ID is `LinkedInvalidPropertyId`, one in another resource group an
+/// `InvalidResourceReference` (the emulator resolves references within one resource group).
+fn parse_ref<'a>(id: &'a str, segment: &str, scope: &ScopeKey, path: &str) -> Result<Ref<'a>, ArmError> {
+    let parts: Vec<&str> = id.split('/').collect();
+    let well_formed = parts.len() >= 9
+        && parts[0].is_empty()
+        && parts[1].eq_ignore_ascii_case("subscriptions")
+        && parts[3].eq_ignore_ascii_case("resourceGroups")
+        && parts[5].eq_ignore_ascii_case("providers")
+        && parts[6].eq_ignore_ascii_case("Microsoft.Network")
+        && parts[7].eq_ignore_ascii_case(segment)
+        && (parts.len() == 9 || parts.len() == 11)
+        && parts.iter().skip(1).all(|p| !p.is_empty());
+    if !well_formed {
+        return Err(ArmError::bad(
+            codes::LINKED_INVALID_PROPERTY_ID,
+            format!(
+                "Property id '{id}' at path '{path}' is invalid. Expect a fully qualified resource Id of a Microsoft.Network/{segment} resource, \
+                 starting with '/subscriptions/{{subscriptionId}}'."
+            ),
+        ));
+    }
+    if !ScopeKey::new(parts[2], parts[4]).same_as(scope) {
+        return Err(ArmError::bad(
+            codes::INVALID_RESOURCE_REFERENCE,
+            format!(
+                "Resource {id} referenced at '{path}' is not in resource group '{}' of subscription '{}'; this emulator resolves references within the resource group of the request.",
+                scope.resource_group, scope.subscription
+            ),
+        ));
+    }
+    Ok(Ref { name: parts[8], child: (parts.len() == 11).then(|| (parts[9], parts[10])) })
+}
+
 impl EmulatorState {
+    /// A state that knows no subscription and no resource group.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Makes `scope` a resource group the emulator serves (its subscription becomes known too),
+    /// with an empty ServiceGateway `servicegateway` in `location`. Adding it again changes nothing.
+    pub fn add_resource_group(&mut self, scope: &ScopeKey, location: &str) {
+        self.groups.entry(scope.lower()).or_insert_with(|| Group::new(scope.clone(), location.to_string()));
+    }
+
+    /// Whether the subscription is one the emulator serves.
+    pub fn knows_subscription(&self, subscription: &str) -> bool {
+        let s = key(subscription);
+        self.groups.keys().any(|(sub, _)| *sub == s)
+    }
+
+    /// `SubscriptionNotFound` or `ResourceGroupNotFound` unless `scope` is served.
+    pub fn check_scope(&self, scope: &ScopeKey) -> Result<(), ArmError> {
+        if !self.knows_subscription(&scope.subscription) {
+            return Err(ArmError::new(
+                404,
+                codes::SUBSCRIPTION_NOT_FOUND,
+                format!("The subscription '{}' could not be found.", scope.subscription),
+            ));
+        }
+        if !self.groups.contains_key(&scope.lower()) {
+            return Err(ArmError::new(
+                404,
+                codes::RESOURCE_GROUP_NOT_FOUND,
+                format!("Resource group '{}' could not be found.", scope.resource_group),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The region of a served resource group.
+    pub fn location_of(&self, scope: &ScopeKey) -> Option<&str> {
+        self.groups.get(&scope.lower()).map(|g| g.location.as_str())
+    }
+
+    fn ctx(&mut self, scope: &ScopeKey) -> Result<Ctx<'_>, ArmError> {
+        self.check_scope(scope)?;
+        let (uppercase_ipv6, overlay_lag) = (self.uppercase_ipv6, self.overlay_lag);
+        let g = self.groups.get_mut(&scope.lower()).ok_or_else(|| ArmError::new(404, codes::RESOURCE_GROUP_NOT_FOUND, "gone"))?;
+        Ok(Ctx { g, alloc: &mut self.alloc, uppercase_ipv6, overlay_lag })
+    }
+
+    /// Seeds the AKS-owned `default-natgw` in `scope`: its public IP, the NAT gateway and its
+    /// default Outbound ServiceGateway entry.
+    pub fn seed_default_natgw(&mut self, scope: &ScopeKey) -> Result<(), ArmError> {
+        self.ctx(scope)?.seed_default_natgw();
+        Ok(())
+    }
+
+    /// Performs one request in `scope`.
+    pub fn apply(
+        &mut self,
+        scope: &ScopeKey,
+        method: Method,
+        target: &Target,
+        body: Option<&Value>,
+        cond: &Conditions,
+    ) -> Result<Reply, ArmError> {
+        self.ctx(scope)?.apply(method, target, body, cond)
+    }
+
+    /// §3.13 POST updateServices in `scope`.
+    pub fn update_services(&mut self, scope: &ScopeKey, body: &Value) -> Result<(), ArmError> {
+        self.ctx(scope)?.update_services(body)
+    }
+
+    /// §3.14 POST updateAddressLocations in `scope`.
+    pub fn update_address_locations(&mut self, scope: &ScopeKey, body: &Value) -> Result<(), ArmError> {
+        self.ctx(scope)?.update_address_locations(body)
+    }
+
+    /// The whole content of one resource group: `{"public_ips":{name:ip},"load_balancers":[..],
+    /// "nat_gateways":[..],"sgw_services":{name:type},"address_locations":{node:{pod:[service..]}}}`,
+    /// keys sorted (all empty for a resource group the emulator does not serve).
+    pub fn inventory(&self, scope: &ScopeKey) -> Value {
+        match self.groups.get(&scope.lower()) {
+            Some(g) => g.inventory(),
+            None => Group::new(scope.clone(), String::new()).inventory(),
+        }
+    }
+
+    /// Names of the seeded resources no client may write (for assertions).
+    pub fn is_protected(&self, scope: &ScopeKey, kind: ResourceKind, name: &str) -> bool {
+        self.groups.get(&scope.lower()).is_some_and(|g| g.protected.contains(&(kind, key(name))))
+    }
+}
+
+/// One request's view: its resource group and the shared counters.
+struct Ctx<'a> {
+    g: &'a mut Group,
+    alloc: &'a mut Alloc,
+    uppercase_ipv6: bool,
+    overlay_lag: u32,
+}
+
+impl Ctx<'_> {
     fn next_etag(&mut self) -> u64 {
-        self.etag = self.etag.wrapping_add(1);
-        self.etag
+        self.alloc.etag = self.alloc.etag.wrapping_add(1);
+        self.alloc.etag
     }
 
     fn ip_text(&self, ip: &IpAddr) -> String {
@@ -252,17 +547,29 @@ impl EmulatorState {
 
     fn allocate(&mut self, version: &str) -> String {
         if version == "IPv6" {
-            self.next_v6 = self.next_v6.wrapping_add(1);
-            format!("2603:1030:20e::{:x}", self.next_v6)
+            self.alloc.next_v6 = self.alloc.next_v6.wrapping_add(1);
+            format!("2603:1030:20e::{:x}", self.alloc.next_v6)
         } else {
-            self.next_v4 = self.next_v4.wrapping_add(1);
-            let n = self.next_v4;
+            self.alloc.next_v4 = self.alloc.next_v4.wrapping_add(1);
+            let n = self.alloc.next_v4;
             format!("20.{}.{}.{}", 40 + ((n >> 16) & 0x7f), (n >> 8) & 0xff, n & 0xff)
         }
     }
 
+    fn provider_path(&self) -> String {
+        self.g.scope.provider_path()
+    }
+
+    fn not_found(&self, kind: ResourceKind, name: &str) -> ArmError {
+        ArmError::new(
+            404,
+            codes::RESOURCE_NOT_FOUND,
+            format!("The Resource '{}/{name}' under resource group '{}' was not found.", kind.arm_type(), self.g.scope.resource_group),
+        )
+    }
+
     fn check_writable(&self, kind: ResourceKind, name: &str) -> Result<(), ArmError> {
-        if self.protected.contains(&(kind, key(name))) {
+        if self.g.protected.contains(&(kind, key(name))) {
             return Err(ArmError::new(
                 409,
                 codes::RP_OWNED,
@@ -272,16 +579,79 @@ impl EmulatorState {
         Ok(())
     }
 
-    /// Seeds the AKS-owned `default-natgw`: its public IP, the NAT gateway and its default Outbound
-    /// ServiceGateway entry. `provider_path` is `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network`.
-    pub fn seed_default_natgw(&mut self, provider_path: &str, location: &str) {
+    /// The current etag of a resource, if it exists.
+    fn current_etag(&self, kind: ResourceKind, k: &str) -> Option<String> {
+        let n = match kind {
+            ResourceKind::PublicIp => self.g.pips.get(k).map(|p| p.etag),
+            ResourceKind::LoadBalancer => self.g.lbs.get(k).map(|l| l.etag),
+            ResourceKind::NatGateway => self.g.nats.get(k).map(|n| n.etag),
+        };
+        n.map(etag_text)
+    }
+
+    /// `If-Match` (the resource must exist and, unless `*`, have one of the listed etags) and
+    /// `If-None-Match` (`*`: must not exist; else none of the listed etags): 412 otherwise.
+    fn check_conditions(&self, kind: ResourceKind, name: &str, cond: &Conditions) -> Result<(), ArmError> {
+        let current = self.current_etag(kind, &key(name));
+        let matches = |list: &str| match &current {
+            None => false,
+            Some(cur) => list.split(',').map(str::trim).any(|t| t == "*" || same_etag(t, cur)),
+        };
+        let failed = cond.if_match.as_deref().is_some_and(|m| !matches(m)) || cond.if_none_match.as_deref().is_some_and(matches);
+        if failed {
+            return Err(ArmError::new(
+                412,
+                codes::PRECONDITION_FAILED,
+                format!("The condition specified using HTTP conditional header(s) is not met for {} '{name}'.", kind.segment()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The region of a tracked resource's body: required; an existing resource keeps its own.
+    fn location_for(&self, o: &Map<String, Value>, name: &str, existing: Option<&str>) -> Result<String, ArmError> {
+        let location = match o.get("location") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                return Err(ArmError::bad(codes::LOCATION_REQUIRED, "The location property is required for this definition."))
+            }
+            Some(_) => return Err(ArmError::format("location must be a string")),
+        };
+        if let Some(old) = existing.filter(|old| region(old) != region(&location)) {
+            return Err(ArmError::bad(
+                codes::INVALID_RESOURCE_LOCATION,
+                format!(
+                    "The resource '{name}' already exists in location '{old}' in resource group '{}'. A resource with the same name cannot be created in location '{location}'.",
+                    self.g.scope.resource_group
+                ),
+            ));
+        }
+        Ok(location)
+    }
+
+    fn seed_default_natgw(&mut self) {
+        let provider_path = self.provider_path();
+        let location = self.g.location.clone();
         let pip_id = format!("{provider_path}/publicIPAddresses/{DEFAULT_NATGW_PIP}");
         let nat_id = format!("{provider_path}/natGateways/{DEFAULT_NATGW}");
         let address = self.allocate("IPv4");
         let etag = self.next_etag();
-        self.pips.insert(
+        self.g.pips.insert(
             key(DEFAULT_NATGW_PIP),
-            PublicIp { name: DEFAULT_NATGW_PIP.into(), id: pip_id.clone(), version: "IPv4", address, location: location.into(), etag },
+            PublicIp {
+                name: DEFAULT_NATGW_PIP.into(),
+                id: pip_id.clone(),
+                version: "IPv4",
+                address,
+                location: location.clone(),
+                sku: json!({ "name": "StandardV2", "tier": "Regional" }),
+                tags: None,
+                zones: None,
+                ip_tags: json!([]),
+                idle_timeout: 4,
+                allocation: "Static",
+                etag,
+            },
         );
         let body = json!({
             "id": nat_id,
@@ -294,10 +664,13 @@ impl EmulatorState {
             "sku": { "name": "StandardV2" },
         });
         let etag = self.next_etag();
-        self.nats.insert(key(DEFAULT_NATGW), NatGateway { name: DEFAULT_NATGW.into(), body, pips: vec![key(DEFAULT_NATGW_PIP)], etag });
-        self.services.insert(
+        self.g.nats.insert(
             key(DEFAULT_NATGW),
-            SgwEntry {
+            NatGateway { name: DEFAULT_NATGW.into(), location, body, pips: vec![key(DEFAULT_NATGW_PIP)], etag },
+        );
+        self.g.services.insert(
+            key(DEFAULT_NATGW),
+            RegisteredService {
                 name: DEFAULT_NATGW.into(),
                 service_type: "Outbound".into(),
                 pools: Vec::new(),
@@ -305,31 +678,42 @@ impl EmulatorState {
                 is_default: true,
             },
         );
-        self.protected.insert((ResourceKind::PublicIp, key(DEFAULT_NATGW_PIP)));
-        self.protected.insert((ResourceKind::NatGateway, key(DEFAULT_NATGW)));
+        self.g.protected.insert((ResourceKind::PublicIp, key(DEFAULT_NATGW_PIP)));
+        self.g.protected.insert((ResourceKind::NatGateway, key(DEFAULT_NATGW)));
     }
 
-    /// Performs one request. `id` is the resource path of the request (used as the `id` of what
-    /// is created); `provider_path` the `…/providers/Microsoft.Network` prefix it came under.
-    pub fn apply(&mut self, method: Method, target: &Target, provider_path: &str, body: Option<&Value>) -> Result<Reply, ArmError> {
+    fn apply(&mut self, method: Method, target: &Target, body: Option<&Value>, cond: &Conditions) -> Result<Reply, ArmError> {
         let need_body = || body.ok_or_else(|| ArmError::new(400, "InvalidRequestContent", "The request has no body."));
         match (method, target) {
             (Method::Put, Target::Resource(kind, name)) => {
-                let id = format!("{provider_path}/{}/{name}", kind.segment());
+                let id = format!("{}/{}/{name}", self.provider_path(), kind.segment());
+                let body = need_body()?;
+                self.check_conditions(*kind, name, cond)?;
                 match kind {
-                    ResourceKind::PublicIp => self.put_public_ip(name, &id, need_body()?),
-                    ResourceKind::LoadBalancer => self.put_load_balancer(name, &id, need_body()?),
-                    ResourceKind::NatGateway => self.put_nat_gateway(name, &id, need_body()?),
+                    ResourceKind::PublicIp => self.put_public_ip(name, &id, body),
+                    ResourceKind::LoadBalancer => self.put_load_balancer(name, &id, body),
+                    ResourceKind::NatGateway => self.put_nat_gateway(name, &id, body),
                 }
             }
             (Method::Get, Target::Resource(kind, name)) => self.get(*kind, name).map(Reply::Resource),
-            (Method::Delete, Target::Resource(kind, name)) => self.delete(*kind, name),
+            (Method::Delete, Target::Resource(kind, name)) => {
+                self.check_conditions(*kind, name, cond)?;
+                self.delete(*kind, name)
+            }
             (Method::Get, Target::Collection(kind)) => Ok(Reply::List(self.list(*kind))),
-            (Method::Get, Target::ServiceGateway) => Ok(Reply::Resource(self.service_gateway(provider_path))),
-            (Method::Get, Target::SgwServices) => Ok(Reply::List(self.list_services(provider_path))),
+            (Method::Get, Target::ServiceGateway) => Ok(Reply::Resource(self.service_gateway())),
+            (Method::Get, Target::SgwServices) => Ok(Reply::List(self.list_services())),
             (Method::Get, Target::SgwAddressLocations) => Ok(Reply::List(self.list_address_locations())),
             (Method::Post, Target::SgwUpdateServices) => self.update_services(need_body()?).map(|_| Reply::Done),
             (Method::Post, Target::SgwUpdateAddressLocations) => self.update_address_locations(need_body()?).map(|_| Reply::Done),
+            (_, Target::OtherServiceGateway(name)) => Err(ArmError::new(
+                404,
+                codes::RESOURCE_NOT_FOUND,
+                format!(
+                    "The Resource 'Microsoft.Network/serviceGateways/{name}' under resource group '{}' was not found.",
+                    self.g.scope.resource_group
+                ),
+            )),
             (m, _) => Err(ArmError::new(405, "HttpMethodNotAllowed", format!("{} is not supported on this resource.", m.as_str()))),
         }
     }
@@ -340,17 +724,53 @@ impl EmulatorState {
         self.check_writable(ResourceKind::PublicIp, name)?;
         let o = obj(body, "the public IP")?;
         let props = props_of(body)?;
+        let k = key(name);
+        let location = self.location_for(o, name, self.g.pips.get(&k).map(|p| p.location.as_str()))?;
         let version = match props.and_then(|p| p.get("publicIPAddressVersion")) {
             None | Some(Value::Null) => "IPv4",
             Some(Value::String(s)) if s.eq_ignore_ascii_case("IPv4") => "IPv4",
             Some(Value::String(s)) if s.eq_ignore_ascii_case("IPv6") => "IPv6",
             Some(v) => return Err(ArmError::format(format!("publicIPAddressVersion {v} is not IPv4 or IPv6"))),
         };
-        let location = o.get("location").and_then(Value::as_str).unwrap_or("").to_string();
-        let k = key(name);
-        let etag = self.next_etag();
-        let created = !self.pips.contains_key(&k);
-        let address = match self.pips.get(&k) {
+        let sku = match o.get("sku") {
+            None | Some(Value::Null) => json!({ "name": "Standard", "tier": "Regional" }),
+            Some(Value::Object(s)) => {
+                if !s.get("name").is_some_and(Value::is_string) {
+                    return Err(ArmError::format("sku.name must be a string"));
+                }
+                let mut s = s.clone();
+                s.entry("tier").or_insert(json!("Regional"));
+                Value::Object(s)
+            }
+            Some(_) => return Err(ArmError::format("sku must be a JSON object")),
+        };
+        let tags = match o.get("tags") {
+            None | Some(Value::Null) => None,
+            Some(t @ Value::Object(m)) if m.values().all(Value::is_string) => Some(t.clone()),
+            Some(_) => return Err(ArmError::format("tags must be an object of strings")),
+        };
+        let zones = match o.get("zones") {
+            None | Some(Value::Null) => None,
+            Some(z @ Value::Array(_)) => Some(z.clone()),
+            Some(_) => return Err(ArmError::format("zones must be an array")),
+        };
+        let ip_tags = Value::Array(array_of(props.and_then(|p| p.get("ipTags")), "ipTags")?.to_vec());
+        let idle_timeout = match props.and_then(|p| p.get("idleTimeoutInMinutes")) {
+            None | Some(Value::Null) => 4,
+            Some(v) => v.as_u64().filter(|n| (4..=30).contains(n)).ok_or_else(|| {
+                ArmError::format(format!("Public IP address {name} has invalid Idle Timeout {v}. The value must be between 4 and 30."))
+            })?,
+        };
+        let basic = sku.get("name").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case("Basic"));
+        let allocation = match props.and_then(|p| p.get("publicIPAllocationMethod")) {
+            None | Some(Value::Null) if basic => "Dynamic",
+            None | Some(Value::Null) => "Static",
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("Static") => "Static",
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("Dynamic") => "Dynamic",
+            Some(v) => return Err(ArmError::format(format!("publicIPAllocationMethod {v} is not Static or Dynamic"))),
+        };
+        let created = !self.g.pips.contains_key(&k);
+        let address = match self.g.pips.get(&k) {
             Some(p) if p.version == version => p.address.clone(),
             Some(_) if self.pip_users(&k).is_some() => {
                 return Err(ArmError::bad(
@@ -360,73 +780,93 @@ impl EmulatorState {
             }
             _ => self.allocate(version),
         };
-        let pip = PublicIp { name: name.into(), id: id.into(), version, address, location, etag };
-        self.pips.insert(k.clone(), pip);
+        let etag = self.next_etag();
+        let pip = PublicIp {
+            name: name.into(),
+            id: id.into(),
+            version,
+            address,
+            location,
+            sku,
+            tags,
+            zones,
+            ip_tags,
+            idle_timeout,
+            allocation,
+            etag,
+        };
+        self.g.pips.insert(k.clone(), pip);
         Ok(Reply::Put { created, body: self.pip_json(&k) })
     }
 
-    /// Who references a public IP: `(kind, user id)`.
-    fn pip_users(&self, pip_key: &str) -> Option<(ResourceKind, String)> {
-        for lb in self.lbs.values() {
-            if lb.pips.iter().any(|p| p == pip_key) {
-                return Some((ResourceKind::LoadBalancer, lb.body.get("id").and_then(Value::as_str).unwrap_or(&lb.name).to_string()));
+    /// Who references a public IP: `(kind, user id, the frontend using it for a load balancer)`.
+    fn pip_users(&self, pip_key: &str) -> Option<(ResourceKind, String, Option<String>)> {
+        for lb in self.g.lbs.values() {
+            if let Some((fe, _)) = lb.frontends.iter().find(|(_, p)| p == pip_key) {
+                let id = lb.body.get("id").and_then(Value::as_str).unwrap_or(&lb.name).to_string();
+                return Some((ResourceKind::LoadBalancer, id, Some(fe.clone())));
             }
         }
-        for nat in self.nats.values() {
+        for nat in self.g.nats.values() {
             if nat.pips.iter().any(|p| p == pip_key) {
-                return Some((ResourceKind::NatGateway, nat.body.get("id").and_then(Value::as_str).unwrap_or(&nat.name).to_string()));
+                return Some((ResourceKind::NatGateway, nat.body.get("id").and_then(Value::as_str).unwrap_or(&nat.name).to_string(), None));
             }
         }
         None
     }
 
     fn pip_json(&self, k: &str) -> Value {
-        let Some(p) = self.pips.get(k) else { return Value::Null };
+        let Some(p) = self.g.pips.get(k) else { return Value::Null };
         let mut props = Map::new();
-        props.insert("idleTimeoutInMinutes".into(), json!(4));
+        props.insert("idleTimeoutInMinutes".into(), json!(p.idle_timeout));
         let ip: IpAddr = p.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         props.insert("ipAddress".into(), json!(self.ip_text(&ip)));
-        props.insert("ipTags".into(), json!([]));
+        props.insert("ipTags".into(), p.ip_tags.clone());
         match self.pip_users(k) {
-            Some((ResourceKind::LoadBalancer, lb_id)) => {
-                props.insert("ipConfiguration".into(), json!({ "id": format!("{lb_id}/frontendIPConfigurations/frontend") }));
+            Some((ResourceKind::LoadBalancer, lb_id, Some(fe))) => {
+                props.insert("ipConfiguration".into(), json!({ "id": format!("{lb_id}/frontendIPConfigurations/{fe}") }));
             }
-            Some((_, nat_id)) => {
-                props.insert("natGateway".into(), json!({ "id": nat_id }));
+            Some((_, user_id, _)) => {
+                props.insert("natGateway".into(), json!({ "id": user_id }));
             }
             None => {}
         }
         props.insert("provisioningState".into(), json!("Succeeded"));
         props.insert("publicIPAddressVersion".into(), json!(p.version));
-        props.insert("publicIPAllocationMethod".into(), json!("Static"));
+        props.insert("publicIPAllocationMethod".into(), json!(p.allocation));
         props.insert("resourceGuid".into(), json!(format!("00000000-0000-4000-8000-{:012x}", p.etag)));
-        json!({
-            "etag": format!("W/\"{:016x}\"", p.etag),
+        let mut out = json!({
+            "etag": etag_text(p.etag),
             "id": p.id,
             "location": p.location,
             "name": p.name,
             "properties": Value::Object(props),
-            "sku": { "name": "StandardV2", "tier": "Regional" },
+            "sku": p.sku,
             "type": ResourceKind::PublicIp.arm_type(),
-        })
+        });
+        if let Some(t) = &p.tags {
+            out["tags"] = t.clone();
+        }
+        if let Some(z) = &p.zones {
+            out["zones"] = z.clone();
+        }
+        out
     }
 
-    /// Resolves references to public IPs; each must exist and not be used by another resource.
-    fn resolve_pips(&self, ids: &[String], user: (ResourceKind, &str)) -> Result<Vec<String>, ArmError> {
+    /// Resolves public IP names; each must exist and not be used by another resource.
+    fn resolve_pips(&self, names: &[(String, String)], user: (ResourceKind, &str)) -> Result<Vec<String>, ArmError> {
         let mut out = Vec::new();
-        for id in ids {
-            let name = id_segment_after(id, "publicIPAddresses").ok_or_else(|| {
-                ArmError::bad(codes::INVALID_RESOURCE_REFERENCE, format!("Resource reference {id} is not a public IP address."))
-            })?;
+        for (name, id) in names {
             let k = key(name);
-            if !self.pips.contains_key(&k) {
+            if !self.g.pips.contains_key(&k) {
                 return Err(ArmError::bad(
                     codes::INVALID_RESOURCE_REFERENCE,
                     format!("Resource {id} referenced by resource {} was not found.", user.1),
                 ));
             }
-            if let Some((kind, by)) = self.pip_users(&k) {
-                let same = kind == user.0 && id_segment_after(&by, kind.segment()).is_some_and(|n| n.eq_ignore_ascii_case(user.1));
+            if let Some((kind, by, _)) = self.pip_users(&k) {
+                let by_name = by.rsplit('/').next().unwrap_or("");
+                let same = kind == user.0 && by_name.eq_ignore_ascii_case(user.1);
                 if !same {
                     return Err(ArmError::bad(codes::PUBLIC_IP_IN_USE, format!("Public IP address {id} is already in use by {by}.")));
                 }
@@ -439,33 +879,126 @@ impl EmulatorState {
     // -------------------------------------------------------------------- load balancers
 
     fn put_load_balancer(&mut self, name: &str, id: &str, body: &Value) -> Result<Reply, ArmError> {
+        /// The child collections of a load balancer, spelled as their ids and types spell them.
+        const CHILDREN: [&str; 7] = [
+            "frontendIPConfigurations",
+            "backendAddressPools",
+            "loadBalancingRules",
+            "probes",
+            "inboundNatRules",
+            "inboundNatPools",
+            "outboundRules",
+        ];
         let o = obj(body, "the load balancer")?;
         let props = props_of(body)?;
-        let mut pip_ids = Vec::new();
-        if let Some(fes) = props.and_then(|p| p.get("frontendIPConfigurations")) {
-            let fes = fes.as_array().ok_or_else(|| ArmError::format("frontendIPConfigurations must be an array"))?;
-            for fe in fes {
-                if let Some(pid) = fe.pointer("/properties/publicIPAddress/id").and_then(Value::as_str) {
-                    pip_ids.push(pid.to_string());
+        let k = key(name);
+        let location = self.location_for(o, name, self.g.lbs.get(&k).map(|l| l.location.as_str()))?;
+        let scope = self.g.scope.clone();
+        // Every child needs a name, unique in its collection.
+        let mut names: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for c in CHILDREN {
+            let mut seen = BTreeSet::new();
+            for (i, child) in array_of(props.and_then(|p| p.get(c)), c)?.iter().enumerate() {
+                if !child.is_object() {
+                    return Err(ArmError::format(format!("{c}[{i}] must be a JSON object")));
+                }
+                let n = child.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
+                let n = n.ok_or_else(|| ArmError::format(format!("{c}[{i}] needs a name")))?;
+                if !seen.insert(key(n)) {
+                    return Err(ArmError::format(format!("{c} has two entries named {n:?}")));
+                }
+            }
+            names.insert(c, seen);
+        }
+        // Frontends: their public IPs.
+        let mut fe_pips = Vec::new();
+        for fe in array_of(props.and_then(|p| p.get("frontendIPConfigurations")), "frontendIPConfigurations")? {
+            let fe_name = fe.get("name").and_then(Value::as_str).unwrap_or_default();
+            match fe.pointer("/properties/publicIPAddress") {
+                None | Some(Value::Null) => {}
+                Some(p) => {
+                    let path = format!("properties.frontendIPConfigurations[{fe_name}].properties.publicIPAddress.id");
+                    let pid = p.get("id").and_then(Value::as_str).ok_or_else(|| ArmError::format(format!("{path} is missing")))?;
+                    let r = parse_ref(pid, "publicIPAddresses", &scope, &path)?;
+                    if r.child.is_some() {
+                        return Err(ArmError::bad(codes::INVALID_RESOURCE_REFERENCE, format!("{pid} is not a public IP address.")));
+                    }
+                    fe_pips.push((fe_name.to_string(), (r.name.to_string(), pid.to_string())));
                 }
             }
         }
-        let pips = self.resolve_pips(&pip_ids, (ResourceKind::LoadBalancer, name))?;
-        let mut pools = BTreeSet::new();
-        if let Some(ps) = props.and_then(|p| p.get("backendAddressPools")) {
-            let ps = ps.as_array().ok_or_else(|| ArmError::format("backendAddressPools must be an array"))?;
-            for p in ps {
-                let n = p.get("name").and_then(Value::as_str).ok_or_else(|| ArmError::format("every backend pool needs a name"))?;
-                pools.insert(key(n));
+        let refs: Vec<(String, String)> = fe_pips.iter().map(|(_, r)| r.clone()).collect();
+        let pip_keys = self.resolve_pips(&refs, (ResourceKind::LoadBalancer, name))?;
+        let frontends: Vec<(String, String)> = fe_pips.iter().map(|(fe, _)| fe.clone()).zip(pip_keys).collect();
+        // References between children must name children of this load balancer.
+        let mut users: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for rules in ["loadBalancingRules", "inboundNatRules", "outboundRules"] {
+            for rule in array_of(props.and_then(|p| p.get(rules)), rules)? {
+                let rule_name = rule.get("name").and_then(Value::as_str).unwrap_or_default();
+                let rule_id = format!("{id}/{rules}/{rule_name}");
+                for (field, child) in [
+                    ("frontendIPConfiguration", "frontendIPConfigurations"),
+                    ("backendAddressPool", "backendAddressPools"),
+                    ("probe", "probes"),
+                ] {
+                    let Some(reference) = rule.get("properties").and_then(|p| p.get(field)).filter(|v| !v.is_null()) else { continue };
+                    let path = format!("properties.{rules}[{rule_name}].properties.{field}.id");
+                    let rid = reference.get("id").and_then(Value::as_str).ok_or_else(|| ArmError::format(format!("{path} is missing")))?;
+                    let r = parse_ref(rid, "loadBalancers", &scope, &path)?;
+                    let ok = r.name.eq_ignore_ascii_case(name)
+                        && r.child.is_some_and(|(seg, n)| {
+                            seg.eq_ignore_ascii_case(child) && names.get(child).is_some_and(|s| s.contains(&key(n)))
+                        });
+                    if !ok {
+                        return Err(ArmError::bad(
+                            codes::INVALID_RESOURCE_REFERENCE,
+                            format!("Reference {rid} used by {rules}/{rule_name} of load balancer {name} was not found."),
+                        ));
+                    }
+                    if let Some((_, n)) = r.child {
+                        users.entry((child.to_string(), key(n))).or_default().push(rule_id.clone());
+                    }
+                }
             }
         }
-        let k = key(name);
-        let created = !self.lbs.contains_key(&k);
-        let mut stored = Value::Object(o.clone());
-        stored["id"] = json!(id);
-        stored["name"] = json!(name);
         let etag = self.next_etag();
-        self.lbs.insert(k.clone(), LoadBalancer { name: name.into(), body: stored, pips, pools, etag });
+        let mut stored = Value::Object(o.clone());
+        if let Some(m) = stored.as_object_mut() {
+            m.remove("etag");
+            m.remove("type");
+            m.insert("id".into(), json!(id));
+            m.insert("name".into(), json!(name));
+            let p = m.entry("properties").or_insert_with(|| json!({}));
+            if let Some(p) = p.as_object_mut() {
+                p.remove("provisioningState");
+                p.remove("resourceGuid");
+                for c in CHILDREN {
+                    let Some(Value::Array(items)) = p.get_mut(c) else { continue };
+                    for item in items.iter_mut() {
+                        let Some(item) = item.as_object_mut() else { continue };
+                        let n = item.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                        item.insert("id".into(), json!(format!("{id}/{c}/{n}")));
+                        item.insert("etag".into(), json!(etag_text(etag)));
+                        item.insert("type".into(), json!(format!("{}/{c}", ResourceKind::LoadBalancer.arm_type())));
+                        let ip = item.entry("properties").or_insert_with(|| json!({}));
+                        if let Some(ip) = ip.as_object_mut() {
+                            ip.insert("provisioningState".into(), json!("Succeeded"));
+                            if matches!(c, "frontendIPConfigurations" | "backendAddressPools" | "probes") {
+                                ip.remove("loadBalancingRules");
+                                ip.remove("inboundNatRules");
+                                ip.remove("outboundRules");
+                                if let Some(by) = users.get(&(c.to_string(), key(&n))) {
+                                    ip.insert("loadBalancingRules".into(), Value::Array(by.iter().map(|r| json!({ "id": r })).collect()));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let pools = names.remove("backendAddressPools").unwrap_or_default();
+        let created = !self.g.lbs.contains_key(&k);
+        self.g.lbs.insert(k.clone(), LoadBalancer { name: name.into(), location, body: stored, frontends, pools, etag });
         Ok(Reply::Put { created, body: self.resource_json(ResourceKind::LoadBalancer, &k) })
     }
 
@@ -475,17 +1008,28 @@ impl EmulatorState {
         self.check_writable(ResourceKind::NatGateway, name)?;
         let o = obj(body, "the NAT gateway")?;
         let props = props_of(body)?;
-        let mut ids = ids_of(props.and_then(|p| p.get("publicIpAddresses")), "publicIpAddresses")?;
-        ids.extend(ids_of(props.and_then(|p| p.get("publicIpAddressesV6")), "publicIpAddressesV6")?);
-        let pips = self.resolve_pips(&ids, (ResourceKind::NatGateway, name))?;
+        let k = key(name);
+        let location = self.location_for(o, name, self.g.nats.get(&k).map(|n| n.location.as_str()))?;
+        let scope = self.g.scope.clone();
+        let mut refs = Vec::new();
+        for field in ["publicIpAddresses", "publicIpAddressesV6"] {
+            for pid in ids_of(props.and_then(|p| p.get(field)), field)? {
+                let r = parse_ref(&pid, "publicIPAddresses", &scope, &format!("properties.{field}"))?;
+                if r.child.is_some() {
+                    return Err(ArmError::bad(codes::INVALID_RESOURCE_REFERENCE, format!("{pid} is not a public IP address.")));
+                }
+                refs.push((r.name.to_string(), pid.clone()));
+            }
+        }
+        let pips = self.resolve_pips(&refs, (ResourceKind::NatGateway, name))?;
         if let Some(sg) = props.and_then(|p| p.get("serviceGateway")).filter(|v| !v.is_null()) {
             let sid = sg.get("id").and_then(Value::as_str).unwrap_or("");
-            if !id_segment_after(sid, "serviceGateways").is_some_and(|n| n.eq_ignore_ascii_case(SERVICE_GATEWAY_NAME)) {
+            let r = parse_ref(sid, "serviceGateways", &scope, "properties.serviceGateway.id")?;
+            if !(r.name.eq_ignore_ascii_case(SERVICE_GATEWAY_NAME) && r.child.is_none()) {
                 return Err(ArmError::bad(codes::INVALID_RESOURCE_REFERENCE, format!("ServiceGateway {sid:?} was not found.")));
             }
         }
-        let k = key(name);
-        let created = !self.nats.contains_key(&k);
+        let created = !self.g.nats.contains_key(&k);
         let mut stored = Value::Object(o.clone());
         // Read-only fields echoed back by a disassociation are not stored.
         if let Some(m) = stored.as_object_mut() {
@@ -499,25 +1043,25 @@ impl EmulatorState {
         stored["id"] = json!(id);
         stored["name"] = json!(name);
         let etag = self.next_etag();
-        self.nats.insert(k.clone(), NatGateway { name: name.into(), body: stored, pips, etag });
+        self.g.nats.insert(k.clone(), NatGateway { name: name.into(), location, body: stored, pips, etag });
         Ok(Reply::Put { created, body: self.resource_json(ResourceKind::NatGateway, &k) })
     }
 
     fn resource_json(&self, kind: ResourceKind, k: &str) -> Value {
         let (body, etag) = match kind {
             ResourceKind::PublicIp => return self.pip_json(k),
-            ResourceKind::LoadBalancer => match self.lbs.get(k) {
+            ResourceKind::LoadBalancer => match self.g.lbs.get(k) {
                 Some(lb) => (lb.body.clone(), lb.etag),
                 None => return Value::Null,
             },
-            ResourceKind::NatGateway => match self.nats.get(k) {
+            ResourceKind::NatGateway => match self.g.nats.get(k) {
                 Some(n) => (n.body.clone(), n.etag),
                 None => return Value::Null,
             },
         };
         let mut v = body;
         if let Some(m) = v.as_object_mut() {
-            m.insert("etag".into(), json!(format!("W/\"{etag:016x}\"")));
+            m.insert("etag".into(), json!(etag_text(etag)));
             m.insert("type".into(), json!(kind.arm_type()));
             let p = m.entry("properties").or_insert_with(|| json!({}));
             if let Some(p) = p.as_object_mut() {
@@ -528,7 +1072,7 @@ impl EmulatorState {
                 }
             }
             if let Some(sku) = m.get_mut("sku").and_then(Value::as_object_mut) {
-                sku.insert("tier".into(), json!("Regional"));
+                sku.entry("tier").or_insert(json!("Regional"));
             }
         }
         v
@@ -537,60 +1081,61 @@ impl EmulatorState {
     fn get(&self, kind: ResourceKind, name: &str) -> Result<Value, ArmError> {
         let k = key(name);
         let exists = match kind {
-            ResourceKind::PublicIp => self.pips.contains_key(&k),
-            ResourceKind::LoadBalancer => self.lbs.contains_key(&k),
-            ResourceKind::NatGateway => self.nats.contains_key(&k),
+            ResourceKind::PublicIp => self.g.pips.contains_key(&k),
+            ResourceKind::LoadBalancer => self.g.lbs.contains_key(&k),
+            ResourceKind::NatGateway => self.g.nats.contains_key(&k),
         };
         if !exists {
-            return Err(ArmError::not_found(kind.arm_type(), name));
+            return Err(self.not_found(kind, name));
         }
         Ok(self.resource_json(kind, &k))
     }
 
     fn list(&self, kind: ResourceKind) -> Vec<Value> {
         let keys: Vec<&String> = match kind {
-            ResourceKind::PublicIp => self.pips.keys().collect(),
-            ResourceKind::LoadBalancer => self.lbs.keys().collect(),
-            ResourceKind::NatGateway => self.nats.keys().collect(),
+            ResourceKind::PublicIp => self.g.pips.keys().collect(),
+            ResourceKind::LoadBalancer => self.g.lbs.keys().collect(),
+            ResourceKind::NatGateway => self.g.nats.keys().collect(),
         };
         keys.into_iter().map(|k| self.resource_json(kind, k)).collect()
     }
 
+    /// ARM's DELETE: `NoContent` when there is nothing to delete.
     fn delete(&mut self, kind: ResourceKind, name: &str) -> Result<Reply, ArmError> {
         let k = key(name);
+        let exists = match kind {
+            ResourceKind::PublicIp => self.g.pips.contains_key(&k),
+            ResourceKind::LoadBalancer => self.g.lbs.contains_key(&k),
+            ResourceKind::NatGateway => self.g.nats.contains_key(&k),
+        };
+        if !exists {
+            return Ok(Reply::NoContent);
+        }
+        self.check_writable(kind, name)?;
         match kind {
             ResourceKind::PublicIp => {
-                if !self.pips.contains_key(&k) {
-                    return Err(ArmError::not_found(kind.arm_type(), name));
-                }
-                self.check_writable(kind, name)?;
-                if let Some((_, by)) = self.pip_users(&k) {
+                if let Some((_, by, _)) = self.pip_users(&k) {
                     return Err(ArmError::bad(
                         codes::PUBLIC_IP_CANNOT_BE_DELETED,
                         format!("Public IP address {name} can not be deleted since it is still allocated to resource {by}."),
                     ));
                 }
-                self.pips.remove(&k);
+                self.g.pips.remove(&k);
             }
             ResourceKind::LoadBalancer => {
-                if self.lbs.remove(&k).is_none() {
-                    return Err(ArmError::not_found(kind.arm_type(), name));
-                }
+                self.g.lbs.remove(&k);
             }
             ResourceKind::NatGateway => {
-                if !self.nats.contains_key(&k) {
-                    return Err(ArmError::not_found(kind.arm_type(), name));
-                }
-                self.check_writable(kind, name)?;
-                self.nats.remove(&k);
+                self.g.nats.remove(&k);
             }
         }
         Ok(Reply::Deleted)
     }
 
-    fn service_gateway(&self, provider_path: &str) -> Value {
+    fn service_gateway(&self) -> Value {
         json!({
-            "id": format!("{provider_path}/serviceGateways/{SERVICE_GATEWAY_NAME}"),
+            "id": format!("{}/serviceGateways/{SERVICE_GATEWAY_NAME}", self.provider_path()),
+            "location": self.g.location,
             "name": SERVICE_GATEWAY_NAME,
             "properties": { "provisioningState": "Succeeded" },
             "sku": { "name": "Standard", "tier": "Regional" },
@@ -600,8 +1145,10 @@ impl EmulatorState {
 
     // -------------------------------------------------------------------- ServiceGateway services
 
-    fn list_services(&self, provider_path: &str) -> Vec<Value> {
-        self.services
+    fn list_services(&self) -> Vec<Value> {
+        let provider_path = self.provider_path();
+        self.g
+            .services
             .values()
             .map(|s| {
                 let mut props = Map::new();
@@ -625,7 +1172,7 @@ impl EmulatorState {
     }
 
     fn has_mappings(&self, service_key: &str) -> bool {
-        self.mapped.contains_key(service_key)
+        self.g.mapped.contains_key(service_key)
     }
 
     /// Counts `services` as mapped once more (`up`) or once less; services whose last mapping
@@ -633,11 +1180,11 @@ impl EmulatorState {
     fn count_mapped(&mut self, services: &BTreeSet<String>, up: bool, unmapped: &mut BTreeSet<String>) {
         for s in services {
             if up {
-                *self.mapped.entry(s.clone()).or_default() += 1;
-            } else if let Some(n) = self.mapped.get_mut(s) {
+                *self.g.mapped.entry(s.clone()).or_default() += 1;
+            } else if let Some(n) = self.g.mapped.get_mut(s) {
                 *n -= 1;
                 if *n == 0 {
-                    self.mapped.remove(s);
+                    self.g.mapped.remove(s);
                     unmapped.insert(s.clone());
                 }
             }
@@ -646,7 +1193,7 @@ impl EmulatorState {
 
     /// Removes a whole location, keeping the index.
     fn remove_location(&mut self, node: &IpAddr, unmapped: &mut BTreeSet<String>) {
-        if let Some(addrs) = self.locations.remove(node) {
+        if let Some(addrs) = self.g.locations.remove(node) {
             for set in addrs.values() {
                 self.count_mapped(set, false, unmapped);
             }
@@ -655,10 +1202,10 @@ impl EmulatorState {
 
     /// Sets (or, with an empty set, removes) one address, keeping the index.
     fn set_address(&mut self, node: IpAddr, addr: IpAddr, set: BTreeSet<String>, unmapped: &mut BTreeSet<String>) {
-        let entry = self.locations.entry(node).or_default();
+        let entry = self.g.locations.entry(node).or_default();
         let old = if set.is_empty() { entry.remove(&addr) } else { entry.insert(addr, set.clone()) };
         if entry.is_empty() {
-            self.locations.remove(&node);
+            self.g.locations.remove(&node);
         }
         if let Some(old) = old {
             self.count_mapped(&old, false, unmapped);
@@ -667,7 +1214,7 @@ impl EmulatorState {
     }
 
     /// §3.13 POST updateServices. The whole request is validated before anything changes.
-    pub fn update_services(&mut self, body: &Value) -> Result<(), ArmError> {
+    fn update_services(&mut self, body: &Value) -> Result<(), ArmError> {
         let o = obj(body, "the request")?;
         let full = match o.get("action").and_then(Value::as_str) {
             Some(a) if a.eq_ignore_ascii_case("PartialUpdate") => false,
@@ -677,9 +1224,10 @@ impl EmulatorState {
         let reqs =
             o.get("serviceRequests").and_then(Value::as_array).ok_or_else(|| ArmError::format("serviceRequests must be an array"))?;
         enum Change {
-            Upsert(String, SgwEntry),
+            Upsert(String, RegisteredService),
             Delete(String),
         }
+        let scope = self.g.scope.clone();
         let mut changes = Vec::new();
         let mut seen = BTreeSet::new();
         for (i, r) in reqs.iter().enumerate() {
@@ -698,7 +1246,7 @@ impl EmulatorState {
             if !seen.insert(k.clone()) {
                 return Err(ArmError::bad(codes::DUPLICATE_SERVICES, format!("Service {name} appears more than once in the request.")));
             }
-            let existing = self.services.get(&k);
+            let existing = self.g.services.get(&k);
             if existing.is_some_and(|e| e.is_default) {
                 return Err(ArmError::bad(
                     codes::MULTIPLE_DEFAULT,
@@ -719,7 +1267,7 @@ impl EmulatorState {
                         format!("Service {name} cannot be deleted because addresses are still mapped to it."),
                     ));
                 }
-                if let Some(left) = self.lagging.get_mut(&k).filter(|n| **n > 0) {
+                if let Some(left) = self.g.lagging.get_mut(&k).filter(|n| **n > 0) {
                     *left -= 1;
                     return Err(ArmError::bad(
                         codes::OVERLAY_MAPPINGS,
@@ -753,10 +1301,12 @@ impl EmulatorState {
             }
             let pool_ids = ids_of(props.and_then(|p| p.get("loadBalancerBackendPools")), "loadBalancerBackendPools")?;
             for id in &pool_ids {
-                let lb = id_segment_after(id, "loadBalancers");
-                let pool = id_segment_after(id, "backendAddressPools");
-                let ok = match (lb, pool) {
-                    (Some(lb), Some(pool)) => self.lbs.get(&key(lb)).is_some_and(|l| l.pools.contains(&key(pool))),
+                let r =
+                    parse_ref(id, "loadBalancers", &scope, &format!("serviceRequests[{i}].service.properties.loadBalancerBackendPools"))?;
+                let ok = match r.child {
+                    Some((seg, pool)) if seg.eq_ignore_ascii_case("backendAddressPools") => {
+                        self.g.lbs.get(&key(r.name)).is_some_and(|l| l.pools.contains(&key(pool)))
+                    }
                     _ => false,
                 };
                 if !ok {
@@ -770,8 +1320,8 @@ impl EmulatorState {
                 None => existing.and_then(|e| e.nat_id.clone()),
                 Some(Value::Null) => None,
                 Some(Value::String(id)) => {
-                    let found = id_segment_after(id, "natGateways").is_some_and(|n| self.nats.contains_key(&key(n)));
-                    if !found {
+                    let r = parse_ref(id, "natGateways", &scope, &format!("serviceRequests[{i}].service.properties.publicNatGatewayId"))?;
+                    if r.child.is_some() || !self.g.nats.contains_key(&key(r.name)) {
                         return Err(ArmError::bad(
                             codes::INVALID_RESOURCE_REFERENCE,
                             format!("NAT gateway {id} referenced by service {name} was not found."),
@@ -783,11 +1333,12 @@ impl EmulatorState {
                     return Err(ArmError::format(format!("serviceRequests[{i}] ({name}): publicNatGatewayId must be a string or null")))
                 }
             };
-            let entry = SgwEntry { name: name.into(), service_type: service_type.into(), pools: pool_ids, nat_id, is_default: false };
+            let entry =
+                RegisteredService { name: name.into(), service_type: service_type.into(), pools: pool_ids, nat_id, is_default: false };
             changes.push(Change::Upsert(k, entry));
         }
         if full {
-            for (k, s) in &self.services {
+            for (k, s) in &self.g.services {
                 if s.is_default || seen.contains(k) {
                     continue;
                 }
@@ -799,16 +1350,16 @@ impl EmulatorState {
                 }
             }
             let keep: BTreeSet<String> =
-                self.services.iter().filter(|(k, s)| s.is_default || seen.contains(*k)).map(|(k, _)| k.clone()).collect();
-            self.services.retain(|k, _| keep.contains(k));
+                self.g.services.iter().filter(|(k, s)| s.is_default || seen.contains(*k)).map(|(k, _)| k.clone()).collect();
+            self.g.services.retain(|k, _| keep.contains(k));
         }
         for c in changes {
             match c {
                 Change::Upsert(k, e) => {
-                    self.services.insert(k, e);
+                    self.g.services.insert(k, e);
                 }
                 Change::Delete(k) => {
-                    self.services.remove(&k);
+                    self.g.services.remove(&k);
                 }
             }
         }
@@ -818,13 +1369,14 @@ impl EmulatorState {
     // -------------------------------------------------------------------- address locations
 
     fn list_address_locations(&self) -> Vec<Value> {
-        self.locations
+        self.g
+            .locations
             .iter()
             .map(|(node, addrs)| {
                 let addresses: Vec<Value> = addrs
                     .iter()
                     .map(|(pod, svcs)| {
-                        let names: Vec<&str> = svcs.iter().map(|s| self.services.get(s).map(|e| e.name.as_str()).unwrap_or(s)).collect();
+                        let names: Vec<&str> = svcs.iter().map(|s| self.g.services.get(s).map(|e| e.name.as_str()).unwrap_or(s)).collect();
                         json!({ "address": self.ip_text(pod), "services": names })
                     })
                     .collect();
@@ -834,7 +1386,10 @@ impl EmulatorState {
     }
 
     /// §3.14 POST updateAddressLocations, with FullUpdate / PartialUpdate / empty-list semantics.
-    pub fn update_address_locations(&mut self, body: &Value) -> Result<(), ArmError> {
+    /// The REST spec's shapes are accepted: a location without `addressUpdateAction` is a
+    /// PartialUpdate, one without `addresses` has none (so a PartialUpdate deletes it), and an
+    /// address without `services` has none (it is deleted).
+    fn update_address_locations(&mut self, body: &Value) -> Result<(), ArmError> {
         let o = obj(body, "the request")?;
         let full = match o.get("action").and_then(Value::as_str) {
             Some(a) if a.eq_ignore_ascii_case("PartialUpdate") => false,
@@ -862,19 +1417,17 @@ impl EmulatorState {
                     format!("Address location {node_s} appears more than once in the request."),
                 ));
             }
-            let loc_full = match l.get("addressUpdateAction").and_then(Value::as_str) {
-                Some(a) if a.eq_ignore_ascii_case("FullUpdate") => true,
-                Some(a) if a.eq_ignore_ascii_case("PartialUpdate") => false,
-                other => {
+            let loc_full = match l.get("addressUpdateAction") {
+                None | Some(Value::Null) => false,
+                Some(Value::String(a)) if a.eq_ignore_ascii_case("FullUpdate") => true,
+                Some(Value::String(a)) if a.eq_ignore_ascii_case("PartialUpdate") => false,
+                Some(other) => {
                     return Err(ArmError::format(format!(
-                        "addressLocations[{i}].addressUpdateAction must be FullUpdate or PartialUpdate, got {other:?}"
+                        "addressLocations[{i}].addressUpdateAction must be FullUpdate or PartialUpdate, got {other}"
                     )))
                 }
             };
-            let addrs = l
-                .get("addresses")
-                .and_then(Value::as_array)
-                .ok_or_else(|| ArmError::format(format!("addressLocations[{i}].addresses must be an array")))?;
+            let addrs = array_of(l.get("addresses"), &format!("addressLocations[{i}].addresses"))?;
             let mut seen_addrs = BTreeSet::new();
             let mut out = Vec::new();
             for (j, a) in addrs.iter().enumerate() {
@@ -895,15 +1448,12 @@ impl EmulatorState {
                         format!("Address {addr_s} appears more than once under {node_s}."),
                     ));
                 }
-                let svcs = a
-                    .get("services")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| ArmError::format(format!("addressLocations[{i}].addresses[{j}].services must be an array")))?;
+                let svcs = array_of(a.get("services"), &format!("addressLocations[{i}].addresses[{j}].services"))?;
                 let mut set = BTreeSet::new();
                 for s in svcs {
                     let s = s.as_str().ok_or_else(|| ArmError::format("service names must be strings"))?;
                     let k = key(s);
-                    if !self.services.contains_key(&k) {
+                    if !self.g.services.contains_key(&k) {
                         return Err(ArmError::bad(
                             codes::SERVICE_NOT_REGISTERED,
                             format!("Service {s} referenced by address {addr_s} is not registered in the ServiceGateway."),
@@ -917,7 +1467,7 @@ impl EmulatorState {
         }
         let mut unmapped = BTreeSet::new();
         if full {
-            let gone: Vec<IpAddr> = self.locations.keys().filter(|node| !seen_nodes.contains(*node)).copied().collect();
+            let gone: Vec<IpAddr> = self.g.locations.keys().filter(|node| !seen_nodes.contains(*node)).copied().collect();
             for node in gone {
                 self.remove_location(&node, &mut unmapped);
             }
@@ -931,52 +1481,11 @@ impl EmulatorState {
             }
         }
         if self.overlay_lag > 0 {
-            for gone in unmapped.into_iter().filter(|s| !self.mapped.contains_key(s)) {
-                self.lagging.insert(gone, self.overlay_lag);
+            for gone in unmapped.into_iter().filter(|s| !self.g.mapped.contains_key(s)) {
+                self.g.lagging.insert(gone, self.overlay_lag);
             }
         }
         Ok(())
-    }
-
-    // -------------------------------------------------------------------- inventory
-
-    /// The whole state: `{"public_ips":{name:ip},"load_balancers":[..],"nat_gateways":[..],
-    /// "sgw_services":{name:type},"address_locations":{node:{pod:[service..]}}}`, keys sorted.
-    pub fn inventory(&self) -> Value {
-        let public_ips: Map<String, Value> = self.pips.values().map(|p| (p.name.clone(), json!(p.address))).collect();
-        let mut lbs: Vec<&str> = self.lbs.values().map(|l| l.name.as_str()).collect();
-        lbs.sort();
-        let mut nats: Vec<&str> = self.nats.values().map(|n| n.name.as_str()).collect();
-        nats.sort();
-        let sgw: Map<String, Value> = self.services.values().map(|s| (s.name.clone(), json!(s.service_type))).collect();
-        let locations: Map<String, Value> = self
-            .locations
-            .iter()
-            .map(|(node, addrs)| {
-                let m: Map<String, Value> = addrs
-                    .iter()
-                    .map(|(pod, svcs)| {
-                        let mut names: Vec<&str> =
-                            svcs.iter().map(|s| self.services.get(s).map(|e| e.name.as_str()).unwrap_or(s)).collect();
-                        names.sort();
-                        (pod.to_string(), json!(names))
-                    })
-                    .collect();
-                (node.to_string(), Value::Object(m))
-            })
-            .collect();
-        json!({
-            "address_locations": locations,
-            "load_balancers": lbs,
-            "nat_gateways": nats,
-            "public_ips": public_ips,
-            "sgw_services": sgw,
-        })
-    }
-
-    /// Names of the seeded resources no client may write (for assertions).
-    pub fn is_protected(&self, kind: ResourceKind, name: &str) -> bool {
-        self.protected.contains(&(kind, key(name)))
     }
 }
 
@@ -984,34 +1493,52 @@ impl EmulatorState {
 mod tests {
     use super::*;
 
-    const NET: &str = "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network";
+    fn scope() -> ScopeKey {
+        ScopeKey::new("s", "r")
+    }
+
+    fn net() -> String {
+        scope().provider_path()
+    }
+
+    fn fresh() -> EmulatorState {
+        let mut s = EmulatorState::new();
+        s.add_resource_group(&scope(), "eastus2");
+        s
+    }
+
+    fn put(s: &mut EmulatorState, kind: ResourceKind, name: &str, body: Value) -> Result<Reply, ArmError> {
+        s.apply(&scope(), Method::Put, &Target::Resource(kind, name.into()), Some(&body), &Conditions::NONE)
+    }
 
     fn state_with_lb(name: &str) -> EmulatorState {
-        let mut s = EmulatorState::new();
-        let pip = json!({"properties": {"publicIPAddressVersion": "IPv4"}});
-        s.apply(Method::Put, &Target::Resource(ResourceKind::PublicIp, format!("{name}-pip")), NET, Some(&pip)).unwrap();
-        let lb = json!({"properties": {
+        let mut s = fresh();
+        let net = net();
+        put(
+            &mut s,
+            ResourceKind::PublicIp,
+            &format!("{name}-pip"),
+            json!({"location": "eastus2", "properties": {"publicIPAddressVersion": "IPv4"}}),
+        )
+        .unwrap();
+        let lb = json!({"location": "eastus2", "properties": {
             "backendAddressPools": [{"name": name}],
-            "frontendIPConfigurations": [{"name": "frontend", "properties": {"publicIPAddress": {"id": format!("{NET}/publicIPAddresses/{name}-pip")}}}]}});
-        s.apply(Method::Put, &Target::Resource(ResourceKind::LoadBalancer, name.into()), NET, Some(&lb)).unwrap();
+            "frontendIPConfigurations": [{"name": "frontend", "properties": {"publicIPAddress": {"id": format!("{net}/publicIPAddresses/{name}-pip")}}}]}});
+        put(&mut s, ResourceKind::LoadBalancer, name, lb).unwrap();
         let reg = json!({"action": "PartialUpdate", "serviceRequests": [{"isDelete": false, "service": {"name": name, "properties": {
-            "serviceType": "Inbound", "loadBalancerBackendPools": [{"id": format!("{NET}/loadBalancers/{name}/backendAddressPools/{name}")}]}}}]});
-        s.update_services(&reg).unwrap();
+            "serviceType": "Inbound", "loadBalancerBackendPools": [{"id": format!("{net}/loadBalancers/{name}/backendAddressPools/{name}")}]}}}]});
+        s.update_services(&scope(), &reg).unwrap();
         s
     }
 
     #[test]
     fn addresses_are_deterministic_and_of_the_requested_family() {
         let run = || {
-            let mut s = EmulatorState::new();
+            let mut s = fresh();
             let mut out = Vec::new();
             for (n, v) in [("a", "IPv4"), ("b", "IPv6"), ("c", "IPv4")] {
-                let body = json!({"properties": {"publicIPAddressVersion": v}});
-                let Reply::Put { body, created } =
-                    s.apply(Method::Put, &Target::Resource(ResourceKind::PublicIp, n.into()), NET, Some(&body)).unwrap()
-                else {
-                    panic!()
-                };
+                let body = json!({"location": "eastus2", "properties": {"publicIPAddressVersion": v}});
+                let Reply::Put { body, created } = put(&mut s, ResourceKind::PublicIp, n, body).unwrap() else { panic!() };
                 assert!(created);
                 out.push(body["properties"]["ipAddress"].as_str().unwrap().to_string());
             }
@@ -1031,33 +1558,67 @@ mod tests {
             json!({"action": "PartialUpdate", "addressLocations": [
             {"addressLocation": "10.0.0.1", "addressUpdateAction": "PartialUpdate", "addresses": addrs}]})
         };
-        s.update_address_locations(&publish(json!([{"address": "10.1.0.1", "services": ["U"]}]))).unwrap();
-        s.update_address_locations(&publish(json!([]))).unwrap();
+        s.update_address_locations(&scope(), &publish(json!([{"address": "10.1.0.1", "services": ["U"]}]))).unwrap();
+        s.update_address_locations(&scope(), &publish(json!([]))).unwrap();
         let unreg = json!({"action": "PartialUpdate", "serviceRequests": [{"isDelete": true, "service": {"name": "u", "properties": {"serviceType": "Inbound"}}}]});
         for _ in 0..2 {
-            assert_eq!(s.update_services(&unreg).unwrap_err().code, codes::OVERLAY_MAPPINGS);
+            assert_eq!(s.update_services(&scope(), &unreg).unwrap_err().code, codes::OVERLAY_MAPPINGS);
         }
-        s.update_services(&unreg).unwrap();
-        assert_eq!(s.update_services(&unreg).unwrap_err().status, 404);
+        s.update_services(&scope(), &unreg).unwrap();
+        assert_eq!(s.update_services(&scope(), &unreg).unwrap_err().status, 404);
     }
 
     #[test]
     fn full_update_of_services_removes_the_unlisted_but_keeps_the_default() {
         let mut s = state_with_lb("u");
-        s.seed_default_natgw(NET, "eastus2");
+        s.seed_default_natgw(&scope()).unwrap();
         let full = json!({"action": "FullUpdate", "serviceRequests": []});
-        s.update_services(&full).unwrap();
-        assert_eq!(s.inventory()["sgw_services"], json!({"default-natgw": "Outbound"}));
+        s.update_services(&scope(), &full).unwrap();
+        assert_eq!(s.inventory(&scope())["sgw_services"], json!({"default-natgw": "Outbound"}));
         // Malformed requests are refused with a format error, not a panic.
         for bad in [json!(null), json!({"action": "Sideways"}), json!({"action": "PartialUpdate", "serviceRequests": [{"service": {}}]})] {
-            assert_eq!(s.update_services(&bad).unwrap_err().status, 400, "{bad}");
+            assert_eq!(s.update_services(&scope(), &bad).unwrap_err().status, 400, "{bad}");
         }
         for bad in [
             json!({"action": "PartialUpdate", "addressLocations": [{"addressLocation": "nope", "addressUpdateAction": "FullUpdate", "addresses": []}]}),
-            json!({"action": "PartialUpdate", "addressLocations": [{"addressLocation": "10.0.0.1", "addresses": []}]}),
-            json!({"action": "PartialUpdate", "addressLocations": [{"addressLocation": "10.0.0.1", "addressUpdateAction": "FullUpdate", "addresses": null}]}),
+            json!({"action": "PartialUpdate", "addressLocations": [{"addressLocation": "10.0.0.1", "addressUpdateAction": "Sideways"}]}),
+            json!({"action": "PartialUpdate", "addressLocations": [{"addressLocation": "10.0.0.1", "addresses": {}}]}),
+            json!({"action": "PartialUpdate", "addressLocations": [{"addressLocation": "10.0.0.1", "addresses": [{"address": "10.1.0.1", "services": "u"}]}]}),
         ] {
-            assert_eq!(s.update_address_locations(&bad).unwrap_err().status, 400, "{bad}");
+            assert_eq!(s.update_address_locations(&scope(), &bad).unwrap_err().status, 400, "{bad}");
         }
+    }
+
+    #[test]
+    fn unknown_subscriptions_and_resource_groups_are_refused_and_groups_are_apart() {
+        let mut s = fresh();
+        let other = ScopeKey::new("s", "other");
+        s.add_resource_group(&other, "westus");
+        let list = |s: &mut EmulatorState, scope: &ScopeKey| {
+            s.apply(scope, Method::Get, &Target::Collection(ResourceKind::PublicIp), None, &Conditions::NONE)
+        };
+        put(&mut s, ResourceKind::PublicIp, "p", json!({"location": "eastus2"})).unwrap();
+        assert_eq!(list(&mut s, &other).unwrap(), Reply::List(vec![]));
+        let Reply::List(mine) = list(&mut s, &ScopeKey::new("S", "R")).unwrap() else { panic!() };
+        assert_eq!(mine.len(), 1, "scopes compare case-insensitively");
+        assert_eq!(list(&mut s, &ScopeKey::new("t", "r")).unwrap_err().code, codes::SUBSCRIPTION_NOT_FOUND);
+        assert_eq!(list(&mut s, &ScopeKey::new("s", "nope")).unwrap_err().code, codes::RESOURCE_GROUP_NOT_FOUND);
+        // A reference into another resource group is refused.
+        let lb = json!({"location": "westus", "properties": {"frontendIPConfigurations": [
+            {"name": "fe", "properties": {"publicIPAddress": {"id": format!("{}/publicIPAddresses/p", net())}}}]}});
+        let e = s
+            .apply(&other, Method::Put, &Target::Resource(ResourceKind::LoadBalancer, "lb".into()), Some(&lb), &Conditions::NONE)
+            .unwrap_err();
+        assert_eq!(e.code, codes::INVALID_RESOURCE_REFERENCE);
+        // A reference that is not a resource ID is refused.
+        let lb = json!({"location": "eastus2", "properties": {"frontendIPConfigurations": [
+            {"name": "fe", "properties": {"publicIPAddress": {"id": "p"}}}]}});
+        assert_eq!(put(&mut s, ResourceKind::LoadBalancer, "lb", lb).unwrap_err().code, codes::LINKED_INVALID_PROPERTY_ID);
+        // Moving a resource to another region is refused.
+        assert_eq!(
+            put(&mut s, ResourceKind::PublicIp, "p", json!({"location": "westus"})).unwrap_err().code,
+            codes::INVALID_RESOURCE_LOCATION
+        );
+        put(&mut s, ResourceKind::PublicIp, "p", json!({"location": "East US 2"})).unwrap();
     }
 }
