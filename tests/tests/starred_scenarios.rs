@@ -14,7 +14,7 @@ const UID: &str = "5e0c3a1b-0000-4000-8000-0000000000aa";
 const OVERLAY: &str = "ServiceWithOverlayMappingsCannotBeDeleted";
 const ADD_POD_FINALIZER: &str = "add-pod-finalizer";
 const DELETE_NAT: &str = "DELETE natGateways";
-const EGRESS_LABEL: &str = "kubernetes.azure.com/service-egress-gateway";
+use difftracker_engine::names::{EGRESS_LABEL, POD_FINALIZER};
 
 /// The component's state, read through its snapshot.
 fn view(h: &mut Harness) -> Engine {
@@ -403,7 +403,7 @@ fn egress_pod(name: &str, uid: &str, ip: &str) -> Pod {
 fn terminating(pod: &Pod) -> Pod {
     let mut p = pod.clone();
     p.meta.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
-    p.meta.finalizers = vec!["servicegateway.azure.com/pod-cleanup".into()];
+    p.meta.finalizers = vec![POD_FINALIZER.into()];
     p
 }
 

@@ -3,6 +3,7 @@
 
 use crate::emulator::FaultPlan;
 use crate::replay::{parse_trace, Trace, TraceError};
+use difftracker_engine::names::SERVICE_FINALIZERS;
 use difftracker_engine::io::{Endpoint, EndpointSlice, IntOrString, Node, ObjectMeta, OwnerReference, Service, ServicePort};
 
 /// The bundled sample trace, `examples/sample-trace.jsonl` (40 Services; written by
@@ -58,8 +59,7 @@ pub fn sample_service(namespace: &str, name: &str, uid: &str) -> Service {
 pub fn deleting(service: &Service) -> Service {
     let mut s = service.clone();
     s.meta.deletion_timestamp = Some("2024-01-01T00:10:00Z".into());
-    s.meta.finalizers =
-        vec!["servicegateway.azure.com/service-cleanup".into(), "service.kubernetes.io/load-balancer-cleanup".into()];
+    s.meta.finalizers = SERVICE_FINALIZERS.iter().map(|f| f.to_string()).collect();
     s.meta.resource_version = format!("{}0", s.meta.resource_version);
     s
 }

@@ -16,13 +16,8 @@ pub use convert::{
 };
 pub use types::*;
 
-/// The finalizers the engine owns on Services (ENGINE.md 8.3).
-pub const SERVICE_FINALIZERS: [&str; 2] =
-    ["servicegateway.azure.com/service-cleanup", "service.kubernetes.io/load-balancer-cleanup"];
-/// The finalizer the engine owns on egress Pods (ENGINE.md 8.3).
-pub const POD_FINALIZER: &str = "servicegateway.azure.com/pod-cleanup";
-/// The label that associates a Pod with an egress identity (ENGINE.md 2.4).
-pub const EGRESS_LABEL: &str = "kubernetes.azure.com/service-egress-gateway";
+/// The names the engine owns (finalizers, ENGINE.md 8.3) and reads (the egress label, 2.4).
+pub use difftracker_engine::names::{EGRESS_LABEL, POD_FINALIZER, SERVICE_FINALIZERS};
 /// The label an EndpointSlice carries naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
