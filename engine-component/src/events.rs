@@ -104,6 +104,7 @@ impl Engine {
 
     fn on_node_applied(&mut self, node: Node) {
         let previous = self.endpoints.set_node(&node);
+        self.on_cluster_families_changed();
         let old_ips = match previous {
             Some(old) => {
                 let a: BTreeSet<&String> = old.iter().collect();

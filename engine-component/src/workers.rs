@@ -46,7 +46,7 @@ pub enum Step {
     Unregister,
     DeletePublicIp,
     RemoveFinalizers,
-    /// An outbound update: skipped, success without an Azure call.
+    /// An outbound update with nothing to add: skipped, success without an Azure call.
     SkipOutbound,
     // Outbound create (6.3).
     /// PUT the public IP of family `pip_index`.
@@ -81,7 +81,7 @@ pub struct ActiveOp {
     pub pip_address: Option<String>,
     /// Delete: the last failing step's error (`lastErr`).
     pub last_err: Option<CallError>,
-    /// Outbound create: the public IP family being PUT (index into the config's families).
+    /// Outbound create/update: the public IP being PUT (index into the families to PUT).
     #[serde(default)]
     pub pip_index: usize,
     /// Outbound delete: a disassociation sub-step failed (counted once).
@@ -238,10 +238,7 @@ impl Engine {
             (Work::Delete, false) => self.begin_outbound_delete(),
             (Work::Create, _) => self.begin_create(id),
             (Work::Update, true) => self.begin_update(id),
-            (Work::Update, false) => {
-                self.metrics.inc(metrics::OUTBOUND_SERVICE_UPDATES_SKIPPED_TOTAL, &[]);
-                Next::Finish(WorkerResult::Skipped)
-            }
+            (Work::Update, false) => self.begin_outbound_update(id),
             (Work::Delete, _) => Next::Call(Step::DetachPool, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, false, vec![])]))),
         };
         self.follow(id, first, io);

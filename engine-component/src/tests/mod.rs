@@ -4,6 +4,7 @@
 mod common;
 mod create;
 mod delete;
+mod dual_stack;
 mod egress;
 mod endpoint_scenarios;
 mod golden;
