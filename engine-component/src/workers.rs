@@ -239,6 +239,8 @@ impl Engine {
             (Work::Create, _) => self.begin_create(id),
             (Work::Update, true) => self.begin_update(id),
             (Work::Update, false) => self.begin_outbound_update(id),
+            // Azure could never hold a resource of this name: nothing to delete but the finalizers.
+            (Work::Delete, _) if id.check_inbound_names().is_err() => self.after_delete_steps(id),
             (Work::Delete, _) => Next::Call(Step::DetachPool, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, false, vec![])]))),
         };
         self.follow(id, first, io);
@@ -246,6 +248,10 @@ impl Engine {
 
     fn begin_create(&mut self, id: &Identity) -> Next {
         let Some(a) = self.dispatcher.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        if let Err(why) = id.check_inbound_names() {
+            // Admission rejects these; an op from before the rule parks before any finalizer.
+            return Next::Finish(WorkerResult::Failed(AttemptFailure::terminal(why)));
+        }
         if a.config.object.name.is_empty() {
             // Nothing to put a finalizer on (a config without a Kubernetes object).
             return self.after_finalizers(id);

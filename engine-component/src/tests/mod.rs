@@ -8,6 +8,7 @@ mod dual_stack;
 mod egress;
 mod endpoint_scenarios;
 mod golden;
+mod identities;
 mod lifecycle;
 mod location_sync;
 mod misc;
