@@ -96,6 +96,10 @@ pub struct ActiveOp {
     /// Outbound delete: a last-pod finalizer could not be removed.
     #[serde(default)]
     pub finalizer_failed: bool,
+    /// The longest `Retry-After` any call of this attempt was answered with (a delete goes on
+    /// past a throttled step; the attempt's failure still carries it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ActiveOp {
@@ -114,6 +118,7 @@ impl ActiveOp {
             finalizer_keys: Vec::new(),
             finalizer_target: None,
             finalizer_failed: false,
+            retry_after_ms: None,
         }
     }
 }
@@ -128,20 +133,29 @@ pub struct AttemptFailure {
     /// The `error_code` metric label.
     pub error_code: String,
     pub message: String,
+    /// The server's `Retry-After` (uncapped): the next attempt waits at least this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl AttemptFailure {
     pub fn terminal(message: impl Into<String>) -> AttemptFailure {
-        AttemptFailure { terminal: true, overlay: false, error_code: "ValidationError".into(), message: message.into() }
+        AttemptFailure { terminal: true, overlay: false, error_code: "ValidationError".into(), message: message.into(), retry_after_ms: None }
     }
     pub fn transient(error_code: &str, message: impl Into<String>) -> AttemptFailure {
-        AttemptFailure { terminal: false, overlay: false, error_code: error_code.into(), message: message.into() }
+        AttemptFailure { terminal: false, overlay: false, error_code: error_code.into(), message: message.into(), retry_after_ms: None }
     }
     pub fn timeout() -> AttemptFailure {
         AttemptFailure::transient("timeout", "operation timed out after 5m")
     }
     pub fn from_call(e: &CallError) -> AttemptFailure {
-        AttemptFailure { terminal: false, overlay: is_overlay_error(e), error_code: classify(e).into(), message: e.to_string() }
+        AttemptFailure {
+            terminal: false,
+            overlay: is_overlay_error(e),
+            error_code: classify(e).into(),
+            message: e.to_string(),
+            retry_after_ms: e.retry_after_ms,
+        }
     }
 }
 
@@ -312,6 +326,9 @@ impl Engine {
     pub(crate) fn complete_worker_call(&mut self, id: &Identity, outcome: Result<CallOutput, CallError>, io: &mut dyn Io) {
         let Some(a) = self.dispatcher.active.get_mut(id) else { return };
         a.call = None;
+        if let Some(r) = outcome.as_ref().err().and_then(|e| e.retry_after_ms) {
+            a.retry_after_ms = Some(a.retry_after_ms.map_or(r, |m| m.max(r)));
+        }
         let step = a.step;
         let next = match step {
             Step::AddFinalizers => match outcome {
@@ -421,7 +438,10 @@ impl Engine {
             WorkerResult::Dropped => self.drop_tracking(id, &active),
             WorkerResult::Done => self.on_service_creation_complete(id, Ok(())),
             WorkerResult::Skipped => self.complete_attempt(id, Ok(()), false),
-            WorkerResult::Failed(f) => self.on_service_creation_complete(id, Err(f)),
+            WorkerResult::Failed(mut f) => {
+                f.retry_after_ms = f.retry_after_ms.max(active.retry_after_ms);
+                self.on_service_creation_complete(id, Err(f))
+            }
         }
         self.trigger_dispatch(id);
     }

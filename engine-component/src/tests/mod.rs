@@ -18,4 +18,5 @@ mod props_egress;
 mod retry;
 mod scale;
 mod startup;
+mod throttling;
 mod update;

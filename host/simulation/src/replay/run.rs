@@ -94,7 +94,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
     let mut stats = LoopStats::default();
 
     driver
-        .create(&TenantConfig { tenant: options.tenant.clone(), seed: options.seed })
+        .create(&TenantConfig { tenant: options.tenant.clone(), seed: options.seed, ..TenantConfig::default() })
         .context("creating the engine")?;
 
     let events = &trace.events;
