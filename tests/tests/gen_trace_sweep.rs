@@ -31,7 +31,7 @@ fn draw(rng: &mut Rng, nodes: usize, egress_on: bool, churn: Churn) -> GenOption
 
 /// The sweep's parameter sets, deterministic.
 fn parameter_sets() -> Vec<GenOptions> {
-    let mut rng = Rng::new(0x5eed_11);
+    let mut rng = Rng::new(0x005e_ed11);
     let mut sets = Vec::new();
     for nodes in 0..=MAX_NODES as usize {
         for egress_on in [false, true] {
