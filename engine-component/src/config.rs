@@ -175,7 +175,8 @@ mod tests {
             details: ServiceDetails::Outbound(OutboundConfig { ip_families: vec![IpVersion::V4], triggering_pod: None }),
         };
         let mut o2 = o1.clone();
-        o2.details = ServiceDetails::Outbound(OutboundConfig { ip_families: vec![IpVersion::V4], triggering_pod: Some(("ns".into(), "p".into())) });
+        o2.details =
+            ServiceDetails::Outbound(OutboundConfig { ip_families: vec![IpVersion::V4], triggering_pod: Some(("ns".into(), "p".into())) });
         assert!(o1.same_spec(&o2), "outbound configs with the same families are equal");
         o2.details = ServiceDetails::Outbound(OutboundConfig { ip_families: vec![IpVersion::V4, IpVersion::V6], triggering_pod: None });
         assert!(!o1.same_spec(&o2), "gaining IPv6 is drift (2.6)");

@@ -233,23 +233,21 @@ impl Engine {
         // recreated) decides them now, once for this creation (2.6).
         let families = (needs_families && work == Work::Create).then(|| self.outbound_ip_families());
         let now = self.now_ms;
-        let Some(config) = self
-            .update_op(id, |op| {
-                if let Some(f) = families {
-                    op.config = crate::config::ServiceConfig::outbound(op.config.identity.clone(), f, op.triggering_pod.clone());
-                }
-                if work == Work::Create {
-                    op.state = ResourceState::CreationInProgress;
-                }
-                if work != Work::Delete {
-                    op.in_flight_config = Some(op.config.clone());
-                }
-                op.operation_started_at_ms = Some(now);
-                op.last_attempt_ms = Some(now);
-                op.not_before_ms = None;
-                op.config.clone()
-            })
-        else {
+        let Some(config) = self.update_op(id, |op| {
+            if let Some(f) = families {
+                op.config = crate::config::ServiceConfig::outbound(op.config.identity.clone(), f, op.triggering_pod.clone());
+            }
+            if work == Work::Create {
+                op.state = ResourceState::CreationInProgress;
+            }
+            if work != Work::Delete {
+                op.in_flight_config = Some(op.config.clone());
+            }
+            op.operation_started_at_ms = Some(now);
+            op.last_attempt_ms = Some(now);
+            op.not_before_ms = None;
+            op.config.clone()
+        }) else {
             return;
         };
         self.dispatcher.disarm(&mut self.timers, id);

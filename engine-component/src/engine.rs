@@ -335,7 +335,8 @@ impl Engine {
 
     fn next_wake(&self) -> Option<u64> {
         let mut wake = self.timers.next_timeout();
-        let sync_due = self.locations_updater.pass_due(self.now_ms) || !self.egress.calls.queue.is_empty() || !self.egress.calls.released.is_empty();
+        let sync_due =
+            self.locations_updater.pass_due(self.now_ms) || !self.egress.calls.queue.is_empty() || !self.egress.calls.released.is_empty();
         let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < MAX_CONCURRENT_OPERATIONS;
         if sync_due || dispatch_due {
             wake = Some(self.now_ms);

@@ -69,7 +69,8 @@ impl Engine {
             // Our finalizers on a Service whose name Azure cannot hold: nothing was ever created
             // (the delete worker sends no Azure call for such a name), so only release them.
             self.services.insert(id.clone(), svc.clone());
-            let op = self.new_op(ServiceConfig::bare(id.clone(), ServiceKind::Inbound, svc.meta.object_ref()), ResourceState::DeletionInProgress);
+            let op = self
+                .new_op(ServiceConfig::bare(id.clone(), ServiceKind::Inbound, svc.meta.object_ref()), ResourceState::DeletionInProgress);
             self.insert_op(&id, op);
             self.trigger_dispatch(&id);
         }

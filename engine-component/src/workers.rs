@@ -140,7 +140,13 @@ pub struct AttemptFailure {
 
 impl AttemptFailure {
     pub fn terminal(message: impl Into<String>) -> AttemptFailure {
-        AttemptFailure { terminal: true, overlay: false, error_code: "ValidationError".into(), message: message.into(), retry_after_ms: None }
+        AttemptFailure {
+            terminal: true,
+            overlay: false,
+            error_code: "ValidationError".into(),
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
     pub fn transient(error_code: &str, message: impl Into<String>) -> AttemptFailure {
         AttemptFailure { terminal: false, overlay: false, error_code: error_code.into(), message: message.into(), retry_after_ms: None }

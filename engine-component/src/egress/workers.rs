@@ -47,7 +47,9 @@ impl Engine {
     fn families_to_put(&self, id: &Identity) -> Vec<IpVersion> {
         let fams = self.worker_families(id);
         if self.dispatcher.active.get(id).is_some_and(|a| a.work == Work::Update) {
-            let Some(applied) = self.ops.get(id).and_then(|o| o.last_applied_config.as_ref()).and_then(|c| c.outbound_config()) else { return Vec::new() };
+            let Some(applied) = self.ops.get(id).and_then(|o| o.last_applied_config.as_ref()).and_then(|c| c.outbound_config()) else {
+                return Vec::new();
+            };
             return fams.into_iter().filter(|f| !applied.ip_families.contains(f)).collect();
         }
         fams

@@ -9,7 +9,11 @@ fn pip_v6(eid: &str) -> Call {
 }
 
 fn dual_nat(eid: &str) -> Call {
-    Call::Cloud(CloudCall::PutNatGateway(NatGatewaySpec { name: eid.into(), public_ips: vec![format!("{eid}-pip")], public_ips_v6: vec![format!("{eid}-pip-v6")] }))
+    Call::Cloud(CloudCall::PutNatGateway(NatGatewaySpec {
+        name: eid.into(),
+        public_ips: vec![format!("{eid}-pip")],
+        public_ips_v6: vec![format!("{eid}-pip-v6")],
+    }))
 }
 
 fn families(h: &Harness, eid: &str) -> Vec<IpVersion> {
@@ -17,7 +21,12 @@ fn families(h: &Harness, eid: &str) -> Vec<IpVersion> {
 }
 
 fn applied_families(h: &Harness, eid: &str) -> Vec<IpVersion> {
-    h.engine.operation(&id(eid)).and_then(|o| o.last_applied_config.as_ref()).and_then(|c| c.outbound_config()).map(|c| c.ip_families.clone()).unwrap_or_default()
+    h.engine
+        .operation(&id(eid))
+        .and_then(|o| o.last_applied_config.as_ref())
+        .and_then(|c| c.outbound_config())
+        .map(|c| c.ip_families.clone())
+        .unwrap_or_default()
 }
 
 fn dual_node() -> KubeEvent {
@@ -46,7 +55,10 @@ fn a_live_ipv4_nat_gateway_gets_its_v6_public_ip_when_a_dual_stack_node_joins() 
     assert_eq!(state(&h, EG), Some(ResourceState::Created));
     assert_eq!(applied_families(&h, EG), vec![IpVersion::V4, IpVersion::V6]);
     assert!(h.engine.nrp().has_nat_gateway(&id(EG)), "the NAT stays registered and published throughout");
-    assert_eq!(metric(&h, "service_operations_total", &[("operation", "update"), ("service_type", "outbound"), ("result", "success")]), 1.0);
+    assert_eq!(
+        metric(&h, "service_operations_total", &[("operation", "update"), ("service_type", "outbound"), ("result", "success")]),
+        1.0
+    );
     assert_eq!(metric(&h, "outbound_service_updates_skipped_total", &[]), 0.0);
     assert!(h.engine.is_settled());
     inv(&h);
@@ -99,7 +111,11 @@ fn a_create_in_flight_when_the_node_joins_is_followed_by_the_upgrade() {
     let c = h.find("PUT natGateways").unwrap();
     assert_eq!(
         h.outstanding[&c],
-        Call::Cloud(CloudCall::PutNatGateway(NatGatewaySpec { name: EG.into(), public_ips: vec![format!("{EG}-pip")], public_ips_v6: vec![] }))
+        Call::Cloud(CloudCall::PutNatGateway(NatGatewaySpec {
+            name: EG.into(),
+            public_ips: vec![format!("{EG}-pip")],
+            public_ips_v6: vec![]
+        }))
     );
     h.ok(c);
     let c = h.find("POST updateServices").unwrap();
