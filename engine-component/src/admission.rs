@@ -59,8 +59,12 @@ pub fn extract(svc: &Service) -> InboundConfig {
     cfg
 }
 
-/// `AdmitInboundService`: `Ok(None)` for a Service with zero ports (nothing to provision).
+/// `AdmitInboundService`: `Ok(None)` for a Service with zero ports (nothing to provision). A UID
+/// whose Azure names break the naming rule is rejected first: nothing can ever be created.
 pub fn admit(svc: &Service) -> Result<Option<InboundConfig>, Rejection> {
+    if let Err(why) = Identity::new(&svc.meta.uid).check_inbound_names() {
+        return Err(reject(REASON_INVALID_RESOURCE_NAME, format!("the Service UID cannot name Azure resources: {why}")));
+    }
     if let Some(v) = svc.meta.annotation(ANNOTATION_INTERNAL) {
         if truthy(v) {
             return Err(reject(
@@ -121,6 +125,7 @@ pub struct BuiltInbound {
 
 /// Builds the public IP and load balancer for `identity` (the build-time checks of 2.2).
 pub fn build_inbound(identity: &Identity, cfg: &InboundConfig) -> Result<BuiltInbound, BuildError> {
+    identity.check_inbound_names().map_err(BuildError)?;
     if !cfg.named_target_ports.is_empty() {
         return Err(BuildError(format!("named target ports are not supported: {}", cfg.named_target_ports.join(","))));
     }

@@ -2,7 +2,8 @@
 //!
 //! Attempt *n* (1-based) waits `1 s << min(n-1, 5)`, capped at 30 s, plus a uniform jitter in
 //! `[0, delay/5]`. Jitter comes from a splitmix64 generator seeded from `TenantConfig.seed` and
-//! kept (and snapshotted) in the engine state: same seed and inputs, same delays.
+//! kept (and snapshotted) in the engine state: same seed and inputs, same delays. A throttled
+//! failure's `Retry-After` (capped by the tenant's `max_retry_after_ms`) is a floor on top.
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,13 @@ pub fn backoff_ms(n: u32, rng: &mut SplitMix64) -> u64 {
     d + rng.up_to(d / 5)
 }
 
+/// How long a server's `Retry-After` holds the next attempt: `min(retry_after, cap)`, none when
+/// the server gave none (or the cap is 0). The next attempt then waits for the longer of this
+/// and the backoff.
+pub fn throttle_hold_ms(retry_after_ms: Option<u64>, cap_ms: u64) -> Option<u64> {
+    retry_after_ms.map(|r| r.min(cap_ms)).filter(|h| *h > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +90,16 @@ mod tests {
             let b = base_delay_ms(n);
             assert!(d >= b && d <= b + b / 5, "{n}: {d}");
         }
+    }
+
+    #[test]
+    fn throttle_hold_is_capped_and_optional() {
+        assert_eq!(throttle_hold_ms(None, PARK_COOLDOWN_MS), None);
+        assert_eq!(throttle_hold_ms(Some(2_000), PARK_COOLDOWN_MS), Some(2_000));
+        assert_eq!(throttle_hold_ms(Some(999_999_000), PARK_COOLDOWN_MS), Some(PARK_COOLDOWN_MS));
+        assert_eq!(throttle_hold_ms(Some(u64::MAX), 60_000), Some(60_000));
+        assert_eq!(throttle_hold_ms(Some(5_000), 0), None, "a cap of 0 ignores Retry-After");
+        assert_eq!(throttle_hold_ms(Some(0), PARK_COOLDOWN_MS), None);
     }
 
     #[test]

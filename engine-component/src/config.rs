@@ -2,8 +2,8 @@
 //!
 //! [`InboundConfig`] is what admission extracts from a LoadBalancer Service; equality compares
 //! every field, port lists order-sensitively. [`OutboundConfig`] holds the NAT gateway's public
-//! IP families, decided at creation; two outbound configs are always equal for update purposes
-//! (there is no outbound update path).
+//! IP families, decided at creation and widened to dual-stack when the cluster gains IPv6 (2.6);
+//! two outbound configs are equal for update purposes when their families are.
 
 use crate::identity::Identity;
 use crate::io::{IpVersion, ObjectRef};
@@ -33,7 +33,7 @@ pub struct InboundConfig {
 /// Egress (NAT gateway) configuration, decided when the first pod of the identity arrives.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundConfig {
-    /// Public IP families decided once at creation.
+    /// Public IP families: decided at creation, IPv6 added when the cluster gains it (2.6).
     pub ip_families: Vec<IpVersion>,
     /// The pod that caused the op to be created (`namespace`, `name`).
     pub triggering_pod: Option<(String, String)>,
@@ -118,12 +118,14 @@ impl ServiceConfig {
     }
 
     /// Equality as ENGINE.md 2.2 defines it for drift detection: inbound configs compare every
-    /// field; outbound configs are always equal; a detail-less config equals only another
-    /// detail-less config of the same kind.
+    /// field; outbound configs compare their public IP families (as sets; the triggering pod is
+    /// bookkeeping); a detail-less config equals only another detail-less config of the same kind.
     pub fn same_spec(&self, other: &ServiceConfig) -> bool {
         match (&self.details, &other.details) {
             (ServiceDetails::Inbound(a), ServiceDetails::Inbound(b)) => a == b,
-            (ServiceDetails::Outbound(_), ServiceDetails::Outbound(_)) => true,
+            (ServiceDetails::Outbound(a), ServiceDetails::Outbound(b)) => {
+                a.ip_families.iter().all(|f| b.ip_families.contains(f)) && b.ip_families.iter().all(|f| a.ip_families.contains(f))
+            }
             (ServiceDetails::None(a), ServiceDetails::None(b)) => a == b,
             _ => false,
         }
@@ -177,8 +179,14 @@ mod tests {
             details: ServiceDetails::Outbound(OutboundConfig { ip_families: vec![IpVersion::V4], triggering_pod: None }),
         };
         let mut o2 = o1.clone();
+        o2.details =
+            ServiceDetails::Outbound(OutboundConfig { ip_families: vec![IpVersion::V4], triggering_pod: Some(("ns".into(), "p".into())) });
+        assert!(o1.same_spec(&o2), "outbound configs with the same families are equal");
         o2.details = ServiceDetails::Outbound(OutboundConfig { ip_families: vec![IpVersion::V4, IpVersion::V6], triggering_pod: None });
-        assert!(o1.same_spec(&o2), "outbound configs are always equal");
+        assert!(!o1.same_spec(&o2), "gaining IPv6 is drift (2.6)");
+        let mut o3 = o1.clone();
+        o3.details = ServiceDetails::Outbound(OutboundConfig { ip_families: vec![IpVersion::V6, IpVersion::V4], triggering_pod: None });
+        assert!(o2.same_spec(&o3), "families compare as sets");
         assert!(!a.same_spec(&o1));
     }
 }

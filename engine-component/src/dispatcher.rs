@@ -245,6 +245,7 @@ impl Engine {
             }
             op.operation_started_at_ms = Some(now);
             op.last_attempt_ms = Some(now);
+            op.not_before_ms = None;
             op.config.clone()
         }) else {
             return;
@@ -255,11 +256,17 @@ impl Engine {
         self.start_worker(id, io);
     }
 
-    /// `retryGate` (4.3), for NotStarted, UpdateInProgress and DeletionInProgress.
+    /// `retryGate` (4.3), for NotStarted, UpdateInProgress and DeletionInProgress; first of all
+    /// the server's `Retry-After` hold.
     fn retry_gate(&mut self, id: &Identity) -> Gate {
         let now = self.now_ms;
         let Some(op) = self.ops.get(id) else { return Gate::Skip };
         let (count, parked, next, kind, state) = (op.retry_count, op.retries_exhausted, op.next_retry_at_ms, op.kind(), op.state);
+        if let Some(at) = op.not_before_ms.filter(|at| now < *at) {
+            // The server's Retry-After: nothing (not even fresh intent) starts earlier.
+            self.dispatcher.arm(&mut self.timers, id, at);
+            return Gate::Skip;
+        }
         if count >= MAX_SERVICE_RETRIES && !parked {
             self.update_op(id, |op| {
                 op.retries_exhausted = true;

@@ -136,7 +136,7 @@ impl Engine {
             self.run_locations(io);
             self.dispatch(io);
             self.start_pod_calls(io);
-            if !(self.locations_updater.triggered && self.locations_updater.in_flight.is_none()) && self.egress.calls.released.is_empty() {
+            if !self.locations_updater.pass_due(self.now_ms) && self.egress.calls.released.is_empty() {
                 break;
             }
         }
@@ -337,9 +337,8 @@ impl Engine {
 
     fn next_wake(&self) -> Option<u64> {
         let mut wake = self.timers.next_timeout();
-        let sync_due = (self.locations_updater.triggered && self.locations_updater.in_flight.is_none())
-            || !self.egress.calls.queue.is_empty()
-            || !self.egress.calls.released.is_empty();
+        let sync_due =
+            self.locations_updater.pass_due(self.now_ms) || !self.egress.calls.queue.is_empty() || !self.egress.calls.released.is_empty();
         let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < MAX_CONCURRENT_OPERATIONS;
         if sync_due || dispatch_due {
             wake = Some(self.now_ms);

@@ -8,17 +8,23 @@
 //! Pods go to the egress pod informer of [`crate::egress`].
 
 use crate::admission::admit;
-use crate::config::ServiceConfig;
+use crate::config::{ServiceConfig, ServiceKind};
 use crate::egress::PodEvent;
 use crate::endpoints::{owner_of, slice_key, EndpointMap};
 use crate::engine::Engine;
 use crate::identity::Identity;
 use crate::io::{EndpointSlice, KubeEvent, Node, Service};
+use crate::names::{REASON_DUPLICATE_UID, SERVICE_FINALIZERS};
+use crate::state::ResourceState;
 use std::collections::BTreeSet;
 
 /// Whether the engine should provision a load balancer for this Service.
 pub fn needs_load_balancer(svc: &Service) -> bool {
     svc.service_type == "LoadBalancer" && svc.meta.deletion_timestamp.is_none() && svc.load_balancer_class.is_none()
+}
+
+fn has_service_finalizer(svc: &Service) -> bool {
+    svc.meta.finalizers.iter().any(|f| SERVICE_FINALIZERS.contains(&f.as_str()))
 }
 
 impl Engine {
@@ -42,6 +48,12 @@ impl Engine {
         }
         let needs = needs_load_balancer(&svc);
         let known = self.ops.get(&id).is_some_and(|o| o.kind() == crate::config::ServiceKind::Inbound) || self.nrp.has_load_balancer(&id);
+        if (needs || known) && self.owned_by_another(&id, &svc) {
+            let owner = self.services.get(&id).map(|s| format!("{}/{}", s.meta.namespace, s.meta.name)).unwrap_or_default();
+            let message = format!("Service UID {:?} is already used by Service {owner}: this Service is ignored", svc.meta.uid);
+            self.queue_event(svc.meta.object_ref(), REASON_DUPLICATE_UID, message);
+            return;
+        }
         if needs || known {
             self.services.insert(id.clone(), svc.clone());
         }
@@ -53,12 +65,26 @@ impl Engine {
             }
         } else if known {
             self.delete_service(&id, true, false);
+        } else if svc.meta.deletion_timestamp.is_some() && id.check_inbound_names().is_err() && has_service_finalizer(&svc) {
+            // Our finalizers on a Service whose name Azure cannot hold: nothing was ever created
+            // (the delete worker sends no Azure call for such a name), so only release them.
+            self.services.insert(id.clone(), svc.clone());
+            let op = self
+                .new_op(ServiceConfig::bare(id.clone(), ServiceKind::Inbound, svc.meta.object_ref()), ResourceState::DeletionInProgress);
+            self.insert_op(&id, op);
+            self.trigger_dispatch(&id);
         }
+    }
+
+    /// Another live Service (another namespace/name) already owns this identity: identities are
+    /// lower-cased UIDs, so two Services sharing one must not act on each other's load balancer.
+    fn owned_by_another(&self, id: &Identity, svc: &Service) -> bool {
+        self.services.get(id).is_some_and(|s| s.meta.namespace != svc.meta.namespace || s.meta.name != svc.meta.name)
     }
 
     fn on_service_deleted(&mut self, svc: Service) {
         let id = Identity::new(&svc.meta.uid);
-        if id.is_empty() {
+        if id.is_empty() || self.owned_by_another(&id, &svc) {
             return;
         }
         if self.ops.get(&id).is_some_and(|o| o.kind() == crate::config::ServiceKind::Inbound) || self.nrp.has_load_balancer(&id) {
@@ -104,6 +130,7 @@ impl Engine {
 
     fn on_node_applied(&mut self, node: Node) {
         let previous = self.endpoints.set_node(&node);
+        self.on_cluster_families_changed();
         let old_ips = match previous {
             Some(old) => {
                 let a: BTreeSet<&String> = old.iter().collect();

@@ -36,6 +36,39 @@ impl Identity {
     pub fn is_reserved(&self) -> bool {
         self.0 == RESERVED_IDENTITY
     }
+    /// Checks every Azure name an inbound service of this identity gives (the load balancer and
+    /// its backend pool and ServiceGateway entry `<identity>`, the public IP `<identity>-pip`)
+    /// against [`check_azure_name`]. Admission rejects a Service that fails it.
+    pub fn check_inbound_names(&self) -> Result<(), String> {
+        for name in [self.0.clone(), self.pip_name()] {
+            check_azure_name(&name).map_err(|why| format!("Azure resource name {name:?} {why}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Longest Azure resource name (public IPs, load balancers, NAT gateways).
+pub const MAX_AZURE_NAME_LEN: usize = 80;
+
+/// Azure's naming rule for every resource the engine names (AZURE-WIRE.md 2), the one place the
+/// engine states it: 1 to 80 characters, ASCII letters, digits, `-`, `_` and `.` only (no `/`,
+/// `?`, `#`, `%`, spaces or non-ASCII), not a dot segment (`.`, `..`), no `..`, no trailing
+/// dot. The host transport refuses such names again before sending, as a defence. Returns why
+/// a name breaks it.
+pub fn check_azure_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.chars().count() > MAX_AZURE_NAME_LEN {
+        return Err("is longer than 80 characters");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err("may hold only ASCII letters, digits, '-', '_' and '.'");
+    }
+    if name.contains("..") || name.ends_with('.') {
+        return Err("may not contain '..' or end with '.'");
+    }
+    Ok(())
 }
 
 /// `default-natgw` (compared case-insensitively: identities are lower-cased).
@@ -140,6 +173,26 @@ mod tests {
         assert_eq!(check_egress_identity("Default-NatGW"), Err(EgressLabelError::Reserved));
         assert!(Identity::new("DEFAULT-natgw").is_reserved());
         assert_eq!(Identity::new("E").pip_v6_name(), "e-pip-v6");
+    }
+
+    #[test]
+    fn azure_naming_rule() {
+        for ok in ["0f1c2b9e-8d7a-4c55-9e11-0a2b3c4d5e6f-pip", "egress.a_b-pip-v6", "a", "A.b", &"x".repeat(80)] {
+            assert_eq!(check_azure_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a/b", "../x", "..", ".", "a?b", "a#b", "a%2fb", "a b", "ä", "x.", "a\\b", "a\tb", &"x".repeat(81)] {
+            assert!(check_azure_name(bad).is_err(), "{bad:?}");
+        }
+        // Every egress identity the label pattern admits is a legal name with either suffix.
+        for id in ["a", "a_", "a.b-c", &"x".repeat(MAX_EGRESS_IDENTITY_LEN)] {
+            assert_eq!(check_egress_identity(id), Ok(()));
+            let id = Identity::new(id);
+            assert_eq!(check_azure_name(&id.pip_v6_name()), Ok(()));
+            assert_eq!(id.check_inbound_names(), Ok(()));
+        }
+        assert_eq!(Identity::new(&"x".repeat(76)).check_inbound_names(), Ok(()), "<76>-pip is 80");
+        assert!(Identity::new(&"x".repeat(77)).check_inbound_names().unwrap_err().contains("-pip"));
+        assert!(Identity::new("uid.").check_inbound_names().is_err(), "the LB name would end with a dot");
     }
 
     #[test]

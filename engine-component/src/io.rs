@@ -414,10 +414,25 @@ pub struct Completion {
 
 // ------------------------------------------------------------------------ Engine surface
 
+/// The default cap on a server's `Retry-After`: 5 minutes, the park cooldown (ENGINE.md 4.3).
+pub const DEFAULT_MAX_RETRY_AFTER_MS: u64 = 5 * 60 * 1_000;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantConfig {
     pub tenant: String,
     pub seed: u64,
+    /// The longest `Retry-After` (a throttled call's `retry_after_ms`) the engine honours before
+    /// the next attempt of that operation or location sync; `None` means
+    /// [`DEFAULT_MAX_RETRY_AFTER_MS`], 0 ignores `Retry-After` (backoff only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retry_after_ms: Option<u64>,
+}
+
+impl TenantConfig {
+    /// The `Retry-After` cap in force.
+    pub fn retry_after_cap_ms(&self) -> u64 {
+        self.max_retry_after_ms.unwrap_or(DEFAULT_MAX_RETRY_AFTER_MS)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

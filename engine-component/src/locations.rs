@@ -3,11 +3,12 @@
 //! Triggers coalesce into one flag; at most one `updateAddressLocations` is in flight. A pass
 //! takes the dirty key set, computes the diff over it and sends it whole; on success the diff is
 //! applied to the NRP mirror, on failure the keys go back to the dirty set (nothing is lost) and
-//! the pass is retried with backoff (a new trigger cuts the wait short). HTTP 400/422 abandon the
+//! the pass is retried with backoff (a new trigger cuts the wait short; a server's `Retry-After`,
+//! capped, is a floor nothing cuts short). HTTP 400/422 abandon the
 //! batch unless a service deletion waits on it. After every completed pass the pending service
 //! deletions are checked.
 
-use crate::backoff::{backoff_ms, LOCATION_SYNC_REPORT_THRESHOLD, OPERATION_TIMEOUT_MS};
+use crate::backoff::{backoff_ms, throttle_hold_ms, LOCATION_SYNC_REPORT_THRESHOLD, OPERATION_TIMEOUT_MS};
 use crate::desired::Key;
 use crate::diff::{full_diff, keys_diff, LocationDiff};
 use crate::engine::Engine;
@@ -41,11 +42,19 @@ pub struct LocationsUpdater {
     pub retry_at_ms: Option<u64>,
     /// The 12-attempt threshold was reported for this failure streak.
     pub abandoned_reported: bool,
+    /// A server's `Retry-After` (capped): no pass starts before this, triggers included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
 }
 
 impl LocationsUpdater {
     pub fn is_idle(&self) -> bool {
         self.in_flight.is_none() && !self.triggered && self.retry_at_ms.is_none()
+    }
+
+    /// A trigger asks for a pass that may start now (none in flight, no server hold).
+    pub(crate) fn pass_due(&self, now_ms: u64) -> bool {
+        self.triggered && self.in_flight.is_none() && self.not_before_ms.is_none_or(|t| now_ms >= t)
     }
 
     fn begin_pass(&mut self, timers: &mut TimerTable, sync: InFlightSync) {
@@ -97,7 +106,7 @@ impl Engine {
 
     /// Starts a pass if one is due and none is in flight.
     pub(crate) fn run_locations(&mut self, io: &mut dyn Io) {
-        if self.locations_updater.in_flight.is_some() {
+        if self.locations_updater.in_flight.is_some() || self.locations_updater.not_before_ms.is_some_and(|t| self.now_ms < t) {
             return;
         }
         let retry_due = self.timers.is_expired(&Timer::LocationSyncRetry, self.now_ms);
@@ -105,6 +114,7 @@ impl Engine {
             return;
         }
         self.locations_updater.triggered = false;
+        self.locations_updater.not_before_ms = None;
         self.locations_updater.set_retry(&mut self.timers, None);
         let keys = std::mem::take(&mut self.dirty);
         let diff = self.diff_over(&keys);
@@ -152,6 +162,7 @@ impl Engine {
     /// Applies the completion of the in-flight `updateAddressLocations`.
     pub(crate) fn complete_location_sync(&mut self, outcome: Result<CallOutput, CallError>) {
         let Some(InFlightSync { diff, keys, identities, .. }) = self.locations_updater.end_pass(&mut self.timers) else { return };
+        let retry_after = outcome.as_ref().err().and_then(|e| e.retry_after_ms);
         let result = match &outcome {
             Ok(_) => {
                 let mut pairs = BTreeSet::new();
@@ -189,10 +200,10 @@ impl Engine {
                     self.locations_updater.failures = 0;
                     self.locations_updater.abandoned_reported = false;
                 } else {
-                    self.schedule_location_retry();
+                    self.schedule_location_retry(retry_after);
                 }
             }
-            SyncOutcome::Retry => self.schedule_location_retry(),
+            SyncOutcome::Retry => self.schedule_location_retry(retry_after),
         }
     }
 
@@ -200,14 +211,21 @@ impl Engine {
     /// of reporting success. A pass in flight re-runs the checks when it completes.
     pub(crate) fn location_retry_for_pods(&mut self) {
         if self.locations_updater.in_flight.is_none() && self.locations_updater.retry_at_ms.is_none() {
-            self.schedule_location_retry();
+            self.schedule_location_retry(None);
         }
     }
 
-    fn schedule_location_retry(&mut self) {
+    /// The retry after a failed pass: the backoff, or the server's capped `Retry-After` if longer;
+    /// a new trigger cuts the backoff short (post-init), never the server's hold.
+    fn schedule_location_retry(&mut self, retry_after_ms: Option<u64>) {
         self.locations_updater.failures = self.locations_updater.failures.saturating_add(1);
         let delay = backoff_ms(self.locations_updater.failures, &mut self.rng);
-        self.locations_updater.set_retry(&mut self.timers, Some(self.now_ms.saturating_add(delay)));
+        let hold = throttle_hold_ms(retry_after_ms, self.config.retry_after_cap_ms());
+        if let Some(h) = hold {
+            let until = self.now_ms.saturating_add(h);
+            self.locations_updater.not_before_ms = self.locations_updater.not_before_ms.max(Some(until));
+        }
+        self.locations_updater.set_retry(&mut self.timers, Some(self.now_ms.saturating_add(delay.max(hold.unwrap_or(0)))));
         if self.locations_updater.failures >= LOCATION_SYNC_REPORT_THRESHOLD
             && !self.locations_updater.abandoned_reported
             && !self.pending_deletions.is_empty()

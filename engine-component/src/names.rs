@@ -18,7 +18,8 @@ pub const SERVICE_FINALIZERS: [&str; 2] = [SERVICE_CLEANUP_FINALIZER, LOAD_BALAN
 pub const ANNOTATION_INTERNAL: &str = "service.beta.kubernetes.io/azure-load-balancer-internal";
 pub const ANNOTATION_IDLE_TIMEOUT: &str = "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout";
 
-// Warning Event reasons on Services: admission rejections (2.2), then a terminal create/update.
+// Warning Event reasons on Services: admission rejections (2.2), then a terminal create/update,
+// then the identity checks of admission (names Azure cannot hold, a UID another Service owns).
 pub const REASON_INTERNAL: &str = "UnsupportedInternalLoadBalancer";
 pub const REASON_SESSION_AFFINITY: &str = "UnsupportedSessionAffinity";
 pub const REASON_LB_IP: &str = "UnsupportedLoadBalancerIP";
@@ -28,6 +29,12 @@ pub const REASON_NAMED_PORT: &str = "UnsupportedNamedTargetPort";
 pub const REASON_PROTOCOL: &str = "UnsupportedProtocol";
 pub const REASON_COLLISION: &str = "UnsupportedBackendPortCollision";
 pub const REASON_CONFIGURATION_REJECTED: &str = "ServiceGatewayConfigurationRejected";
+/// The Service's UID gives Azure resource names Azure cannot hold (non-ASCII, longer than 80
+/// characters with its suffix, `/`, `?`, `#`, `%`, spaces, a trailing dot...): terminal.
+pub const REASON_INVALID_RESOURCE_NAME: &str = "ServiceGatewayInvalidResourceName";
+/// Another live Service already owns this UID (identities are lower-cased UIDs): this one is
+/// ignored, the owner's load balancer is neither adopted nor torn down.
+pub const REASON_DUPLICATE_UID: &str = "ServiceGatewayDuplicateServiceUID";
 
 // Warning Event reasons on egress Pods (2.4, 8.3).
 pub const REASON_INVALID_EGRESS_LABEL: &str = "ServiceGatewayInvalidEgressLabel";

@@ -91,6 +91,10 @@ pub struct Operation {
     /// Outbound only: the pod whose arrival created the op.
     pub triggering_pod: Option<(String, String)>,
     pub recreate_after_deletion: bool,
+    /// A server's `Retry-After` (capped): no attempt starts before this, whatever resets the
+    /// retry budget meanwhile (4.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
 }
 
 impl Operation {
@@ -111,6 +115,7 @@ impl Operation {
             correlation_id,
             triggering_pod: None,
             recreate_after_deletion: false,
+            not_before_ms: None,
         }
     }
 

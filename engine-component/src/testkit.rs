@@ -157,8 +157,12 @@ impl Default for Harness {
 
 impl Harness {
     pub fn new(seed: u64) -> Harness {
+        Harness::with_config(TenantConfig { tenant: "test".into(), seed, ..TenantConfig::default() })
+    }
+
+    pub fn with_config(config: TenantConfig) -> Harness {
         Harness {
-            engine: Engine::new(TenantConfig { tenant: "test".into(), seed }),
+            engine: Engine::new(config),
             io: RecordingIo::default(),
             now: 1_000_000,
             outstanding: BTreeMap::new(),

@@ -6,7 +6,7 @@
 //! They start no call themselves: they queue work for the dispatcher and the LocationsUpdater,
 //! which the next tick runs.
 
-use crate::backoff::backoff_ms;
+use crate::backoff::{backoff_ms, throttle_hold_ms};
 use crate::config::{ServiceConfig, ServiceKind};
 use crate::endpoints::{removals, EndpointMap};
 use crate::engine::Engine;
@@ -243,7 +243,6 @@ impl Engine {
             self.metrics.inc(metrics::IGNORED_COMPLETIONS_TOTAL, &[]);
             return;
         };
-        let now = self.now_ms;
         let kind = op.kind();
         let state = op.state;
         let orphan = op.is_orphan;
@@ -325,16 +324,17 @@ impl Engine {
                             );
                         }
                     }
-                    Err(_) => {
+                    Err(f) => {
                         let n = retries.saturating_add(1);
-                        let delay = backoff_ms(n, &mut self.rng);
+                        let (next, not_before) = self.retry_times(n, &f);
                         self.update_op(id, |op| {
                             op.in_flight_config = None;
                             if op.state == ResourceState::CreationInProgress {
                                 op.state = ResourceState::NotStarted;
                             }
                             op.retry_count = n;
-                            op.next_retry_at_ms = Some(now.saturating_add(delay));
+                            op.next_retry_at_ms = Some(next);
+                            op.not_before_ms = op.not_before_ms.max(not_before);
                         });
                         self.trigger_dispatch(id);
                     }
@@ -378,10 +378,11 @@ impl Engine {
                     }
                     Err(f) => {
                         let n = retries.saturating_add(1);
-                        let delay = backoff_ms(n, &mut self.rng);
+                        let (next, not_before) = self.retry_times(n, &f);
                         self.update_op(id, |op| {
                             op.retry_count = n;
-                            op.next_retry_at_ms = Some(now.saturating_add(delay));
+                            op.next_retry_at_ms = Some(next);
+                            op.not_before_ms = op.not_before_ms.max(not_before);
                             if f.overlay {
                                 op.state = ResourceState::DeletionPending;
                             }
@@ -398,6 +399,15 @@ impl Engine {
             }
             _ => self.metrics.inc(metrics::IGNORED_COMPLETIONS_TOTAL, &[]),
         }
+    }
+
+    /// When retry `n` after failure `f` is due (`NextRetryAt`: the backoff, or the server's
+    /// capped `Retry-After` if longer) and the hold no reset may cut short (4.3).
+    fn retry_times(&mut self, n: u32, f: &AttemptFailure) -> (u64, Option<u64>) {
+        let backoff = backoff_ms(n, &mut self.rng);
+        let hold = throttle_hold_ms(f.retry_after_ms, self.config.retry_after_cap_ms());
+        let next = self.now_ms.saturating_add(backoff.max(hold.unwrap_or(0)));
+        (next, hold.map(|h| self.now_ms.saturating_add(h)))
     }
 
     /// `CheckPendingServiceDeletions`: promotes drained deletions to DeletionInProgress.

@@ -46,7 +46,11 @@ impl Guest for Component {
             if slot.is_some() {
                 return Err("an engine already exists in this instance".to_string());
             }
-            *slot = Some(Engine::new(io::TenantConfig { tenant: config.tenant, seed: config.seed }));
+            *slot = Some(Engine::new(io::TenantConfig {
+                tenant: config.tenant,
+                seed: config.seed,
+                max_retry_after_ms: config.max_retry_after_ms,
+            }));
             Ok(())
         })
     }

@@ -46,7 +46,7 @@ pub enum Step {
     Unregister,
     DeletePublicIp,
     RemoveFinalizers,
-    /// An outbound update: skipped, success without an Azure call.
+    /// An outbound update with nothing to add: skipped, success without an Azure call.
     SkipOutbound,
     // Outbound create (6.3).
     /// PUT the public IP of family `pip_index`.
@@ -81,7 +81,7 @@ pub struct ActiveOp {
     pub pip_address: Option<String>,
     /// Delete: the last failing step's error (`lastErr`).
     pub last_err: Option<CallError>,
-    /// Outbound create: the public IP family being PUT (index into the config's families).
+    /// Outbound create/update: the public IP being PUT (index into the families to PUT).
     #[serde(default)]
     pub pip_index: usize,
     /// Outbound delete: a disassociation sub-step failed (counted once).
@@ -96,6 +96,10 @@ pub struct ActiveOp {
     /// Outbound delete: a last-pod finalizer could not be removed.
     #[serde(default)]
     pub finalizer_failed: bool,
+    /// The longest `Retry-After` any call of this attempt was answered with (a delete goes on
+    /// past a throttled step; the attempt's failure still carries it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ActiveOp {
@@ -114,6 +118,7 @@ impl ActiveOp {
             finalizer_keys: Vec::new(),
             finalizer_target: None,
             finalizer_failed: false,
+            retry_after_ms: None,
         }
     }
 }
@@ -128,20 +133,35 @@ pub struct AttemptFailure {
     /// The `error_code` metric label.
     pub error_code: String,
     pub message: String,
+    /// The server's `Retry-After` (uncapped): the next attempt waits at least this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl AttemptFailure {
     pub fn terminal(message: impl Into<String>) -> AttemptFailure {
-        AttemptFailure { terminal: true, overlay: false, error_code: "ValidationError".into(), message: message.into() }
+        AttemptFailure {
+            terminal: true,
+            overlay: false,
+            error_code: "ValidationError".into(),
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
     pub fn transient(error_code: &str, message: impl Into<String>) -> AttemptFailure {
-        AttemptFailure { terminal: false, overlay: false, error_code: error_code.into(), message: message.into() }
+        AttemptFailure { terminal: false, overlay: false, error_code: error_code.into(), message: message.into(), retry_after_ms: None }
     }
     pub fn timeout() -> AttemptFailure {
         AttemptFailure::transient("timeout", "operation timed out after 5m")
     }
     pub fn from_call(e: &CallError) -> AttemptFailure {
-        AttemptFailure { terminal: false, overlay: is_overlay_error(e), error_code: classify(e).into(), message: e.to_string() }
+        AttemptFailure {
+            terminal: false,
+            overlay: is_overlay_error(e),
+            error_code: classify(e).into(),
+            message: e.to_string(),
+            retry_after_ms: e.retry_after_ms,
+        }
     }
 }
 
@@ -238,10 +258,9 @@ impl Engine {
             (Work::Delete, false) => self.begin_outbound_delete(),
             (Work::Create, _) => self.begin_create(id),
             (Work::Update, true) => self.begin_update(id),
-            (Work::Update, false) => {
-                self.metrics.inc(metrics::OUTBOUND_SERVICE_UPDATES_SKIPPED_TOTAL, &[]);
-                Next::Finish(WorkerResult::Skipped)
-            }
+            (Work::Update, false) => self.begin_outbound_update(id),
+            // Azure could never hold a resource of this name: nothing to delete but the finalizers.
+            (Work::Delete, _) if id.check_inbound_names().is_err() => self.after_delete_steps(id),
             (Work::Delete, _) => {
                 Next::Call(Step::DetachPool, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, false, vec![])])))
             }
@@ -251,6 +270,10 @@ impl Engine {
 
     fn begin_create(&mut self, id: &Identity) -> Next {
         let Some(a) = self.dispatcher.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        if let Err(why) = id.check_inbound_names() {
+            // Admission rejects these; an op from before the rule parks before any finalizer.
+            return Next::Finish(WorkerResult::Failed(AttemptFailure::terminal(why)));
+        }
         if a.config.object.name.is_empty() {
             // Nothing to put a finalizer on (a config without a Kubernetes object).
             return self.after_finalizers(id);
@@ -311,6 +334,9 @@ impl Engine {
     pub(crate) fn complete_worker_call(&mut self, id: &Identity, outcome: Result<CallOutput, CallError>, io: &mut dyn Io) {
         let Some(a) = self.dispatcher.active.get_mut(id) else { return };
         a.call = None;
+        if let Some(r) = outcome.as_ref().err().and_then(|e| e.retry_after_ms) {
+            a.retry_after_ms = Some(a.retry_after_ms.map_or(r, |m| m.max(r)));
+        }
         let step = a.step;
         let next = match step {
             Step::AddFinalizers => match outcome {
@@ -424,7 +450,10 @@ impl Engine {
             WorkerResult::Dropped => self.drop_tracking(id, &active),
             WorkerResult::Done => self.on_service_creation_complete(id, Ok(())),
             WorkerResult::Skipped => self.complete_attempt(id, Ok(()), false),
-            WorkerResult::Failed(f) => self.on_service_creation_complete(id, Err(f)),
+            WorkerResult::Failed(mut f) => {
+                f.retry_after_ms = f.retry_after_ms.max(active.retry_after_ms);
+                self.on_service_creation_complete(id, Err(f))
+            }
         }
         self.trigger_dispatch(id);
     }

@@ -53,7 +53,7 @@ pub fn test_cache_dir() -> std::path::PathBuf {
 }
 
 pub fn tenant_config() -> TenantConfig {
-    TenantConfig { tenant: "test-tenant".into(), seed: 1234 }
+    TenantConfig { tenant: "test-tenant".into(), seed: 1234, ..TenantConfig::default() }
 }
 
 /// A fresh, created engine component instance.

@@ -29,11 +29,11 @@ pub use pod_calls::{PodCallKind, PodEvent};
 pub use records::PodDeletionRecord;
 pub(crate) use records::{DeletionRecords, Shadows};
 
-use crate::config::{ServiceConfig, ServiceKind};
+use crate::config::{ServiceConfig, ServiceDetails, ServiceKind};
 use crate::engine::Engine;
 use crate::identity::Identity;
 use crate::io::{IpVersion, ObjectRef, Pod};
-use crate::state::ResourceState;
+use crate::state::{ResourceState, STATE_LABELS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -136,8 +136,8 @@ impl Engine {
 
     // ------------------------------------------------------------------ helpers
 
-    /// The NAT gateway's public IP families, decided once per creation (2.6): IPv4, plus IPv6
-    /// when any node has a genuine IPv6 InternalIP. A positive answer is cached for good.
+    /// The NAT gateway's public IP families (2.6): IPv4, plus IPv6 when any node has a genuine
+    /// IPv6 InternalIP. A positive answer is cached for good.
     pub(crate) fn outbound_ip_families(&mut self) -> Vec<IpVersion> {
         if !self.egress.cluster_has_ipv6 && self.endpoints.cluster_has_ipv6() {
             self.egress.cluster_has_ipv6 = true;
@@ -146,6 +146,58 @@ impl Engine {
             vec![IpVersion::V4, IpVersion::V6]
         } else {
             vec![IpVersion::V4]
+        }
+    }
+
+    /// The node table may have gained IPv6 (2.6): once it has, every outbound service decided
+    /// IPv4-only is brought to both families. The decision is then cached, so this runs once;
+    /// with no outbound service yet it is left to the next creation.
+    pub(crate) fn on_cluster_families_changed(&mut self) {
+        if self.egress.cluster_has_ipv6 || !self.endpoints.cluster_has_ipv6() {
+            return;
+        }
+        if (0..STATE_LABELS.len()).all(|i| self.ops.count(i, ServiceKind::Outbound) == 0) {
+            return;
+        }
+        let families = self.outbound_ip_families();
+        let stale: Vec<Identity> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| op.config.outbound_config().is_some_and(|c| c.ip_families != families))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.set_outbound_families(&id, &families);
+        }
+    }
+
+    /// The outbound `UpdateService`: the desired families change. A live NAT gateway goes to
+    /// UpdateInProgress (its missing public IPs are created and it is re-PUT with them); an op
+    /// not yet live creates with the new families (a create in flight drifts into that update);
+    /// a deleting one recreates with them.
+    fn set_outbound_families(&mut self, id: &Identity, families: &[IpVersion]) {
+        let Some(op) = self.ops.get(id) else { return };
+        let (state, parked) = (op.state, op.retries_exhausted);
+        self.update_op(id, |op| {
+            if let ServiceDetails::Outbound(c) = &mut op.config.details {
+                c.ip_families = families.to_vec();
+            }
+        });
+        match state {
+            ResourceState::Created => {
+                self.update_op(id, |op| {
+                    op.state = ResourceState::UpdateInProgress;
+                    op.reset();
+                });
+                self.trigger_dispatch(id);
+            }
+            ResourceState::NotStarted | ResourceState::CreationInProgress | ResourceState::UpdateInProgress => {
+                self.update_op(id, |op| op.reset());
+                if parked {
+                    self.trigger_dispatch(id);
+                }
+            }
+            ResourceState::DeletionPending | ResourceState::DeletionInProgress | ResourceState::Unknown(_) => {}
         }
     }
 

@@ -1,9 +1,12 @@
 //! The outbound step machines (ENGINE.md 6.3 create, 6.5 delete), on the worker model of
 //! [`crate::workers`]: one call per step, the completion picks the next step.
 //!
-//! Create: PUT `<id>-pip` (+ `<id>-pip-v6` when the cluster had IPv6 nodes at creation) -> PUT the
-//! NAT gateway -> register `Outbound` with the NAT reference -> record the NAT in the NRP mirror.
+//! Create: PUT `<id>-pip` (+ `<id>-pip-v6` when the cluster has IPv6 nodes) -> PUT the NAT
+//! gateway -> register `Outbound` with the NAT reference -> record the NAT in the NRP mirror.
 //! Any failure stops the attempt (what exists stays; the retry re-PUTs idempotently).
+//!
+//! Update (the cluster gained IPv6 after the create, 2.6): PUT the public IPs the last applied
+//! config lacks -> PUT the NAT gateway with every family's; the registration is unchanged.
 //!
 //! Delete: disassociate (GET services, clear the entry's NAT reference if set; GET the NAT, detach
 //! it from the ServiceGateway if it references it; failures only counted) -> unregister -> DELETE
@@ -17,7 +20,7 @@ use crate::io::{
     Call, CallError, CallOutput, CloudCall, ErrorKind, IpVersion, KubeCall, NatGatewaySpec, NatReference, ServiceType, SgwServiceRequest,
 };
 use crate::metrics;
-use crate::workers::{is_not_found, AttemptFailure, Next, Step, WorkerResult};
+use crate::workers::{is_not_found, AttemptFailure, Next, Step, Work, WorkerResult};
 
 fn outbound_request(id: &Identity, is_delete: bool, nat: NatReference) -> SgwServiceRequest {
     SgwServiceRequest {
@@ -49,14 +52,38 @@ impl Engine {
         }
     }
 
+    /// The families whose public IP this attempt PUTs: all of them for a create; for an update
+    /// those the last applied config lacks (none when nothing was applied: nothing to amend).
+    fn families_to_put(&self, id: &Identity) -> Vec<IpVersion> {
+        let fams = self.worker_families(id);
+        if self.dispatcher.active.get(id).is_some_and(|a| a.work == Work::Update) {
+            let Some(applied) = self.ops.get(id).and_then(|o| o.last_applied_config.as_ref()).and_then(|c| c.outbound_config()) else {
+                return Vec::new();
+            };
+            return fams.into_iter().filter(|f| !applied.ip_families.contains(f)).collect();
+        }
+        fams
+    }
+
     pub(crate) fn begin_outbound_create(&mut self, id: &Identity) -> Next {
+        self.next_outbound_pip(id)
+    }
+
+    /// Outbound update (2.6, the cluster gained IPv6): create the missing public IPs, then PUT
+    /// the NAT gateway with every family's. The registration (the NAT reference) is unchanged.
+    /// Nothing missing ⇒ skipped without an Azure call.
+    pub(crate) fn begin_outbound_update(&mut self, id: &Identity) -> Next {
+        if self.families_to_put(id).is_empty() {
+            self.metrics.inc(metrics::OUTBOUND_SERVICE_UPDATES_SKIPPED_TOTAL, &[]);
+            return Next::Finish(WorkerResult::Skipped);
+        }
         self.next_outbound_pip(id)
     }
 
     fn next_outbound_pip(&mut self, id: &Identity) -> Next {
         let fams = self.worker_families(id);
         let idx = self.dispatcher.active.get(id).map_or(0, |a| a.pip_index);
-        match fams.get(idx) {
+        match self.families_to_put(id).get(idx) {
             Some(v) => Next::Call(Step::PutNatPublicIp, Call::Cloud(CloudCall::PutPublicIp { name: pip_name(id, *v), version: *v })),
             None => {
                 let spec = NatGatewaySpec {
@@ -170,6 +197,7 @@ impl Engine {
                 Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::PutNatGateway => match outcome {
+                Ok(_) if self.dispatcher.active.get(id).is_some_and(|a| a.work == Work::Update) => Next::Finish(WorkerResult::Done),
                 Ok(_) => Next::Call(
                     Step::RegisterOutbound,
                     Call::Cloud(CloudCall::UpdateServices(vec![outbound_request(id, false, NatReference::Set(id.as_str().to_string()))])),

@@ -119,7 +119,7 @@ fn snapshot_restore_mid_create_keeps_awaiting_the_call() {
 
 #[test]
 fn restore_refuses_newer_schema_and_garbage() {
-    let e = crate::Engine::new(TenantConfig { tenant: "t".into(), seed: 1 });
+    let e = crate::Engine::new(TenantConfig { tenant: "t".into(), seed: 1, ..TenantConfig::default() });
     let mut v: serde_json::Value = serde_json::from_slice(&e.snapshot()).unwrap();
     v["schema_version"] = serde_json::json!(99);
     let err = crate::Engine::restore(&serde_json::to_vec(&v).unwrap()).unwrap_err();

@@ -4,9 +4,11 @@
 mod common;
 mod create;
 mod delete;
+mod dual_stack;
 mod egress;
 mod endpoint_scenarios;
 mod golden;
+mod identities;
 mod lifecycle;
 mod location_sync;
 mod misc;
@@ -16,4 +18,5 @@ mod props_egress;
 mod retry;
 mod scale;
 mod startup;
+mod throttling;
 mod update;

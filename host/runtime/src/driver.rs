@@ -408,7 +408,7 @@ mod tests {
     use crate::wasm::Runtime;
 
     fn config() -> TenantConfig {
-        TenantConfig { tenant: "t1".into(), seed: 7 }
+        TenantConfig { tenant: "t1".into(), seed: 7, ..TenantConfig::default() }
     }
 
     #[test]

@@ -118,7 +118,7 @@ fn count_state(engine: &mut dyn EngineDriver, state: &str) -> Result<u32> {
 pub fn measure(kind: EngineKind, services: usize, single_events: usize) -> Result<Vec<Phase>> {
     let mut engine = kind.new_driver(CallIds::default())?;
     let engine = engine.as_mut();
-    engine.create(&TenantConfig { tenant: "bench".into(), seed: 7 })?;
+    engine.create(&TenantConfig { tenant: "bench".into(), seed: 7, ..TenantConfig::default() })?;
     let mut now = 1_000u64;
     let nodes = (services * ENDPOINTS_PER_SERVICE).div_ceil(PODS_PER_NODE);
     let node_events = (0..nodes)

@@ -41,7 +41,7 @@ impl Default for DemoOptions {
 
 pub async fn run(args: DemoOptions) -> Result<()> {
     let ids = CallIds::default();
-    let config = TenantConfig { tenant: "demo".into(), seed: 42 };
+    let config = TenantConfig { tenant: "demo".into(), seed: 42, ..TenantConfig::default() };
     let mut driver: Box<dyn EngineDriver> = match args.engine {
         EngineKind::Wasm => {
             let runtime = Runtime::new(RuntimeOptions::default())?;

@@ -395,7 +395,7 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     let seed = options.seed;
     let driver = tokio::task::spawn_blocking(move || -> Result<_> {
         let mut driver = engine.new_driver(CallIds::default())?;
-        driver.create(&TenantConfig { tenant: TENANT.into(), seed }).context("creating the engine")?;
+        driver.create(&TenantConfig { tenant: TENANT.into(), seed, ..TenantConfig::default() }).context("creating the engine")?;
         Ok(driver)
     })
     .await

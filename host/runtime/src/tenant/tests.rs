@@ -33,7 +33,7 @@ fn poisonable(ids: CallIds, bad_call: Option<CallId>) -> Box<dyn EngineDriver> {
 
 fn engine(bad_call: Option<CallId>, snapshots: SnapshotPolicy) -> GuardedEngine {
     let mut first = poisonable(CallIds::default(), bad_call);
-    first.create(&TenantConfig { tenant: "t".into(), seed: 3 }).unwrap();
+    first.create(&TenantConfig { tenant: "t".into(), seed: 3, ..TenantConfig::default() }).unwrap();
     let recovery = Recovery::new(move |ids| Ok(poisonable(ids, bad_call))).with_snapshots(snapshots);
     GuardedEngine::new("t".into(), first, Some(recovery))
 }
@@ -122,7 +122,7 @@ fn a_tick_that_panics_with_no_input_on_a_fresh_instance_stops_the_tenant() {
     }
     let always_panics = |ids| -> Box<dyn EngineDriver> { Box::new(Intercepted::new(Box::new(NativeEngine::new(ids)), AlwaysPanics)) };
     let mut first = always_panics(CallIds::default());
-    first.create(&TenantConfig { tenant: "t".into(), seed: 3 }).unwrap();
+    first.create(&TenantConfig { tenant: "t".into(), seed: 3, ..TenantConfig::default() }).unwrap();
     let recovery = Recovery::new(move |ids| Ok(always_panics(ids)));
     let mut k = GuardedEngine::new("t".into(), first, Some(recovery));
     let mut out = TickReport::default();

@@ -143,7 +143,7 @@ impl From<w::EngineStatus> for io::EngineStatus {
 
 impl From<&io::TenantConfig> for wx::TenantConfig {
     fn from(c: &io::TenantConfig) -> wx::TenantConfig {
-        wx::TenantConfig { tenant: c.tenant.clone(), seed: c.seed }
+        wx::TenantConfig { tenant: c.tenant.clone(), seed: c.seed, max_retry_after_ms: c.max_retry_after_ms }
     }
 }
 

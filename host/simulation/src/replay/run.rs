@@ -93,7 +93,9 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
     let mut cluster = Cluster::new();
     let mut stats = LoopStats::default();
 
-    driver.create(&TenantConfig { tenant: options.tenant.clone(), seed: options.seed }).context("creating the engine")?;
+    driver
+        .create(&TenantConfig { tenant: options.tenant.clone(), seed: options.seed, ..TenantConfig::default() })
+        .context("creating the engine")?;
 
     let events = &trace.events;
     let mut next_event = 0usize;
