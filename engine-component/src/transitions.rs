@@ -162,12 +162,20 @@ impl Engine {
                 self.deletion_tail(id, inbound);
             }
             Some((ResourceState::DeletionPending | ResourceState::DeletionInProgress, parked)) => {
-                self.update_op(id, |op| {
-                    op.recreate_after_deletion = false;
-                    if parked {
-                        op.reset();
-                    }
-                });
+                let cancelled = self
+                    .update_op(id, |op| {
+                        let cancelled = std::mem::replace(&mut op.recreate_after_deletion, false);
+                        if parked {
+                            op.reset();
+                        }
+                        cancelled
+                    })
+                    .unwrap_or(false);
+                if cancelled {
+                    // The endpoint deltas buffered for the cancelled recreate are stale: a later
+                    // recreate re-seeds from the slice cache.
+                    self.drop_buffers(id);
+                }
                 if parked {
                     self.trigger_dispatch(id);
                 }

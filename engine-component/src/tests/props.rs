@@ -952,11 +952,10 @@ fn random_inbound_histories_keep_invariants() {
 /// while its delete is pending keeps the endpoint deltas buffered for the first recreate: the
 /// second DeleteService clears RecreateAfterDeletion but not the buffer, a removal that arrives
 /// next is not buffered (no recreate is queued), and when the Service comes back once more the
-/// delete ends in a recreate that replays the stale addition. The address stays published for a
-/// Service none of whose slices lists it. Ignored until the engine drops (or stops appending to)
-/// that buffer; ENGINE.md 4.2 describes the same steps, so upstream likely shares it.
+/// delete ends in a recreate that replays the stale addition: the address stayed published for a
+/// Service none of whose slices lists it. The repeated DeleteService now drops the buffer of the
+/// recreate it cancels (ENGINE.md 4.2 describes the same steps, so upstream likely shares it).
 #[test]
-#[ignore = "engine bug: a repeated DeleteService keeps the stale recreate buffer"]
 fn flip_away_back_away_back_publishes_no_stale_endpoint() {
     let mut h = harness();
     let flip = |class: bool| {
