@@ -133,7 +133,7 @@ fn load(limits: SandboxLimits) -> EngineComponent {
 
 fn created(component: &EngineComponent, mode: u64, n: u64) -> WasmEngine {
     let mut engine = WasmEngine::new(component, CallIds::default()).expect("instantiate");
-    engine.create(&TenantConfig { tenant: "flood".into(), seed: mode | (n << 8) }).expect("create");
+    engine.create(&TenantConfig { tenant: "flood".into(), seed: mode | (n << 8), ..TenantConfig::default() }).expect("create");
     engine
 }
 
@@ -152,7 +152,7 @@ fn a_guest_flooding_calls_in_one_tick_traps_at_the_cap() {
     let component = load(SandboxLimits::default());
     let ids = CallIds::default();
     let mut engine = WasmEngine::new(&component, ids.clone()).unwrap();
-    engine.create(&TenantConfig { tenant: "flood".into(), seed: FLOOD_CALLS | (300_000 << 8) }).unwrap();
+    engine.create(&TenantConfig { tenant: "flood".into(), seed: FLOOD_CALLS | (300_000 << 8), ..TenantConfig::default() }).unwrap();
     let err = format!("{:#}", engine.tick(0, vec![]).expect_err("300,000 calls in one tick are over the cap"));
     assert!(err.contains("more than 100000 calls") && err.contains("max_calls_per_tick"), "{err}");
     assert!(engine.is_poisoned(), "the excess is a trap of the tenant's instance");
@@ -208,7 +208,7 @@ async fn a_tenant_whose_guest_floods_recovers_through_trap_recovery() {
     let ids = CallIds::default();
     let engine: Box<dyn EngineDriver> = Box::new({
         let mut e = WasmEngine::new(&component, ids.clone()).unwrap();
-        e.create(&TenantConfig { tenant: "flood".into(), seed: FLOOD_CALLS | (150_000 << 8) }).unwrap();
+        e.create(&TenantConfig { tenant: "flood".into(), seed: FLOOD_CALLS | (150_000 << 8), ..TenantConfig::default() }).unwrap();
         e
     });
     let recovery = Recovery::for_component(&component).with_snapshots(SnapshotPolicy::every_tick());

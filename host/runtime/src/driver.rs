@@ -445,12 +445,17 @@ mod tests {
 
     #[test]
     fn a_native_engine_past_its_queue_limits_is_poisoned_like_a_trapped_guest() {
-        use difftracker_engine::io::KubeEvent;
-        use difftracker_engine::testkit::lb_service;
+        use crate::k8s::KubeObject;
+        let lb_service = |uid: &str| {
+            let json = serde_json::json!({"kind": "Service", "apiVersion": "v1",
+                "metadata": {"namespace": "default", "name": format!("svc-{uid}"), "uid": uid, "resourceVersion": "1"},
+                "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "protocol": "TCP", "port": 80}]}});
+            KubeObject::from_json(&json).unwrap().unwrap().applied()
+        };
         let ids = CallIds::default();
         let mut engine = NativeEngine::with_limits(ids.clone(), QueueLimits { max_calls: 1, ..QueueLimits::default() });
         engine.create(&config()).unwrap();
-        let services = vec![KubeEvent::ServiceApplied(lb_service("u1", &[80])), KubeEvent::ServiceApplied(lb_service("u2", &[80]))];
+        let services = vec![lb_service("00000000-0000-4000-8000-000000000001"), lb_service("00000000-0000-4000-8000-000000000002")];
         engine.deliver(0, services.clone()).unwrap();
         let err = format!("{:#}", engine.tick(0, vec![]).unwrap_err());
         assert!(err.contains("more than 1 calls") && err.contains("max_calls_per_tick"), "{err}");
