@@ -17,12 +17,14 @@ use crate::egress::{Egress, PendingPods};
 use crate::endpoints::EndpointCache;
 use crate::identity::Identity;
 use crate::io::{
-    CallId, Completion, EngineStatus, EventType, Io, KubeEvent, KubeEventRecord, ObjectKind, ObjectRef, Service, TenantConfig, TickOutcome,
+    CallId, Completion, EngineStatus, EventType, InitPhase, Io, KubeEvent, KubeEventRecord, ObjectKind, ObjectRef, Service, TenantConfig,
+    TickOutcome,
 };
 use crate::locations::LocationsUpdater;
 use crate::metrics::{self, Metrics};
 use crate::nrp::NrpMirror;
 use crate::readiness::is_ready;
+use crate::startup::Startup;
 use crate::state::{OpTable, Operation, ResourceState, STATE_LABELS};
 use crate::timers::{Timer, TimerTable};
 use crate::transitions::{EndpointDelta, PendingDeletion};
@@ -82,6 +84,9 @@ pub struct Engine {
     #[serde(rename = "lu")]
     pub(crate) locations_updater: LocationsUpdater,
     pub(crate) metrics: Metrics,
+    /// The start-up pass (ENGINE.md 9); `Ready` in snapshots that predate it.
+    #[serde(default)]
+    pub(crate) startup: Startup,
     /// Events raised outside a tick, emitted by the next one.
     pub(crate) queued_events: Vec<KubeEventRecord>,
     /// Every deadline above, ordered (derived).
@@ -90,7 +95,22 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// A new engine for a tenant. It starts with the start-up pass of ENGINE.md 9: its first
+    /// tick starts the five list calls, the host delivers its initial Kubernetes lists (as
+    /// applied events) and then [`KubeEvent::InitialListsComplete`]; no operation runs before
+    /// both are in.
     pub fn new(config: TenantConfig) -> Engine {
+        Engine { startup: Startup::listing(), ..Engine::empty(config) }
+    }
+
+    /// An engine that skips the start-up pass: initialized at once with an empty view of the
+    /// cloud. For tests that drive the state machine directly.
+    #[cfg(test)]
+    pub(crate) fn initialized(config: TenantConfig) -> Engine {
+        Engine::empty(config)
+    }
+
+    fn empty(config: TenantConfig) -> Engine {
         Engine {
             rng: SplitMix64::new(config.seed),
             config,
@@ -111,26 +131,50 @@ impl Engine {
             dispatcher: Dispatcher::default(),
             locations_updater: LocationsUpdater::default(),
             metrics: Metrics::default(),
+            startup: Startup::default(),
             queued_events: Vec::new(),
             timers: TimerTable::default(),
         }
     }
 
-    /// Applies Kubernetes watch events; starts no call.
+    /// Applies Kubernetes events; starts no call. Before initialization completes they are
+    /// kept: the initial lists up to [`KubeEvent::InitialListsComplete`], then the watch events
+    /// that follow (applied, in order, once initialized).
     pub fn deliver(&mut self, now_ms: u64, events: Vec<KubeEvent>) {
         self.advance_clock(now_ms);
         for ev in events {
-            self.handle_kube_event(ev);
+            if self.startup.is_ready() {
+                self.handle_kube_event(ev);
+            } else {
+                self.startup_event(ev);
+            }
         }
     }
 
     /// Applies completions, fires due timers and starts the calls that are due through `io`.
     pub fn tick(&mut self, now_ms: u64, completions: Vec<Completion>, io: &mut dyn Io) -> TickOutcome {
         self.advance_clock(now_ms);
+        self.note_first_input();
         for c in completions {
             self.on_completion(c, io);
         }
         self.fire_timers();
+        self.run_startup(io);
+        if self.startup.phase != InitPhase::Listing {
+            self.run_work(io);
+            if self.finish_startup(io) {
+                // Initialized: the held watch events were just applied.
+                self.run_work(io);
+            }
+        }
+        for ev in std::mem::take(&mut self.queued_events) {
+            io.record_event(ev);
+        }
+        TickOutcome { next_wake_ms: self.next_wake(), calls_in_flight: self.calls_in_flight() as u32 }
+    }
+
+    /// The updaters and the pod calls, until nothing more is due at this instant.
+    fn run_work(&mut self, io: &mut dyn Io) {
         for _ in 0..4 {
             self.run_deferred_pod_events();
             self.run_locations(io);
@@ -141,10 +185,6 @@ impl Engine {
             }
         }
         self.start_pod_calls(io);
-        for ev in std::mem::take(&mut self.queued_events) {
-            io.record_event(ev);
-        }
-        TickOutcome { next_wake_ms: self.next_wake(), calls_in_flight: self.calls_in_flight() as u32 }
     }
 
     pub fn snapshot(&self) -> Vec<u8> {
@@ -173,6 +213,7 @@ impl Engine {
             buffered_endpoint_deltas: self.buffered_deltas as u32,
             location_sync_in_flight: self.locations_updater.in_flight.is_some(),
             settled: self.is_settled(),
+            initialization: self.initialization(),
             metrics: samples,
         }
     }
@@ -230,14 +271,20 @@ impl Engine {
         self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == id)
             || self.egress.calls.in_flight.contains_key(&id)
             || self.dispatcher.calls.contains_key(&id)
+            || self.awaits_startup_call(id)
     }
     pub fn calls_in_flight(&self) -> usize {
-        self.dispatcher.awaited_calls() + usize::from(self.locations_updater.in_flight.is_some()) + self.egress.calls.in_flight.len()
+        self.dispatcher.awaited_calls()
+            + usize::from(self.locations_updater.in_flight.is_some())
+            + self.egress.calls.in_flight.len()
+            + self.startup.calls.len()
     }
 
-    /// Nothing in flight, waiting or pending: every op Created or terminal-parked.
+    /// Initialized, and nothing in flight, waiting or pending: every op Created or
+    /// terminal-parked.
     pub fn is_settled(&self) -> bool {
-        self.calls_in_flight() == 0
+        self.startup.is_ready()
+            && self.calls_in_flight() == 0
             && !self.dispatcher.has_runnable()
             && self.ops.unsettled() == 0
             && self.pending_deletions.is_empty()
@@ -276,13 +323,18 @@ impl Engine {
             return Err("buffered delta count drifted".into());
         }
         self.check_egress_invariants()?;
+        self.check_startup_invariants()?;
         if self.timers != self.expected_timers() {
             return Err("timer table drifted".into());
         }
         for (loc, addrs) in self.nrp.locations() {
             for (addr, services) in addrs {
                 for id in services {
-                    if !self.nrp.has_load_balancer(id) && !self.nrp.has_nat_gateway(id) {
+                    // NRP may hold a foreign leftover at start-up (an address mapped to a name it
+                    // has no registration for): the diff unbinds it. Ours is never published
+                    // before its registration.
+                    let ours = self.ops.contains(id) || self.desired.keys_of(id).next().is_some();
+                    if ours && !self.nrp.has_load_balancer(id) && !self.nrp.has_nat_gateway(id) {
                         return Err(format!("{addr}@{loc} published for unregistered {id}"));
                     }
                 }
@@ -318,6 +370,7 @@ impl Engine {
     /// Fires the due timers, one kind after the other in this order: attempts first (a
     /// timed-out worker frees its slot), retries last (they only queue work).
     fn fire_timers(&mut self) {
+        self.fire_startup_timeouts();
         self.fire_operation_timeouts();
         self.fire_pod_call_timeouts();
         self.fire_location_timeout();
@@ -332,6 +385,7 @@ impl Engine {
         for (id, c) in &self.egress.calls.in_flight {
             timers.set(Timer::PodCallTimeout(*id), c.deadline_ms);
         }
+        self.startup.rearm(&mut timers);
         timers
     }
 
@@ -340,13 +394,19 @@ impl Engine {
         let sync_due =
             self.locations_updater.pass_due(self.now_ms) || !self.egress.calls.queue.is_empty() || !self.egress.calls.released.is_empty();
         let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < MAX_CONCURRENT_OPERATIONS;
-        if sync_due || dispatch_due {
+        let startup_due = self.startup_due();
+        let work_due = self.startup.phase != InitPhase::Listing && (sync_due || dispatch_due);
+        if work_due || startup_due {
             wake = Some(self.now_ms);
         }
         wake
     }
 
     fn on_completion(&mut self, c: Completion, io: &mut dyn Io) {
+        if self.awaits_startup_call(c.id) {
+            self.complete_startup_call(c.id, c.outcome);
+            return;
+        }
         if self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == c.id) {
             self.complete_location_sync(c.outcome);
             return;
@@ -464,12 +524,12 @@ impl Engine {
         }
         out.push(gauge(metrics::PENDING_DELETIONS, &[], self.pending_deletions.len() as f64));
         out.push(gauge(metrics::SERVICES_BLOCKED_BY_LOCATIONS, &[], self.blocked_by_locations as f64));
-        out.push(gauge(metrics::TRACKED_SERVICES_TOTAL, &[("state", "k8s_services")], 0.0));
+        out.push(gauge(metrics::TRACKED_SERVICES_TOTAL, &[("state", "k8s_services")], self.startup.k8s_services as f64));
         out.push(gauge(metrics::TRACKED_SERVICES_TOTAL, &[("state", "nrp_loadbalancers")], self.nrp.load_balancers().len() as f64));
         out.push(gauge(metrics::TRACKED_SERVICES_TOTAL, &[("state", "nrp_natgateways")], self.nrp.nat_gateways().len() as f64));
         out.push(gauge(metrics::LOCATIONS_TOTAL, &[], self.nrp.location_count() as f64));
         out.push(gauge(metrics::ADDRESSES_TOTAL, &[], self.nrp.address_count() as f64));
-        out.push(gauge(metrics::SERVICEGATEWAY_ENABLED, &[], 1.0));
-        out.push(gauge(metrics::INITIALIZATION_DURATION_SECONDS, &[], 0.0));
+        out.push(gauge(metrics::SERVICEGATEWAY_ENABLED, &[], if self.startup.is_ready() { 1.0 } else { 0.0 }));
+        out.push(gauge(metrics::INITIALIZATION_DURATION_SECONDS, &[], self.startup.duration_ms.map_or(0.0, |ms| ms as f64 / 1000.0)));
     }
 }

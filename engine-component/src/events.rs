@@ -38,6 +38,8 @@ impl Engine {
             KubeEvent::NodeDeleted(n) => self.on_node_deleted(n),
             KubeEvent::PodApplied(p) => self.on_pod_event(PodEvent::Applied(p)),
             KubeEvent::PodDeleted(p) => self.on_pod_event(PodEvent::Deleted(p)),
+            // Only the start-up pass waits for it; a repeat later changes nothing.
+            KubeEvent::InitialListsComplete => {}
         }
     }
 

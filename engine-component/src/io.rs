@@ -1,7 +1,7 @@
 //! The engine's edge: what comes in (Kubernetes events, call completions) and what goes out
 //! (calls started through [`Io`]).
 //!
-//! These types mirror the WIT package `clb:difftracker@0.1.0` one to one. The component glue
+//! These types mirror the WIT package `clb:difftracker@0.2.0` one to one. The component glue
 //! (`wit.rs`) converts between them and the generated bindings; a native host (replay with
 //! `--engine native`, the unit tests) uses them directly. They are plain data with serde, so the
 //! host, traces and snapshots share one vocabulary.
@@ -120,6 +120,10 @@ pub enum KubeEvent {
     NodeDeleted(Node),
     PodApplied(Pod),
     PodDeleted(Pod),
+    /// Every object of the initial lists has been delivered (as applied events): what came
+    /// before is the cluster as it was at start-up, what comes after are watch events. The
+    /// start-up pass (ENGINE.md 9) waits for it.
+    InitialListsComplete,
 }
 
 // ------------------------------------------------------------------------ Cloud calls
@@ -448,6 +452,44 @@ pub struct MetricSample {
     pub value: f64,
 }
 
+/// Where the start-up pass (ENGINE.md 9) stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum InitPhase {
+    /// The five list calls and the initial cluster state (up to `InitialListsComplete`) are
+    /// awaited; nothing runs.
+    #[default]
+    Listing,
+    /// The start-up pass ran; the operations it scheduled run until the init gate (4.4) opens.
+    /// Watch events are held until initialization completes.
+    Reconciling,
+    /// Ingress backfill and the orphan public IP sweep (steps 12, 13).
+    Finishing,
+    /// Initialized: watch events are applied as they come.
+    Ready,
+}
+
+impl InitPhase {
+    pub fn label(self) -> &'static str {
+        match self {
+            InitPhase::Listing => "listing",
+            InitPhase::Reconciling => "reconciling",
+            InitPhase::Finishing => "finishing",
+            InitPhase::Ready => "ready",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Initialization {
+    pub phase: InitPhase,
+    /// Whether `InitialListsComplete` was delivered.
+    pub initial_lists_complete: bool,
+    /// Start-up list attempts that failed so far (each is retried with backoff).
+    pub failed_attempts: u32,
+    /// Why the latest attempt failed; cleared once the lists succeed.
+    pub error: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineStatus {
     pub states: Vec<(String, u32)>,
@@ -458,6 +500,7 @@ pub struct EngineStatus {
     pub buffered_endpoint_deltas: u32,
     pub location_sync_in_flight: bool,
     pub settled: bool,
+    pub initialization: Initialization,
     pub metrics: Vec<MetricSample>,
 }
 

@@ -17,7 +17,8 @@
 //! - `timers`: the one table of every deadline; its earliest is the next wake-up.
 //! - `egress`: the egress half (pod buffers, pod deletion records, pod finalizer calls, the pod
 //!   informer, the outbound step machines).
-//! - `startup`: the warm-start entry points (seed NRP, recover pod finalizers).
+//! - `startup`: the start-up pass of ENGINE.md 9 (the five lists, the initial cluster, the
+//!   service-level diff, finalizer recovery, orphans, backfill, sweep) and the init gate.
 //! - [`metrics`], `snapshot`: observability and persistence; [`names`]: the Kubernetes names
 //!   (label, finalizers, annotations, event reasons) hosts share with the engine.
 //! - `testkit` (tests only): a recording `Io`, object builders and a tick-by-tick harness.

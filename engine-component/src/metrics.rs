@@ -26,6 +26,10 @@ pub const DELETE_SUBSTEP_FAILURES_TOTAL: &str = "delete_substep_failures_total";
 pub const SERVICE_EXTERNAL_IP_RECOVERY_FAILED_TOTAL: &str = "service_external_ip_recovery_failed_total";
 /// Not upstream: completions whose call id the engine no longer awaits (late, duplicate, junk).
 pub const IGNORED_COMPLETIONS_TOTAL: &str = "ignored_completions_total";
+/// Not upstream: start-up list calls that failed (label `call`); the start-up is retried.
+pub const INITIALIZATION_FAILURES_TOTAL: &str = "initialization_failures_total";
+/// Not upstream: orphan public IPs the start-up sweep (step 13) deleted.
+pub const ORPHAN_PUBLIC_IPS_SWEPT_TOTAL: &str = "orphan_public_ips_swept_total";
 
 // Histograms.
 pub const SERVICE_OPERATION_DURATION_SECONDS: &str = "service_operation_duration_seconds";
@@ -56,6 +60,7 @@ const PLAIN_COUNTERS: &[&str] = &[
     LOCATION_SYNC_TERMINAL_ERRORS_TOTAL,
     SERVICE_EXTERNAL_IP_RECOVERY_FAILED_TOTAL,
     IGNORED_COMPLETIONS_TOTAL,
+    ORPHAN_PUBLIC_IPS_SWEPT_TOTAL,
 ];
 
 pub type Labels = Vec<(String, String)>;

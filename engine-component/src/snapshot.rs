@@ -12,8 +12,11 @@ use std::collections::BTreeMap;
 /// The schema this engine writes and the newest it reads. 2 added the egress state (pod
 /// objects, pod calls, shadows, record candidates, the IPv6 decision); a version 1 snapshot
 /// (inbound only) restores with that state empty, and an engine of version 1 refuses a version 2
-/// snapshot rather than silently dropping the egress state.
-pub const SCHEMA_VERSION: u64 = 2;
+/// snapshot rather than silently dropping the egress state. 3 added the start-up pass (its
+/// phase, lists, initial objects, held events and calls) and each inbound operation's known
+/// public IP address; a version 1 or 2 snapshot is an engine that was already running and
+/// restores initialized, without known addresses.
+pub const SCHEMA_VERSION: u64 = 3;
 
 #[derive(Serialize)]
 struct Out<'a> {

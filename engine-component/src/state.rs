@@ -95,6 +95,10 @@ pub struct Operation {
     /// retry budget meanwhile (4.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
+    /// Inbound: the address of the Service's public IP as last seen (the PUT's response, the
+    /// start-up list), so clearing the status removes exactly the entry that is ours.
+    #[serde(default)]
+    pub public_ip: Option<String>,
 }
 
 impl Operation {
@@ -116,6 +120,7 @@ impl Operation {
             triggering_pod: None,
             recreate_after_deletion: false,
             not_before_ms: None,
+            public_ip: None,
         }
     }
 
@@ -134,6 +139,12 @@ impl Operation {
     pub fn is_settled(&self) -> bool {
         self.state == ResourceState::Created || (self.state == ResourceState::NotStarted && self.creation_failed_terminal)
     }
+
+    /// Not settled, but parked after exhausting its retries: the init gate (4.4) does not wait
+    /// for it.
+    pub fn is_retry_parked(&self) -> bool {
+        !self.is_settled() && self.retries_exhausted
+    }
 }
 
 type Cell = (usize, ServiceKind);
@@ -146,6 +157,9 @@ pub struct OpTable {
     cells: BTreeMap<Cell, BTreeSet<(u64, Identity)>>,
     #[serde(skip)]
     unsettled: usize,
+    /// Of those, the retry-parked ones.
+    #[serde(skip)]
+    parked: usize,
 }
 
 impl OpTable {
@@ -164,6 +178,9 @@ impl OpTable {
         if !op.is_settled() {
             self.unsettled -= 1;
         }
+        if op.is_retry_parked() {
+            self.parked -= 1;
+        }
     }
 
     fn index(&mut self, id: &Identity, op: &Operation) {
@@ -171,12 +188,16 @@ impl OpTable {
         if !op.is_settled() {
             self.unsettled += 1;
         }
+        if op.is_retry_parked() {
+            self.parked += 1;
+        }
     }
 
     /// Rebuilds the indexes (after restore).
     pub fn rebuild(&mut self) {
         self.cells.clear();
         self.unsettled = 0;
+        self.parked = 0;
         let ops = std::mem::take(&mut self.ops);
         for (id, op) in &ops {
             self.index(id, op);
@@ -235,6 +256,11 @@ impl OpTable {
         self.unsettled
     }
 
+    /// Unsettled ops that are not retry-parked either: what the init gate (4.4) waits for.
+    pub fn blocking_init(&self) -> usize {
+        self.unsettled - self.parked
+    }
+
     /// Test/inspection helper: recomputes the counts from scratch and compares them with the
     /// incrementally maintained ones.
     pub fn check_indexes(&self) -> Result<(), String> {
@@ -245,6 +271,9 @@ impl OpTable {
         }
         if fresh.unsettled != self.unsettled {
             return Err(format!("unsettled count drifted: {} vs {}", self.unsettled, fresh.unsettled));
+        }
+        if fresh.parked != self.parked {
+            return Err(format!("parked count drifted: {} vs {}", self.parked, fresh.parked));
         }
         Ok(())
     }

@@ -156,13 +156,24 @@ impl Default for Harness {
 }
 
 impl Harness {
+    /// An engine that skips the start-up pass (initialized, empty view of the cloud).
     pub fn new(seed: u64) -> Harness {
-        Harness::with_config(TenantConfig { tenant: "test".into(), seed, ..TenantConfig::default() })
+        Harness::with_engine(Engine::initialized(TenantConfig { tenant: "test".into(), seed, ..TenantConfig::default() }))
     }
 
+    /// An initialized engine with this tenant configuration.
     pub fn with_config(config: TenantConfig) -> Harness {
+        Harness::with_engine(Engine::initialized(config))
+    }
+
+    /// A new engine as hosts create it: it starts with the start-up pass.
+    pub fn starting(seed: u64) -> Harness {
+        Harness::with_engine(Engine::new(TenantConfig { tenant: "test".into(), seed, ..TenantConfig::default() }))
+    }
+
+    pub fn with_engine(engine: Engine) -> Harness {
         Harness {
-            engine: Engine::new(config),
+            engine,
             io: RecordingIo::default(),
             now: 1_000_000,
             outstanding: BTreeMap::new(),

@@ -25,6 +25,12 @@ pub(crate) enum Timer {
     LocationSyncRetry,
     /// The 5-minute deadline of a pod finalizer call in flight (8.3).
     PodCallTimeout(CallId),
+    /// The 5-minute deadline of a start-up call in flight (a list call, a finalizer recovery,
+    /// an ingress backfill, an orphan public IP deletion; ENGINE.md 9).
+    StartupCallTimeout(CallId),
+    /// The backoff before failed start-up lists (or a failed start-up call) are retried. Not
+    /// fired: the start-up step starts them once due.
+    StartupRetry,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -371,6 +371,7 @@ impl Engine {
                                 op.in_flight_config = None;
                                 op.last_applied_config = None;
                                 op.recreate_after_deletion = false;
+                                op.public_ip = None;
                             });
                             self.remove_pending_deletion(id);
                             self.trigger_dispatch(id);

@@ -246,6 +246,17 @@ fn status_out(s: io::EngineStatus) -> w::EngineStatus {
         buffered_endpoint_deltas: s.buffered_endpoint_deltas,
         location_sync_in_flight: s.location_sync_in_flight,
         settled: s.settled,
+        initialization: w::Initialization {
+            phase: match s.initialization.phase {
+                io::InitPhase::Listing => w::InitPhase::Listing,
+                io::InitPhase::Reconciling => w::InitPhase::Reconciling,
+                io::InitPhase::Finishing => w::InitPhase::Finishing,
+                io::InitPhase::Ready => w::InitPhase::Ready,
+            },
+            initial_lists_complete: s.initialization.initial_lists_complete,
+            failed_attempts: s.initialization.failed_attempts,
+            error: s.initialization.error,
+        },
         metrics: s.metrics.into_iter().map(|m| w::MetricSample { name: m.name, labels: m.labels, value: m.value }).collect(),
     }
 }
@@ -331,6 +342,7 @@ fn kube_event_in(e: w::KubeEvent) -> io::KubeEvent {
         E::NodeDeleted(n) => io::KubeEvent::NodeDeleted(node_in(n)),
         E::PodApplied(p) => io::KubeEvent::PodApplied(pod_in(p)),
         E::PodDeleted(p) => io::KubeEvent::PodDeleted(pod_in(p)),
+        E::InitialListsComplete => io::KubeEvent::InitialListsComplete,
     }
 }
 

@@ -45,6 +45,9 @@ pub enum Step {
     DeleteLoadBalancer,
     Unregister,
     DeletePublicIp,
+    /// The Service still exists but wants no load balancer from us any more: our ingress
+    /// entry goes.
+    ClearIngress,
     RemoveFinalizers,
     /// An outbound update with nothing to add: skipped, success without an Azure call.
     SkipOutbound,
@@ -327,7 +330,33 @@ impl Engine {
         if object.name.is_empty() {
             return Next::Finish(WorkerResult::Done);
         }
+        if let Some(want) = self.ingress_to_clear(id, &object) {
+            return Next::Call(Step::ClearIngress, Call::Kube(KubeCall::PatchServiceIngress(object, want)));
+        }
         Next::Call(Step::RemoveFinalizers, Call::Kube(KubeCall::RemoveServiceFinalizers(object)))
+    }
+
+    /// The Service's cloud resources are gone: if it still exists and wants no load balancer
+    /// from us (another type, a `loadBalancerClass`), its ingress without our entry. A Service
+    /// being deleted, or one that wants a load balancer again (its recreate writes the status),
+    /// keeps what it has.
+    fn ingress_to_clear(&self, id: &Identity, object: &crate::io::ObjectRef) -> Option<Vec<LoadBalancerIngress>> {
+        let svc = self.services.get(id)?;
+        if svc.meta.deletion_timestamp.is_some()
+            || !svc.meta.uid.eq_ignore_ascii_case(&object.uid)
+            || crate::events::needs_load_balancer(svc)
+        {
+            return None;
+        }
+        let op = self.ops.get(id);
+        let fam = match op.and_then(|o| o.config.inbound_config()).and_then(|c| c.ip_families.first()) {
+            Some(f) if f.eq_ignore_ascii_case("IPv6") => crate::identity::Family::V6,
+            Some(_) => crate::identity::Family::V4,
+            None => crate::startup::service_family(svc),
+        };
+        let ours = op.and_then(|o| o.public_ip.as_deref());
+        let want = crate::startup::ingress_without_ours(&svc.ingress, ours, fam, svc.load_balancer_class.is_some());
+        (want != svc.ingress).then_some(want)
     }
 
     /// Applies the completion of the call worker `id` waits for.
@@ -347,7 +376,10 @@ impl Engine {
             Step::PutPublicIp => match outcome {
                 Ok(out) => {
                     if let (CallOutput::PublicIp(info), Some(a)) = (out, self.dispatcher.active.get_mut(id)) {
-                        a.pip_address = info.ip_address;
+                        a.pip_address = info.ip_address.clone();
+                        if info.ip_address.is_some() {
+                            self.update_op(id, |op| op.public_ip = info.ip_address);
+                        }
                     }
                     match self.build(id) {
                         Ok(b) => Next::Call(Step::PutLoadBalancer, Call::Cloud(CloudCall::PutLoadBalancer(b.load_balancer))),
@@ -400,9 +432,20 @@ impl Engine {
                     _ => self.after_delete_steps(id),
                 }
             }
+            Step::ClearIngress => match outcome {
+                Ok(_) => self.remove_service_finalizers(id),
+                Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => self.remove_service_finalizers(id),
+                Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
+            },
             Step::RemoveFinalizers => match outcome {
-                Ok(_) => Next::Finish(WorkerResult::Done),
-                Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => Next::Finish(WorkerResult::Done),
+                Ok(_) => {
+                    self.finalizer_recovered(id);
+                    Next::Finish(WorkerResult::Done)
+                }
+                Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => {
+                    self.finalizer_recovered(id);
+                    Next::Finish(WorkerResult::Done)
+                }
                 Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::Begin | Step::SkipOutbound => {
@@ -422,6 +465,19 @@ impl Engine {
             | Step::RemoveLastPodFinalizer => self.outbound_step(id, step, outcome),
         };
         self.follow(id, next, io);
+    }
+
+    fn remove_service_finalizers(&mut self, id: &Identity) -> Next {
+        let Some(a) = self.dispatcher.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
+        Next::Call(Step::RemoveFinalizers, Call::Kube(KubeCall::RemoveServiceFinalizers(a.config.object.clone())))
+    }
+
+    /// Closes the recovered-finalizer metric gap of a Service whose stuck finalizer the start-up
+    /// pass handed to this delete (6.4 step 6).
+    fn finalizer_recovered(&mut self, id: &Identity) {
+        if self.startup.recovered_services.remove(id) {
+            self.metrics.inc(metrics::FINALIZERS_RECOVERED_TOTAL, &[]);
+        }
     }
 
     /// Starts the next call or finishes the worker.

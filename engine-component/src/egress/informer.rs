@@ -170,7 +170,32 @@ impl Engine {
     fn admit_pod(&mut self, pod: &Pod, replaced: Option<(Identity, String, Vec<String>)>) {
         let Some(identity) = self.admission(pod, true) else { return };
         let key = pod_key(pod);
-        self.queue_pod_call(&key, pod.meta.object_ref(), PodCallKind::AddFinalizer { identity, pod: Box::new(pod.clone()), replaced });
+        self.queue_pod_call(
+            &key,
+            pod.meta.object_ref(),
+            PodCallKind::AddFinalizer { identity, pod: Box::new(pod.clone()), replaced, registered: false },
+        );
+    }
+
+    /// Start-up step 2 for a live pod of the initial list: its addresses are registered at once
+    /// (a NAT gateway NRP already holds keeps them published: no unbind and re-bind around the
+    /// restart), and its finalizer is added when it lacks ours (the completion registers
+    /// nothing more).
+    pub(crate) fn startup_admit_pod(&mut self, pod: &Pod) {
+        let key = pod_key(pod);
+        if !has_label_key(pod) {
+            return;
+        }
+        self.egress.pod_objects.insert(key.clone(), pod.clone());
+        let Some(identity) = self.admission(pod, true) else { return };
+        self.register_pod(&identity, pod);
+        if !has_pod_finalizer(pod) {
+            self.queue_pod_call(
+                &key,
+                pod.meta.object_ref(),
+                PodCallKind::AddFinalizer { identity, pod: Box::new(pod.clone()), replaced: None, registered: true },
+            );
+        }
     }
 
     /// Registers each pod address under its same-family node IP.

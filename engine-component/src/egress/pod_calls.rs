@@ -31,6 +31,9 @@ pub enum PodCallKind {
         /// addresses): if the re-registration places nothing, they are drain-gated after all.
         #[serde(default)]
         replaced: Option<(Identity, String, Vec<String>)>,
+        /// The start-up pass registered the pod already: the completion registers nothing.
+        #[serde(default)]
+        registered: bool,
     },
     /// A direct removal (decision release-no-drain, or an unlabelled pod carrying the
     /// finalizer); a failure queues a retry record for `identity`.
@@ -147,8 +150,9 @@ impl Engine {
         let Some(pc) = self.egress.calls.in_flight.remove(&id) else { return false };
         self.timers.stop(&Timer::PodCallTimeout(id));
         match pc.kind {
-            PodCallKind::AddFinalizer { identity, pod, replaced } => {
+            PodCallKind::AddFinalizer { identity, pod, replaced, registered } => {
                 match outcome {
+                    Ok(_) if registered => {}
                     Ok(_) => self.register_pod(&identity, &pod),
                     Err(e) if is_gone(e) => {}
                     Err(e) => {
@@ -160,7 +164,9 @@ impl Engine {
                             REASON_FINALIZER_ADD_FAILED,
                             format!("Failed to add ServiceGateway cleanup finalizer after retries; egress pod registered without NRP-drain protection: {e}"),
                         );
-                        self.register_pod(&identity, &pod);
+                        if !registered {
+                            self.register_pod(&identity, &pod);
+                        }
                     }
                 }
                 if let Some((old_id, hint, drained)) = replaced {

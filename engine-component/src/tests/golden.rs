@@ -17,6 +17,9 @@ use std::fmt::Write as _;
 
 const SNAPSHOT_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/tests/fixtures/golden_snapshot.json");
 const TRACE_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/tests/fixtures/golden_trace.txt");
+/// The same scenario's snapshot as schema 2 wrote it (before the start-up pass), kept to prove
+/// old snapshots still restore.
+const SNAPSHOT_V2_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/tests/fixtures/golden_snapshot_v2.json");
 
 const SVC_LIVE: &str = "a1111111-0000-4000-8000-000000000001";
 const SVC_BACKOFF: &str = "b2222222-0000-4000-8000-000000000002";
@@ -146,6 +149,37 @@ fn golden_snapshot_of_a_busy_engine() {
     assert_eq!(h.log, twin.log);
     assert_eq!(h.io.events, twin.io.events);
     assert_eq!(h.engine.snapshot(), twin.engine.snapshot());
+}
+
+/// A schema 2 snapshot (an engine that predates the start-up pass) restores as an initialized
+/// engine and then behaves as the same engine restored from the current fixture.
+#[test]
+fn golden_snapshot_of_schema_2_still_restores() {
+    let v2 = std::fs::read(SNAPSHOT_V2_FIXTURE).unwrap();
+    assert!(v2.starts_with(br#"{"schema_version":2,"#));
+    let old = Engine::restore(&v2).unwrap();
+    old.check_invariants().unwrap();
+    assert!(old.is_initialized());
+    let mut h = scenario();
+    assert_eq!(old.operations().count(), h.engine.operations().count());
+    let mut twin =
+        Harness { engine: old, io: h.io.clone(), now: h.now, outstanding: h.outstanding.clone(), log: Vec::new(), last: h.last.clone() };
+    h.log.clear();
+    for round in 0..40 {
+        if round == 10 {
+            h.now += 6 * 60 * 1_000;
+            twin.now = h.now;
+        }
+        let completions: Vec<Completion> =
+            h.outstanding.iter().take(3).map(|(id, c)| Completion { id: *id, outcome: Ok(ok_output(c)) }).collect();
+        assert_eq!(h.tick_with(completions.clone()), twin.tick_with(completions), "round {round}");
+        if h.outstanding.is_empty() {
+            h.wake();
+            twin.wake();
+        }
+    }
+    assert_eq!(h.log, twin.log);
+    assert_eq!(h.io.events, twin.io.events);
 }
 
 // ---------------------------------------------------------------- the seeded trace

@@ -133,7 +133,7 @@ fn schema_1_snapshot_restores_with_empty_egress_state() {
     let mut h = harness();
     create_published(&mut h, UID, "s", "10.1.0.1");
     let mut v: serde_json::Value = serde_json::from_slice(&h.engine.snapshot()).unwrap();
-    assert_eq!(v["schema_version"], serde_json::json!(2));
+    assert_eq!(v["schema_version"], serde_json::json!(3));
     v["schema_version"] = serde_json::json!(1);
     let e = v["engine"].as_object_mut().unwrap();
     for field in [
@@ -146,10 +146,32 @@ fn schema_1_snapshot_restores_with_empty_egress_state() {
         "pod_released",
         "pod_shadows",
         "cluster_has_ipv6",
+        "startup",
     ] {
         assert!(e.remove(field).is_some(), "{field}");
     }
     let restored = crate::Engine::restore(&serde_json::to_vec(&v).unwrap()).unwrap();
     assert_eq!(restored.operation(&id(UID)).map(|o| o.state), Some(ResourceState::Created));
     restored.check_invariants().unwrap();
+}
+
+#[test]
+fn schema_2_snapshot_restores_initialized_without_known_addresses() {
+    let mut h = harness();
+    create_published(&mut h, UID, "s", "10.1.0.1");
+    assert!(h.engine.operation(&id(UID)).unwrap().public_ip.is_some(), "the create learnt its address");
+    let mut v: serde_json::Value = serde_json::from_slice(&h.engine.snapshot()).unwrap();
+    v["schema_version"] = serde_json::json!(2);
+    let e = v["engine"].as_object_mut().unwrap();
+    assert!(e.remove("startup").is_some());
+    for (_, op) in e["ops"]["ops"].as_object_mut().unwrap() {
+        assert!(op.as_object_mut().unwrap().remove("public_ip").is_some());
+    }
+    let restored = crate::Engine::restore(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert!(restored.is_initialized(), "a version 2 engine was running");
+    assert_eq!(restored.operation(&id(UID)).unwrap().public_ip, None);
+    restored.check_invariants().unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&restored.snapshot()).unwrap();
+    assert_eq!(again["schema_version"], serde_json::json!(3));
+    assert_eq!(again["engine"]["startup"]["phase"], serde_json::json!("Ready"));
 }

@@ -16,8 +16,9 @@
 //!   `difftracker_host_engine_swaps_total{tenant,result}`,
 //!   `difftracker_host_engine_restarts_total{tenant}`, `difftracker_host_tenant_up{tenant}`.
 //! - `GET /healthz`: 200 while the process serves.
-//! - `GET /readyz`: 200 once every tenant has ticked at least once and none has stopped on an
-//!   error (a poisoned engine stops its tenant); 503 otherwise, with the reason.
+//! - `GET /readyz`: 200 once every tenant has ticked at least once, finished its start-up pass
+//!   and none has stopped on an error (a poisoned engine stops its tenant); 503 otherwise, with
+//!   the reason (a failing start-up list names its call and error).
 //! - `GET /`: a plain-text status page: per tenant, operations by state, calls in flight, pending
 //!   deletions, the last tick; plus whatever note the command sets ([`Observatory::set_note`]).
 
@@ -31,7 +32,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use difftracker_engine::io::{CallError, Completion, EngineStatus, ErrorKind, MetricSample};
+#[cfg(test)]
+use difftracker_engine::io::Initialization;
+use difftracker_engine::io::{CallError, Completion, EngineStatus, ErrorKind, InitPhase, MetricSample};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -406,6 +409,14 @@ impl Observatory {
                 problems.push(format!("tenant {name} stopped"));
             } else if s.ticks == 0 {
                 problems.push(format!("tenant {name} has not ticked yet"));
+            } else if s.engine.initialization.phase != InitPhase::Ready {
+                let init = &s.engine.initialization;
+                let why = match &init.error {
+                    Some(e) => e.clone(),
+                    None if !init.initial_lists_complete => "waiting for the initial lists".to_string(),
+                    None => format!("start-up {}", init.phase.label()),
+                };
+                problems.push(format!("tenant {name} is not initialized: {why}"));
             } else if s.quarantined_total > 0 {
                 // Skipped inputs mean cloud state nobody reconciles: loud until an operator acts.
                 let latest = s.quarantined.last().map(|q| format!(" (latest: {})", q.summary)).unwrap_or_default();
@@ -790,6 +801,15 @@ mod tests {
         obs.watch_tenant("a", rx);
         assert!(obs.readiness().unwrap_err().contains("not ticked"));
         tx.send_modify(|s| s.ticks = 1);
+        assert!(obs.readiness().unwrap_err().contains("not initialized: waiting for the initial lists"));
+        tx.send_modify(|s| {
+            s.engine.initialization.initial_lists_complete = true;
+            s.engine.initialization.error = Some("not initialized: start-up list GET services failed: InvalidResponse".into());
+        });
+        assert!(obs.readiness().unwrap_err().contains("GET services failed"));
+        tx.send_modify(|s| {
+            s.engine.initialization = Initialization { phase: InitPhase::Ready, initial_lists_complete: true, ..Default::default() }
+        });
         assert!(obs.readiness().is_ok());
         tx.send_modify(|s| {
             s.error = Some("guest trapped".into());

@@ -67,6 +67,7 @@ pub fn event_summary(event: &KubeEvent) -> String {
         KubeEvent::NodeDeleted(n) => ("NodeDeleted", "", n.name.as_str()),
         KubeEvent::PodApplied(p) => ("PodApplied", p.meta.namespace.as_str(), p.meta.name.as_str()),
         KubeEvent::PodDeleted(p) => ("PodDeleted", p.meta.namespace.as_str(), p.meta.name.as_str()),
+        KubeEvent::InitialListsComplete => return "InitialListsComplete".to_string(),
     };
     let object = if namespace.is_empty() { short(name, 64) } else { format!("{}/{}", short(namespace, 64), short(name, 64)) };
     format!("{kind} {object} ({} bytes)", encoded_size(event))

@@ -38,6 +38,30 @@ fn engine(bad_call: Option<CallId>, snapshots: SnapshotPolicy) -> GuardedEngine 
     GuardedEngine::new("t".into(), first, Some(recovery))
 }
 
+/// An engine started up against an empty cloud and cluster: the marker delivered, its five
+/// list calls (ids 1-5) answered with empty lists.
+fn booted(bad_call: Option<CallId>, snapshots: SnapshotPolicy) -> GuardedEngine {
+    let mut k = engine(bad_call, snapshots);
+    let mut out = TickReport::default();
+    k.iterate(0, 500, vec![KubeEvent::InitialListsComplete], vec![], &mut out).unwrap();
+    let lists: Vec<Completion> = out.tick.started.iter().map(|(id, call)| Completion { id: *id, outcome: Ok(empty_list(call)) }).collect();
+    assert_eq!(lists.len(), 5);
+    let mut out = TickReport::default();
+    k.iterate(0, 600, vec![], lists, &mut out).unwrap();
+    assert_eq!(out.status.initialization.phase, difftracker_engine::io::InitPhase::Ready);
+    k
+}
+
+fn empty_list(call: &difftracker_engine::io::Call) -> difftracker_engine::io::CallOutput {
+    use difftracker_engine::io::{Call, CallOutput, CloudCall};
+    match call {
+        Call::Cloud(CloudCall::GetSgwServices) => CallOutput::SgwServices(vec![]),
+        Call::Cloud(CloudCall::GetAddressLocations) => CallOutput::AddressLocations(vec![]),
+        Call::Cloud(CloudCall::ListPublicIps) => CallOutput::PublicIps(vec![]),
+        _ => CallOutput::Names(vec![]),
+    }
+}
+
 fn failed(id: CallId) -> Completion {
     Completion { id, outcome: Err(CallError::http(500, "InternalServerError", "try again")) }
 }
@@ -61,7 +85,7 @@ fn node() -> KubeEvent {
 #[test]
 fn a_panicking_event_is_quarantined_and_the_rest_of_the_tick_applied() {
     for snapshots in [SnapshotPolicy::every_tick(), SnapshotPolicy::every_inputs(usize::MAX)] {
-        let mut k = engine(None, snapshots);
+        let mut k = booted(None, snapshots);
         let mut first = TickReport::default();
         k.iterate(1, 1_000, vec![node(), service("a", 1)], vec![], &mut first).unwrap();
         assert_eq!(first.restarts, 0);
@@ -87,13 +111,13 @@ fn a_panicking_event_is_quarantined_and_the_rest_of_the_tick_applied() {
 
 #[test]
 fn a_panicking_completion_is_retried_once_then_quarantined() {
-    // Call 1 is the first call the engine starts.
-    let mut k = engine(Some(1), SnapshotPolicy::every_inputs(usize::MAX));
+    // Call 6 is the first call the engine starts after its five start-up lists.
+    let mut k = booted(Some(6), SnapshotPolicy::every_inputs(usize::MAX));
     let mut first = TickReport::default();
     k.iterate(1, 1_000, vec![node(), service("a", 1)], vec![], &mut first).unwrap();
-    assert_eq!(first.tick.started[0].0, 1);
+    assert_eq!(first.tick.started[0].0, 6);
     let others: Vec<Completion> = first.tick.started[1..].iter().map(|(id, _)| failed(*id)).collect();
-    let mut completions = vec![failed(1)];
+    let mut completions = vec![failed(6)];
     completions.extend(others.clone());
 
     let mut second = TickReport::default();
@@ -107,7 +131,7 @@ fn a_panicking_completion_is_retried_once_then_quarantined() {
             Input::Event(_) => panic!("an event was quarantined"),
         })
         .collect();
-    assert_eq!(dropped, vec![1], "only the poisoned completion is dropped");
+    assert_eq!(dropped, vec![6], "only the poisoned completion is dropped");
     let tracked: u32 = second.status.states.iter().map(|(_, n)| n).sum();
     assert_eq!(tracked, 2, "b was applied: {:?}", second.status.states);
 }

@@ -161,6 +161,18 @@ impl TenantLoop {
             self.observe(TenantEvent::EventRecorded(event.clone()));
             self.runner.backends.kube.record_event(event);
         }
+        let previous_init = self.status.borrow().engine.initialization.clone();
+        if engine.initialization != previous_init {
+            match &engine.initialization.error {
+                Some(e) if previous_init.error.as_ref() != Some(e) => {
+                    tracing::warn!(tenant = %self.name, error = %e, attempts = engine.initialization.failed_attempts, "engine start-up failed; retrying")
+                }
+                _ if engine.initialization.phase != previous_init.phase => {
+                    tracing::info!(tenant = %self.name, phase = engine.initialization.phase.label(), "engine start-up phase")
+                }
+                _ => {}
+            }
+        }
         let states_changed = self.status.borrow().engine.states != engine.states;
         if states_changed {
             tracing::info!(tenant = %self.name, states = ?engine.states, "operation states changed");

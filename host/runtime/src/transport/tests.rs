@@ -952,4 +952,26 @@ async fn a_huge_arm_error_is_cut_to_a_bounded_length_on_a_char_boundary() {
     let e = s.transport().perform(CloudCall::PutPublicIp { name: "u-pip".into(), version: IpVersion::V4 }).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::OperationFailed);
     check(&e, "provisioningState Failed");
+/// Scenario 128, on the wire: service types in any casing parse, `InboundOutbound` included; an
+/// unknown type, or a malformed page, reaches the engine as `invalid-response` (which fails its
+/// start-up loudly).
+#[tokio::test]
+async fn s128_service_types_parse_in_any_casing_an_unknown_one_or_a_bad_page_is_invalid() {
+    let body = r#"{"value":[{"name":"a","properties":{"serviceType":"inbound"}},
+        {"name":"b","properties":{"serviceType":"INBOUNDOUTBOUND"}},{"name":"c","properties":{"serviceType":"Outbound"}}]}"#;
+    let s = ScriptedServer::start(vec![canned(200, body)]).await;
+    match s.transport().perform(CloudCall::GetSgwServices).await.unwrap() {
+        CallOutput::SgwServices(list) => {
+            let types: Vec<(&str, ServiceType)> = list.iter().map(|x| (x.name.as_str(), x.service_type)).collect();
+            assert_eq!(types, vec![("a", ServiceType::Inbound), ("b", ServiceType::InboundOutbound), ("c", ServiceType::Outbound)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let s = ScriptedServer::start(vec![canned(200, r#"{"value":[{"name":"x","properties":{"serviceType":"Sideways"}}]}"#)]).await;
+    let e = s.transport().perform(CloudCall::GetSgwServices).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse, "{e}");
+    assert!(e.message.contains("unknown serviceType"), "{e}");
+    let s = ScriptedServer::start(vec![canned(200, r#"{"items":[]}"#)]).await;
+    let e = s.transport().perform(CloudCall::GetSgwServices).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidResponse, "a page without value: {e}");
 }

@@ -134,6 +134,17 @@ impl From<w::EngineStatus> for io::EngineStatus {
             buffered_endpoint_deltas: s.buffered_endpoint_deltas,
             location_sync_in_flight: s.location_sync_in_flight,
             settled: s.settled,
+            initialization: io::Initialization {
+                phase: match s.initialization.phase {
+                    w::InitPhase::Listing => io::InitPhase::Listing,
+                    w::InitPhase::Reconciling => io::InitPhase::Reconciling,
+                    w::InitPhase::Finishing => io::InitPhase::Finishing,
+                    w::InitPhase::Ready => io::InitPhase::Ready,
+                },
+                initial_lists_complete: s.initialization.initial_lists_complete,
+                failed_attempts: s.initialization.failed_attempts,
+                error: s.initialization.error,
+            },
             metrics: s.metrics.into_iter().map(|m| io::MetricSample { name: m.name, labels: m.labels, value: m.value }).collect(),
         }
     }
@@ -241,6 +252,7 @@ impl From<io::KubeEvent> for w::KubeEvent {
             E::NodeDeleted(n) => w::KubeEvent::NodeDeleted(w::Node::from(n)),
             E::PodApplied(p) => w::KubeEvent::PodApplied(w::Pod::from(p)),
             E::PodDeleted(p) => w::KubeEvent::PodDeleted(w::Pod::from(p)),
+            E::InitialListsComplete => w::KubeEvent::InitialListsComplete,
         }
     }
 }
