@@ -12,8 +12,8 @@
 
 use anyhow::{bail, Context, Result};
 use difftracker_engine::io::{
-    AddressLocation, Call, CallError, CallId, CallOutput, CloudCall, Completion, EngineStatus, ErrorKind, KubeEvent, KubeEventRecord,
-    PublicIpInfo, TenantConfig, TickOutcome,
+    AddressLocation, Call, CallError, CallId, CallOutput, CloudCall, Completion, EngineStatus, ErrorKind, InitPhase, KubeEvent,
+    KubeEventRecord, PublicIpInfo, TenantConfig, TickOutcome,
 };
 use difftracker_runtime::driver::{restore_into, CallIds, EngineDriver, NativeEngine, WasmEngine};
 use difftracker_runtime::wasm::{EngineComponent, Runtime, RuntimeOptions};
@@ -56,14 +56,30 @@ pub fn tenant_config() -> TenantConfig {
     TenantConfig { tenant: "test-tenant".into(), seed: 1234, ..TenantConfig::default() }
 }
 
-/// A fresh, created engine component instance.
+/// A fresh, created engine component instance whose initial lists were empty: it has received
+/// `InitialListsComplete` and starts up (lists the cloud) on its first tick.
 pub fn wasm_engine(ids: CallIds) -> Box<dyn EngineDriver> {
+    let mut engine = wasm_engine_created(ids);
+    engine.deliver(0, vec![KubeEvent::InitialListsComplete]).expect("deliver the marker");
+    engine
+}
+
+/// A fresh, created engine component instance that has received nothing yet.
+pub fn wasm_engine_created(ids: CallIds) -> Box<dyn EngineDriver> {
     let mut engine = WasmEngine::new(component(), ids).expect("instantiate the engine component");
     engine.create(&tenant_config()).expect("create");
     Box::new(engine)
 }
 
+/// The native counterpart of [`wasm_engine`].
 pub fn native_engine(ids: CallIds) -> Box<dyn EngineDriver> {
+    let mut engine = native_engine_created(ids);
+    engine.deliver(0, vec![KubeEvent::InitialListsComplete]).expect("deliver the marker");
+    engine
+}
+
+/// The native counterpart of [`wasm_engine_created`].
+pub fn native_engine_created(ids: CallIds) -> Box<dyn EngineDriver> {
     let mut engine = NativeEngine::new(ids);
     engine.create(&tenant_config()).expect("create");
     Box::new(engine)
@@ -195,14 +211,43 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// The real component, created, at virtual time 1 000 000 ms.
+    /// The real component at virtual time 1 000 000 ms, started up against an empty cloud and
+    /// an empty cluster (its list calls answered by the defaults). The record starts after the
+    /// start-up: `started`, `completed`, `events`, `statuses` and `ticks` only hold what follows.
     pub fn wasm() -> Harness {
-        Harness::with_engine(wasm_engine(CallIds::default()))
+        Harness::initialized(Harness::with_engine(wasm_engine(CallIds::default())))
     }
 
     /// The engine crate linked natively, same setup.
     pub fn native() -> Harness {
-        Harness::with_engine(native_engine(CallIds::default()))
+        Harness::initialized(Harness::with_engine(native_engine(CallIds::default())))
+    }
+
+    /// The real component, created and nothing else: a start-up test delivers the initial lists
+    /// and the marker itself (see [`Harness::start`]).
+    pub fn wasm_starting() -> Harness {
+        Harness::with_engine(wasm_engine_created(CallIds::default()))
+    }
+
+    /// The native counterpart of [`Harness::wasm_starting`].
+    pub fn native_starting() -> Harness {
+        Harness::with_engine(native_engine_created(CallIds::default()))
+    }
+
+    /// Delivers `initial` (the initial lists) and the marker.
+    pub fn start(&mut self, mut initial: Vec<KubeEvent>) -> Result<()> {
+        initial.push(KubeEvent::InitialListsComplete);
+        self.deliver(initial)
+    }
+
+    fn initialized(mut h: Harness) -> Harness {
+        h.run_until(20, |h| h.statuses.last().is_some_and(|s| s.initialization.phase == InitPhase::Ready)).expect("the engine initializes");
+        h.started.clear();
+        h.completed.clear();
+        h.events.clear();
+        h.statuses.clear();
+        h.ticks = 0;
+        h
     }
 
     pub fn with_engine(engine: Box<dyn EngineDriver>) -> Harness {

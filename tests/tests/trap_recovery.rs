@@ -38,9 +38,11 @@ fn small_component() -> &'static EngineComponent {
 
 const HUGE: usize = 16 << 20;
 
+/// A created instance of `component` whose initial lists were empty (the marker delivered).
 fn created_engine(component: &EngineComponent, ids: CallIds) -> Box<dyn EngineDriver> {
     let mut engine = WasmEngine::new(component, ids).expect("instantiate");
     engine.create(&tenant_config()).expect("create");
+    engine.deliver(0, vec![KubeEvent::InitialListsComplete]).expect("the marker");
     Box::new(engine)
 }
 

@@ -55,6 +55,11 @@ fn respond(id: u64, call: &Call) -> Completion {
             attached: false,
         }),
         Call::Cloud(CloudCall::GetNatGateway { .. }) => CallOutput::NatGateway(None),
+        // The start-up lists of an empty cloud.
+        Call::Cloud(CloudCall::GetSgwServices) => CallOutput::SgwServices(Vec::new()),
+        Call::Cloud(CloudCall::GetAddressLocations) => CallOutput::AddressLocations(Vec::new()),
+        Call::Cloud(CloudCall::ListLoadBalancers | CloudCall::ListNatGateways) => CallOutput::Names(Vec::new()),
+        Call::Cloud(CloudCall::ListPublicIps) => CallOutput::PublicIps(Vec::new()),
         _ => CallOutput::Done,
     };
     Completion { id, outcome: Ok(output) }
@@ -121,13 +126,20 @@ pub fn measure(kind: EngineKind, services: usize, single_events: usize) -> Resul
     engine.create(&TenantConfig { tenant: "bench".into(), seed: 7, ..TenantConfig::default() })?;
     let mut now = 1_000u64;
     let nodes = (services * ENDPOINTS_PER_SERVICE).div_ceil(PODS_PER_NODE);
-    let node_events = (0..nodes)
+    let node_events: Vec<KubeEvent> = (0..nodes)
         .map(|n| {
             let ip = format!("10.{}.{}.{}", 1 + (n >> 16), (n >> 8) & 0xff, n & 0xff);
             KubeEvent::NodeApplied(sample_node(&format!("node-{n}"), &ip))
         })
         .collect();
-    engine.deliver(now, node_events)?;
+    // The initial lists (the nodes), the marker, and the start-up pass against an empty cloud.
+    let mut initial: Vec<KubeEvent> = node_events;
+    initial.push(KubeEvent::InitialListsComplete);
+    engine.deliver(now, initial)?;
+    settle(engine, &mut now)?;
+    if !engine.status()?.settled {
+        bail!("the engine did not initialize");
+    }
     let objects: Vec<Service> = (0..services).map(|i| sample_service("bench", &format!("svc-{i}"), &uid(i))).collect();
     // Every event is built before the clock starts: the phases time the engine, not the harness.
     let adds: Vec<KubeEvent> = objects.iter().map(|s| KubeEvent::ServiceApplied(s.clone())).collect();

@@ -1,7 +1,8 @@
 //! The default command: one tenant runs the sample inbound path against the in-process mock
 //! backends ([`crate::mock`]) and prints every call, completion and state change.
 //!
-//! A LoadBalancer Service with two ready endpoints on two nodes is created (finalizers, public IP,
+//! The engine starts up first (it lists the empty mock cloud, receives two nodes as its initial
+//! lists and the marker that they are complete). A LoadBalancer Service with two ready endpoints on two nodes is created (finalizers, public IP,
 //! load balancer, registration, ingress patch, then the address locations), then deleted
 //! (addresses drained, load balancer detached and deleted, unregistered, public IP deleted,
 //! finalizers removed). The mock inventory is printed at the end; it must be empty.
@@ -74,8 +75,16 @@ pub async fn run(args: DemoOptions) -> Result<()> {
 
     let services: Vec<Service> =
         (1..=args.services).map(|n| sample_service("default", &format!("web-{n}"), &format!("00000000-0000-4000-8000-{n:012}"))).collect();
-    let mut events =
-        vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::NodeApplied(sample_node("node-2", "10.0.0.5"))];
+    // The initial lists: two nodes, then the marker (the engine lists the cloud itself).
+    println!("== start up");
+    tenant.deliver(vec![
+        KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")),
+        KubeEvent::NodeApplied(sample_node("node-2", "10.0.0.5")),
+        KubeEvent::InitialListsComplete,
+    ])?;
+    let status = phase(&tenant, args.timeout, |s| s.is_idle()).await?;
+    report(&status);
+    let mut events = Vec::new();
     for (i, svc) in services.iter().enumerate() {
         let a = format!("10.244.1.{}", i + 10);
         let b = format!("10.244.2.{}", i + 10);

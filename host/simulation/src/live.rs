@@ -486,6 +486,17 @@ impl Driver {
         let mut delivered_at_tick: Option<u64> = None;
         let mut last_progress = Instant::now();
         let mut last_nudge: Option<Instant> = None;
+        // The tenant's initial lists: the cluster at the trace's first instant, then the marker.
+        {
+            let first = self.options.trace.events.first().map_or(0, |e| e.at_ms);
+            let mut cluster = lock(&self.cluster);
+            while next < total && self.options.trace.events[next].at_ms <= first {
+                let e = &self.options.trace.events[next];
+                cluster.apply(self.clock.now_ms(), e.event_type, e.object.clone());
+                next += 1;
+            }
+            self.tenant.deliver(cluster.initial_lists())?;
+        }
         let converged = loop {
             // The trace events that are due go to the cluster; what it emits goes to the queue.
             let now_ms = self.clock.now_ms();

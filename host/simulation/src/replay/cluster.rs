@@ -243,6 +243,16 @@ impl Cluster {
         !self.outbox.is_empty()
     }
 
+    /// What a starting host delivers to a new engine: every object as an applied event (its
+    /// initial lists, in key order), then the marker that the lists are complete. The watch
+    /// events produced so far are dropped: the lists carry their result.
+    pub fn initial_lists(&mut self) -> Vec<KubeEvent> {
+        self.outbox.clear();
+        let mut events: Vec<KubeEvent> = self.objects.values().map(KubeObject::applied).collect();
+        events.push(KubeEvent::InitialListsComplete);
+        events
+    }
+
     // ------------------------------------------------------------------------ trace side
 
     /// Applies one watch event of the trace at virtual time `now_ms`.

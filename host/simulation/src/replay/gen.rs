@@ -6,9 +6,10 @@
 //! (internal load balancer annotation, `sessionAffinity: ClientIP`, `loadBalancerIP`) and some
 //! that are not LoadBalancers at all; then, by churn level, endpoint churn (pod restarts,
 //! readiness flips, scale to zero and back), port changes, LoadBalancer -> ClusterIP ->
-//! LoadBalancer flips, rejected Services fixed by their owner, a node scale-out, deletions (their
-//! EndpointSlices are left to the cluster's garbage collector, as in a real recording) and
-//! same-name re-creations. With `--egress N`, N egress-labelled Pods.
+//! LoadBalancer flips, flips that end as ClusterIP or NodePort, Services another controller takes
+//! over (they gain a `loadBalancerClass`), rejected Services fixed by their owner, a node
+//! scale-out, deletions (their EndpointSlices are left to the cluster's garbage collector, as in a
+//! real recording) and same-name re-creations. With `--egress N`, N egress-labelled Pods.
 //!
 //! Deterministic from the seed: a small generator of its own, ordered maps only. An admitted
 //! Service is never changed into a rejected one (the engine keeps the existing load balancer
@@ -140,6 +141,8 @@ pub struct GenSummary {
 const NAMESPACES: &[&str] = &["default", "shop", "payments", "monitoring", "batch"];
 const APPS: &[&str] = &["web", "api", "cart", "search", "auth", "metrics", "dns", "ingest", "media", "chat"];
 const INTERNAL_LB: &str = "service.beta.kubernetes.io/azure-load-balancer-internal";
+/// The `loadBalancerClass` of the other controller that takes some Services over.
+pub const OTHER_LB_CLASS: &str = "example.com/other-lb";
 const IDLE_TIMEOUT: &str = "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,7 +377,8 @@ impl Gen {
 
     /// One churn action on a live Service at `t`; returns the time of its last event.
     fn churn_action(&mut self, i: usize, s: &mut SvcScript, t: u64, incarnation: &mut u32) -> u64 {
-        let admitted = s.rejection.is_none() && s.svc.service_type == "LoadBalancer";
+        let foreign = s.svc.load_balancer_class.is_some();
+        let admitted = s.rejection.is_none() && s.svc.service_type == "LoadBalancer" && !foreign;
         let roll = self.rng.below(100);
         if s.rejection.is_some() && roll < 50 {
             // The owner fixes the rejected spec.
@@ -444,15 +448,32 @@ impl Gen {
                 self.emit_service(t, WatchEventType::Modified, s);
                 t
             }
-            65..=79 if admitted => {
-                // LoadBalancer -> ClusterIP -> LoadBalancer.
-                s.svc.service_type = "ClusterIP".into();
-                self.emit_service(t, WatchEventType::Modified, s);
-                let t2 = t + self.rng.range(3_000, 90_000);
-                s.svc.service_type = "LoadBalancer".into();
-                self.emit_service(t2, WatchEventType::Modified, s);
-                t2
-            }
+            65..=79 if admitted => match self.rng.below(4) {
+                0 | 1 => {
+                    // LoadBalancer -> ClusterIP -> LoadBalancer.
+                    s.svc.service_type = "ClusterIP".into();
+                    self.emit_service(t, WatchEventType::Modified, s);
+                    let t2 = t + self.rng.range(3_000, 90_000);
+                    s.svc.service_type = "LoadBalancer".into();
+                    self.emit_service(t2, WatchEventType::Modified, s);
+                    t2
+                }
+                2 => {
+                    // LoadBalancer -> ClusterIP or NodePort, for good (a later action may make it
+                    // a LoadBalancer again).
+                    s.svc.service_type = if self.rng.chance(50) { "ClusterIP".into() } else { "NodePort".into() };
+                    self.emit_service(t, WatchEventType::Modified, s);
+                    t
+                }
+                _ => {
+                    // Another controller takes it over: it gains a loadBalancerClass.
+                    s.svc.load_balancer_class = Some(OTHER_LB_CLASS.into());
+                    self.emit_service(t, WatchEventType::Modified, s);
+                    t
+                }
+            },
+            // Owned by another controller: its type stays.
+            65..=79 if foreign => t,
             65..=79 => {
                 s.svc.service_type = "LoadBalancer".into();
                 self.emit_service(t, WatchEventType::Modified, s);
@@ -699,6 +720,7 @@ mod tests {
         let mut kinds = BTreeMap::new();
         let mut v6_nodes = 0;
         let (mut ready, mut not_ready, mut rejected, mut udp, mut flips, mut deletes) = (0, 0, 0, 0, 0, 0);
+        let (mut node_ports, mut classes) = (0, 0);
         for e in &t.events {
             *kinds.entry((e.event_type, e.object.kind())).or_insert(0) += 1;
             match &e.object {
@@ -718,6 +740,9 @@ mod tests {
                         || s.meta.annotation(INTERNAL_LB).is_some()) as usize;
                     udp += s.ports.iter().any(|p| p.protocol == "UDP") as usize;
                     flips += (e.event_type == WatchEventType::Modified && s.service_type == "ClusterIP") as usize;
+                    node_ports += (e.event_type == WatchEventType::Modified && s.service_type == "NodePort") as usize;
+                    classes +=
+                        (e.event_type == WatchEventType::Modified && s.load_balancer_class.as_deref() == Some(OTHER_LB_CLASS)) as usize;
                     deletes += (e.event_type == WatchEventType::Deleted) as usize;
                 }
                 KubeObject::Pod(_) => {}
@@ -726,6 +751,7 @@ mod tests {
         assert!(v6_nodes >= 1, "a dual-stack node");
         assert!(ready > 100 && not_ready > 5, "ready {ready} not ready {not_ready}");
         assert!(rejected > 0 && udp > 0 && flips > 0 && deletes > 0, "{rejected} {udp} {flips} {deletes}");
+        assert!(node_ports > 0 && classes > 0, "flips that end as NodePort: {node_ports}, class take-overs: {classes}");
         assert_eq!(kinds.get(&(WatchEventType::Deleted, "EndpointSlice")), None, "slices are garbage-collected");
         assert_eq!(kinds.get(&(WatchEventType::Added, "Pod")), None, "no egress pods by default");
         // Time order.

@@ -2,6 +2,10 @@
 //! or the native build), the in-process ARM/NRP emulator and the simulated cluster, driven by a
 //! trace in virtual time.
 //!
+//! The host starts at the trace's first instant: the trace events of that instant are applied to
+//! the cluster, and the engine receives the cluster's objects as its initial lists, then the
+//! marker that they are complete (its start-up pass lists the emulator itself).
+//!
 //! A single-threaded discrete-event loop. At each instant `now`: the trace events due are applied
 //! to the cluster; the watch events the cluster produced are delivered; the engine ticks with the
 //! completions due (in `(completion time, call id)` order); every call it starts is performed at
@@ -101,7 +105,15 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
     let mut next_event = 0usize;
     let mut in_flight: BTreeMap<(u64, CallId), Completion> = BTreeMap::new();
     let mut wake: Option<u64> = None;
-    let mut now = 0u64;
+    // The host starts at the trace's first instant: what the cluster holds then is the engine's
+    // initial lists, followed by the marker; everything later arrives as watch events.
+    let mut now = events.first().map_or(0, |e| e.at_ms);
+    while next_event < events.len() && events[next_event].at_ms <= now {
+        let e = &events[next_event];
+        cluster.apply(now, e.event_type, e.object.clone());
+        next_event += 1;
+    }
+    driver.deliver(now, cluster.initial_lists()).with_context(|| format!("engine deliver of the initial lists at {now} ms"))?;
     let mut must_tick = true;
     let converged;
     // A failing engine (a trap, a limit) ends the run, but the report is still written and says so.

@@ -42,6 +42,7 @@ fn names(events: &[KubeEvent]) -> Vec<String> {
             KubeEvent::NodeDeleted(n) => format!("node- {}", n.name),
             KubeEvent::PodApplied(p) => format!("pod+ {}", p.meta.name),
             KubeEvent::PodDeleted(p) => format!("pod- {}", p.meta.name),
+            KubeEvent::InitialListsComplete => "lists complete".to_string(),
         })
         .collect()
 }
@@ -372,4 +373,21 @@ fn random_histories_keep_the_invariants() {
             }
         }
     }
+}
+
+#[test]
+fn initial_lists_are_the_current_objects_then_the_marker() {
+    let mut c = Cluster::new();
+    c.apply(0, WatchEventType::Added, KubeObject::Service(svc("b", "u-b")));
+    c.apply(0, WatchEventType::Added, KubeObject::Service(svc("a", "u-a")));
+    c.apply(0, WatchEventType::Added, KubeObject::EndpointSlice(slice("a-1", "u-a")));
+    let mut a = svc("a", "u-a");
+    a.ports[0].port = 8080;
+    c.apply(0, WatchEventType::Modified, KubeObject::Service(a));
+    c.apply(0, WatchEventType::Deleted, KubeObject::Service(svc("b", "u-b")));
+    assert!(c.has_events());
+    let lists = c.initial_lists();
+    // One applied event per object that exists (not the watch history), then the marker.
+    assert_eq!(names(&lists), vec!["slice+ a-1", "svc+ a rv4", "lists complete"]);
+    assert!(!c.has_events(), "the watch events so far are carried by the lists");
 }
