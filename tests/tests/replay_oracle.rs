@@ -133,3 +133,55 @@ fn endless_faults_end_at_the_time_limit_unconverged() {
     let problems = oracle::check_report(&r).unwrap_err();
     assert!(problems[0].contains("did not converge"), "{problems:?}");
 }
+
+/// Services that stop being ours while they still exist (a flip that ends as ClusterIP or
+/// NodePort, another controller's `loadBalancerClass`) end with no ingress from us, and the oracle
+/// holds (it reported "carries ingress ... but has no load balancer" before the engine cleared
+/// the status).
+#[test]
+fn services_that_stop_being_ours_end_without_our_ingress() {
+    use difftracker_runtime::k8s::{KubeObject, WatchEventType};
+    use std::collections::BTreeMap;
+    let t = trace_of(&GenOptions { services: 80, nodes: 3, churn: Churn::High, seed: 17, ..GenOptions::default() });
+    // The final spec of every Service, and whether it was ever one of ours.
+    let mut last: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut ever_ours: BTreeMap<String, bool> = BTreeMap::new();
+    for e in &t.events {
+        if let KubeObject::Service(s) = &e.object {
+            let key = format!("{}/{}", s.meta.namespace, s.meta.name);
+            if e.event_type == WatchEventType::Deleted {
+                last.remove(&key);
+                ever_ours.remove(&key);
+                continue;
+            }
+            let ours = oracle::wants_load_balancer(s) && oracle::admission(s) == Ok(true);
+            *ever_ours.entry(key.clone()).or_default() |= ours;
+            last.insert(key, (s.service_type.clone(), s.load_balancer_class.is_some()));
+        }
+    }
+    let left: Vec<&String> =
+        last.iter().filter(|(k, (ty, class))| ever_ours[*k] && (ty != "LoadBalancer" || *class)).map(|(k, _)| k).collect();
+    let classed = last.values().filter(|(_, class)| *class).count();
+    let retyped = last.values().filter(|(ty, _)| ty == "ClusterIP" || ty == "NodePort").count();
+    assert!(left.len() >= 3 && classed >= 1 && retyped >= 1, "the trace must hold such Services: {left:?}");
+    for (engine, faults_on) in [(EngineKind::Native, false), (EngineKind::Native, true), (EngineKind::Wasm, false)] {
+        let r = run(&t, engine, 17, faults_on.then(|| faults(17)));
+        assert_oracle(&r, &format!("{engine:?}, faults {faults_on}"));
+        let ingress = r["kubernetes"]["service_ingress"].as_object().unwrap();
+        for key in &left {
+            assert!(!ingress.contains_key(key.as_str()), "{key} keeps an ingress: {:?}", ingress.get(key.as_str()));
+        }
+    }
+}
+
+/// A replay starts with the engine's start-up pass: the five list calls come first.
+#[test]
+fn a_replay_starts_with_the_five_list_calls() {
+    let t = trace(10, 2, Churn::None, 3);
+    let r = run(&t, EngineKind::Native, 3, None);
+    assert_oracle(&r, "10 services");
+    for label in ["GET services", "GET addressLocations", "GET loadBalancers", "GET publicIPAddresses"] {
+        assert_eq!(r["cloud_calls"][label], 1, "{label}: {}", r["cloud_calls"]);
+    }
+    assert_eq!(r["cloud_calls"]["GET natGateways"], 1, "the NAT list; no NAT gateway is read otherwise");
+}
