@@ -21,8 +21,8 @@ use std::time::Duration;
 
 const GUEST: &str = r#"
 (module
-  (import "clb:difftracker/cloud@0.1.0" "put-public-ip" (func $put_pip (param i32 i32 i32) (result i64)))
-  (import "clb:difftracker/kube@0.1.0" "record-event"
+  (import "clb:difftracker/cloud@0.2.0" "put-public-ip" (func $put_pip (param i32 i32 i32) (result i64)))
+  (import "clb:difftracker/kube@0.2.0" "record-event"
     (func $record_event (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)))
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 4096))
@@ -52,21 +52,21 @@ const GUEST: &str = r#"
     (memory.fill (i32.const 64) (i32.const 0) (i32.const 48))
     (i32.const 64))
 
-  (func (export "clb:difftracker/engine@0.1.0#create") (param i32 i32) (param $seed i64) (param i32 i64) (result i32)
+  (func (export "clb:difftracker/engine@0.2.0#create") (param i32 i32) (param $seed i64) (param i32 i64) (result i32)
     (global.set $mode (i32.wrap_i64 (i64.and (local.get $seed) (i64.const 255))))
     (global.set $count (i32.wrap_i64 (i64.shr_u (local.get $seed) (i64.const 8))))
     (call $ok))
-  (func (export "clb:difftracker/engine@0.1.0#deliver") (param i64 i32 i32) (result i32)
+  (func (export "clb:difftracker/engine@0.2.0#deliver") (param i64 i32 i32) (result i32)
     (call $ok))
-  (func (export "clb:difftracker/engine@0.1.0#snapshot") (result i32)
+  (func (export "clb:difftracker/engine@0.2.0#snapshot") (result i32)
     (call $ok))
-  (func (export "clb:difftracker/engine@0.1.0#restore") (param i32 i32) (result i32)
+  (func (export "clb:difftracker/engine@0.2.0#restore") (param i32 i32) (result i32)
     (global.set $mode (i32.const 0))
     (call $ok))
-  (func (export "clb:difftracker/engine@0.1.0#status") (result i32)
+  (func (export "clb:difftracker/engine@0.2.0#status") (result i32)
     (call $ok))
 
-  (func (export "clb:difftracker/engine@0.1.0#tick") (param i64 i32 i32) (result i32)
+  (func (export "clb:difftracker/engine@0.2.0#tick") (param i64 i32 i32) (result i32)
     (local $i i32) (local $p i32)
     (if (i32.eq (global.get $mode) (i32.const 1))
       (then

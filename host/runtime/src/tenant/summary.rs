@@ -104,7 +104,7 @@ pub fn quarantine_warning(event: &KubeEvent, reason: &str) -> Option<KubeEventRe
             let owner = s.owner_references.iter().find(|o| o.kind == "Service")?;
             (ObjectKind::Service, object_ref(&s.meta.namespace, &owner.name, &owner.uid))
         }
-        KubeEvent::NodeApplied(_) | KubeEvent::NodeDeleted(_) => return None,
+        KubeEvent::NodeApplied(_) | KubeEvent::NodeDeleted(_) | KubeEvent::InitialListsComplete => return None,
     };
     Some(KubeEventRecord {
         target,

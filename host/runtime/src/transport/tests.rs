@@ -952,6 +952,8 @@ async fn a_huge_arm_error_is_cut_to_a_bounded_length_on_a_char_boundary() {
     let e = s.transport().perform(CloudCall::PutPublicIp { name: "u-pip".into(), version: IpVersion::V4 }).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::OperationFailed);
     check(&e, "provisioningState Failed");
+}
+
 /// Scenario 128, on the wire: service types in any casing parse, `InboundOutbound` included; an
 /// unknown type, or a malformed page, reaches the engine as `invalid-response` (which fails its
 /// start-up loudly).
