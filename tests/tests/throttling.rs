@@ -48,7 +48,8 @@ fn a_throttled_put_is_retried_once_per_capped_retry_after() {
 fn the_cap_is_the_tenant_configs() {
     let mut engine = WasmEngine::new(component(), CallIds::default()).unwrap();
     engine.create(&TenantConfig { max_retry_after_ms: Some(MINUTE), ..tenant_config() }).unwrap();
-    let mut h = Harness::with_engine(Box::new(engine));
+    engine.deliver(0, vec![KubeEvent::InitialListsComplete]).unwrap();
+    let mut h = Harness::initialized(Harness::with_engine(Box::new(engine)));
     for _ in 0..40 {
         h.script.then(PUT_PIP, throttled(HUGE));
     }

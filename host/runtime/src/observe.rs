@@ -827,7 +827,10 @@ mod tests {
         let obs = Observatory::new();
         let (tx, rx) = watch::channel(status(1, vec![]));
         obs.watch_tenant("a", rx);
-        tx.send_modify(|s| s.restarts = 1);
+        tx.send_modify(|s| {
+            s.engine.initialization.phase = difftracker_engine::io::InitPhase::Ready;
+            s.restarts = 1;
+        });
         assert!(obs.readiness().is_ok(), "a recovered trap alone leaves the tenant ready");
         tx.send_modify(|s| {
             s.quarantined_total = 2;
