@@ -355,6 +355,15 @@ fn region(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
 }
 
+/// The request's `action` of the ServiceGateway POSTs: `FullUpdate` (true) or `PartialUpdate`.
+fn full_update(o: &Map<String, Value>) -> Result<bool, ArmError> {
+    match o.get("action").and_then(Value::as_str) {
+        Some(a) if a.eq_ignore_ascii_case("PartialUpdate") => Ok(false),
+        Some(a) if a.eq_ignore_ascii_case("FullUpdate") => Ok(true),
+        other => Err(ArmError::format(format!("action must be PartialUpdate or FullUpdate, got {other:?}"))),
+    }
+}
+
 fn obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, ArmError> {
     v.as_object().ok_or_else(|| ArmError::format(format!("{what} must be a JSON object")))
 }
@@ -1216,11 +1225,7 @@ impl Ctx<'_> {
     /// §3.13 POST updateServices. The whole request is validated before anything changes.
     fn update_services(&mut self, body: &Value) -> Result<(), ArmError> {
         let o = obj(body, "the request")?;
-        let full = match o.get("action").and_then(Value::as_str) {
-            Some(a) if a.eq_ignore_ascii_case("PartialUpdate") => false,
-            Some(a) if a.eq_ignore_ascii_case("FullUpdate") => true,
-            other => return Err(ArmError::format(format!("action must be PartialUpdate or FullUpdate, got {other:?}"))),
-        };
+        let full = full_update(o)?;
         let reqs =
             o.get("serviceRequests").and_then(Value::as_array).ok_or_else(|| ArmError::format("serviceRequests must be an array"))?;
         enum Change {
@@ -1391,11 +1396,7 @@ impl Ctx<'_> {
     /// address without `services` has none (it is deleted).
     fn update_address_locations(&mut self, body: &Value) -> Result<(), ArmError> {
         let o = obj(body, "the request")?;
-        let full = match o.get("action").and_then(Value::as_str) {
-            Some(a) if a.eq_ignore_ascii_case("PartialUpdate") => false,
-            Some(a) if a.eq_ignore_ascii_case("FullUpdate") => true,
-            other => return Err(ArmError::format(format!("action must be PartialUpdate or FullUpdate, got {other:?}"))),
-        };
+        let full = full_update(o)?;
         let locs =
             o.get("addressLocations").and_then(Value::as_array).ok_or_else(|| ArmError::format("addressLocations must be an array"))?;
         struct Loc {
