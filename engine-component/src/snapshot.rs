@@ -30,10 +30,23 @@ pub fn encode(engine: &Engine) -> Vec<u8> {
     serde_json::to_vec(&Out { schema_version: SCHEMA_VERSION, engine }).unwrap_or_default()
 }
 
+/// Reads a snapshot in two passes over the bytes, never as a whole JSON tree: the first reads
+/// only `schema_version` (serde skips the engine state without building it), the second builds
+/// the engine directly. Restoring then needs the bytes and the engine, not a tree several times
+/// their size.
 pub fn decode(bytes: &[u8]) -> Result<Engine, SnapshotError> {
-    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| SnapshotError(format!("not a snapshot: {e}")))?;
-    let version = value
-        .get("schema_version")
+    #[derive(Deserialize)]
+    struct Header {
+        schema_version: Option<serde_json::Value>,
+        engine: Option<de::IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        engine: Engine,
+    }
+    let header: Header = serde_json::from_slice(bytes).map_err(|e| SnapshotError(format!("not a snapshot: {e}")))?;
+    let version = header
+        .schema_version
         .ok_or_else(|| SnapshotError("missing schema_version".into()))?
         .as_u64()
         .ok_or_else(|| SnapshotError("schema_version is not an unsigned integer".into()))?;
@@ -45,10 +58,29 @@ pub fn decode(bytes: &[u8]) -> Result<Engine, SnapshotError> {
     if version == 0 {
         return Err(SnapshotError("snapshot schema_version 0 is not a valid version".into()));
     }
-    let engine = value.get_mut("engine").map(serde_json::Value::take).ok_or_else(|| SnapshotError("missing engine state".into()))?;
-    let mut engine: Engine = serde_json::from_value(engine).map_err(|e| SnapshotError(format!("engine state: {e}")))?;
+    if header.engine.is_none() {
+        return Err(SnapshotError("missing engine state".into()));
+    }
+    let Body { mut engine } = serde_json::from_slice(bytes).map_err(|e| SnapshotError(format!("engine state: {e}")))?;
     engine.rebuild_indexes();
+    // A snapshot is trusted only as far as the engine could have written it: one whose parts
+    // contradict each other (a worker without an op, an address published for a service never
+    // registered) is refused rather than run into a later panic or wrong cloud calls.
+    engine.check_invariants().map_err(|e| SnapshotError(format!("inconsistent engine state: {}", bounded(&e))))?;
     Ok(engine)
+}
+
+/// The invariant checks describe what they found in full; an error keeps its start.
+fn bounded(text: &str) -> &str {
+    const MAX: usize = 512;
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Reads a map keyed by integers where the engine's state is `#[serde(flatten)]`ed: serde

@@ -97,6 +97,16 @@ pub struct TraceError {
     pub message: String,
 }
 
+/// A trace error describes the problem and may quote the input, but never more than this many
+/// characters (then `…`): a multi-megabyte string in the wrong place is not echoed into a terminal.
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 1000;
+
+impl TraceError {
+    fn new(line: usize, column: Option<usize>, message: &str) -> TraceError {
+        TraceError { line, column, message: difftracker_runtime::tenant::short(message, MAX_ERROR_MESSAGE_CHARS) }
+    }
+}
+
 impl fmt::Display for TraceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.column {
@@ -159,7 +169,7 @@ pub fn parse_trace(text: &[u8]) -> Result<Trace, TraceError> {
         let start = previous_end + text[previous_end..end].iter().take_while(|b| b.is_ascii_whitespace()).count();
         previous_end = end;
         let line = lines.line_at(start);
-        let at = |message: String| TraceError { line, column: None, message };
+        let at = |message: String| TraceError::new(line, None, &message);
         let entries = entries_of(&value).map_err(at)?;
         for entry in entries {
             match entry {
@@ -289,17 +299,11 @@ fn json_error(e: &serde_json::Error, start_line: usize) -> TraceError {
     };
     if e.classify() == serde_json::error::Category::Eof {
         // The position is the end of the input; the useful line is where the entry began.
-        return TraceError {
-            line: start_line,
-            column: None,
-            message: format!(
-                "truncated JSON: the entry that begins here is cut off at line {} column {} ({message})",
-                e.line(),
-                e.column()
-            ),
-        };
+        let message =
+            format!("truncated JSON: the entry that begins here is cut off at line {} column {} ({message})", e.line(), e.column());
+        return TraceError::new(start_line, None, &message);
     }
-    TraceError { line: e.line().max(1), column: Some(e.column().max(1)), message: format!("malformed JSON: {message}") }
+    TraceError::new(e.line().max(1), Some(e.column().max(1)), &format!("malformed JSON: {message}"))
 }
 
 #[cfg(test)]
@@ -474,5 +478,20 @@ mod tests {
             let _ = parse_trace(&s);
         }
         let _ = parse_trace(&[0xff, 0xfe, b'{']);
+    }
+
+    #[test]
+    fn an_error_quotes_at_most_a_bounded_part_of_the_input() {
+        let huge = "9".repeat(1 << 20);
+        for text in [
+            format!("{{\"type\":\"ADDED\",\"object\":{SVC},\"at_ms\":\"{huge}\"}}"),
+            format!("{{\"type\":\"{huge}\",\"object\":{SVC}}}"),
+            format!("{{\"type\":\"ADDED\",\"object\":{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"{huge}\"}},\"spec\":{{\"ports\":[{{\"port\":\"{huge}\"}}]}}}}}}"),
+        ] {
+            let e = err(&text);
+            assert_eq!(e.line, 1);
+            assert!(e.message.chars().count() <= MAX_ERROR_MESSAGE_CHARS + 1, "a {}-character message", e.message.len());
+            assert!(e.message.ends_with('…'), "{}", &e.message[..80]);
+        }
     }
 }
