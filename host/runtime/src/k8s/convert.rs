@@ -1,9 +1,13 @@
-//! Conversions between the Kubernetes JSON shapes ([`super::types`]) and the engine's types.
+//! Conversions between the Kubernetes API objects (the `k8s-openapi` types) and the engine's
+//! types.
 
-use super::types::*;
 use difftracker_engine::io::{
     Endpoint, EndpointSlice, IntOrString, KubeEvent, LoadBalancerIngress, Node, ObjectMeta, OwnerReference, Pod, Service, ServicePort,
 };
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString as K8sIntOrString;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -111,19 +115,19 @@ impl KubeObject {
         };
         let parsed = match kind {
             "Service" if api_version.is_empty() || api_version == "v1" => {
-                let s = K8sService::deserialize(value).map_err(describe)?;
+                let s = core::Service::deserialize(value).map_err(describe)?;
                 KubeObject::Service(service_from_k8s(&s))
             }
             "EndpointSlice" if api_version.is_empty() || api_version.starts_with("discovery.k8s.io/") => {
-                let s = K8sEndpointSlice::deserialize(value).map_err(describe)?;
+                let s = discovery::EndpointSlice::deserialize(value).map_err(describe)?;
                 KubeObject::EndpointSlice(endpoint_slice_from_k8s(&s))
             }
             "Node" if api_version.is_empty() || api_version == "v1" => {
-                let n = K8sNode::deserialize(value).map_err(describe)?;
+                let n = core::Node::deserialize(value).map_err(describe)?;
                 KubeObject::Node(node_from_k8s(&n))
             }
             "Pod" if api_version.is_empty() || api_version == "v1" => {
-                let p = K8sPod::deserialize(value).map_err(describe)?;
+                let p = core::Pod::deserialize(value).map_err(describe)?;
                 KubeObject::Pod(pod_from_k8s(&p))
             }
             _ => return Ok(None),
@@ -186,36 +190,48 @@ fn non_empty_vec<T: Clone>(v: &[T]) -> Option<Vec<T>> {
     }
 }
 
-fn meta_from_k8s(m: &K8sObjectMeta, default_namespace: &str) -> ObjectMeta {
+/// A timestamp as the engine keeps it (RFC 3339, as the API server prints it).
+fn time_to_string(t: &meta::Time) -> String {
+    t.0.to_string()
+}
+
+/// The engine's timestamps come from the API server or the simulated cluster, both RFC 3339; an
+/// unreadable one (never written by either) is kept as "set" at the epoch rather than dropped,
+/// since a deletion timestamp matters by being there.
+fn time_from_string(s: &str) -> meta::Time {
+    meta::Time(s.parse().unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))
+}
+
+fn meta_from_k8s(m: &meta::ObjectMeta, default_namespace: &str) -> ObjectMeta {
     ObjectMeta {
         namespace: m.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| default_namespace.to_string()),
         name: m.name.clone().unwrap_or_default(),
         uid: m.uid.clone().unwrap_or_default(),
         resource_version: m.resource_version.clone().unwrap_or_default(),
-        deletion_timestamp: m.deletion_timestamp.clone().filter(|t| !t.is_empty()),
+        deletion_timestamp: m.deletion_timestamp.as_ref().map(time_to_string),
         finalizers: m.finalizers.clone().unwrap_or_default(),
         labels: sorted_pairs(&m.labels),
         annotations: sorted_pairs(&m.annotations),
     }
 }
 
-fn meta_to_k8s(m: &ObjectMeta) -> K8sObjectMeta {
-    K8sObjectMeta {
+fn meta_to_k8s(m: &ObjectMeta) -> meta::ObjectMeta {
+    meta::ObjectMeta {
         name: Some(m.name.clone()),
         namespace: non_empty(&m.namespace),
         uid: non_empty(&m.uid),
         resource_version: non_empty(&m.resource_version),
-        deletion_timestamp: m.deletion_timestamp.clone(),
+        deletion_timestamp: m.deletion_timestamp.as_deref().map(time_from_string),
         labels: pairs_to_map(&m.labels),
         annotations: pairs_to_map(&m.annotations),
         finalizers: non_empty_vec(&m.finalizers),
-        ..K8sObjectMeta::default()
+        ..meta::ObjectMeta::default()
     }
 }
 
 // ------------------------------------------------------------------------------------ Service
 
-pub fn service_from_k8s(s: &K8sService) -> Service {
+pub fn service_from_k8s(s: &core::Service) -> Service {
     let spec = s.spec.clone().unwrap_or_default();
     let ingress = s
         .status
@@ -231,7 +247,7 @@ pub fn service_from_k8s(s: &K8sService) -> Service {
     Service {
         meta: meta_from_k8s(&s.metadata, "default"),
         // The API server defaults `spec.type` to ClusterIP.
-        service_type: spec.service_type.clone().unwrap_or_else(|| "ClusterIP".into()),
+        service_type: spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
         load_balancer_class: spec.load_balancer_class.clone().filter(|c| !c.is_empty()),
         ports: spec
             .ports
@@ -240,10 +256,10 @@ pub fn service_from_k8s(s: &K8sService) -> Service {
             .map(|p| ServicePort {
                 name: p.name.clone().unwrap_or_default(),
                 protocol: p.protocol.clone().unwrap_or_default(),
-                port: p.port.unwrap_or(0),
+                port: p.port,
                 target_port: p.target_port.as_ref().map(|t| match t {
                     K8sIntOrString::Int(i) => IntOrString::Int(*i),
-                    K8sIntOrString::Str(s) => IntOrString::Str(s.clone()),
+                    K8sIntOrString::String(s) => IntOrString::Str(s.clone()),
                 }),
             })
             .collect(),
@@ -255,21 +271,21 @@ pub fn service_from_k8s(s: &K8sService) -> Service {
     }
 }
 
-pub fn service_to_k8s(s: &Service) -> K8sService {
-    let spec = K8sServiceSpec {
-        service_type: non_empty(&s.service_type),
+pub fn service_to_k8s(s: &Service) -> core::Service {
+    let spec = core::ServiceSpec {
+        type_: non_empty(&s.service_type),
         ports: Some(
             s.ports
                 .iter()
-                .map(|p| K8sServicePort {
+                .map(|p| core::ServicePort {
                     name: non_empty(&p.name),
                     protocol: non_empty(&p.protocol),
-                    port: Some(p.port),
+                    port: p.port,
                     target_port: p.target_port.as_ref().map(|t| match t {
                         IntOrString::Int(i) => K8sIntOrString::Int(*i),
-                        IntOrString::Str(s) => K8sIntOrString::Str(s.clone()),
+                        IntOrString::Str(s) => K8sIntOrString::String(s.clone()),
                     }),
-                    node_port: None,
+                    ..core::ServicePort::default()
                 })
                 .collect(),
         ),
@@ -278,47 +294,48 @@ pub fn service_to_k8s(s: &Service) -> K8sService {
         load_balancer_ip: non_empty(&s.load_balancer_ip),
         load_balancer_class: s.load_balancer_class.clone(),
         external_traffic_policy: non_empty(&s.external_traffic_policy),
-        ..K8sServiceSpec::default()
+        ..core::ServiceSpec::default()
     };
     let ingress = s
         .ingress
         .iter()
-        .map(|i| K8sLoadBalancerIngress { ip: non_empty(&i.ip), hostname: non_empty(&i.hostname), ip_mode: None })
+        .map(|i| core::LoadBalancerIngress {
+            ip: non_empty(&i.ip),
+            hostname: non_empty(&i.hostname),
+            ..core::LoadBalancerIngress::default()
+        })
         .collect();
-    K8sService {
-        api_version: Some("v1".into()),
-        kind: Some("Service".into()),
+    core::Service {
         metadata: meta_to_k8s(&s.meta),
         spec: Some(spec),
-        status: Some(K8sServiceStatus { load_balancer: Some(K8sLoadBalancerStatus { ingress: Some(ingress) }) }),
+        status: Some(core::ServiceStatus {
+            load_balancer: Some(core::LoadBalancerStatus { ingress: Some(ingress) }),
+            ..core::ServiceStatus::default()
+        }),
     }
 }
 
 // ------------------------------------------------------------------------------ EndpointSlice
 
-pub fn endpoint_slice_from_k8s(s: &K8sEndpointSlice) -> EndpointSlice {
+pub fn endpoint_slice_from_k8s(s: &discovery::EndpointSlice) -> EndpointSlice {
     EndpointSlice {
         meta: meta_from_k8s(&s.metadata, "default"),
         owner_references: s
             .metadata
             .owner_references
-            .clone()
+            .as_deref()
             .unwrap_or_default()
             .iter()
-            .map(|o| OwnerReference {
-                kind: o.kind.clone().unwrap_or_default(),
-                name: o.name.clone().unwrap_or_default(),
-                uid: o.uid.clone().unwrap_or_default(),
-            })
+            .map(|o| OwnerReference { kind: o.kind.clone(), name: o.name.clone(), uid: o.uid.clone() })
             .collect(),
-        address_type: s.address_type.clone().unwrap_or_default(),
+        address_type: s.address_type.clone(),
         endpoints: s
             .endpoints
-            .clone()
+            .as_deref()
             .unwrap_or_default()
             .iter()
             .map(|e| Endpoint {
-                addresses: e.addresses.clone().unwrap_or_default(),
+                addresses: e.addresses.clone(),
                 ready: e.conditions.as_ref().and_then(|c| c.ready),
                 node_name: e.node_name.clone().filter(|n| !n.is_empty()),
             })
@@ -326,35 +343,36 @@ pub fn endpoint_slice_from_k8s(s: &K8sEndpointSlice) -> EndpointSlice {
     }
 }
 
-pub fn endpoint_slice_to_k8s(s: &EndpointSlice) -> K8sEndpointSlice {
+pub fn endpoint_slice_to_k8s(s: &EndpointSlice) -> discovery::EndpointSlice {
     let mut metadata = meta_to_k8s(&s.meta);
     metadata.owner_references = non_empty_vec(
         &s.owner_references
             .iter()
-            .map(|o| K8sOwnerReference {
-                api_version: Some(if o.kind == "Service" { "v1".into() } else { String::new() }).filter(|v: &String| !v.is_empty()),
-                kind: Some(o.kind.clone()),
-                name: Some(o.name.clone()),
-                uid: Some(o.uid.clone()),
+            .map(|o| meta::OwnerReference {
+                api_version: if o.kind == "Service" { "v1".into() } else { String::new() },
+                kind: o.kind.clone(),
+                name: o.name.clone(),
+                uid: o.uid.clone(),
                 controller: Some(true),
                 block_owner_deletion: Some(true),
             })
             .collect::<Vec<_>>(),
     );
-    K8sEndpointSlice {
-        api_version: Some("discovery.k8s.io/v1".into()),
-        kind: Some("EndpointSlice".into()),
+    discovery::EndpointSlice {
         metadata,
-        address_type: non_empty(&s.address_type),
+        address_type: s.address_type.clone(),
         endpoints: Some(
             s.endpoints
                 .iter()
-                .map(|e| K8sEndpoint {
-                    addresses: Some(e.addresses.clone()),
-                    conditions: Some(K8sEndpointConditions { ready: e.ready, serving: e.ready, terminating: e.ready.map(|_| false) }),
+                .map(|e| discovery::Endpoint {
+                    addresses: e.addresses.clone(),
+                    conditions: Some(discovery::EndpointConditions {
+                        ready: e.ready,
+                        serving: e.ready,
+                        terminating: e.ready.map(|_| false),
+                    }),
                     node_name: e.node_name.clone(),
-                    target_ref: None,
-                    zone: None,
+                    ..discovery::Endpoint::default()
                 })
                 .collect(),
         ),
@@ -364,7 +382,7 @@ pub fn endpoint_slice_to_k8s(s: &EndpointSlice) -> K8sEndpointSlice {
 
 // ----------------------------------------------------------------------------------------- Node
 
-pub fn node_from_k8s(n: &K8sNode) -> Node {
+pub fn node_from_k8s(n: &core::Node) -> Node {
     Node {
         name: n.metadata.name.clone().unwrap_or_default(),
         uid: n.metadata.uid.clone().unwrap_or_default(),
@@ -372,57 +390,52 @@ pub fn node_from_k8s(n: &K8sNode) -> Node {
             .status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
-            .map(|list| list.iter().filter(|a| a.address_type.as_deref() == Some("InternalIP")).filter_map(|a| a.address.clone()).collect())
+            .map(|list| list.iter().filter(|a| a.type_ == "InternalIP").map(|a| a.address.clone()).collect())
             .unwrap_or_default(),
     }
 }
 
-pub fn node_to_k8s(n: &Node) -> K8sNode {
-    let mut addresses: Vec<K8sNodeAddress> =
-        n.internal_ips.iter().map(|ip| K8sNodeAddress { address_type: Some("InternalIP".into()), address: Some(ip.clone()) }).collect();
-    addresses.push(K8sNodeAddress { address_type: Some("Hostname".into()), address: Some(n.name.clone()) });
-    K8sNode {
-        api_version: Some("v1".into()),
-        kind: Some("Node".into()),
-        metadata: K8sObjectMeta { name: Some(n.name.clone()), uid: non_empty(&n.uid), ..K8sObjectMeta::default() },
+pub fn node_to_k8s(n: &Node) -> core::Node {
+    let mut addresses: Vec<core::NodeAddress> =
+        n.internal_ips.iter().map(|ip| core::NodeAddress { type_: "InternalIP".into(), address: ip.clone() }).collect();
+    addresses.push(core::NodeAddress { type_: "Hostname".into(), address: n.name.clone() });
+    core::Node {
+        metadata: meta::ObjectMeta { name: Some(n.name.clone()), uid: non_empty(&n.uid), ..meta::ObjectMeta::default() },
         spec: None,
-        status: Some(K8sNodeStatus { addresses: Some(addresses) }),
+        status: Some(core::NodeStatus { addresses: Some(addresses), ..core::NodeStatus::default() }),
     }
 }
 
 // ------------------------------------------------------------------------------------------ Pod
 
-pub fn pod_from_k8s(p: &K8sPod) -> Pod {
+pub fn pod_from_k8s(p: &core::Pod) -> Pod {
     let status = p.status.clone().unwrap_or_default();
-    let ips = |list: &Option<Vec<K8sIp>>| -> Vec<String> {
-        list.as_ref().map(|l| l.iter().filter_map(|i| i.ip.clone()).collect()).unwrap_or_default()
-    };
+    let pod_ips = status.pod_ips.as_deref().unwrap_or_default().iter().map(|i| i.ip.clone()).collect();
+    let host_ips = status.host_ips.as_deref().unwrap_or_default().iter().map(|i| i.ip.clone()).collect();
     Pod {
         meta: meta_from_k8s(&p.metadata, "default"),
         node_name: p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
         phase: status.phase.clone().unwrap_or_default(),
         pod_ip: status.pod_ip.clone().unwrap_or_default(),
-        pod_ips: ips(&status.pod_ips),
+        pod_ips,
         host_ip: status.host_ip.clone().unwrap_or_default(),
-        host_ips: ips(&status.host_ips),
+        host_ips,
     }
 }
 
-pub fn pod_to_k8s(p: &Pod) -> K8sPod {
-    let ips = |list: &[String]| -> Option<Vec<K8sIp>> {
-        non_empty_vec(&list.iter().map(|ip| K8sIp { ip: Some(ip.clone()) }).collect::<Vec<_>>())
-    };
-    K8sPod {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
+pub fn pod_to_k8s(p: &Pod) -> core::Pod {
+    let pod_ips = non_empty_vec(&p.pod_ips.iter().map(|ip| core::PodIP { ip: ip.clone() }).collect::<Vec<_>>());
+    let host_ips = non_empty_vec(&p.host_ips.iter().map(|ip| core::HostIP { ip: ip.clone() }).collect::<Vec<_>>());
+    core::Pod {
         metadata: meta_to_k8s(&p.meta),
-        spec: Some(K8sPodSpec { node_name: non_empty(&p.node_name) }),
-        status: Some(K8sPodStatus {
+        spec: Some(core::PodSpec { node_name: non_empty(&p.node_name), ..core::PodSpec::default() }),
+        status: Some(core::PodStatus {
             phase: non_empty(&p.phase),
             host_ip: non_empty(&p.host_ip),
-            host_ips: ips(&p.host_ips),
+            host_ips,
             pod_ip: non_empty(&p.pod_ip),
-            pod_ips: ips(&p.pod_ips),
+            pod_ips,
+            ..core::PodStatus::default()
         }),
     }
 }

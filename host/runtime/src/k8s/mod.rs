@@ -1,20 +1,19 @@
 //! Kubernetes JSON <-> the engine's input types.
 //!
-//! The structs here mirror the subset of the Kubernetes API objects the engine reads (v1 Service,
-//! discovery.k8s.io/v1 EndpointSlice, v1 Pod, v1 Node), exactly as the API server and
-//! `kubectl get -o json` print them. Unknown fields are ignored and `null` is accepted wherever a
-//! field may be absent, so a recorded `kubectl` trace parses as is. The conversion into
-//! [`difftracker_engine::io`] types keeps what ENGINE.md section 2 reads; the reverse direction
-//! (used by the trace generator) writes the same shapes back.
+//! The Kubernetes API objects are `k8s-openapi`'s (v1 Service, discovery.k8s.io/v1
+//! EndpointSlice, v1 Pod, v1 Node), read exactly as the API server and `kubectl get -o json`
+//! print them: unknown fields are ignored and `null` is accepted wherever a field may be absent,
+//! so a recorded `kubectl` trace parses as is. The conversion into [`difftracker_engine::io`]
+//! types keeps what ENGINE.md section 2 reads; the reverse direction (used by the trace generator
+//! and the simulated cluster) writes the same shapes back.
 
 mod convert;
-mod types;
 
 pub use convert::{
     endpoint_slice_from_k8s, endpoint_slice_to_k8s, json_type_name, node_from_k8s, node_to_k8s, pod_from_k8s, pod_to_k8s, service_from_k8s,
     service_to_k8s, KubeObject,
 };
-pub use types::*;
+pub use k8s_openapi;
 
 /// The names the engine owns (finalizers, ENGINE.md 8.3) and reads (the egress label, 2.4).
 pub use difftracker_engine::names::{EGRESS_LABEL, POD_FINALIZER, SERVICE_FINALIZERS};
