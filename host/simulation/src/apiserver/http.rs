@@ -220,7 +220,7 @@ async fn handle(State(api): State<Arc<ApiServer>>, req: Request) -> Response {
             // An empty document (valid as protobuf and as JSON's absence of schemas).
             let mut r = Response::new(Body::empty());
             r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"));
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"));
             r
         }
         Route::Resource { kind, namespace, name, sub } => resource(api, req, kind, namespace, name, sub).await,
