@@ -333,6 +333,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_fault_file_parses() {
+        let plan = FaultPlan::parse(include_str!("../../../../examples/apiserver-faults.json")).unwrap();
+        assert_eq!(plan.rules.len(), 5);
+        assert_eq!(plan.rules[0].effect, Effect::DropWatch { min_ms: 200, max_ms: 2000 });
+    }
+
+    #[test]
     fn a_bad_fault_file_names_the_rule_at_fault() {
         let e = FaultPlan::parse(r#"{"seed": 1, "rules": [{"request": "FROB services", "status": 500}]}"#).unwrap_err();
         assert!(e.contains("rules[0].request"), "{e}");
