@@ -75,7 +75,9 @@ fn the_api_server_prints_its_address_and_writes_a_kubeconfig() {
         .spawn()
         .unwrap();
     let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    // Kept open to the end: a closed stdout ends the server at its next line (SIGPIPE).
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
     let url = first.trim().rsplit(' ').next().unwrap_or("").to_string();
     let addr = url.strip_prefix("http://").unwrap_or_else(|| panic!("no address in {first:?}")).to_string();
     assert!(!addr.ends_with(":0"), "the chosen port is printed: {first:?}");
@@ -87,6 +89,7 @@ fn the_api_server_prints_its_address_and_writes_a_kubeconfig() {
     conn.read_to_string(&mut answer).unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    drop(stdout);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"kind\":\"ServiceList\""), "{answer}");
