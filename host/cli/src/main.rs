@@ -10,7 +10,7 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{BenchArgs, DemoArgs, EmulatorArgs, GenTraceArgs, LiveArgs, ReplayArgs};
+use commands::{ApiServerArgs, BenchArgs, DemoArgs, EmulatorArgs, GenTraceArgs, LiveArgs, ReplayArgs};
 
 #[derive(Parser)]
 #[command(name = "difftracker", version, about = "ServiceGateway load-balancer controller: a WebAssembly engine in a wasmtime host")]
@@ -35,6 +35,8 @@ enum Command {
     GenTrace(GenTraceArgs),
     /// Serve the ARM/NRP emulator over HTTP until Ctrl-C.
     Emulator(EmulatorArgs),
+    /// Serve the in-repo Kubernetes API server over HTTP until Ctrl-C (kubectl works against it).
+    Apiserver(ApiServerArgs),
     /// Time the engine alone through the PEER-BENCH lifecycle (native or wasm).
     BenchEngine(BenchArgs),
 }
@@ -62,6 +64,7 @@ fn main() -> Result<()> {
             Command::Replay(args) => args.run(),
             Command::GenTrace(args) => args.run(),
             Command::Emulator(args) => args.run().await,
+            Command::Apiserver(args) => args.run().await,
             Command::BenchEngine(args) => args.run(),
         }
     })

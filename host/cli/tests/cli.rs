@@ -24,6 +24,7 @@ fn the_commands_and_their_flags_are_the_documented_ones() {
         ("replay", &["--trace", "--report", "--faults", "--seed", "--engine", "--until-ms"][..]),
         ("gen-trace", &["--services", "--nodes", "--egress", "--churn", "--endpoints", "--seed", "--output"][..]),
         ("emulator", &["--listen", "--faults", "--polling", "--no-default-natgw"][..]),
+        ("apiserver", &["--listen", "--kubeconfig-out", "--faults"][..]),
         ("bench-engine", &["--services", "--engine", "--single-events"][..]),
         ("demo", &["--engine", "--component", "--services", "--timeout-secs"][..]),
     ] {
@@ -56,4 +57,40 @@ fn an_enormous_timeout_is_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{stderr}");
+}
+
+/// `difftracker apiserver --listen 127.0.0.1:0 --kubeconfig-out F` prints the address it serves
+/// on, writes a kubeconfig naming it, and answers there.
+#[test]
+fn the_api_server_prints_its_address_and_writes_a_kubeconfig() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("difftracker-cli-apiserver-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    let mut child = difftracker()
+        .args(["apiserver", "--listen", "127.0.0.1:0", "--kubeconfig-out"])
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    // Kept open to the end: a closed stdout ends the server at its next line (SIGPIPE).
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    let url = first.trim().rsplit(' ').next().unwrap_or("").to_string();
+    let addr = url.strip_prefix("http://").unwrap_or_else(|| panic!("no address in {first:?}")).to_string();
+    assert!(!addr.ends_with(":0"), "the chosen port is printed: {first:?}");
+    let config = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert!(config.contains(&format!("server: {url}")), "{config}");
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.write_all(b"GET /api/v1/namespaces/default/services HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"kind\":\"ServiceList\""), "{answer}");
 }

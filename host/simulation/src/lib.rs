@@ -1,6 +1,8 @@
 //! The simulation kit of difftracker: everything that exists to run, test and measure the
 //! production host of `difftracker-runtime` on one machine, without Azure or a cluster.
 //!
+//! - [`apiserver`]: an in-repo Kubernetes API server (Services, Nodes, Pods, EndpointSlices,
+//!   Events, Leases) over HTTP, which kubectl and the Python client drive; a pure store at its core.
 //! - [`emulator`]: the ARM/NRP emulator with Azure's referential rules and seeded faults, over
 //!   HTTP or in-process.
 //! - [`replay`]: Kubernetes watch traces, the simulated cluster, virtual-time replay, its report
@@ -14,6 +16,7 @@
 //!
 //! The `difftracker` binary (`host/cli`) wires these to its commands.
 
+pub mod apiserver;
 pub mod bench;
 pub mod demo;
 pub mod emulator;

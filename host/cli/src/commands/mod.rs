@@ -1,12 +1,14 @@
 //! Every command's flags (one clap `Args` struct each) and the few lines that turn them into the
 //! library's options and run it.
 
+mod apiserver;
 mod bench;
 mod demo;
 mod emulator;
 mod live;
 mod replay;
 
+pub use apiserver::ApiServerArgs;
 pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use emulator::EmulatorArgs;
