@@ -20,7 +20,22 @@ fn a_missing_trace_is_an_error_that_names_the_file() {
 #[test]
 fn the_commands_and_their_flags_are_the_documented_ones() {
     for (command, flags) in [
-        ("live", &["--trace", "--engine", "--polling", "--speed", "--keep-serving", "--listen", "--seed", "--quiet", "--timeout-secs"][..]),
+        (
+            "live",
+            &[
+                "--trace",
+                "--engine",
+                "--polling",
+                "--speed",
+                "--keep-serving",
+                "--listen",
+                "--seed",
+                "--quiet",
+                "--timeout-secs",
+                "--guest-memory-mib",
+                "--guest-cpu-ms",
+            ][..],
+        ),
         ("replay", &["--trace", "--report", "--faults", "--seed", "--engine", "--until-ms"][..]),
         ("gen-trace", &["--services", "--nodes", "--egress", "--churn", "--endpoints", "--seed", "--output"][..]),
         ("emulator", &["--listen", "--faults", "--polling", "--no-default-natgw"][..]),
@@ -93,4 +108,19 @@ fn the_api_server_prints_its_address_and_writes_a_kubeconfig() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"kind\":\"ServiceList\""), "{answer}");
+}
+
+/// `--guest-memory-mib` sizes the engine's sandbox: one too small for the engine is a clear
+/// error about guest memory, not a hang or a panic; out-of-range values are refused by name.
+#[test]
+fn the_guest_memory_limit_comes_from_the_flag() {
+    let out = difftracker().args(["live", "--guest-memory-mib", "1", "--quiet", "--timeout-secs", "60"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.status.code().is_some(), "killed by a signal: {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(stderr.contains("memory"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = difftracker().args(["live", "--guest-memory-mib", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--guest-memory-mib"));
 }

@@ -11,7 +11,7 @@
 pub use crate::calls::{CallIds, CallQueue, QueueLimits, QueueOverflow};
 use crate::tenant::{brief_reason, one_line};
 use crate::wasm::bindings::{wit as w, wit_engine as wx, DifftrackerEngine};
-use crate::wasm::{wt, EngineComponent, HostState, Runtime};
+use crate::wasm::{wt, EngineComponent, HostState, Runtime, SandboxLimits};
 use anyhow::{anyhow, bail, Context, Result};
 use difftracker_engine::io::{Call, CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, TenantConfig, TickOutcome};
 use difftracker_engine::Engine;
@@ -73,10 +73,16 @@ impl EngineKind {
     /// rebuilt instance keeps its predecessor's counter). The wasm one is the bundled component
     /// in the process-wide [`Runtime::shared`].
     pub fn new_driver(self, ids: CallIds) -> Result<Box<dyn EngineDriver>> {
+        self.new_driver_in(ids, &SandboxLimits::default())
+    }
+
+    /// [`EngineKind::new_driver`] with the component's sandbox sized by `limits` (guest memory,
+    /// CPU deadline, per-tick caps); the native engine runs unsandboxed and ignores them.
+    pub fn new_driver_in(self, ids: CallIds, limits: &SandboxLimits) -> Result<Box<dyn EngineDriver>> {
         Ok(match self {
             EngineKind::Native => Box::new(NativeEngine::new(ids)),
             EngineKind::Wasm => {
-                let runtime = Runtime::shared().context("starting the wasmtime runtime")?;
+                let runtime = Runtime::with_limits(limits).context("starting the wasmtime runtime")?;
                 let component = runtime.load_builtin().context("loading the engine component")?;
                 Box::new(WasmEngine::new(&component, ids)?)
             }

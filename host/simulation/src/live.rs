@@ -32,6 +32,7 @@ use difftracker_runtime::executor::{Backends, Executor, SystemClock, DEFAULT_GLO
 use difftracker_runtime::observe::{self, CallCounts, Observatory, ObserveHandle};
 use difftracker_runtime::tenant::{Recovery, TenantHandle, TenantOptions, TenantStatus};
 use difftracker_runtime::transport::{ArmTransport, TransportOptions};
+use difftracker_runtime::wasm::SandboxLimits;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -50,6 +51,8 @@ pub struct LiveOptions {
     /// How the trace is named in output.
     pub trace_name: String,
     pub engine: EngineKind,
+    /// The component's sandbox (guest memory, CPU deadline).
+    pub sandbox: SandboxLimits,
     /// Trace milliseconds per wall-clock millisecond.
     pub speed: f64,
     pub timeout: Duration,
@@ -79,6 +82,7 @@ impl LiveOptions {
             trace,
             trace_name: "(in memory)".into(),
             engine,
+            sandbox: SandboxLimits::default(),
             speed: 50.0,
             timeout: Duration::from_secs(120),
             polling: false,
@@ -393,8 +397,10 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     let begun = Instant::now();
     let engine = options.engine;
     let seed = options.seed;
+    let sandbox = options.sandbox.clone();
+    let limits = sandbox.clone();
     let driver = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut driver = engine.new_driver(CallIds::default())?;
+        let mut driver = engine.new_driver_in(CallIds::default(), &limits)?;
         driver.create(&TenantConfig { tenant: TENANT.into(), seed, ..TenantConfig::default() }).context("creating the engine")?;
         Ok(driver)
     })
@@ -424,7 +430,7 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     let tenant = observatory.spawn_tenant(
         &executor,
         // A guest that traps is rebuilt from its last good snapshot, the offending input quarantined.
-        TenantOptions::new(TENANT).with_recovery(Recovery::new(move |ids| engine.new_driver(ids))),
+        TenantOptions::new(TENANT).with_recovery(Recovery::new(move |ids| engine.new_driver_in(ids, &sandbox))),
         driver,
         Backends { cloud: Arc::new(cloud), kube: Arc::new(kube) },
         None,

@@ -1,6 +1,6 @@
 //! `difftracker` / `difftracker live`: the main job.
 
-use super::EngineArg;
+use super::{EngineArg, SandboxArgs};
 use anyhow::Result;
 use difftracker_simulation::live::{self, LiveOptions};
 use difftracker_simulation::replay::read_trace;
@@ -17,6 +17,8 @@ pub struct LiveArgs {
     /// Which build of the engine: the component in wasmtime, or the crate linked in.
     #[arg(long, value_enum, default_value_t = EngineArg::Wasm)]
     pub engine: EngineArg,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Trace time runs this many times faster than wall time.
     #[arg(long, default_value_t = 50.0)]
     pub speed: f64,
@@ -52,6 +54,7 @@ impl LiveArgs {
             trace,
             trace_name,
             engine: self.engine.into(),
+            sandbox: self.sandbox.limits(),
             speed: self.speed,
             timeout: Duration::from_secs(self.timeout_secs),
             polling: self.polling,

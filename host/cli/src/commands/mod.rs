@@ -16,6 +16,30 @@ pub use live::LiveArgs;
 pub use replay::{GenTraceArgs, ReplayArgs};
 
 use difftracker_runtime::driver::EngineKind;
+use difftracker_runtime::wasm::SandboxLimits;
+use std::time::Duration;
+
+/// The engine component's sandbox (`--engine wasm`), shared by the commands that run one.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// The guest's linear memory limit, in MiB: an input that needs more traps the guest and is
+    /// quarantined.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub guest_memory_mib: u32,
+    /// CPU time one call into the guest may take, in milliseconds, before it is interrupted.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub guest_cpu_ms: u64,
+}
+
+impl SandboxArgs {
+    pub fn limits(&self) -> SandboxLimits {
+        SandboxLimits {
+            memory_bytes: (self.guest_memory_mib as usize) << 20,
+            cpu_deadline: Duration::from_millis(self.guest_cpu_ms),
+            ..SandboxLimits::default()
+        }
+    }
+}
 
 /// `--engine`: which build of the engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

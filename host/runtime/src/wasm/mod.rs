@@ -156,6 +156,23 @@ impl Runtime {
         SHARED.get_or_init(|| Runtime::new(RuntimeOptions::default()).map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow::anyhow!(e))
     }
 
+    /// A process-wide runtime whose sandboxes have `limits` (other options default), created on
+    /// first use for each distinct set of limits; the default limits give [`Runtime::shared`].
+    /// The guest memory limit sizes the instance pool's slots, so it belongs to the runtime.
+    pub fn with_limits(limits: &SandboxLimits) -> Result<Runtime> {
+        if *limits == SandboxLimits::default() {
+            return Runtime::shared();
+        }
+        static BY_LIMITS: std::sync::Mutex<Vec<(SandboxLimits, Runtime)>> = std::sync::Mutex::new(Vec::new());
+        let mut runtimes = BY_LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, runtime)) = runtimes.iter().find(|(l, _)| l == limits) {
+            return Ok(runtime.clone());
+        }
+        let runtime = Runtime::new(RuntimeOptions { limits: limits.clone(), ..RuntimeOptions::default() })?;
+        runtimes.push((limits.clone(), runtime.clone()));
+        Ok(runtime)
+    }
+
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.inner.engine
     }

@@ -37,7 +37,7 @@ pub const ALLOWED_IMPORT_PREFIXES: &[&str] =
 const STDERR_CAPACITY: usize = 16 * 1024;
 
 /// Per-tenant resource limits.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxLimits {
     /// Linear memory of one instance, in bytes.
     pub memory_bytes: usize,
