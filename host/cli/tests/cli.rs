@@ -20,8 +20,26 @@ fn a_missing_trace_is_an_error_that_names_the_file() {
 #[test]
 fn the_commands_and_their_flags_are_the_documented_ones() {
     for (command, flags) in [
-        ("live", &["--trace", "--engine", "--polling", "--speed", "--keep-serving", "--listen", "--seed", "--quiet", "--timeout-secs"][..]),
-        ("replay", &["--trace", "--report", "--faults", "--seed", "--engine", "--until-ms"][..]),
+        (
+            "live",
+            &[
+                "--trace",
+                "--engine",
+                "--polling",
+                "--speed",
+                "--keep-serving",
+                "--listen",
+                "--seed",
+                "--quiet",
+                "--timeout-secs",
+                "--max-request-bytes",
+                "--max-request-entries",
+            ][..],
+        ),
+        (
+            "replay",
+            &["--trace", "--report", "--faults", "--seed", "--engine", "--until-ms", "--max-request-bytes", "--max-request-entries"][..],
+        ),
         ("gen-trace", &["--services", "--nodes", "--egress", "--churn", "--endpoints", "--seed", "--output"][..]),
         ("emulator", &["--listen", "--faults", "--polling", "--no-default-natgw"][..]),
         ("bench-engine", &["--services", "--engine", "--single-events"][..]),
