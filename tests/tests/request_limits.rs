@@ -13,6 +13,7 @@ use difftracker_runtime::driver::EngineKind;
 use difftracker_runtime::transport::{wire, ArmTransport};
 use difftracker_simulation::emulator::{self, codes, EmulatorBackend, EmulatorOptions};
 use difftracker_simulation::live::{self, LiveOptions};
+use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
 use difftracker_simulation::replay::report::to_bytes;
 use difftracker_simulation::replay::{oracle, parse_trace, replay, ReplayOptions, Trace};
 use serde_json::{json, Value};
@@ -162,9 +163,8 @@ fn s148_replay_publishes_a_first_sync_over_the_limit_in_several_requests() {
 #[test]
 fn s149_replay_does_not_converge_when_a_request_exceeds_the_limit() {
     // A budget above NRP's limit sends the first sync whole: the in-process backend refuses it
-    // as the HTTP server does, and the replay says so instead of converging. (The component
-    // engine: its budget crosses the WIT boundary.)
-    let r = replay_large(EngineKind::Wasm, UNBOUNDED, 30_000);
+    // as the HTTP server does, and the replay says so instead of converging.
+    let r = replay_large(EngineKind::Native, UNBOUNDED, 30_000);
     assert_eq!(r["converged"], false);
     assert!(r.get("engine_failure").is_none(), "{}", r["engine_failure"]);
     let refused = r["cloud_errors"][format!("{SYNC} 413 {}", codes::REQUEST_ENTITY_TOO_LARGE)].as_u64().unwrap_or(0);
@@ -191,7 +191,7 @@ async fn s150_live_publishes_a_first_sync_of_40000_addresses_over_http_in_severa
 async fn s151_live_with_a_budget_over_the_limit_never_publishes() {
     // The defect as it was: one request of about 2.9 MB, answered 413 and retried, nothing
     // published. Watched until the second refusal (bounded, in case nothing is ever sent).
-    let mut options = LiveOptions::for_trace(large_trace().clone(), EngineKind::Wasm);
+    let mut options = LiveOptions::for_trace(large_trace().clone(), EngineKind::Native);
     options.speed = 1000.0;
     options.timeout = Duration::from_secs(120);
     (options.max_request_bytes, options.max_request_entries) = UNBOUNDED;
@@ -208,4 +208,26 @@ async fn s151_live_with_a_budget_over_the_limit_never_publishes() {
     assert!(syncs.failed >= 2 && syncs.ok == 0, "{counts:?}");
     let inventory: Value = reqwest::get(format!("{}/_emulator/inventory", run.emulator_url())).await.unwrap().json().await.unwrap();
     assert_eq!(mapped(&inventory), 0);
+}
+
+#[test]
+fn s149_a_configured_budget_crosses_the_wit_boundary_and_keeps_replay_deterministic() {
+    let mut buf = Vec::new();
+    write_trace(&GenOptions { services: 20, nodes: 3, endpoints: 10, churn: Churn::Medium, seed: 9, ..GenOptions::default() }, &mut buf)
+        .unwrap();
+    let trace = parse_trace(&buf).unwrap();
+    let run = |engine, max_request_entries| {
+        replay(&trace, &ReplayOptions { engine, max_request_entries, ..ReplayOptions::default() }).expect("the replay runs").report
+    };
+    let whole = run(EngineKind::Native, None);
+    let native = run(EngineKind::Native, Some(4));
+    let wasm = run(EngineKind::Wasm, Some(4));
+    for r in [&whole, &native] {
+        assert_eq!(r["converged"], true, "{}", r["replay"]);
+        if let Err(problems) = oracle::check_report(r) {
+            panic!("oracle: {problems:#?}");
+        }
+    }
+    assert!(native["cloud_calls"][SYNC].as_u64() > whole["cloud_calls"][SYNC].as_u64(), "4-entry requests split the syncs");
+    assert!(to_bytes(&wasm) == to_bytes(&native), "wasm and native reports differ under the same budget");
 }
