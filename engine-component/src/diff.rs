@@ -10,7 +10,9 @@
 use crate::config::ServiceKind;
 use crate::desired::{Desired, DesiredPod, Key};
 use crate::identity::Identity;
-use crate::io::{AddressUpdate, LocationUpdate, UpdateAction};
+use crate::io::{
+    address_entry_bytes, location_entry_bytes, AddressUpdate, LocationUpdate, RequestBudget, UpdateAction, LOCATION_REQUEST_ENVELOPE_BYTES,
+};
 use crate::nrp::NrpMirror;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +40,66 @@ impl LocationDiff {
     pub fn identities(&self) -> BTreeSet<Identity> {
         self.locations.values().flat_map(|l| l.addresses.values().flatten().cloned()).collect()
     }
+    /// Splits the diff into the first request of a sync and the rest (ENGINE.md 5.5): the
+    /// longest prefix, in location then address order, whose `updateAddressLocations` fits
+    /// `budget` as the wire encodes it ([`crate::io::location_request_bytes`]), and at least one
+    /// entry. A location whose addresses do not all fit is cut between addresses (each part
+    /// lists at least one address, so no part reads as "delete the location"); a location
+    /// deletion is never cut. The rest is empty when the whole diff fits.
+    pub fn split_first(self, budget: &RequestBudget) -> (LocationDiff, LocationDiff) {
+        let mut first = LocationDiff::default();
+        let mut rest = LocationDiff::default();
+        let mut bytes = LOCATION_REQUEST_ENVELOPE_BYTES;
+        let mut entries = 0u64;
+        for (loc, change) in self.locations {
+            if !rest.is_empty() {
+                rest.locations.insert(loc, change);
+                continue;
+            }
+            let header = location_entry_bytes(&loc);
+            if change.addresses.is_empty() {
+                if entries == 0 || budget.fits(bytes + header, entries + 1) {
+                    bytes += header;
+                    entries += 1;
+                    first.locations.insert(loc, change);
+                } else {
+                    rest.locations.insert(loc, change);
+                }
+                continue;
+            }
+            let (mut b, mut e) = (bytes + header, entries + 1);
+            let mut taken = BTreeMap::new();
+            let mut left = BTreeMap::new();
+            for (addr, services) in change.addresses {
+                if left.is_empty() {
+                    let cost = address_entry_bytes(&addr, services.iter().map(Identity::as_str));
+                    if (entries == 0 && taken.is_empty()) || budget.fits(b + cost, e + 1) {
+                        b += cost;
+                        e += 1;
+                        taken.insert(addr, services);
+                        continue;
+                    }
+                }
+                left.insert(addr, services);
+            }
+            if !taken.is_empty() {
+                bytes = b;
+                entries = e;
+                first.locations.insert(loc.clone(), LocationChange { action: change.action, addresses: taken });
+            }
+            if !left.is_empty() {
+                rest.locations.insert(loc, LocationChange { action: change.action, addresses: left });
+            }
+        }
+        (first, rest)
+    }
+
+    /// Whether the dirty key `(loc, addr)` has a part in this diff: its address is listed, or
+    /// its whole location is deleted.
+    pub fn covers(&self, loc: &str, addr: &str) -> bool {
+        self.locations.get(loc).is_some_and(|c| c.addresses.is_empty() || c.addresses.contains_key(addr))
+    }
+
     /// The wire form: sorted, never-null lists, one entry per (canonical) location.
     pub fn to_wire(&self) -> Vec<LocationUpdate> {
         self.locations

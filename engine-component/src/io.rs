@@ -430,6 +430,16 @@ pub struct TenantConfig {
     /// [`DEFAULT_MAX_RETRY_AFTER_MS`], 0 ignores `Retry-After` (backoff only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retry_after_ms: Option<u64>,
+    /// The byte budget of one ServiceGateway POST (`updateAddressLocations`, `updateServices`),
+    /// its body estimated as the wire encodes it (ENGINE.md 5.5); `None` means
+    /// [`DEFAULT_MAX_REQUEST_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+    /// The entry budget of one ServiceGateway POST: locations plus addresses of an
+    /// `updateAddressLocations`, services of an `updateServices`; `None` means
+    /// [`DEFAULT_MAX_REQUEST_ENTRIES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_entries: Option<u32>,
 }
 
 impl TenantConfig {
@@ -437,6 +447,94 @@ impl TenantConfig {
     pub fn retry_after_cap_ms(&self) -> u64 {
         self.max_retry_after_ms.unwrap_or(DEFAULT_MAX_RETRY_AFTER_MS)
     }
+
+    /// The request budget in force.
+    pub fn request_budget(&self) -> RequestBudget {
+        RequestBudget {
+            max_bytes: self.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            max_entries: self.max_request_entries.unwrap_or(DEFAULT_MAX_REQUEST_ENTRIES),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------ Request budget
+
+/// The request body NRP accepts on its ServiceGateway POSTs, as the emulator enforces it:
+/// 2 MiB (a larger one is answered `413`).
+pub const NRP_MAX_REQUEST_BYTES: u64 = 2 << 20;
+
+/// The default byte budget of one ServiceGateway POST: 1 MiB, half of [`NRP_MAX_REQUEST_BYTES`].
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1 << 20;
+
+/// The default entry budget of one ServiceGateway POST: 10,000 locations and addresses.
+pub const DEFAULT_MAX_REQUEST_ENTRIES: u32 = 10_000;
+
+/// What one ServiceGateway POST may carry. A request always carries at least one entry, even
+/// one that alone exceeds the budget (it cannot be split further).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestBudget {
+    pub max_bytes: u64,
+    pub max_entries: u32,
+}
+
+impl RequestBudget {
+    /// Whether a request of `bytes` and `entries` is within the budget.
+    pub fn fits(&self, bytes: u64, entries: u64) -> bool {
+        bytes <= self.max_bytes && entries <= u64::from(self.max_entries)
+    }
+}
+
+/// Bytes of `s` as a JSON string literal, quotes included: never less than the encoder writes
+/// (a control character is counted as a six-byte `\u00XX` escape).
+pub fn json_string_bytes(s: &str) -> u64 {
+    let inner: u64 = s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8() as u64,
+        })
+        .sum();
+    inner + 2
+}
+
+/// `{"action":"PartialUpdate","addressLocations":[]}`: the body of an `updateAddressLocations`
+/// without its locations.
+pub const LOCATION_REQUEST_ENVELOPE_BYTES: u64 = 48;
+
+/// Bytes one location entry adds without its addresses (its separating comma included),
+/// `{"addressLocation":L,"addressUpdateAction":"PartialUpdate","addresses":[]},`.
+pub fn location_entry_bytes(location: &str) -> u64 {
+    // `{"addressLocation":` 19, `,"addressUpdateAction":"PartialUpdate"` 38 (the longer action),
+    // `,"addresses":[]}` 16, the comma 1.
+    19 + json_string_bytes(location) + 38 + 16 + 1
+}
+
+/// Bytes one address entry adds to its location (its separating comma included),
+/// `{"address":A,"services":[S,...]},`.
+pub fn address_entry_bytes<'a>(address: &str, services: impl IntoIterator<Item = &'a str>) -> u64 {
+    // `{"address":` 11, `,"services":[]}` 15, the comma 1; each service and its comma.
+    let services: u64 = services.into_iter().map(|s| json_string_bytes(s) + 1).sum();
+    11 + json_string_bytes(address) + 15 + 1 + services
+}
+
+/// The estimated body of an `updateAddressLocations` carrying `locations`: never less than the
+/// wire encoding (compact JSON) the host sends.
+pub fn location_request_bytes(locations: &[LocationUpdate]) -> u64 {
+    LOCATION_REQUEST_ENVELOPE_BYTES
+        + locations
+            .iter()
+            .map(|l| {
+                location_entry_bytes(&l.location)
+                    + l.addresses.iter().map(|a| address_entry_bytes(&a.address, a.services.iter().map(String::as_str))).sum::<u64>()
+            })
+            .sum::<u64>()
+}
+
+/// The entries of an `updateAddressLocations` carrying `locations`: each location and each
+/// address counts one.
+pub fn location_request_entries(locations: &[LocationUpdate]) -> u64 {
+    locations.iter().map(|l| 1 + l.addresses.len() as u64).sum()
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

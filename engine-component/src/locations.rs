@@ -1,8 +1,10 @@
 //! The LocationsUpdater (ENGINE.md 7): publishes the location diff to NRP.
 //!
 //! Triggers coalesce into one flag; at most one `updateAddressLocations` is in flight. A pass
-//! takes the dirty key set, computes the diff over it and sends it whole; on success the diff is
-//! applied to the NRP mirror, on failure the keys go back to the dirty set (nothing is lost) and
+//! takes the dirty key set, computes the diff over it and sends as much of it as fits one
+//! request of the tenant's budget (ENGINE.md 5.5); the keys of the rest go back to the dirty set
+//! and the next pass, started as soon as this one succeeds, sends the next batch. On success the
+//! batch is applied to the NRP mirror, on failure its keys go back to the dirty set (nothing is lost) and
 //! the pass is retried with backoff (a new trigger cuts the wait short; a server's `Retry-After`,
 //! capped, is a floor nothing cuts short). HTTP 400/422 abandon the
 //! batch unless a service deletion waits on it. After every completed pass the pending service
@@ -29,6 +31,10 @@ pub struct InFlightSync {
     /// Identities listed on any address of the diff: they may be in NRP once it lands.
     pub identities: BTreeSet<Identity>,
     pub deadline_ms: u64,
+    /// The pass's diff did not fit one request (ENGINE.md 5.5): the rest went back to the dirty
+    /// set and the next batch follows this one's success at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,9 +132,22 @@ impl Engine {
             self.locations_updater.abandoned_reported = false;
             return;
         }
+        // One request per batch (5.5): the first batch goes now, the keys of the rest wait in
+        // the dirty set for the next pass, which recomputes their diff from the mirror as the
+        // batches before it left it.
+        let (diff, rest) = diff.split_first(&self.config.request_budget());
+        let more = !rest.is_empty();
+        let keys = if more {
+            let (later, now): (BTreeSet<Key>, BTreeSet<Key>) = keys.into_iter().partition(|(loc, addr)| rest.covers(loc, addr));
+            self.dirty.extend(later);
+            now
+        } else {
+            keys
+        };
+        self.metrics.inc(metrics::LOCATION_SYNC_BATCHES_TOTAL, &[]);
         let call = io.start(Call::Cloud(CloudCall::UpdateAddressLocations(diff.to_wire())));
         let identities = diff.identities();
-        let sync = InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms.saturating_add(OPERATION_TIMEOUT_MS) };
+        let sync = InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms.saturating_add(OPERATION_TIMEOUT_MS), more };
         self.locations_updater.begin_pass(&mut self.timers, sync);
     }
 
@@ -161,7 +180,7 @@ impl Engine {
 
     /// Applies the completion of the in-flight `updateAddressLocations`.
     pub(crate) fn complete_location_sync(&mut self, outcome: Result<CallOutput, CallError>) {
-        let Some(InFlightSync { diff, keys, identities, .. }) = self.locations_updater.end_pass(&mut self.timers) else { return };
+        let Some(InFlightSync { diff, keys, identities, more, .. }) = self.locations_updater.end_pass(&mut self.timers) else { return };
         let retry_after = outcome.as_ref().err().and_then(|e| e.retry_after_ms);
         let result = match &outcome {
             Ok(_) => {
@@ -192,6 +211,10 @@ impl Engine {
                 self.check_pending_pod_deletions();
                 self.locations_updater.failures = 0;
                 self.locations_updater.abandoned_reported = false;
+                if more {
+                    // The next batch of the same sync.
+                    self.trigger_location_sync();
+                }
             }
             SyncOutcome::Terminal => {
                 self.check_pending_service_deletions();

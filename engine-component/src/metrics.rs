@@ -22,6 +22,9 @@ pub const SERVICE_OPERATIONS_PARKED_TOTAL: &str = "service_operations_parked_tot
 pub const OUTBOUND_SERVICE_UPDATES_SKIPPED_TOTAL: &str = "outbound_service_updates_skipped_total";
 pub const LOCATION_SYNC_TERMINAL_ERRORS_TOTAL: &str = "location_sync_terminal_errors_total";
 pub const LOCATION_SYNC_ABANDONED_TOTAL: &str = "location_sync_abandoned_total";
+/// Not upstream: `updateAddressLocations` requests sent, one per batch of a location sync
+/// (ENGINE.md 5.5); more than the syncs when a diff exceeds the request budget.
+pub const LOCATION_SYNC_BATCHES_TOTAL: &str = "location_sync_batches_total";
 pub const DELETE_SUBSTEP_FAILURES_TOTAL: &str = "delete_substep_failures_total";
 pub const SERVICE_EXTERNAL_IP_RECOVERY_FAILED_TOTAL: &str = "service_external_ip_recovery_failed_total";
 /// Not upstream: completions whose call id the engine no longer awaits (late, duplicate, junk).

@@ -50,6 +50,8 @@ impl Guest for Component {
                 tenant: config.tenant,
                 seed: config.seed,
                 max_retry_after_ms: config.max_retry_after_ms,
+                max_request_bytes: config.max_request_bytes,
+                max_request_entries: config.max_request_entries,
             }));
             Ok(())
         })

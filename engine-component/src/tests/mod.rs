@@ -1,6 +1,7 @@
 //! Scenario tests (ENGINE.md section 13), driven through the public surface with the
 //! [`crate::testkit::Harness`]. Test names carry the scenario number as `sNNN`.
 
+mod batching;
 mod common;
 mod create;
 mod delete;

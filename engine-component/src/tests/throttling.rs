@@ -134,7 +134,7 @@ fn a_throttled_step_of_a_delete_holds_the_next_attempt_even_if_a_later_step_fail
 #[test]
 fn the_cap_comes_from_the_tenant_config() {
     for (cap, want) in [(Some(MINUTE), MINUTE), (Some(0), 0), (None, PARK_COOLDOWN_MS)] {
-        let mut h = Harness::with_config(TenantConfig { tenant: "t".into(), seed: 7, max_retry_after_ms: cap });
+        let mut h = Harness::with_config(TenantConfig { tenant: "t".into(), seed: 7, max_retry_after_ms: cap, ..TenantConfig::default() });
         h.deliver(vec![KubeEvent::NodeApplied(node("n1", &["10.0.0.1"]))]);
         h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[80]))]);
         h.tick();

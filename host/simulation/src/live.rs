@@ -63,6 +63,10 @@ pub struct LiveOptions {
     pub seed: u64,
     /// Print the header and a progress line about every second.
     pub print_progress: bool,
+    /// The engine's request budget (`TenantConfig::max_request_bytes`, `max_request_entries`);
+    /// the defaults when `None`.
+    pub max_request_bytes: Option<u64>,
+    pub max_request_entries: Option<u32>,
 }
 
 impl LiveOptions {
@@ -89,6 +93,8 @@ impl LiveOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             seed: 1,
             print_progress: false,
+            max_request_bytes: None,
+            max_request_entries: None,
         }
     }
 }
@@ -396,12 +402,18 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     }
     let begun = Instant::now();
     let engine = options.engine;
-    let seed = options.seed;
+    let config = TenantConfig {
+        tenant: TENANT.into(),
+        seed: options.seed,
+        max_request_bytes: options.max_request_bytes,
+        max_request_entries: options.max_request_entries,
+        ..TenantConfig::default()
+    };
     let sandbox = options.sandbox.clone();
     let limits = sandbox.clone();
     let driver = tokio::task::spawn_blocking(move || -> Result<_> {
         let mut driver = engine.new_driver_in(CallIds::default(), &limits)?;
-        driver.create(&TenantConfig { tenant: TENANT.into(), seed, ..TenantConfig::default() }).context("creating the engine")?;
+        driver.create(&config).context("creating the engine")?;
         Ok(driver)
     })
     .await

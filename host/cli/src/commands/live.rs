@@ -40,6 +40,14 @@ pub struct LiveArgs {
     /// No progress lines, only the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// The engine's byte budget of one ServiceGateway POST; a larger location sync goes out in
+    /// several requests (default 1 MiB).
+    #[arg(long)]
+    pub max_request_bytes: Option<u64>,
+    /// The engine's entry budget of one ServiceGateway POST: locations plus addresses (default
+    /// 10,000).
+    #[arg(long)]
+    pub max_request_entries: Option<u32>,
 }
 
 impl LiveArgs {
@@ -61,6 +69,8 @@ impl LiveArgs {
             listen: self.listen,
             seed: self.seed,
             print_progress: !self.quiet,
+            max_request_bytes: self.max_request_bytes,
+            max_request_entries: self.max_request_entries,
         })
     }
 

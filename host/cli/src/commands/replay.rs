@@ -34,6 +34,14 @@ pub struct ReplayArgs {
     /// Where to write the JSON report.
     #[arg(long)]
     pub report: PathBuf,
+    /// The engine's byte budget of one ServiceGateway POST; a larger location sync goes out in
+    /// several requests (default 1 MiB).
+    #[arg(long)]
+    pub max_request_bytes: Option<u64>,
+    /// The engine's entry budget of one ServiceGateway POST: locations plus addresses (default
+    /// 10,000).
+    #[arg(long)]
+    pub max_request_entries: Option<u32>,
 }
 
 impl ReplayArgs {
@@ -58,6 +66,8 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         engine: EngineKind::from(args.engine),
         until_ms: args.until_ms,
         faults,
+        max_request_bytes: args.max_request_bytes,
+        max_request_entries: args.max_request_entries,
         ..ReplayOptions::default()
     };
     let started = Instant::now();

@@ -154,7 +154,13 @@ impl From<w::EngineStatus> for io::EngineStatus {
 
 impl From<&io::TenantConfig> for wx::TenantConfig {
     fn from(c: &io::TenantConfig) -> wx::TenantConfig {
-        wx::TenantConfig { tenant: c.tenant.clone(), seed: c.seed, max_retry_after_ms: c.max_retry_after_ms }
+        wx::TenantConfig {
+            tenant: c.tenant.clone(),
+            seed: c.seed,
+            max_retry_after_ms: c.max_retry_after_ms,
+            max_request_bytes: c.max_request_bytes,
+            max_request_entries: c.max_request_entries,
+        }
     }
 }
 

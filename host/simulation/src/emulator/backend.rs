@@ -5,7 +5,8 @@
 //!
 //! It is held to what the HTTP face checks: the tenant's subscription and resource group must be
 //! served (`SubscriptionNotFound` / `ResourceGroupNotFound` otherwise, never taken as "already
-//! gone"), and with [`EmulatorAuth`](super::EmulatorAuth) configured its token
+//! gone"), a request body must be within [`RequestLimits`](super::RequestLimits) (`413`
+//! otherwise, before any fault is decided, as on the HTTP face), and with [`EmulatorAuth`](super::EmulatorAuth) configured its token
 //! ([`EmulatorBackend::with_token`]) must be accepted.
 
 use super::state::{ArmError, Conditions, Method, Reply, ScopeKey, Target};
@@ -76,6 +77,13 @@ impl EmulatorBackend {
         if let Err(e) = self.emulator.authorize(self.token.as_ref().map(|t| format!("Bearer {t}")).as_deref()) {
             return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)) };
         }
+        // The body as the transport would send it, held to the HTTP face's size limit.
+        let request = self.request_of(call);
+        if let Ok((_, _, Some(body))) = &request {
+            if let Err(e) = self.emulator.options().limits.check_body(body) {
+                return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)) };
+            }
+        }
         let faults = self.emulator.decide_faults(label, now_ms);
         let latency_ms = faults.latency_ms;
         if let Some(e) = faults.error {
@@ -83,7 +91,7 @@ impl EmulatorBackend {
             return Decided { latency_ms, outcome: Err(arm_to_call_error(label, err, e.retry_after_s)) };
         }
         let scope = ScopeKey::new(self.config.network_subscription(), &self.config.resource_group);
-        let outcome = self.request_of(call).and_then(|(method, target, body)| {
+        let outcome = request.and_then(|(method, target, body)| {
             if let Err(e) = self.emulator.state().check_scope(&scope) {
                 return Err(arm_to_call_error(label, e, None));
             }

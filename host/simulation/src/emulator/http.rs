@@ -1,7 +1,10 @@
 //! The emulator's HTTP face (axum): the 14 calls of AZURE-WIRE.md section 0 in the resource
 //! groups the emulator serves (others answer `SubscriptionNotFound` / `ResourceGroupNotFound`),
 //! the polling URLs it hands out, and `GET /_emulator/inventory`. Paths match case-insensitively;
-//! errors are ARM error bodies with `x-ms-error-code`. With [`EmulatorAuth`](super::EmulatorAuth)
+//! errors are ARM error bodies with `x-ms-error-code`. A request body over
+//! [`RequestLimits`](super::RequestLimits) (declared or read; reading stops there) is
+//! `413 RequestEntityTooLarge`, answered after the token and route checks and before any fault,
+//! as the in-process backend answers it. With [`EmulatorAuth`](super::EmulatorAuth)
 //! configured, every ARM request and poll needs an accepted bearer token (401 otherwise).
 //!
 //! Polling URLs and `nextLink`s are built from the configured public URL or the listening
@@ -10,7 +13,7 @@
 //! operation reports its outcome.
 
 use super::state::{codes, label_of, ArmError, Conditions, Method, Reply, ScopeKey, Target};
-use super::{Emulator, EmulatorOptions, LroMode, PollHeaders, PollingOptions};
+use super::{Emulator, EmulatorOptions, LroMode, PollHeaders, PollingOptions, RequestLimits};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method as HttpMethod, StatusCode, Uri};
 use axum::response::Response;
@@ -248,13 +251,36 @@ fn route(path: &str) -> Result<Route, ArmError> {
     }
 }
 
+/// Reads a request body of at most `limits.max_body_bytes`: a longer one (declared or read) is
+/// the limit's error, answered where the body is looked at; a body that cannot be read, a 400.
+async fn read_body(headers: &HeaderMap, mut body: Body, limits: &RequestLimits) -> Result<Bytes, ArmError> {
+    use hyper::body::Body as _;
+    if let Some(declared) = header_text(headers, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+        limits.check_body_len(declared)?;
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            None => return Ok(Bytes::from(buf)),
+            Some(Err(e)) => return Err(ArmError::new(400, "InvalidRequestContent", format!("The request content could not be read: {e}"))),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    limits.check_body_len(buf.len().saturating_add(data.len()))?;
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
 async fn handle(
     axum::extract::State(server): axum::extract::State<Arc<Server>>,
     method: HttpMethod,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    let body = read_body(&headers, body, &server.emulator.options().limits).await;
     let route = route(uri.path());
     // The emulator's own endpoint is not ARM: it needs no token.
     if let Ok(Route::Inventory) = route {
@@ -399,7 +425,20 @@ impl Server {
         }
     }
 
-    async fn arm(&self, m: Method, scope: &ScopeKey, target: Target, uri: &Uri, body: &Bytes, cond: &Conditions) -> Response {
+    async fn arm(
+        &self,
+        m: Method,
+        scope: &ScopeKey,
+        target: Target,
+        uri: &Uri,
+        body: &Result<Bytes, ArmError>,
+        cond: &Conditions,
+    ) -> Response {
+        // The size limit first, as the in-process backend checks it: before any fault.
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => return error_response(e),
+        };
         let parsed: Option<Value> = if matches!(m, Method::Put | Method::Post) && !body.is_empty() {
             match serde_json::from_slice(body) {
                 Ok(v) => Some(v),

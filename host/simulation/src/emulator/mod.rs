@@ -23,6 +23,7 @@ pub use http::{serve, serve_emulator, EmulatorHandle};
 pub use state::{codes, ArmError, Conditions, EmulatorState, Method, Reply, ScopeKey, Target, DEFAULT_NATGW, DEFAULT_NATGW_PIP};
 
 use anyhow::Context;
+pub use difftracker_engine::io::NRP_MAX_REQUEST_BYTES;
 use difftracker_runtime::transport::TenantAzureConfig;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -167,6 +168,55 @@ impl EmulatorAuth {
     }
 }
 
+/// What one request may carry, as NRP accepts it; both faces enforce it (the HTTP server on the
+/// body it reads, the in-process backend on the body the transport would send), so a replay
+/// and a live run answer the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Request body bytes (2 MiB, [`NRP_MAX_REQUEST_BYTES`]); a larger body is answered
+    /// `413 RequestEntityTooLarge` and changes nothing. AZURE-WIRE.md names no entry limit.
+    pub max_body_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits { max_body_bytes: NRP_MAX_REQUEST_BYTES as usize }
+    }
+}
+
+impl RequestLimits {
+    /// The answer to a body of `len` bytes (at least `len`, when reading stopped there).
+    pub fn check_body_len(&self, len: usize) -> Result<(), ArmError> {
+        if len <= self.max_body_bytes {
+            return Ok(());
+        }
+        Err(ArmError::new(
+            413,
+            codes::REQUEST_ENTITY_TOO_LARGE,
+            format!("The request content ({len} bytes or more) exceeds the maximum of {} bytes.", self.max_body_bytes),
+        ))
+    }
+
+    /// The answer to `body` as the HTTP transport encodes it (compact JSON).
+    pub fn check_body(&self, body: &Value) -> Result<(), ArmError> {
+        /// Counts the bytes written.
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // Writing a Value to a counter cannot fail.
+        let _ = serde_json::to_writer(&mut count, body);
+        self.check_body_len(count.0)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct EmulatorOptions {
     pub lro: LroMode,
@@ -189,6 +239,8 @@ pub struct EmulatorOptions {
     /// Unregistrations still rejected with `ServiceWithOverlayMappingsCannotBeDeleted` after a
     /// service's last address was removed (NRP's asynchronous mapping removal); 0 by default.
     pub overlay_lag: u32,
+    /// What one request may carry (2 MiB of body by default), on both faces.
+    pub limits: RequestLimits,
 }
 
 impl EmulatorOptions {
@@ -211,6 +263,7 @@ impl Default for EmulatorOptions {
             public_url: None,
             faults: None,
             overlay_lag: 0,
+            limits: RequestLimits::default(),
         }
     }
 }

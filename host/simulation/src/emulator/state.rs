@@ -48,6 +48,8 @@ pub mod codes {
     pub const SERVICE_NOT_REGISTERED: &str = "ServiceNotRegisteredInServiceGateway";
     pub const ADDRESS_FAMILY_MISMATCH: &str = "AddressLocationFamilyMismatch";
     pub const INVALID_REQUEST_FORMAT: &str = "InvalidRequestFormat";
+    /// A request body over the emulator's limit ([`RequestLimits`](super::super::RequestLimits)), answered 413.
+    pub const REQUEST_ENTITY_TOO_LARGE: &str = "RequestEntityTooLarge";
     /// A write to a resource the AKS resource provider owns (the seeded `default-natgw`).
     pub const RP_OWNED: &str = "CannotModifyResourceOwnedByResourceProvider";
 }

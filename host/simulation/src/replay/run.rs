@@ -48,11 +48,23 @@ pub struct ReplayOptions {
     pub faults: Option<FaultPlan>,
     /// The tenant name given to the engine.
     pub tenant: String,
+    /// The engine's request budget (`TenantConfig::max_request_bytes`, `max_request_entries`);
+    /// the defaults when `None`.
+    pub max_request_bytes: Option<u64>,
+    pub max_request_entries: Option<u32>,
 }
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        ReplayOptions { seed: 1, engine: EngineKind::Wasm, until_ms: DEFAULT_UNTIL_MS, faults: None, tenant: "replay".into() }
+        ReplayOptions {
+            seed: 1,
+            engine: EngineKind::Wasm,
+            until_ms: DEFAULT_UNTIL_MS,
+            faults: None,
+            tenant: "replay".into(),
+            max_request_bytes: None,
+            max_request_entries: None,
+        }
     }
 }
 
@@ -98,7 +110,13 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
     let mut stats = LoopStats::default();
 
     driver
-        .create(&TenantConfig { tenant: options.tenant.clone(), seed: options.seed, ..TenantConfig::default() })
+        .create(&TenantConfig {
+            tenant: options.tenant.clone(),
+            seed: options.seed,
+            max_request_bytes: options.max_request_bytes,
+            max_request_entries: options.max_request_entries,
+            ..TenantConfig::default()
+        })
         .context("creating the engine")?;
 
     let events = &trace.events;
