@@ -4,7 +4,7 @@
 //! - [`apiserver`]: an in-repo Kubernetes API server (Services, Nodes, Pods, EndpointSlices,
 //!   Events, Leases) over HTTP, which kubectl and the Python client drive; a pure store at its core.
 //! - [`emulator`]: the ARM/NRP emulator with Azure's referential rules and seeded faults, over
-//!   HTTP or in-process.
+//!   HTTP or in-process; [`faults`]: the seeded decisions both fault files share.
 //! - [`replay`]: Kubernetes watch traces, the simulated cluster, virtual-time replay, its report
 //!   and oracle, and the trace generator.
 //! - [`live`]: the main job (sample trace -> simulated cluster -> tenant -> HTTP -> in-process
@@ -20,6 +20,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod demo;
 pub mod emulator;
+pub mod faults;
 pub mod live;
 pub mod mock;
 pub mod replay;

@@ -25,10 +25,9 @@
 //!   depends only on the seed, the request's label, how many requests of that label came
 //!   before and the rule.
 
+use crate::faults::{check_range, check_rate, Counters, Roll};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
 
 /// The verbs a rule may name.
 pub const VERBS: [&str; 7] = ["GET", "LIST", "WATCH", "CREATE", "UPDATE", "PATCH", "DELETE"];
@@ -127,15 +126,6 @@ pub fn default_reason(status: u16) -> &'static str {
     }
 }
 
-fn range(field: &str, v: &[u64], at: &dyn Fn(&str, String) -> String) -> Result<(u64, u64), String> {
-    match v {
-        [a, b] if a <= b && *b <= 600_000 => Ok((*a, *b)),
-        [a, b] if a > b => Err(at(field, format!("[{a}, {b}]: min is above max"))),
-        [_, b] => Err(at(field, format!("{b} ms is above the 600000 ms limit"))),
-        _ => Err(at(field, format!("needs exactly two numbers [min, max], got {}", v.len()))),
-    }
-}
-
 impl FaultPlan {
     /// Parses and checks a fault file's text. Errors name the rule and field at fault.
     pub fn parse(text: &str) -> Result<FaultPlan, String> {
@@ -169,10 +159,7 @@ impl FaultPlan {
                 }
                 _ => return Err(at("request", format!("{:?} is not \"*\" nor \"VERB resource\"", r.request))),
             };
-            let rate = r.rate.unwrap_or(1.0);
-            if !(rate.is_finite() && (0.0..=1.0).contains(&rate)) {
-                return Err(at("rate", format!("{rate} is not between 0 and 1")));
-            }
+            let rate = check_rate(r.rate, &at)?;
             let effects = r.status.is_some() as u8 + r.latency_ms.is_some() as u8 + r.drop_after_ms.is_some() as u8;
             if effects != 1 {
                 return Err(format!(
@@ -193,7 +180,7 @@ impl FaultPlan {
                 if extras {
                     return Err(at("latency_ms", "a latency rule takes no message or retry_after_s".into()));
                 }
-                let (min_ms, max_ms) = range("latency_ms", &lat, &at)?;
+                let (min_ms, max_ms) = check_range("latency_ms", &lat, &at)?;
                 Effect::Latency { min_ms, max_ms }
             } else {
                 let d = r.drop_after_ms.unwrap_or_default();
@@ -203,7 +190,7 @@ impl FaultPlan {
                 if verb != "WATCH" {
                     return Err(at("drop_after_ms", "only a WATCH rule drops a stream".into()));
                 }
-                let (min_ms, max_ms) = range("drop_after_ms", &d, &at)?;
+                let (min_ms, max_ms) = check_range("drop_after_ms", &d, &at)?;
                 Effect::DropWatch { min_ms, max_ms }
             };
             rules.push(Rule { verb, resource, rate, effect });
@@ -228,11 +215,11 @@ impl FaultPlan {
             if (rule.verb != "*" && rule.verb != verb) || (rule.resource != "*" && rule.resource != resource) {
                 continue;
             }
-            let h = mix(mix(mix(self.seed ^ fnv(&label)) ^ nth) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            if unit(h) >= rule.rate {
+            let roll = Roll::new(self.seed, &label, nth, i);
+            if !roll.fires(rule.rate) {
                 continue;
             }
-            let draw = |min: u64, max: u64| min + mix(h ^ 0xA5A5) % (max - min + 1);
+            let draw = |min: u64, max: u64| roll.draw(min, max);
             match &rule.effect {
                 Effect::Latency { min_ms, max_ms } => d.latency_ms = d.latency_ms.saturating_add(draw(*min_ms, *max_ms)),
                 Effect::Error { status, message, retry_after_s } => {
@@ -263,12 +250,12 @@ impl FaultPlan {
 #[derive(Debug)]
 pub struct FaultInjector {
     plan: FaultPlan,
-    counters: Mutex<BTreeMap<String, u64>>,
+    counters: Counters,
 }
 
 impl FaultInjector {
     pub fn new(plan: FaultPlan) -> Self {
-        FaultInjector { plan, counters: Mutex::new(BTreeMap::new()) }
+        FaultInjector { plan, counters: Counters::default() }
     }
 
     pub fn plan(&self) -> &FaultPlan {
@@ -277,36 +264,9 @@ impl FaultInjector {
 
     /// Decides the faults of the next request of `verb` on `resource` at `now_ms`.
     pub fn decide(&self, verb: &str, resource: &str, now_ms: u64) -> Decision {
-        let nth = {
-            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-            let n = c.entry(format!("{verb} {resource}")).or_insert(0);
-            let nth = *n;
-            *n += 1;
-            nth
-        };
+        let nth = self.counters.next(&format!("{verb} {resource}"));
         self.plan.decide_nth(verb, resource, nth, now_ms)
     }
-}
-
-fn fnv(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// splitmix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn unit(h: u64) -> f64 {
-    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

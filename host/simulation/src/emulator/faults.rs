@@ -26,10 +26,9 @@
 //! LRO failure. Each decision depends only on the seed, the call's label, how many calls of that
 //! label came before, and the rule, so the same seed and the same calls give the same faults.
 
+use crate::faults::{check_range, check_rate, Counters, Roll};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
 
 /// Every label a rule may name.
 pub const CALL_LABELS: [&str; 13] = [
@@ -156,10 +155,7 @@ impl FaultPlan {
                     .map(|l| l.to_string())
                     .ok_or_else(|| at("call", format!("{:?} is not \"*\" nor one of: {}", r.call, CALL_LABELS.join(", "))))?
             };
-            let rate = r.rate.unwrap_or(1.0);
-            if !(rate.is_finite() && (0.0..=1.0).contains(&rate)) {
-                return Err(at("rate", format!("{rate} is not between 0 and 1")));
-            }
+            let rate = check_rate(r.rate, &at)?;
             let lro = r.lro_fail.unwrap_or(false);
             let effects = r.status.is_some() as u8 + r.latency_ms.is_some() as u8 + lro as u8;
             if effects != 1 {
@@ -181,12 +177,8 @@ impl FaultPlan {
                 if r.code.is_some() || r.message.is_some() || r.retry_after_s.is_some() {
                     return Err(at("latency_ms", "a latency rule takes no code, message or retry_after_s".into()));
                 }
-                match lat.as_slice() {
-                    [a, b] if a <= b && *b <= 600_000 => FaultEffect::Latency { min_ms: *a, max_ms: *b },
-                    [a, b] if a > b => return Err(at("latency_ms", format!("[{a}, {b}]: min is above max"))),
-                    [_, b] => return Err(at("latency_ms", format!("{b} ms is above the 600000 ms limit"))),
-                    _ => return Err(at("latency_ms", format!("needs exactly two numbers [min, max], got {}", lat.len()))),
-                }
+                let (min_ms, max_ms) = check_range("latency_ms", &lat, &at)?;
+                FaultEffect::Latency { min_ms, max_ms }
             } else {
                 if r.retry_after_s.is_some() {
                     return Err(at("retry_after_s", "only an error rule (\"status\") takes retry_after_s".into()));
@@ -217,14 +209,13 @@ impl FaultPlan {
             if rule.call != "*" && !rule.call.eq_ignore_ascii_case(label) {
                 continue;
             }
-            let h = mix(mix(mix(self.seed ^ fnv(label)) ^ nth) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            if unit(h) >= rule.rate {
+            let roll = Roll::new(self.seed, label, nth, i);
+            if !roll.fires(rule.rate) {
                 continue;
             }
             match &rule.effect {
                 FaultEffect::Latency { min_ms, max_ms } => {
-                    let span = max_ms - min_ms + 1;
-                    d.latency_ms = d.latency_ms.saturating_add(min_ms + mix(h ^ 0xA5A5) % span);
+                    d.latency_ms = d.latency_ms.saturating_add(roll.draw(*min_ms, *max_ms));
                 }
                 FaultEffect::Error { status, code, message, retry_after_s } => {
                     if d.error.is_none() {
@@ -254,12 +245,12 @@ impl FaultPlan {
 #[derive(Debug)]
 pub struct FaultInjector {
     plan: FaultPlan,
-    counters: Mutex<BTreeMap<String, u64>>,
+    counters: Counters,
 }
 
 impl FaultInjector {
     pub fn new(plan: FaultPlan) -> Self {
-        FaultInjector { plan, counters: Mutex::new(BTreeMap::new()) }
+        FaultInjector { plan, counters: Counters::default() }
     }
 
     pub fn plan(&self) -> &FaultPlan {
@@ -268,34 +259,6 @@ impl FaultInjector {
 
     /// Decides the faults of the next call of `label` at `now_ms`.
     pub fn decide(&self, label: &str, now_ms: u64) -> FaultDecision {
-        let nth = {
-            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-            let n = c.entry(label.to_string()).or_insert(0);
-            let nth = *n;
-            *n += 1;
-            nth
-        };
-        self.plan.decide_nth(label, nth, now_ms)
+        self.plan.decide_nth(label, self.counters.next(label), now_ms)
     }
-}
-
-fn fnv(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// splitmix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn unit(h: u64) -> f64 {
-    (h >> 11) as f64 / (1u64 << 53) as f64
 }
