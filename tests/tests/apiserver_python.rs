@@ -12,7 +12,7 @@
 //! be made, this test fails. `DIFFTRACKER_SKIP_PYTHON=1` skips it on purpose.
 
 use difftracker_simulation::apiserver::{serve, ApiServerHandle, ApiServerOptions, StoreLimits};
-use python_support::{python, repo_root, run, TEST_PATIENCE};
+use python_support::{python_or_skip, run, TEST_PATIENCE};
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,17 +28,7 @@ async fn server(options: ApiServerOptions) -> ApiServerHandle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubernetes_python_client_drives_the_api_server() {
-    if std::env::var("DIFFTRACKER_SKIP_PYTHON").is_ok_and(|v| v == "1") {
-        eprintln!("skipped on purpose: DIFFTRACKER_SKIP_PYTHON=1");
-        return;
-    }
-    let root = repo_root();
-    let python = tokio::task::spawn_blocking({
-        let root = root.clone();
-        move || python(&root)
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let Some((root, python)) = python_or_skip().await else { return };
     let bookmarks = Duration::from_millis(200);
     let api = server(ApiServerOptions { bookmark_interval: bookmarks, ..Default::default() }).await;
     let small = server(ApiServerOptions {

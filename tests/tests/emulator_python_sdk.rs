@@ -10,7 +10,7 @@
 //! `DIFFTRACKER_SKIP_PYTHON=1` to skip it on purpose.
 
 use difftracker_simulation::emulator::{serve, EmulatorAuth, EmulatorHandle, EmulatorOptions, EmulatorScope, LroMode, PollingOptions};
-use python_support::{python, repo_root, run, TEST_PATIENCE};
+use python_support::{python_or_skip, run, TEST_PATIENCE};
 use std::process::Command;
 
 mod python_support;
@@ -24,17 +24,7 @@ async fn emulator(options: EmulatorOptions) -> EmulatorHandle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_azure_sdk_for_python_runs_its_ordinary_calls_against_the_emulator() {
-    if std::env::var("DIFFTRACKER_SKIP_PYTHON").is_ok_and(|v| v == "1") {
-        eprintln!("skipped on purpose: DIFFTRACKER_SKIP_PYTHON=1");
-        return;
-    }
-    let root = repo_root();
-    let python = tokio::task::spawn_blocking({
-        let root = root.clone();
-        move || python(&root)
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let Some((root, python)) = python_or_skip().await else { return };
 
     let other = EmulatorScope {
         subscription: "55555555-0000-0000-0000-000000000000".into(),

@@ -75,3 +75,20 @@ pub fn python(root: &Path) -> PathBuf {
     assert!(python.exists(), "setup.sh made no {}", python.display());
     python
 }
+
+/// The repository root and the venv's python, made off the async runtime; `None` (after saying
+/// so) when `DIFFTRACKER_SKIP_PYTHON=1` skips the Python tests on purpose.
+pub async fn python_or_skip() -> Option<(PathBuf, PathBuf)> {
+    if std::env::var("DIFFTRACKER_SKIP_PYTHON").is_ok_and(|v| v == "1") {
+        eprintln!("skipped on purpose: DIFFTRACKER_SKIP_PYTHON=1");
+        return None;
+    }
+    let root = repo_root();
+    let python = tokio::task::spawn_blocking({
+        let root = root.clone();
+        move || python(&root)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    Some((root, python))
+}
