@@ -2,6 +2,7 @@
 
 use super::EngineArg;
 use anyhow::Result;
+use difftracker_simulation::emulator::CloudState;
 use difftracker_simulation::live::{self, LiveOptions};
 use difftracker_simulation::replay::read_trace;
 use std::net::SocketAddr;
@@ -38,6 +39,10 @@ pub struct LiveArgs {
     /// No progress lines, only the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Seed the emulator with the resources of "a previous controller": a JSON file in the shape
+    /// `GET /_emulator/inventory` prints (see the README).
+    #[arg(long)]
+    pub cloud_state: Option<PathBuf>,
 }
 
 impl LiveArgs {
@@ -58,6 +63,7 @@ impl LiveArgs {
             listen: self.listen,
             seed: self.seed,
             print_progress: !self.quiet,
+            cloud_state: self.cloud_state.as_deref().map(CloudState::load).transpose().map_err(anyhow::Error::msg)?,
         })
     }
 
