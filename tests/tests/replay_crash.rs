@@ -143,8 +143,16 @@ fn run_case(c: &Case) -> Value {
 fn the_oracle_holds_across_crashes() {
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
     let config = Config { cases, max_shrink_iters: 200, failure_persistence: None, ..Config::default() };
-    // A fixed seed: the test command replays the same cases every run (more with PROPTEST_CASES).
-    let rng = TestRng::deterministic_rng(config.rng_algorithm);
+    // A fixed seed: the test command replays the same cases every run (more with PROPTEST_CASES;
+    // CRASH_PROPS_SEED=N explores other cases).
+    let rng = match std::env::var("CRASH_PROPS_SEED").ok().and_then(|v| v.parse::<u64>().ok()) {
+        Some(n) => {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&n.to_le_bytes());
+            TestRng::from_seed(config.rng_algorithm, &seed)
+        }
+        None => TestRng::deterministic_rng(config.rng_algorithm),
+    };
     let mut runner = TestRunner::new_with_rng(config, rng);
     let totals = std::cell::Cell::new((0u64, 0u64, 0u64, 0u64));
     let result = runner.run(&case(), |c| {
