@@ -46,8 +46,11 @@ pub enum Step {
     Unregister,
     DeletePublicIp,
     /// The Service still exists but wants no load balancer from us any more: our ingress
-    /// entry goes.
+    /// entry goes (after the public IP's deletion: only when the status changed since the
+    /// early clearing).
     ClearIngress,
+    /// The same, before the public IP's deletion, while its address is known (6.4).
+    ClearIngressFirst,
     RemoveFinalizers,
     /// An outbound update with nothing to add: skipped, success without an Azure call.
     SkipOutbound,
@@ -320,6 +323,32 @@ impl Engine {
         Next::Call(Step::PatchIngress, Call::Kube(KubeCall::PatchServiceIngress(a.config.object.clone(), want)))
     }
 
+    /// Inbound delete, after the unregistration: while the public IP still exists (so its
+    /// address, ours, is known, also to a restarted engine from its start-up list), the status
+    /// of a Service that no longer wants a load balancer from us loses our entry; then the
+    /// public IP goes. A crash between the two leaves a trace (the public IP) that sends the
+    /// restarted engine down this path again, never a status entry of ours nobody can identify.
+    fn clear_ingress_or_delete_pip(&mut self, id: &Identity) -> Next {
+        if let Some(a) = self.dispatcher.active.get(id) {
+            if a.last_err.is_none() && !a.config.object.name.is_empty() {
+                let object = a.config.object.clone();
+                if let Some(want) = self.ingress_to_clear(id, &object) {
+                    return Next::Call(Step::ClearIngressFirst, Call::Kube(KubeCall::PatchServiceIngress(object, want)));
+                }
+            }
+        }
+        Next::Call(Step::DeletePublicIp, Call::Cloud(CloudCall::DeletePublicIp { name: id.pip_name() }))
+    }
+
+    /// The status was cleared: the public IP is deleted next (the early clearing), or the
+    /// finalizers are removed (the late one, when the status changed after the early check).
+    fn after_clear_ingress(&mut self, id: &Identity, step: Step) -> Next {
+        if step == Step::ClearIngressFirst {
+            return Next::Call(Step::DeletePublicIp, Call::Cloud(CloudCall::DeletePublicIp { name: id.pip_name() }));
+        }
+        self.remove_service_finalizers(id)
+    }
+
     fn after_delete_steps(&mut self, id: &Identity) -> Next {
         let Some(a) = self.dispatcher.active.get(id) else { return Next::Finish(WorkerResult::Dropped) };
         if let Some(e) = &a.last_err {
@@ -428,13 +457,13 @@ impl Engine {
                     Step::DeleteLoadBalancer => {
                         Next::Call(Step::Unregister, Call::Cloud(CloudCall::UpdateServices(vec![inbound_request(id, true, vec![])])))
                     }
-                    Step::Unregister => Next::Call(Step::DeletePublicIp, Call::Cloud(CloudCall::DeletePublicIp { name: id.pip_name() })),
+                    Step::Unregister => self.clear_ingress_or_delete_pip(id),
                     _ => self.after_delete_steps(id),
                 }
             }
-            Step::ClearIngress => match outcome {
-                Ok(_) => self.remove_service_finalizers(id),
-                Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => self.remove_service_finalizers(id),
+            Step::ClearIngress | Step::ClearIngressFirst => match outcome {
+                Ok(_) => self.after_clear_ingress(id, step),
+                Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::Replaced) => self.after_clear_ingress(id, step),
                 Err(e) => Next::Finish(WorkerResult::Failed(AttemptFailure::from_call(&e))),
             },
             Step::RemoveFinalizers => match outcome {

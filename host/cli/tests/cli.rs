@@ -36,14 +36,27 @@ fn the_commands_and_their_flags_are_the_documented_ones() {
                 "--guest-cpu-ms",
                 "--max-request-bytes",
                 "--max-request-entries",
+                "--cloud-state",
             ][..],
         ),
         (
             "replay",
-            &["--trace", "--report", "--faults", "--seed", "--engine", "--until-ms", "--max-request-bytes", "--max-request-entries"][..],
+            &[
+                "--trace",
+                "--report",
+                "--faults",
+                "--seed",
+                "--engine",
+                "--until-ms",
+                "--crash-at-ms",
+                "--downtime-ms",
+                "--cloud-state",
+                "--max-request-bytes",
+                "--max-request-entries",
+            ][..],
         ),
         ("gen-trace", &["--services", "--nodes", "--egress", "--churn", "--endpoints", "--seed", "--output"][..]),
-        ("emulator", &["--listen", "--faults", "--polling", "--no-default-natgw"][..]),
+        ("emulator", &["--listen", "--faults", "--polling", "--no-default-natgw", "--state"][..]),
         ("apiserver", &["--listen", "--kubeconfig-out", "--faults"][..]),
         ("bench-engine", &["--services", "--engine", "--single-events"][..]),
         ("demo", &["--engine", "--component", "--services", "--timeout-secs"][..]),
@@ -128,4 +141,87 @@ fn the_guest_memory_limit_comes_from_the_flag() {
     let out = difftracker().args(["live", "--guest-memory-mib", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--guest-memory-mib"));
+}
+
+/// A scratch directory of this test process.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("difftracker-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn report_of(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `replay --crash-at-ms --downtime-ms` kills and restarts the host; the report lists the
+/// restarts, the run still settles to the oracle, and its own report seeds another run through
+/// `--cloud-state` (adopted: the same cluster, the same inventory). A malformed cloud state is an
+/// error naming the file and the problem, not a panic.
+#[test]
+fn replay_crashes_restarts_and_starts_from_a_cloud_state() {
+    let dir = scratch("crash");
+    let trace = dir.join("trace.jsonl");
+    let out = difftracker()
+        .args(["gen-trace", "--services", "8", "--egress", "2", "--churn", "high", "--seed", "4", "-o"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = dir.join("report.json");
+    let out = difftracker()
+        .args(["replay", "--engine", "native", "--crash-at-ms", "1000,60000,500000", "--downtime-ms", "5000", "--trace"])
+        .arg(&trace)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("restart 3 (crash at 8m20s, back at 8m25s)"), "{stdout}");
+    let r = report_of(&report);
+    assert_eq!(r["converged"], true);
+    assert_eq!(r["oracle"]["matches"], true);
+    assert_eq!(r["restarts"].as_array().unwrap().len(), 3);
+    assert_eq!(r["restarts"][0]["crashed_at_ms"], 1000);
+    assert_eq!(r["restarts"][0]["started_at_ms"], 6000);
+    assert!(r["restarts"][2]["startup_list_calls"].as_u64().unwrap() >= 5);
+    assert_eq!(r["replay"]["crash_at_ms"], serde_json::json!([1000, 60000, 500000]));
+
+    let state = dir.join("cloud.json");
+    std::fs::write(&state, serde_json::to_vec(&r["inventory"]).unwrap()).unwrap();
+    let again = dir.join("again.json");
+    let out = difftracker()
+        .args(["replay", "--engine", "native", "--trace"])
+        .arg(&trace)
+        .arg("--report")
+        .arg(&again)
+        .arg("--cloud-state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("start-up against the seeded cloud"), "{stdout}");
+    let a = report_of(&again);
+    assert_eq!(a["replay"]["cloud_state"], true);
+    assert_eq!(a["oracle"]["matches"], true);
+    assert_eq!(a["inventory"]["load_balancers"], r["inventory"]["load_balancers"]);
+
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"load_balancers": "not-a-list"}"#).unwrap();
+    for args in [&["replay", "--report", "/dev/null", "--trace"][..], &["emulator", "--listen", "127.0.0.1:0", "--trace"][..]] {
+        let mut cmd = difftracker();
+        if args[0] == "replay" {
+            cmd.args(args).arg(&trace).arg("--cloud-state").arg(&bad);
+        } else {
+            cmd.args(&args[..3]).arg("--state").arg(&bad);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} accepted a malformed cloud state", args[0]);
+        assert!(stderr.contains("bad.json") && stderr.contains("load_balancers must be an array"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,7 +19,7 @@
 //! Unlike `replay` this runs in wall-clock time over real sockets: it shows the system working,
 //! it is not deterministic.
 
-use crate::emulator::{self, EmulatorHandle, EmulatorOptions, LroMode, PollingOptions};
+use crate::emulator::{self, CloudState, EmulatorHandle, EmulatorOptions, LroMode, PollingOptions};
 use crate::replay::cluster::Cluster;
 use crate::replay::oracle;
 use crate::replay::{parse_trace, Trace};
@@ -67,6 +67,9 @@ pub struct LiveOptions {
     /// the defaults when `None`.
     pub max_request_bytes: Option<u64>,
     pub max_request_entries: Option<u32>,
+    /// Resources a previous controller left in the cloud, seeded into the emulator before the
+    /// engine starts (`--cloud-state FILE`).
+    pub cloud_state: Option<CloudState>,
 }
 
 impl LiveOptions {
@@ -95,6 +98,7 @@ impl LiveOptions {
             print_progress: false,
             max_request_bytes: None,
             max_request_entries: None,
+            cloud_state: None,
         }
     }
 }
@@ -426,7 +430,11 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.context("cannot listen on loopback for the emulator")?;
     let emulator = emulator::serve(listener, emulator_options).await.context("starting the emulator")?;
     let emulator_url = emulator.base_url();
-    let baseline = emulator.inventory();
+    let mut baseline = emulator.inventory();
+    if let Some(cs) = &options.cloud_state {
+        emulator.emulator().seed(cs)?;
+        baseline = oracle::baseline_with(&baseline, cs);
+    }
     let cloud =
         ArmTransport::unauthenticated(emulator.tenant_config(), transport_options()).map_err(|e| anyhow!("emulator configuration: {e}"))?;
 

@@ -1,7 +1,7 @@
 //! `difftracker emulator`.
 
 use anyhow::Result;
-use difftracker_simulation::emulator::{run_emulator, EmulatorAuth, EmulatorOptions, LroMode, PollingOptions};
+use difftracker_simulation::emulator::{run_emulator, CloudState, EmulatorAuth, EmulatorOptions, LroMode, PollingOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -30,6 +30,10 @@ pub struct EmulatorArgs {
     /// hands out); `http://` + the listening address by default.
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Start from these resources (of "a previous controller"): a JSON file in the shape
+    /// `GET /_emulator/inventory` prints (see the README).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
 }
 
 impl EmulatorArgs {
@@ -46,6 +50,7 @@ impl EmulatorArgs {
             public_url: self.public_url,
             ..EmulatorOptions::default()
         };
-        run_emulator(self.listen, self.faults, options).await
+        let state = self.state.as_deref().map(CloudState::load).transpose().map_err(anyhow::Error::msg)?;
+        run_emulator(self.listen, self.faults, state, options).await
     }
 }

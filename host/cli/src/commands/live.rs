@@ -2,6 +2,7 @@
 
 use super::{EngineArg, SandboxArgs};
 use anyhow::Result;
+use difftracker_simulation::emulator::CloudState;
 use difftracker_simulation::live::{self, LiveOptions};
 use difftracker_simulation::replay::read_trace;
 use std::net::SocketAddr;
@@ -48,6 +49,10 @@ pub struct LiveArgs {
     /// 10,000).
     #[arg(long)]
     pub max_request_entries: Option<u32>,
+    /// Seed the emulator with the resources of "a previous controller": a JSON file in the shape
+    /// `GET /_emulator/inventory` prints (see the README).
+    #[arg(long)]
+    pub cloud_state: Option<PathBuf>,
 }
 
 impl LiveArgs {
@@ -71,6 +76,7 @@ impl LiveArgs {
             print_progress: !self.quiet,
             max_request_bytes: self.max_request_bytes,
             max_request_entries: self.max_request_entries,
+            cloud_state: self.cloud_state.as_deref().map(CloudState::load).transpose().map_err(anyhow::Error::msg)?,
         })
     }
 

@@ -3,9 +3,9 @@
 use super::EngineArg;
 use anyhow::{bail, Context, Result};
 use difftracker_runtime::driver::EngineKind;
-use difftracker_simulation::emulator::FaultPlan;
+use difftracker_simulation::emulator::{CloudState, FaultPlan};
 use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
-use difftracker_simulation::replay::{oracle, read_trace, replay, report, ReplayOptions, DEFAULT_UNTIL_MS};
+use difftracker_simulation::replay::{oracle, read_trace, replay, report, CrashPlan, ReplayOptions, DEFAULT_UNTIL_MS};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -42,6 +42,18 @@ pub struct ReplayArgs {
     /// 10,000).
     #[arg(long)]
     pub max_request_entries: Option<u32>,
+    /// Kill the host at these virtual times (ms, comma-separated): the engine, its snapshot and
+    /// the answers of its calls in flight are lost; a fresh host starts from the cloud and the
+    /// cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub crash_at_ms: Vec<u64>,
+    /// Keep the host down this long (ms) after each crash while the trace goes on.
+    #[arg(long, default_value_t = 0, requires = "crash_at_ms")]
+    pub downtime_ms: u64,
+    /// Seed the emulator with the resources of "a previous controller": a JSON file in the shape
+    /// `GET /_emulator/inventory` prints (see the README).
+    #[arg(long)]
+    pub cloud_state: Option<PathBuf>,
 }
 
 impl ReplayArgs {
@@ -61,6 +73,7 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
     if let (Some(plan), Some(seed)) = (faults.as_mut(), args.seed) {
         plan.seed = seed;
     }
+    let cloud_state = args.cloud_state.as_deref().map(CloudState::load).transpose().map_err(anyhow::Error::msg)?;
     let options = ReplayOptions {
         seed: args.seed.unwrap_or(1),
         engine: EngineKind::from(args.engine),
@@ -68,6 +81,8 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         faults,
         max_request_bytes: args.max_request_bytes,
         max_request_entries: args.max_request_entries,
+        crashes: CrashPlan { at_ms: args.crash_at_ms.clone(), downtime_ms: args.downtime_ms },
+        cloud_state,
         ..ReplayOptions::default()
     };
     let started = Instant::now();
@@ -87,6 +102,37 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         wall,
         if r["converged"] == true { "converged" } else { "did NOT converge" },
     );
+    for (i, start) in outcome.report["restarts"].as_array().into_iter().flatten().enumerate() {
+        let wall = outcome.startup_wall.get(i + 1).copied().flatten();
+        println!(
+            "restart {} (crash at {}, back at {}): {} lost completions; start-up {} ({} cloud calls, {} lists){}",
+            i + 1,
+            human_ms(start["crashed_at_ms"].as_u64().unwrap_or(0)),
+            human_ms(start["started_at_ms"].as_u64().unwrap_or(0)),
+            start["completions_lost"].as_u64().unwrap_or(0),
+            start["startup_ms"].as_u64().map_or("never finished".to_string(), |ms| format!("took {}", human_ms(ms))),
+            start["startup_cloud_calls"].as_u64().unwrap_or(0),
+            start["startup_list_calls"].as_u64().unwrap_or(0),
+            wall.map_or(String::new(), |w| format!(", {w:.2?} of wall time")),
+        );
+    }
+    if let (Some(first), Some(wall)) = (outcome.report.get("startup"), outcome.startup_wall.first().copied().flatten()) {
+        if options.cloud_state.is_some() {
+            println!(
+                "start-up against the seeded cloud: {} of virtual time, {} cloud calls ({} lists), {wall:.2?} of wall time",
+                human_ms(first["startup_ms"].as_u64().unwrap_or(0)),
+                first["startup_cloud_calls"].as_u64().unwrap_or(0),
+                first["startup_list_calls"].as_u64().unwrap_or(0),
+            );
+        }
+    }
+    let d = &outcome.report["duplicate_creations"];
+    if d["after_lost_completion"].as_u64().unwrap_or(0) + d["adoption"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "PUTs of existing resources: {} after a completion lost in a crash, {} adoptions at start-up, {} rejected",
+            d["after_lost_completion"], d["adoption"], d["rejected"]
+        );
+    }
     println!("report written to {}", args.report.display());
     if let Err(problems) = oracle::check_report(r) {
         for p in problems.iter().take(20) {

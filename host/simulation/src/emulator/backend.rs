@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 pub struct Decided {
     pub latency_ms: u64,
     pub outcome: Result<CallOutput, CallError>,
+    /// Whether a fault rule decided the outcome (an injected error or a failed operation): the
+    /// emulator's state was not consulted.
+    pub injected: bool,
 }
 
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -75,22 +78,23 @@ impl EmulatorBackend {
     pub fn perform_at(&self, now_ms: u64, call: &CloudCall) -> Decided {
         let label = call.label();
         if let Err(e) = self.emulator.authorize(self.token.as_ref().map(|t| format!("Bearer {t}")).as_deref()) {
-            return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)) };
+            return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)), injected: false };
         }
         // The body as the transport would send it, held to the HTTP face's size limit.
         let request = self.request_of(call);
         if let Ok((_, _, Some(body))) = &request {
             if let Err(e) = self.emulator.options().limits.check_body(body) {
-                return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)) };
+                return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)), injected: false };
             }
         }
         let faults = self.emulator.decide_faults(label, now_ms);
         let latency_ms = faults.latency_ms;
         if let Some(e) = faults.error {
             let err = ArmError::new(e.status, &e.code, e.message);
-            return Decided { latency_ms, outcome: Err(arm_to_call_error(label, err, e.retry_after_s)) };
+            return Decided { latency_ms, outcome: Err(arm_to_call_error(label, err, e.retry_after_s)), injected: true };
         }
         let scope = ScopeKey::new(self.config.network_subscription(), &self.config.resource_group);
+        let injected = faults.lro_fail.is_some();
         let outcome = request.and_then(|(method, target, body)| {
             if let Err(e) = self.emulator.state().check_scope(&scope) {
                 return Err(arm_to_call_error(label, e, None));
@@ -110,7 +114,7 @@ impl EmulatorBackend {
             let reply = self.emulator.apply(&scope, method, &target, body.as_ref(), &Conditions::NONE);
             self.output_of(call, reply)
         });
-        Decided { latency_ms, outcome }
+        Decided { latency_ms, outcome, injected }
     }
 
     fn request_of(&self, call: &CloudCall) -> Result<(Method, Target, Option<Value>), CallError> {

@@ -9,15 +9,17 @@
 //! - [`backend`]: [`EmulatorBackend`], a [`CloudBackend`](difftracker_runtime::backend::CloudBackend) that
 //!   calls the core directly, with faults decided from a caller-supplied "now" (virtual time).
 //!
-//! [`run_emulator`] is the `difftracker emulator --listen ADDR [--faults FILE] [--token T] [--public-url URL]`
+//! [`run_emulator`] is the `difftracker emulator --listen ADDR [--faults FILE] [--state FILE] [--token T] [--public-url URL]`
 //! subcommand.
 
 pub mod backend;
+pub mod cloud_state;
 pub mod faults;
 pub mod http;
 pub mod state;
 
 pub use backend::{Decided, EmulatorBackend};
+pub use cloud_state::CloudState;
 pub use faults::{FaultDecision, FaultInjector, FaultPlan};
 pub use http::{serve, serve_emulator, EmulatorHandle};
 pub use state::{codes, ArmError, Conditions, EmulatorState, Method, Reply, ScopeKey, Target, DEFAULT_NATGW, DEFAULT_NATGW_PIP};
@@ -306,6 +308,11 @@ impl Emulator {
         self.state().inventory(&self.options.scope.key())
     }
 
+    /// Seeds the default resource group with `cs` (see [`cloud_state`]).
+    pub fn seed(&self, cs: &CloudState) -> anyhow::Result<()> {
+        self.state().seed_cloud_state(&self.options.scope.key(), cs).map_err(|e| anyhow::anyhow!("cannot seed the cloud state: {e}"))
+    }
+
     /// The content of one resource group (empty for one not served).
     pub fn inventory_of(&self, scope: &ScopeKey) -> Value {
         self.state().inventory(scope)
@@ -344,7 +351,12 @@ impl Emulator {
 }
 
 /// The `difftracker emulator` subcommand: serves until Ctrl-C.
-pub async fn run_emulator(listen: SocketAddr, faults: Option<PathBuf>, mut options: EmulatorOptions) -> anyhow::Result<()> {
+pub async fn run_emulator(
+    listen: SocketAddr,
+    faults: Option<PathBuf>,
+    state: Option<CloudState>,
+    mut options: EmulatorOptions,
+) -> anyhow::Result<()> {
     if let Some(path) = faults {
         options.faults = Some(FaultPlan::load(&path).map_err(anyhow::Error::msg)?);
     }
@@ -353,6 +365,9 @@ pub async fn run_emulator(listen: SocketAddr, faults: Option<PathBuf>, mut optio
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let handle = serve(listener, options).await?;
+    if let Some(cs) = &state {
+        handle.emulator().seed(cs)?;
+    }
     tracing::info!(url = %handle.base_url(), "ARM/NRP emulator listening");
     println!("ARM/NRP emulator listening on {}", handle.base_url());
     for scope in handle.emulator().options().scopes() {

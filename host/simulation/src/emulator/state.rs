@@ -13,6 +13,7 @@
 //! Requests and answers are the wire JSON of AZURE-WIRE.md section 3; errors carry the HTTP status
 //! and ARM error code Azure answers with ([`codes`]).
 
+use super::cloud_state::CloudState;
 use difftracker_runtime::transport::config::{ResourceKind, SERVICE_GATEWAY_NAME};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -519,6 +520,34 @@ impl EmulatorState {
         self.ctx(scope)?.update_address_locations(body)
     }
 
+    /// Seeds `scope` with a cloud state ([`CloudState`]) through the emulator's own rules; the
+    /// error names the resource that could not be created and why.
+    pub fn seed_cloud_state(&mut self, scope: &ScopeKey, cs: &CloudState) -> Result<(), String> {
+        self.ctx(scope).map_err(|e| e.message)?.seed(cs)
+    }
+
+    /// Whether a public IP, load balancer or NAT gateway of that name exists in `scope`.
+    pub fn has_resource(&self, scope: &ScopeKey, kind: ResourceKind, name: &str) -> bool {
+        let Some(g) = self.groups.get(&scope.lower()) else { return false };
+        let k = key(name);
+        match kind {
+            ResourceKind::PublicIp => g.pips.contains_key(&k),
+            ResourceKind::LoadBalancer => g.lbs.contains_key(&k),
+            ResourceKind::NatGateway => g.nats.contains_key(&k),
+        }
+    }
+
+    /// Whether a ServiceGateway service of that name is registered in `scope`.
+    pub fn is_registered(&self, scope: &ScopeKey, name: &str) -> bool {
+        self.groups.get(&scope.lower()).is_some_and(|g| g.services.contains_key(&key(name)))
+    }
+
+    /// Whether `address` is mapped to the service `name` under any location of `scope`.
+    pub fn is_mapped(&self, scope: &ScopeKey, address: &IpAddr, name: &str) -> bool {
+        let k = key(name);
+        self.groups.get(&scope.lower()).is_some_and(|g| g.locations.values().any(|m| m.get(address).is_some_and(|s| s.contains(&k))))
+    }
+
     /// The whole content of one resource group: `{"public_ips":{name:ip},"load_balancers":[..],
     /// "nat_gateways":[..],"sgw_services":{name:type},"address_locations":{node:{pod:[service..]}}}`,
     /// keys sorted (all empty for a resource group the emulator does not serve).
@@ -727,6 +756,119 @@ impl Ctx<'_> {
             )),
             (m, _) => Err(ArmError::new(405, "HttpMethodNotAllowed", format!("{} is not supported on this resource.", m.as_str()))),
         }
+    }
+
+    // -------------------------------------------------------------------- seeding
+
+    /// Makes the allocator never hand out `addr` again (addresses it would allocate).
+    fn reserve(&mut self, addr: &IpAddr) {
+        match addr {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                if o[0] == 20 && (40..168).contains(&o[1]) {
+                    let n = ((u32::from(o[1]) - 40) << 16) | (u32::from(o[2]) << 8) | u32::from(o[3]);
+                    self.alloc.next_v4 = self.alloc.next_v4.max(n);
+                }
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                if s[..7] == [0x2603, 0x1030, 0x20e, 0, 0, 0, 0] {
+                    self.alloc.next_v6 = self.alloc.next_v6.max(u32::from(s[7]));
+                }
+            }
+        }
+    }
+
+    fn seed(&mut self, cs: &CloudState) -> Result<(), String> {
+        let pp = self.provider_path();
+        let location = self.g.location.clone();
+        let mut taken: BTreeMap<IpAddr, String> =
+            self.g.pips.values().filter_map(|p| Some((p.address.parse().ok()?, p.name.clone()))).collect();
+        for (name, addr) in &cs.public_ips {
+            let k = key(name);
+            if self.g.pips.contains_key(&k) {
+                continue;
+            }
+            if let Some(other) = taken.get(addr) {
+                return Err(format!("public IP {name}: its address {addr} is already the address of {other}"));
+            }
+            let version = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            let body = json!({
+                "location": location,
+                "properties": { "publicIPAddressVersion": version, "publicIPAllocationMethod": "Static" },
+                "sku": { "name": "StandardV2" },
+            });
+            self.put_public_ip(name, &format!("{pp}/publicIPAddresses/{name}"), &body)
+                .map_err(|e| format!("public IP {name}: {}", e.message))?;
+            if let Some(p) = self.g.pips.get_mut(&k) {
+                p.address = addr.to_string();
+            }
+            self.reserve(addr);
+            taken.insert(*addr, name.clone());
+        }
+        let pip_id = |g: &Group, name: &str| g.pips.get(&key(name)).map(|p| p.id.clone());
+        for name in &cs.load_balancers {
+            if self.g.lbs.contains_key(&key(name)) {
+                continue;
+            }
+            let mut props = json!({ "backendAddressPools": [ { "name": name } ] });
+            if let Some(id) = pip_id(self.g, &format!("{name}-pip")) {
+                props["frontendIPConfigurations"] = json!([ { "name": "frontend", "properties": { "publicIPAddress": { "id": id } } } ]);
+            }
+            let body = json!({ "location": location, "properties": props, "sku": { "name": "Service" } });
+            self.put_load_balancer(name, &format!("{pp}/loadBalancers/{name}"), &body)
+                .map_err(|e| format!("load balancer {name}: {}", e.message))?;
+        }
+        for name in &cs.nat_gateways {
+            if self.g.nats.contains_key(&key(name)) {
+                continue;
+            }
+            let v4: Vec<Value> = pip_id(self.g, &format!("{name}-pip")).into_iter().map(|id| json!({ "id": id })).collect();
+            let v6: Vec<Value> = pip_id(self.g, &format!("{name}-pip-v6")).into_iter().map(|id| json!({ "id": id })).collect();
+            let body = json!({
+                "location": location,
+                "properties": {
+                    "publicIpAddresses": v4,
+                    "publicIpAddressesV6": v6,
+                    "serviceGateway": { "id": format!("{pp}/serviceGateways/{SERVICE_GATEWAY_NAME}") },
+                },
+                "sku": { "name": "StandardV2" },
+            });
+            self.put_nat_gateway(name, &format!("{pp}/natGateways/{name}"), &body)
+                .map_err(|e| format!("NAT gateway {name}: {}", e.message))?;
+        }
+        let mut reqs = Vec::new();
+        for (name, t) in &cs.sgw_services {
+            let k = key(name);
+            if self.g.services.get(&k).is_some_and(|s| s.is_default) {
+                continue;
+            }
+            let mut props = json!({ "serviceType": t });
+            if t != "Outbound" && self.g.lbs.get(&k).is_some_and(|l| l.pools.contains(&k)) {
+                props["loadBalancerBackendPools"] = json!([ { "id": format!("{pp}/loadBalancers/{name}/backendAddressPools/{name}") } ]);
+            }
+            if t != "Inbound" && self.g.nats.contains_key(&k) {
+                props["publicNatGatewayId"] = json!(format!("{pp}/natGateways/{name}"));
+            }
+            reqs.push(json!({ "service": { "name": name, "properties": props } }));
+        }
+        if !reqs.is_empty() {
+            self.update_services(&json!({ "action": "PartialUpdate", "serviceRequests": reqs }))
+                .map_err(|e| format!("sgw_services: {}", e.message))?;
+        }
+        let locs: Vec<Value> = cs
+            .address_locations
+            .iter()
+            .map(|(node, addrs)| {
+                let addresses: Vec<Value> = addrs.iter().map(|(a, s)| json!({ "address": a.to_string(), "services": s })).collect();
+                json!({ "addressLocation": node.to_string(), "addressUpdateAction": "FullUpdate", "addresses": addresses })
+            })
+            .collect();
+        if !locs.is_empty() {
+            self.update_address_locations(&json!({ "action": "PartialUpdate", "addressLocations": locs }))
+                .map_err(|e| format!("address_locations: {}", e.message))?;
+        }
+        Ok(())
     }
 
     // -------------------------------------------------------------------- public IPs

@@ -46,7 +46,7 @@ impl ObjectKey {
     fn service(namespace: &str, name: &str) -> ObjectKey {
         ObjectKey { kind: "Service", namespace: namespace.into(), name: name.into() }
     }
-    fn pod(namespace: &str, name: &str) -> ObjectKey {
+    pub fn pod(namespace: &str, name: &str) -> ObjectKey {
         ObjectKey { kind: "Pod", namespace: namespace.into(), name: name.into() }
     }
 }

@@ -18,5 +18,5 @@ pub mod report;
 pub mod run;
 pub mod trace;
 
-pub use run::{replay, replay_with, ReplayOptions, ReplayOutcome, DEFAULT_UNTIL_MS};
+pub use run::{replay, replay_with, CrashPlan, Duplicates, ReplayOptions, ReplayOutcome, StartRecord, DEFAULT_UNTIL_MS};
 pub use trace::{parse_trace, read_trace, Trace, TraceError, TraceEvent};

@@ -16,6 +16,7 @@
 //! history and expects nothing for it, so generated traces never do it.
 
 use super::cluster::Cluster;
+use crate::emulator::CloudState;
 use difftracker_engine::io::{IntOrString, Pod, Service};
 use difftracker_runtime::k8s::EGRESS_LABEL;
 use serde_json::Value;
@@ -117,6 +118,33 @@ fn same_family(a: &IpAddr, b: &IpAddr) -> bool {
 /// among the node's InternalIPs of that family.
 fn location_for(node_ips: &[String], addr: &IpAddr) -> Option<String> {
     node_ips.iter().filter_map(|ip| canonical(ip)).filter(|ip| same_family(ip, addr)).map(|ip| ip.to_string()).min()
+}
+
+/// Whether `name` is a UUID (how this controller names a Service's load balancer).
+fn is_uuid(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 36 && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
+}
+
+/// The baseline of a run that starts from a seeded cloud state: the emulator's own resources
+/// (`pre_seed`, its inventory before seeding) plus the seeded resources this controller does not
+/// own by its naming and so must leave alone: load balancers whose name is not a UUID, with the
+/// `<name>-pip` their frontend uses. Everything else seeded counts as a previous controller's: the
+/// start-up pass adopts what the cluster still wants and sweeps the rest, so it is not baseline.
+pub fn baseline_with(pre_seed: &Value, cs: &CloudState) -> Value {
+    let mut out = pre_seed.clone();
+    for lb in cs.load_balancers.iter().filter(|n| !is_uuid(n)) {
+        if let Some(Value::Array(a)) = out.get_mut("load_balancers") {
+            if !a.iter().any(|v| v.as_str() == Some(lb.as_str())) {
+                a.push(Value::String(lb.clone()));
+            }
+        }
+        let pip = format!("{lb}-pip");
+        if let (Some(addr), Some(Value::Object(m))) = (cs.public_ips.get(&pip), out.get_mut("public_ips")) {
+            m.insert(pip, Value::String(addr.to_string()));
+        }
+    }
+    out
 }
 
 /// The inventory the final cluster state implies, on top of `baseline` (the emulator's inventory

@@ -4,6 +4,7 @@
 //! ```text
 //! {"cloud_calls": {"<METHOD> <kind>": n}, "cloud_errors": {"<METHOD> <kind> <status> <code>": n},
 //!  "converged": bool,
+//!  "duplicate_creations": {"adoption": n, "after_lost_completion": n, "by_call": {..}, "rejected": n},
 //!  "engine": {"metrics": {"<name>{<labels>}": value}, "operations_in_flight": n,
 //!             "pending_deletions": n, "settled": bool, "states": {"<state>": n}},
 //!  "inventory": {...the emulator's inventory...},
@@ -11,8 +12,11 @@
 //!                 "service_ingress": {"<ns>/<name>": ["<ip>"]}, "stuck_deleting": ["<kind>/<ns>/<name>"],
 //!                 "trace_events": {...}, "writes": {"<call> <outcome>": n}},
 //!  "oracle": {"differences": ["..."], "matches": bool},
-//!  "replay": {"calls_in_flight": n, "faults": bool, "seed": n, "stale_wakes": n, "ticks": n,
+//!  "replay": {"calls_in_flight": n, "cloud_state": bool, "crash_at_ms": [n], "downtime_ms": n, "faults": bool, "seed": n, "stale_wakes": n, "ticks": n,
 //!             "trace_events_left": n, "until_ms": n},
+//!  "restarts": [{"crashed_at_ms": n, "completions_lost": n, "started_at_ms": n, "startup_ms": n|null,
+//!                "startup_cloud_calls": n, "startup_list_calls": n, "startup_kube_writes": n}],
+//!  "startup": {"started_at_ms": n, "startup_ms": n|null, "startup_cloud_calls": n, ...},
 //!  "trace": {"end_ms": n, "events": n, "ordered_by": "at_ms"|"resourceVersion"|"file",
 //!            "skipped": {"<kind>": n}},
 //!  "virtual_ms": n}
@@ -76,6 +80,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         "cloud_calls": i.stats.cloud_calls,
         "cloud_errors": i.stats.cloud_errors,
         "converged": i.converged,
+        "duplicate_creations": i.stats.duplicates,
         "engine": {
             "metrics": metrics,
             "operations_in_flight": i.status.operations_in_flight,
@@ -103,6 +108,9 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         },
         "replay": {
             "calls_in_flight": i.in_flight,
+            "crash_at_ms": i.options.crashes.times(),
+            "downtime_ms": i.options.crashes.downtime_ms,
+            "cloud_state": i.options.cloud_state.is_some(),
             "faults": i.options.faults.is_some(),
             "seed": i.options.seed,
             "stale_wakes": i.stats.stale_wakes,
@@ -110,6 +118,8 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             "trace_events_left": i.trace_left,
             "until_ms": i.options.until_ms,
         },
+        "restarts": i.stats.starts.get(1..).unwrap_or_default(),
+        "startup": i.stats.starts.first(),
         "trace": {
             "end_ms": i.trace.end_ms(),
             "events": i.trace.events.len(),

@@ -15,26 +15,70 @@
 //! the next trace event, the next completion and the engine's `next_wake_ms`. No wall time
 //! passes for backoffs or latencies.
 //!
+//! **Crashes** ([`CrashPlan`], `--crash-at-ms`, `--downtime-ms`): at each crash time the host is
+//! killed between two instants: the engine, its snapshot and the completions of the calls it had
+//! in flight are lost (the emulator already applied those calls, as Azure finishes the operations
+//! it accepted; their answers are simply never delivered). The cluster keeps its state, like an
+//! API server. While the host is down the trace goes on and nobody watches. A fresh host then
+//! starts from nothing but the cloud and the cluster: a new engine, the cluster's objects as its
+//! initial lists, the marker, and its start-up pass. Each restart is reported (`restarts`): when,
+//! the completions lost, how long the start-up pass took in virtual time and the calls it made.
+//! A PUT of a resource whose previous PUT's answer a crash swallowed is counted as a duplicate
+//! creation (`duplicate_creations`); it must be idempotent. Throughout, every finalizer removal
+//! is checked against the emulator: a Service's finalizer must not be removed while its load
+//! balancer, public IP or registration exists, an egress pod's while one of its addresses is
+//! still mapped to its identity; a violation is an oracle difference.
+//!
 //! The replay stops when the trace is exhausted and the system has settled (engine status
 //! `settled`, no call in flight, no watch event undelivered, no trace event held back, nothing
 //! stuck deleting), or at the virtual time limit (`converged: false`), or as soon as nothing can
 //! happen any more (nothing in flight, no wake-up asked for) without having settled
-//! (`converged: false` too).
+//! (`converged: false` too). A crash still due keeps it going: a settled system is crashed and
+//! restarted, and must settle again.
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, ObjectKey};
 use super::oracle;
 use super::report::{self, Report};
 use super::trace::Trace;
-use crate::emulator::{Emulator, EmulatorBackend, EmulatorOptions, FaultPlan};
+use crate::emulator::{CloudState, Emulator, EmulatorBackend, EmulatorOptions, FaultPlan, ScopeKey};
 use anyhow::{Context, Result};
-use difftracker_engine::io::{Call, CallId, Completion, EngineStatus, TenantConfig};
+use difftracker_engine::io::{Call, CallId, CloudCall, Completion, EngineStatus, InitPhase, KubeCall, Pod, TenantConfig};
 use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
+use difftracker_runtime::k8s::{KubeObject, EGRESS_LABEL};
+use difftracker_runtime::transport::config::ResourceKind;
+use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Six hours of virtual time.
 pub const DEFAULT_UNTIL_MS: u64 = 6 * 60 * 60 * 1000;
+
+/// When the host is killed during a replay, and for how long it stays down.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CrashPlan {
+    /// Virtual times (ms) at which the host is killed; order and repeats do not matter. A crash
+    /// due while the host is still down from the previous one is merged into it.
+    pub at_ms: Vec<u64>,
+    /// How long the host stays down after each crash (ms).
+    pub downtime_ms: u64,
+}
+
+impl CrashPlan {
+    /// The crash times, sorted and without repeats.
+    pub fn times(&self) -> Vec<u64> {
+        let mut t = self.at_ms.clone();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at_ms.is_empty()
+    }
+}
 
 /// How to replay.
 #[derive(Clone, Debug)]
@@ -52,6 +96,10 @@ pub struct ReplayOptions {
     /// the defaults when `None`.
     pub max_request_bytes: Option<u64>,
     pub max_request_entries: Option<u32>,
+    /// Host crashes and restarts.
+    pub crashes: CrashPlan,
+    /// Resources of "a previous controller" the emulator starts with.
+    pub cloud_state: Option<CloudState>,
 }
 
 impl Default for ReplayOptions {
@@ -64,6 +112,8 @@ impl Default for ReplayOptions {
             tenant: "replay".into(),
             max_request_bytes: None,
             max_request_entries: None,
+            crashes: CrashPlan::default(),
+            cloud_state: None,
         }
     }
 }
@@ -73,11 +123,52 @@ pub struct ReplayOutcome {
     pub report: Report,
     /// The final cluster (for the oracle and for inspection).
     pub cluster: Cluster,
-    /// The emulator's inventory before the engine ran.
+    /// The emulator's inventory before the engine ran (without what a cloud state seeded that
+    /// the controller must adopt or sweep; see [`oracle::baseline_with`]).
     pub baseline: Value,
     /// The emulator's final inventory.
     pub inventory: Value,
     pub status: EngineStatus,
+    /// Wall time each start-up pass took (the first start, then each restart; `None` when it
+    /// never became ready). Not in the report, which must not depend on the machine.
+    pub startup_wall: Vec<Option<Duration>>,
+}
+
+/// One start of the host: the first one, or a restart after a crash.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StartRecord {
+    /// The crash this start follows (absent for the first start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crashed_at_ms: Option<u64>,
+    /// Completions of calls in flight at the crash, never delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completions_lost: Option<u64>,
+    pub started_at_ms: u64,
+    /// Virtual time from the start to the start-up pass's `ready` (absent if it never got there).
+    pub startup_ms: Option<u64>,
+    /// Cloud calls started from the start to `ready` (all of them, the lists included).
+    pub startup_cloud_calls: u64,
+    /// Of those, the list calls (`GET` of the five collections the pass lists).
+    pub startup_list_calls: u64,
+    /// Kubernetes writes started from the start to `ready`.
+    pub startup_kube_writes: u64,
+}
+
+/// PUTs of resources that already existed, counted as the report's `duplicate_creations`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Duplicates {
+    /// PUTs of a resource whose previous PUT's answer was lost in a crash: a crash-caused
+    /// duplicate creation (idempotent: the resource is updated in place, never a second one).
+    pub after_lost_completion: u64,
+    /// Other PUTs of an existing resource during a start-up pass after a restart (the pass
+    /// adopts load balancers by re-PUTting them on purpose): not crash-caused duplicates.
+    pub adoption: u64,
+    /// Duplicate PUTs (of either kind) the emulator itself answered with a conflict (409) or a
+    /// failed precondition (412), not an injected fault: a duplicate that was not idempotent.
+    /// Must stay 0.
+    pub rejected: u64,
+    /// By `<METHOD> <kind>` (crash-caused only).
+    pub by_call: BTreeMap<String, u64>,
 }
 
 /// Counters of the loop, for the report.
@@ -89,6 +180,11 @@ pub struct LoopStats {
     /// Times the engine asked to be woken at or before the instant it had just been ticked at
     /// (the loop then wakes it 1 ms later, so time always advances).
     pub stale_wakes: u64,
+    /// The first start, then one record per restart.
+    pub starts: Vec<StartRecord>,
+    pub duplicates: Duplicates,
+    /// Finalizers removed before their cleanup had finished (oracle differences).
+    pub early_finalizers: Vec<String>,
 }
 
 /// Replays `trace` with a fresh engine of `options.engine`.
@@ -97,32 +193,73 @@ pub fn replay(trace: &Trace, options: &ReplayOptions) -> Result<ReplayOutcome> {
     replay_with(trace, options, driver)
 }
 
-/// Replays `trace` with the given (not yet created) engine.
-pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn EngineDriver>) -> Result<ReplayOutcome> {
+/// The resource a PUT writes: its kind and lower-cased name.
+type PutTarget = (ResourceKind, String);
+
+fn put_target(call: &CloudCall) -> Option<PutTarget> {
+    match call {
+        CloudCall::PutPublicIp { name, .. } => Some((ResourceKind::PublicIp, name.to_ascii_lowercase())),
+        CloudCall::PutLoadBalancer(spec) => Some((ResourceKind::LoadBalancer, spec.name.to_ascii_lowercase())),
+        CloudCall::PutNatGateway(spec) => Some((ResourceKind::NatGateway, spec.name.to_ascii_lowercase())),
+        _ => None,
+    }
+}
+
+fn is_list(call: &CloudCall) -> bool {
+    matches!(
+        call,
+        CloudCall::ListPublicIps
+            | CloudCall::ListLoadBalancers
+            | CloudCall::ListNatGateways
+            | CloudCall::GetSgwServices
+            | CloudCall::GetAddressLocations
+    )
+}
+
+/// The host's live part: what a crash loses.
+struct Host {
+    driver: Box<dyn EngineDriver>,
+    /// By `(completion time, call id)`: the completion and, for a PUT, the resource it writes.
+    in_flight: BTreeMap<(u64, CallId), (Completion, Option<PutTarget>)>,
+    wake: Option<u64>,
+    must_tick: bool,
+    /// Whether the start-up pass reached `ready`.
+    ready: bool,
+    started_wall: Instant,
+}
+
+/// Replays `trace` with the given (not yet created) engine; the hosts that restart after a crash
+/// get a fresh engine of `options.engine`.
+pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn EngineDriver>) -> Result<ReplayOutcome> {
     let emulator_options = EmulatorOptions { faults: options.faults.clone(), ..EmulatorOptions::default() };
     let scope = emulator_options.scope.clone();
+    let scope_key = scope.key();
     let emulator: Arc<Emulator> = Emulator::new(emulator_options);
-    let baseline = emulator.inventory();
+    let mut baseline = emulator.inventory();
+    if let Some(cs) = &options.cloud_state {
+        emulator.seed(cs)?;
+        baseline = oracle::baseline_with(&baseline, cs);
+    }
     let backend = EmulatorBackend::new(emulator.clone(), scope.tenant_config("http://emulator.replay.invalid"))
         // The CloudBackend side is not used: every call goes through `perform_at(now)`.
         .with_clock(Arc::new(|| 0));
     let mut cluster = Cluster::new();
     let mut stats = LoopStats::default();
-
-    driver
-        .create(&TenantConfig {
-            tenant: options.tenant.clone(),
-            seed: options.seed,
-            max_request_bytes: options.max_request_bytes,
-            max_request_entries: options.max_request_entries,
-            ..TenantConfig::default()
-        })
-        .context("creating the engine")?;
+    let tenant_config = TenantConfig {
+        tenant: options.tenant.clone(),
+        seed: options.seed,
+        max_request_bytes: options.max_request_bytes,
+        max_request_entries: options.max_request_entries,
+        ..TenantConfig::default()
+    };
+    let crash_times = options.crashes.times();
+    let mut next_crash = 0usize;
+    // PUT targets whose answer a crash swallowed.
+    let mut lost_puts: BTreeSet<PutTarget> = BTreeSet::new();
+    let mut startup_wall: Vec<Option<Duration>> = Vec::new();
 
     let events = &trace.events;
     let mut next_event = 0usize;
-    let mut in_flight: BTreeMap<(u64, CallId), Completion> = BTreeMap::new();
-    let mut wake: Option<u64> = None;
     // The host starts at the trace's first instant: what the cluster holds then is the engine's
     // initial lists, followed by the marker; everything later arrives as watch events.
     let mut now = events.first().map_or(0, |e| e.at_ms);
@@ -131,8 +268,10 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
         cluster.apply(now, e.event_type, e.object.clone());
         next_event += 1;
     }
-    driver.deliver(now, cluster.initial_lists()).with_context(|| format!("engine deliver of the initial lists at {now} ms"))?;
-    let mut must_tick = true;
+    let mut host: Option<Host> = Some(start_host(driver, &tenant_config, now, &mut cluster)?);
+    stats.starts.push(StartRecord { started_at_ms: now, ..StartRecord::default() });
+    // When the host that is down comes back.
+    let mut restart_at: Option<u64> = None;
     let converged;
     // A failing engine (a trap, a limit) ends the run, but the report is still written and says so.
     let mut engine_failure: Option<String> = None;
@@ -142,26 +281,80 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
             cluster.apply(now, e.event_type, e.object.clone());
             next_event += 1;
         }
+        // A crash due: the host dies before it sees anything of this instant.
+        if next_crash < crash_times.len() && crash_times[next_crash] <= now {
+            while next_crash < crash_times.len() && crash_times[next_crash] <= now {
+                next_crash += 1;
+            }
+            if let Some(dead) = host.take() {
+                lost_puts.extend(dead.in_flight.values().filter_map(|(_, t)| t.clone()));
+                let record = StartRecord {
+                    crashed_at_ms: Some(now),
+                    completions_lost: Some(dead.in_flight.len() as u64),
+                    started_at_ms: now.saturating_add(options.crashes.downtime_ms),
+                    ..StartRecord::default()
+                };
+                if !dead.ready {
+                    startup_wall.push(None);
+                }
+                stats.starts.push(record);
+                restart_at = Some(now.saturating_add(options.crashes.downtime_ms));
+            }
+        }
+        let Some(h) = host.as_mut() else {
+            // Nobody watches: what the cluster says now reaches the next host as its initial lists.
+            let _ = cluster.take_events();
+            let back = restart_at.unwrap_or(now);
+            if back <= now {
+                restart_at = None;
+                let driver = match options.engine.new_driver(CallIds::default()) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        engine_failure = Some(failure(now, "restart", &e));
+                        converged = false;
+                        break;
+                    }
+                };
+                match start_host(driver, &tenant_config, now, &mut cluster) {
+                    Ok(h) => host = Some(h),
+                    Err(e) => {
+                        engine_failure = Some(failure(now, "restart", &e));
+                        converged = false;
+                        break;
+                    }
+                }
+                continue;
+            }
+            let next_trace = events.get(next_event).map(|e| e.at_ms);
+            let next = [next_trace, Some(back)].into_iter().flatten().min().unwrap_or(back);
+            if next > options.until_ms {
+                now = now.max(options.until_ms);
+                converged = false;
+                break;
+            }
+            now = next;
+            continue;
+        };
         let kube_events = cluster.take_events();
         let delivered = !kube_events.is_empty();
         if delivered {
-            if let Err(e) = driver.deliver(now, kube_events) {
+            if let Err(e) = h.driver.deliver(now, kube_events) {
                 engine_failure = Some(failure(now, "deliver", &e));
                 converged = false;
                 break;
             }
         }
         let mut due = Vec::new();
-        while let Some(entry) = in_flight.first_entry() {
+        while let Some(entry) = h.in_flight.first_entry() {
             if entry.key().0 > now {
                 break;
             }
-            due.push(entry.remove());
+            due.push(entry.remove().0);
         }
-        let woken = wake.is_some_and(|w| w <= now);
-        if delivered || !due.is_empty() || woken || must_tick {
-            must_tick = false;
-            let result = match driver.tick(now, due) {
+        let woken = h.wake.is_some_and(|w| w <= now);
+        if delivered || !due.is_empty() || woken || h.must_tick {
+            h.must_tick = false;
+            let result = match h.driver.tick(now, due) {
                 Ok(result) => result,
                 Err(e) => {
                     engine_failure = Some(failure(now, "tick", &e));
@@ -173,11 +366,21 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
             for record in result.events {
                 cluster.record_event(record);
             }
+            let restarted = stats.starts.len() > 1;
+            let record = stats.starts.last_mut().filter(|_| !h.ready);
+            let mut record = record;
             for (id, call) in result.started {
                 let label = call.label();
-                let (at, outcome) = match call {
+                let (at, outcome, target) = match call {
                     Call::Cloud(c) => {
                         *stats.cloud_calls.entry(label.to_string()).or_insert(0) += 1;
+                        if let Some(r) = record.as_deref_mut() {
+                            r.startup_cloud_calls += 1;
+                            r.startup_list_calls += u64::from(is_list(&c));
+                        }
+                        let target = put_target(&c);
+                        let existed =
+                            target.as_ref().filter(|(kind, name)| emulator.state().has_resource(&scope_key, *kind, name)).cloned();
                         let decided = backend.perform_at(now, &c);
                         if let Err(e) = &decided.outcome {
                             let key = if e.code.is_empty() {
@@ -187,25 +390,66 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
                             };
                             *stats.cloud_errors.entry(key).or_insert(0) += 1;
                         }
-                        (now.saturating_add(decided.latency_ms), decided.outcome)
+                        if let Some(t) = existed {
+                            let crash_caused = lost_puts.remove(&t);
+                            if crash_caused {
+                                stats.duplicates.after_lost_completion += 1;
+                                *stats.duplicates.by_call.entry(label.to_string()).or_insert(0) += 1;
+                            } else if restarted && record.is_some() {
+                                stats.duplicates.adoption += 1;
+                            }
+                            if (crash_caused || (restarted && record.is_some()))
+                                && !decided.injected
+                                && matches!(&decided.outcome, Err(e) if e.status == 409 || e.status == 412)
+                            {
+                                stats.duplicates.rejected += 1;
+                            }
+                        } else if let Some(t) = &target {
+                            lost_puts.remove(t);
+                        }
+                        (now.saturating_add(decided.latency_ms), decided.outcome, target)
                     }
-                    Call::Kube(k) => (now, cluster.perform(now, &k)),
+                    Call::Kube(k) => {
+                        if let Some(r) = record.as_deref_mut() {
+                            r.startup_kube_writes += 1;
+                        }
+                        check_finalizer_removal(now, &k, &cluster, &emulator, &scope_key, &mut stats.early_finalizers);
+                        (now, cluster.perform(now, &k), None)
+                    }
                 };
-                in_flight.insert((at, id), Completion { id, outcome });
+                h.in_flight.insert((at, id), (Completion { id, outcome }, target));
             }
-            wake = result.outcome.next_wake_ms;
-            if let Some(w) = wake {
+            h.wake = result.outcome.next_wake_ms;
+            if let Some(w) = h.wake {
                 if w <= now {
                     stats.stale_wakes += 1;
-                    wake = Some(now + 1);
+                    h.wake = Some(now + 1);
+                }
+            }
+            if !h.ready {
+                match h.driver.status() {
+                    Ok(st) if st.initialization.phase == InitPhase::Ready => {
+                        h.ready = true;
+                        startup_wall.push(Some(h.started_wall.elapsed()));
+                        if let Some(r) = stats.starts.last_mut() {
+                            r.startup_ms = Some(now - r.started_at_ms);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        engine_failure = Some(failure(now, "status", &e));
+                        converged = false;
+                        break;
+                    }
                 }
             }
             continue;
         }
         // Nothing more at `now`.
         let next_trace = events.get(next_event).map(|e| e.at_ms);
-        if next_trace.is_none() && in_flight.is_empty() && !cluster.has_events() {
-            let status = match driver.status() {
+        let crash = crash_times.get(next_crash).copied().filter(|t| *t <= options.until_ms);
+        if next_trace.is_none() && h.in_flight.is_empty() && !cluster.has_events() && crash.is_none() {
+            let status = match h.driver.status() {
                 Ok(status) => status,
                 Err(e) => {
                     engine_failure = Some(failure(now, "status", &e));
@@ -217,13 +461,13 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
                 converged = true;
                 break;
             }
-            if wake.is_none() {
+            if h.wake.is_none() {
                 // Nothing will ever happen again.
                 converged = false;
                 break;
             }
         }
-        let next = [next_trace, in_flight.keys().next().map(|k| k.0), wake].into_iter().flatten().min();
+        let next = [next_trace, h.in_flight.keys().next().map(|k| k.0), h.wake, crash].into_iter().flatten().min();
         match next {
             None => {
                 converged = false;
@@ -238,9 +482,17 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
         }
     }
 
-    let status = if engine_failure.is_some() { EngineStatus::default() } else { driver.status().context("engine status")? };
+    let (status, in_flight) = match host.as_mut() {
+        Some(h) if engine_failure.is_none() => (h.driver.status().context("engine status")?, h.in_flight.len()),
+        Some(h) => (EngineStatus::default(), h.in_flight.len()),
+        None => (EngineStatus::default(), 0),
+    };
+    if host.as_ref().is_some_and(|h| !h.ready) {
+        startup_wall.push(None);
+    }
     let inventory = emulator.inventory();
-    let differences = oracle::check(&cluster, &inventory, &baseline);
+    let mut differences = oracle::check(&cluster, &inventory, &baseline);
+    differences.extend(stats.early_finalizers.iter().cloned());
     let report = report::build(report::Inputs {
         converged,
         virtual_ms: now,
@@ -250,7 +502,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
         cluster: &cluster,
         status: &status,
         stats: &stats,
-        in_flight: in_flight.len(),
+        in_flight,
         trace_left: events.len() - next_event,
         differences: &differences,
     });
@@ -259,7 +511,74 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, mut driver: Box<dyn E
         // Only a failed run carries the key, so the reports of healthy runs keep their bytes.
         report["engine_failure"] = Value::String(f);
     }
-    Ok(ReplayOutcome { report, cluster, baseline, inventory, status })
+    Ok(ReplayOutcome { report, cluster, baseline, inventory, status, startup_wall })
+}
+
+/// A host starting at `now`: `driver` created, the cluster's objects delivered as its initial
+/// lists, then the marker; its first tick (which starts the start-up lists) is due.
+fn start_host(mut driver: Box<dyn EngineDriver>, config: &TenantConfig, now: u64, cluster: &mut Cluster) -> Result<Host> {
+    let started_wall = Instant::now();
+    driver.create(config).context("creating the engine")?;
+    driver.deliver(now, cluster.initial_lists()).with_context(|| format!("engine deliver of the initial lists at {now} ms"))?;
+    Ok(Host { driver, in_flight: BTreeMap::new(), wake: None, must_tick: true, ready: false, started_wall })
+}
+
+/// Checks a finalizer removal against the cloud at the moment it is made: a Service's finalizer
+/// goes only once its load balancer, public IP and registration are gone; an egress pod's only
+/// once none of its addresses is mapped to its identity (unless a live pod of that identity has
+/// the same address).
+fn check_finalizer_removal(now: u64, call: &KubeCall, cluster: &Cluster, emulator: &Emulator, scope: &ScopeKey, out: &mut Vec<String>) {
+    match call {
+        KubeCall::RemoveServiceFinalizers(target) => {
+            let id = target.uid.to_ascii_lowercase();
+            let state = emulator.state();
+            let mut left = Vec::new();
+            if state.has_resource(scope, ResourceKind::LoadBalancer, &id) {
+                left.push(format!("load balancer {id}"));
+            }
+            if state.has_resource(scope, ResourceKind::PublicIp, &format!("{id}-pip")) {
+                left.push(format!("public IP {id}-pip"));
+            }
+            if state.is_registered(scope, &id) {
+                left.push(format!("ServiceGateway service {id}"));
+            }
+            if !left.is_empty() {
+                out.push(format!(
+                    "the finalizers of Service {}/{} were removed at {now} ms while its {} still existed",
+                    target.namespace,
+                    target.name,
+                    left.join(", ")
+                ));
+            }
+        }
+        KubeCall::RemovePodFinalizer(target) => {
+            let Some(KubeObject::Pod(pod)) = cluster.get(&ObjectKey::pod(&target.namespace, &target.name)) else { return };
+            if !pod.meta.uid.eq_ignore_ascii_case(&target.uid) {
+                return;
+            }
+            let Some(id) = pod.meta.label(EGRESS_LABEL).map(str::to_ascii_lowercase).filter(|i| !i.is_empty()) else { return };
+            let ips = |p: &Pod| -> Vec<IpAddr> {
+                let raw: Vec<&String> = if p.pod_ips.is_empty() { vec![&p.pod_ip] } else { p.pod_ips.iter().collect() };
+                raw.into_iter().filter_map(|ip| ip.trim().parse().ok()).collect()
+            };
+            let state = emulator.state();
+            for addr in ips(pod) {
+                let shared = cluster.pods().any(|o| {
+                    !o.meta.uid.eq_ignore_ascii_case(&pod.meta.uid)
+                        && o.meta.deletion_timestamp.is_none()
+                        && o.meta.label(EGRESS_LABEL).is_some_and(|l| l.eq_ignore_ascii_case(&id))
+                        && ips(o).contains(&addr)
+                });
+                if !shared && state.is_mapped(scope, &addr, &id) {
+                    out.push(format!(
+                        "the finalizer of egress pod {}/{} was removed at {now} ms while its address {addr} was still mapped to {id}",
+                        target.namespace, target.name
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// One line on a failed guest call, bounded.
