@@ -11,6 +11,7 @@ use difftracker_engine::io::{
 use difftracker_runtime::backend::CloudBackend;
 use difftracker_runtime::driver::EngineKind;
 use difftracker_runtime::transport::{wire, ArmTransport};
+use difftracker_runtime::wasm::SandboxLimits;
 use difftracker_simulation::emulator::{self, codes, EmulatorBackend, EmulatorOptions};
 use difftracker_simulation::live::{self, LiveOptions};
 use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
@@ -139,8 +140,15 @@ async fn s147_both_emulator_faces_answer_an_oversized_sync_413_and_change_nothin
 /// A budget above NRP's limit: the first sync goes out whole, as before batching.
 const UNBOUNDED: (Option<u64>, Option<u32>) = (Some(64 << 20), Some(u32::MAX));
 
+/// A guest call over 40,000 endpoints may take longer than the default 2 s deadline on a loaded
+/// test machine; these tests are about request sizes, not the deadline.
+fn patient_sandbox() -> SandboxLimits {
+    SandboxLimits { cpu_deadline: Duration::from_secs(60), ..SandboxLimits::default() }
+}
+
 fn replay_large(engine: EngineKind, (max_request_bytes, max_request_entries): (Option<u64>, Option<u32>), until_ms: u64) -> Value {
-    let options = ReplayOptions { engine, max_request_bytes, max_request_entries, until_ms, ..ReplayOptions::default() };
+    let options =
+        ReplayOptions { engine, max_request_bytes, max_request_entries, until_ms, sandbox: patient_sandbox(), ..ReplayOptions::default() };
     replay(large_trace(), &options).expect("the replay runs").report
 }
 
@@ -175,6 +183,7 @@ fn s149_replay_does_not_converge_when_a_request_exceeds_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s150_live_publishes_a_first_sync_of_40000_addresses_over_http_in_several_requests() {
     let mut options = LiveOptions::for_trace(large_trace().clone(), EngineKind::Wasm);
+    options.sandbox = patient_sandbox();
     options.speed = 1000.0;
     options.timeout = Duration::from_secs(120);
     let run = live::start(options).await.expect("the main job starts");

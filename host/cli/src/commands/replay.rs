@@ -1,6 +1,6 @@
 //! The `replay` and `gen-trace` subcommands.
 
-use super::EngineArg;
+use super::{EngineArg, SandboxArgs};
 use anyhow::{bail, Context, Result};
 use difftracker_runtime::driver::EngineKind;
 use difftracker_simulation::emulator::{CloudState, FaultPlan};
@@ -28,6 +28,8 @@ pub struct ReplayArgs {
     /// Which build of the engine: the component in wasmtime, or the crate linked in.
     #[arg(long, value_enum, default_value_t = EngineArg::Wasm)]
     pub engine: EngineArg,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Virtual time limit in milliseconds (default: six hours).
     #[arg(long, default_value_t = DEFAULT_UNTIL_MS)]
     pub until_ms: u64,
@@ -81,6 +83,7 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         faults,
         max_request_bytes: args.max_request_bytes,
         max_request_entries: args.max_request_entries,
+        sandbox: args.sandbox.limits(),
         crashes: CrashPlan { at_ms: args.crash_at_ms.clone(), downtime_ms: args.downtime_ms },
         cloud_state,
         ..ReplayOptions::default()

@@ -46,6 +46,7 @@ use difftracker_engine::io::{Call, CallId, CloudCall, Completion, EngineStatus, 
 use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use difftracker_runtime::k8s::{KubeObject, EGRESS_LABEL};
 use difftracker_runtime::transport::config::ResourceKind;
+use difftracker_runtime::wasm::SandboxLimits;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +97,8 @@ pub struct ReplayOptions {
     /// the defaults when `None`.
     pub max_request_bytes: Option<u64>,
     pub max_request_entries: Option<u32>,
+    /// The component's sandbox (guest memory, CPU deadline; `--engine wasm`).
+    pub sandbox: SandboxLimits,
     /// Host crashes and restarts.
     pub crashes: CrashPlan,
     /// Resources of "a previous controller" the emulator starts with.
@@ -112,6 +115,7 @@ impl Default for ReplayOptions {
             tenant: "replay".into(),
             max_request_bytes: None,
             max_request_entries: None,
+            sandbox: SandboxLimits::default(),
             crashes: CrashPlan::default(),
             cloud_state: None,
         }
@@ -189,7 +193,7 @@ pub struct LoopStats {
 
 /// Replays `trace` with a fresh engine of `options.engine`.
 pub fn replay(trace: &Trace, options: &ReplayOptions) -> Result<ReplayOutcome> {
-    let driver = options.engine.new_driver(CallIds::default())?;
+    let driver = options.engine.new_driver_in(CallIds::default(), &options.sandbox)?;
     replay_with(trace, options, driver)
 }
 
@@ -307,7 +311,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
             let back = restart_at.unwrap_or(now);
             if back <= now {
                 restart_at = None;
-                let driver = match options.engine.new_driver(CallIds::default()) {
+                let driver = match options.engine.new_driver_in(CallIds::default(), &options.sandbox) {
                     Ok(d) => d,
                     Err(e) => {
                         engine_failure = Some(failure(now, "restart", &e));
