@@ -31,10 +31,12 @@
 //!
 //! Errors that do not poison the instance (the engine refusing a call, e.g. `tick` before
 
+use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning};
+use super::{Quarantined, QuarantinedKind};
 use crate::driver::{CallIds, EngineDriver, TickResult, WasmEngine};
 use crate::wasm::EngineComponent;
 use anyhow::{anyhow, bail, Context, Result};
-use difftracker_engine::io::{CallId, Completion, EngineStatus, KubeEvent};
+use difftracker_engine::io::{CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -600,4 +602,62 @@ fn rebuild_from_checkpoint(
         }
     }
     Ok(fresh)
+}
+
+/// The tenant's trap recovery for a loop of its own (the replay's virtual-time loop): the same
+/// checkpoint, log and quarantine as a tenant, one [`RecoveringEngine::step`] per tick.
+pub struct RecoveringEngine {
+    guarded: GuardedEngine,
+    ticks: u64,
+}
+
+/// What one [`RecoveringEngine::step`] produced.
+pub struct RecoveredTick {
+    /// Every call started and Event recorded, and the outcome of the engine's last tick.
+    pub tick: TickResult,
+    pub status: EngineStatus,
+    /// Instances rebuilt during the step.
+    pub restarts: u64,
+    /// Inputs dropped during the step, and for those that name an object the Warning Event to
+    /// record on it ([`quarantine_warning`](super::quarantine_warning)).
+    pub quarantined: Vec<(Quarantined, Option<KubeEventRecord>)>,
+}
+
+impl RecoveringEngine {
+    /// `driver` is created (and has its initial lists, if any); `recovery` rebuilds it.
+    pub fn new(name: &str, driver: Box<dyn EngineDriver>, recovery: Recovery) -> RecoveringEngine {
+        RecoveringEngine { guarded: GuardedEngine::new(name.to_string(), driver, Some(recovery)), ticks: 0 }
+    }
+
+    /// Delivers `events` (if any), then ticks with `completions`; an input the engine traps on
+    /// twice is quarantined. `label` names the call of a quarantined completion. An error means
+    /// the engine cannot go on (restarts exhausted, no good snapshot).
+    pub fn step(
+        &mut self,
+        now: u64,
+        events: Vec<KubeEvent>,
+        completions: Vec<Completion>,
+        label: impl Fn(CallId) -> Option<&'static str>,
+    ) -> Result<RecoveredTick> {
+        self.ticks += 1;
+        let mut out = TickReport::default();
+        self.guarded.iterate(self.ticks, now, events, completions, &mut out)?;
+        let quarantined = out
+            .quarantined
+            .iter()
+            .map(|q| {
+                let (kind, summary, warning) = match &q.input {
+                    Input::Event(e) => (QuarantinedKind::Event, event_summary(e), quarantine_warning(e, &q.reason)),
+                    Input::Completion(c) => (QuarantinedKind::Completion(c.id), completion_summary(c, label(c.id)), None),
+                };
+                (Quarantined { tick: self.ticks, at_ms: now, kind, summary, reason: brief_reason(&q.reason) }, warning)
+            })
+            .collect();
+        Ok(RecoveredTick { tick: out.tick, status: out.status, restarts: out.restarts, quarantined })
+    }
+
+    /// The engine's status, read without a tick.
+    pub fn status(&mut self) -> Result<EngineStatus> {
+        guarded(&mut self.guarded.driver, |d| d.status()).map_err(GuestFailure::into_error)
+    }
 }

@@ -42,9 +42,10 @@ use super::report::{self, Report};
 use super::trace::Trace;
 use crate::emulator::{CloudState, Emulator, EmulatorBackend, EmulatorOptions, FaultPlan, ScopeKey};
 use anyhow::{Context, Result};
-use difftracker_engine::io::{Call, CallId, CloudCall, Completion, EngineStatus, InitPhase, KubeCall, Pod, TenantConfig};
+use difftracker_engine::io::{Call, CallId, CloudCall, Completion, EngineStatus, InitPhase, KubeCall, KubeEvent, Pod, TenantConfig};
 use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use difftracker_runtime::k8s::{KubeObject, EGRESS_LABEL};
+use difftracker_runtime::tenant::{Quarantined, RecoveringEngine, Recovery};
 use difftracker_runtime::transport::config::ResourceKind;
 use difftracker_runtime::wasm::SandboxLimits;
 use serde::Serialize;
@@ -189,6 +190,8 @@ pub struct LoopStats {
     pub duplicates: Duplicates,
     /// Finalizers removed before their cleanup had finished (oracle differences).
     pub early_finalizers: Vec<String>,
+    /// Inputs the engine trapped on twice, dropped (each also a Warning Event on its object).
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// Replays `trace` with a fresh engine of `options.engine`.
@@ -222,7 +225,11 @@ fn is_list(call: &CloudCall) -> bool {
 
 /// The host's live part: what a crash loses.
 struct Host {
-    driver: Box<dyn EngineDriver>,
+    /// The engine, rebuilt from its last good snapshot when it traps (the input it traps on
+    /// twice is quarantined), as a tenant's is.
+    driver: RecoveringEngine,
+    /// The initial lists and their marker, delivered with the host's first tick.
+    initial: Option<Vec<KubeEvent>>,
     /// By `(completion time, call id)`: the completion and, for a PUT, the resource it writes.
     in_flight: BTreeMap<(u64, CallId), (Completion, Option<PutTarget>)>,
     wake: Option<u64>,
@@ -272,7 +279,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         cluster.apply(now, e.event_type, e.object.clone());
         next_event += 1;
     }
-    let mut host: Option<Host> = Some(start_host(driver, &tenant_config, now, &mut cluster)?);
+    let mut host: Option<Host> = Some(start_host(driver, options, &tenant_config, &mut cluster)?);
     stats.starts.push(StartRecord { started_at_ms: now, ..StartRecord::default() });
     // When the host that is down comes back.
     let mut restart_at: Option<u64> = None;
@@ -319,7 +326,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                         break;
                     }
                 };
-                match start_host(driver, &tenant_config, now, &mut cluster) {
+                match start_host(driver, options, &tenant_config, &mut cluster) {
                     Ok(h) => host = Some(h),
                     Err(e) => {
                         engine_failure = Some(failure(now, "restart", &e));
@@ -339,15 +346,12 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
             now = next;
             continue;
         };
-        let kube_events = cluster.take_events();
-        let delivered = !kube_events.is_empty();
-        if delivered {
-            if let Err(e) = h.driver.deliver(now, kube_events) {
-                engine_failure = Some(failure(now, "deliver", &e));
-                converged = false;
-                break;
-            }
+        let mut kube_events = cluster.take_events();
+        if let Some(mut initial) = h.initial.take() {
+            initial.append(&mut kube_events);
+            kube_events = initial;
         }
+        let delivered = !kube_events.is_empty();
         let mut due = Vec::new();
         while let Some(entry) = h.in_flight.first_entry() {
             if entry.key().0 > now {
@@ -358,8 +362,8 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         let woken = h.wake.is_some_and(|w| w <= now);
         if delivered || !due.is_empty() || woken || h.must_tick {
             h.must_tick = false;
-            let result = match h.driver.tick(now, due) {
-                Ok(result) => result,
+            let step = match h.driver.step(now, kube_events, due, |_| None) {
+                Ok(step) => step,
                 Err(e) => {
                     engine_failure = Some(failure(now, "tick", &e));
                     converged = false;
@@ -367,6 +371,14 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                 }
             };
             stats.ticks += 1;
+            for (input, warning) in step.quarantined {
+                if let Some(warning) = warning {
+                    cluster.record_event(warning);
+                }
+                stats.quarantined.push(input);
+            }
+            let ready_now = step.status.initialization.phase == InitPhase::Ready;
+            let result = step.tick;
             for record in result.events {
                 cluster.record_event(record);
             }
@@ -430,21 +442,11 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                     h.wake = Some(now + 1);
                 }
             }
-            if !h.ready {
-                match h.driver.status() {
-                    Ok(st) if st.initialization.phase == InitPhase::Ready => {
-                        h.ready = true;
-                        startup_wall.push(Some(h.started_wall.elapsed()));
-                        if let Some(r) = stats.starts.last_mut() {
-                            r.startup_ms = Some(now - r.started_at_ms);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        engine_failure = Some(failure(now, "status", &e));
-                        converged = false;
-                        break;
-                    }
+            if !h.ready && ready_now {
+                h.ready = true;
+                startup_wall.push(Some(h.started_wall.elapsed()));
+                if let Some(r) = stats.starts.last_mut() {
+                    r.startup_ms = Some(now - r.started_at_ms);
                 }
             }
             continue;
@@ -511,6 +513,14 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         differences: &differences,
     });
     let mut report = report;
+    if !stats.quarantined.is_empty() {
+        // Inputs the engine could not take: their objects' cloud state is not reconciled, so the
+        // run has not converged whatever the oracle says. Only such a run carries the key.
+        report["converged"] = Value::Bool(false);
+        report["quarantined"] = Value::Array(
+            stats.quarantined.iter().map(|q| serde_json::json!({"at_ms": q.at_ms, "input": q.summary, "reason": q.reason})).collect(),
+        );
+    }
     if let Some(f) = engine_failure {
         // Only a failed run carries the key, so the reports of healthy runs keep their bytes.
         report["engine_failure"] = Value::String(f);
@@ -520,11 +530,20 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
 
 /// A host starting at `now`: `driver` created, the cluster's objects delivered as its initial
 /// lists, then the marker; its first tick (which starts the start-up lists) is due.
-fn start_host(mut driver: Box<dyn EngineDriver>, config: &TenantConfig, now: u64, cluster: &mut Cluster) -> Result<Host> {
+fn start_host(mut driver: Box<dyn EngineDriver>, options: &ReplayOptions, config: &TenantConfig, cluster: &mut Cluster) -> Result<Host> {
     let started_wall = Instant::now();
     driver.create(config).context("creating the engine")?;
-    driver.deliver(now, cluster.initial_lists()).with_context(|| format!("engine deliver of the initial lists at {now} ms"))?;
-    Ok(Host { driver, in_flight: BTreeMap::new(), wake: None, must_tick: true, ready: false, started_wall })
+    let (engine, sandbox) = (options.engine, options.sandbox.clone());
+    let recovery = Recovery::new(move |ids| engine.new_driver_in(ids, &sandbox));
+    Ok(Host {
+        driver: RecoveringEngine::new(&options.tenant, driver, recovery),
+        initial: Some(cluster.initial_lists()),
+        in_flight: BTreeMap::new(),
+        wake: None,
+        must_tick: true,
+        ready: false,
+        started_wall,
+    })
 }
 
 /// Checks a finalizer removal against the cloud at the moment it is made: a Service's finalizer
