@@ -563,6 +563,9 @@ impl EmulatorState {
 }
 
 /// One request's view: its resource group and the shared counters.
+/// Who uses a public IP: the user's kind, its id, and the frontend for a load balancer.
+type PipUser = (ResourceKind, String, Option<String>);
+
 struct Ctx<'a> {
     g: &'a mut Group,
     alloc: &'a mut Alloc,
@@ -966,14 +969,39 @@ impl Ctx<'_> {
         None
     }
 
+    /// Every public IP's user, in one pass over the load balancers and NAT gateways (the first
+    /// user found, as [`Ctx::pip_users`] answers), so a list costs the same per item however
+    /// many resources the group holds.
+    fn all_pip_users(&self) -> BTreeMap<String, PipUser> {
+        let mut out: BTreeMap<String, PipUser> = BTreeMap::new();
+        for lb in self.g.lbs.values() {
+            for (fe, p) in &lb.frontends {
+                let id = lb.body.get("id").and_then(Value::as_str).unwrap_or(&lb.name).to_string();
+                out.entry(p.clone()).or_insert((ResourceKind::LoadBalancer, id, Some(fe.clone())));
+            }
+        }
+        for nat in self.g.nats.values() {
+            for p in &nat.pips {
+                let id = nat.body.get("id").and_then(Value::as_str).unwrap_or(&nat.name).to_string();
+                out.entry(p.clone()).or_insert((ResourceKind::NatGateway, id, None));
+            }
+        }
+        out
+    }
+
     fn pip_json(&self, k: &str) -> Value {
+        let users = self.pip_users(k);
+        self.pip_json_with(k, users)
+    }
+
+    fn pip_json_with(&self, k: &str, users: Option<PipUser>) -> Value {
         let Some(p) = self.g.pips.get(k) else { return Value::Null };
         let mut props = Map::new();
         props.insert("idleTimeoutInMinutes".into(), json!(p.idle_timeout));
         let ip: IpAddr = p.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         props.insert("ipAddress".into(), json!(self.ip_text(&ip)));
         props.insert("ipTags".into(), p.ip_tags.clone());
-        match self.pip_users(k) {
+        match users {
             Some((ResourceKind::LoadBalancer, lb_id, Some(fe))) => {
                 props.insert("ipConfiguration".into(), json!({ "id": format!("{lb_id}/frontendIPConfigurations/{fe}") }));
             }
@@ -1243,6 +1271,10 @@ impl Ctx<'_> {
     }
 
     fn list(&self, kind: ResourceKind) -> Vec<Value> {
+        if kind == ResourceKind::PublicIp {
+            let mut users = self.all_pip_users();
+            return self.g.pips.keys().map(|k| self.pip_json_with(k, users.remove(k))).collect();
+        }
         let keys: Vec<&String> = match kind {
             ResourceKind::PublicIp => self.g.pips.keys().collect(),
             ResourceKind::LoadBalancer => self.g.lbs.keys().collect(),
