@@ -264,6 +264,10 @@ struct Group {
     /// Service key -> how many mapped addresses name it (an index over `locations`, so checks
     /// and updates cost the same however many addresses are mapped).
     mapped: BTreeMap<String, usize>,
+    /// Lower-cased public IP name -> the kind and key of the load balancer or NAT gateway using
+    /// it (an index over their frontends and public IPs, so finding a user costs the same however
+    /// many resources the group holds).
+    pip_owner: BTreeMap<String, (ResourceKind, String)>,
 }
 
 impl Group {
@@ -279,6 +283,7 @@ impl Group {
             protected: BTreeSet::new(),
             lagging: BTreeMap::new(),
             mapped: BTreeMap::new(),
+            pip_owner: BTreeMap::new(),
         }
     }
 
@@ -705,6 +710,8 @@ impl Ctx<'_> {
             "sku": { "name": "StandardV2" },
         });
         let etag = self.next_etag();
+        self.unindex_pips(ResourceKind::NatGateway, &key(DEFAULT_NATGW));
+        self.g.pip_owner.insert(key(DEFAULT_NATGW_PIP), (ResourceKind::NatGateway, key(DEFAULT_NATGW)));
         self.g.nats.insert(
             key(DEFAULT_NATGW),
             NatGateway { name: DEFAULT_NATGW.into(), location, body, pips: vec![key(DEFAULT_NATGW_PIP)], etag },
@@ -955,23 +962,36 @@ impl Ctx<'_> {
 
     /// Who references a public IP: `(kind, user id, the frontend using it for a load balancer)`.
     fn pip_users(&self, pip_key: &str) -> Option<(ResourceKind, String, Option<String>)> {
-        for lb in self.g.lbs.values() {
-            if let Some((fe, _)) = lb.frontends.iter().find(|(_, p)| p == pip_key) {
+        let (kind, owner) = self.g.pip_owner.get(pip_key)?;
+        match kind {
+            ResourceKind::LoadBalancer => {
+                let lb = self.g.lbs.get(owner)?;
+                let (fe, _) = lb.frontends.iter().find(|(_, p)| p == pip_key)?;
                 let id = lb.body.get("id").and_then(Value::as_str).unwrap_or(&lb.name).to_string();
-                return Some((ResourceKind::LoadBalancer, id, Some(fe.clone())));
+                Some((ResourceKind::LoadBalancer, id, Some(fe.clone())))
+            }
+            _ => {
+                let nat = self.g.nats.get(owner)?;
+                Some((ResourceKind::NatGateway, nat.body.get("id").and_then(Value::as_str).unwrap_or(&nat.name).to_string(), None))
             }
         }
-        for nat in self.g.nats.values() {
-            if nat.pips.iter().any(|p| p == pip_key) {
-                return Some((ResourceKind::NatGateway, nat.body.get("id").and_then(Value::as_str).unwrap_or(&nat.name).to_string(), None));
-            }
-        }
-        None
     }
 
-    /// Every public IP's user, in one pass over the load balancers and NAT gateways (the first
-    /// user found, as [`Ctx::pip_users`] answers), so a list costs the same per item however
-    /// many resources the group holds.
+    /// Drops the index entries of the public IPs the load balancer or NAT gateway `k` uses now.
+    fn unindex_pips(&mut self, kind: ResourceKind, k: &str) {
+        let used: Vec<String> = match kind {
+            ResourceKind::LoadBalancer => self.g.lbs.get(k).map(|l| l.frontends.iter().map(|(_, p)| p.clone()).collect()),
+            ResourceKind::NatGateway => self.g.nats.get(k).map(|n| n.pips.clone()),
+            ResourceKind::PublicIp => None,
+        }
+        .unwrap_or_default();
+        for p in used {
+            if self.g.pip_owner.get(&p).is_some_and(|(kd, o)| *kd == kind && o == k) {
+                self.g.pip_owner.remove(&p);
+            }
+        }
+    }
+
     fn all_pip_users(&self) -> BTreeMap<String, PipUser> {
         let mut out: BTreeMap<String, PipUser> = BTreeMap::new();
         for lb in self.g.lbs.values() {
@@ -1177,6 +1197,10 @@ impl Ctx<'_> {
         }
         let pools = names.remove("backendAddressPools").unwrap_or_default();
         let created = !self.g.lbs.contains_key(&k);
+        self.unindex_pips(ResourceKind::LoadBalancer, &k);
+        for (_, p) in &frontends {
+            self.g.pip_owner.insert(p.clone(), (ResourceKind::LoadBalancer, k.clone()));
+        }
         self.g.lbs.insert(k.clone(), LoadBalancer { name: name.into(), location, body: stored, frontends, pools, etag });
         Ok(Reply::Put { created, body: self.resource_json(ResourceKind::LoadBalancer, &k) })
     }
@@ -1222,6 +1246,10 @@ impl Ctx<'_> {
         stored["id"] = json!(id);
         stored["name"] = json!(name);
         let etag = self.next_etag();
+        self.unindex_pips(ResourceKind::NatGateway, &k);
+        for p in &pips {
+            self.g.pip_owner.insert(p.clone(), (ResourceKind::NatGateway, k.clone()));
+        }
         self.g.nats.insert(k.clone(), NatGateway { name: name.into(), location, body: stored, pips, etag });
         Ok(Reply::Put { created, body: self.resource_json(ResourceKind::NatGateway, &k) })
     }
@@ -1306,9 +1334,11 @@ impl Ctx<'_> {
                 self.g.pips.remove(&k);
             }
             ResourceKind::LoadBalancer => {
+                self.unindex_pips(ResourceKind::LoadBalancer, &k);
                 self.g.lbs.remove(&k);
             }
             ResourceKind::NatGateway => {
+                self.unindex_pips(ResourceKind::NatGateway, &k);
                 self.g.nats.remove(&k);
             }
         }
