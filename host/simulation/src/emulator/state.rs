@@ -266,6 +266,10 @@ struct Group {
     /// Service key -> how many mapped addresses name it (an index over `locations`, so checks
     /// and updates cost the same however many addresses are mapped).
     mapped: BTreeMap<String, usize>,
+    /// Lower-cased public IP name -> the kind and key of the load balancer or NAT gateway using
+    /// it (an index over their frontends and public IPs, so finding a user costs the same however
+    /// many resources the group holds).
+    pip_owner: BTreeMap<String, (ResourceKind, String)>,
 }
 
 impl Group {
@@ -281,6 +285,7 @@ impl Group {
             protected: BTreeSet::new(),
             lagging: BTreeMap::new(),
             mapped: BTreeMap::new(),
+            pip_owner: BTreeMap::new(),
         }
     }
 
@@ -565,6 +570,9 @@ impl EmulatorState {
 }
 
 /// One request's view: its resource group and the shared counters.
+/// Who uses a public IP: the user's kind, its id, and the frontend for a load balancer.
+type PipUser = (ResourceKind, String, Option<String>);
+
 struct Ctx<'a> {
     g: &'a mut Group,
     alloc: &'a mut Alloc,
@@ -704,6 +712,8 @@ impl Ctx<'_> {
             "sku": { "name": "StandardV2" },
         });
         let etag = self.next_etag();
+        self.unindex_pips(ResourceKind::NatGateway, &key(DEFAULT_NATGW));
+        self.g.pip_owner.insert(key(DEFAULT_NATGW_PIP), (ResourceKind::NatGateway, key(DEFAULT_NATGW)));
         self.g.nats.insert(
             key(DEFAULT_NATGW),
             NatGateway { name: DEFAULT_NATGW.into(), location, body, pips: vec![key(DEFAULT_NATGW_PIP)], etag },
@@ -954,28 +964,66 @@ impl Ctx<'_> {
 
     /// Who references a public IP: `(kind, user id, the frontend using it for a load balancer)`.
     fn pip_users(&self, pip_key: &str) -> Option<(ResourceKind, String, Option<String>)> {
-        for lb in self.g.lbs.values() {
-            if let Some((fe, _)) = lb.frontends.iter().find(|(_, p)| p == pip_key) {
+        let (kind, owner) = self.g.pip_owner.get(pip_key)?;
+        match kind {
+            ResourceKind::LoadBalancer => {
+                let lb = self.g.lbs.get(owner)?;
+                let (fe, _) = lb.frontends.iter().find(|(_, p)| p == pip_key)?;
                 let id = lb.body.get("id").and_then(Value::as_str).unwrap_or(&lb.name).to_string();
-                return Some((ResourceKind::LoadBalancer, id, Some(fe.clone())));
+                Some((ResourceKind::LoadBalancer, id, Some(fe.clone())))
+            }
+            _ => {
+                let nat = self.g.nats.get(owner)?;
+                Some((ResourceKind::NatGateway, nat.body.get("id").and_then(Value::as_str).unwrap_or(&nat.name).to_string(), None))
+            }
+        }
+    }
+
+    /// Drops the index entries of the public IPs the load balancer or NAT gateway `k` uses now.
+    fn unindex_pips(&mut self, kind: ResourceKind, k: &str) {
+        let used: Vec<String> = match kind {
+            ResourceKind::LoadBalancer => self.g.lbs.get(k).map(|l| l.frontends.iter().map(|(_, p)| p.clone()).collect()),
+            ResourceKind::NatGateway => self.g.nats.get(k).map(|n| n.pips.clone()),
+            ResourceKind::PublicIp => None,
+        }
+        .unwrap_or_default();
+        for p in used {
+            if self.g.pip_owner.get(&p).is_some_and(|(kd, o)| *kd == kind && o == k) {
+                self.g.pip_owner.remove(&p);
+            }
+        }
+    }
+
+    fn all_pip_users(&self) -> BTreeMap<String, PipUser> {
+        let mut out: BTreeMap<String, PipUser> = BTreeMap::new();
+        for lb in self.g.lbs.values() {
+            for (fe, p) in &lb.frontends {
+                let id = lb.body.get("id").and_then(Value::as_str).unwrap_or(&lb.name).to_string();
+                out.entry(p.clone()).or_insert((ResourceKind::LoadBalancer, id, Some(fe.clone())));
             }
         }
         for nat in self.g.nats.values() {
-            if nat.pips.iter().any(|p| p == pip_key) {
-                return Some((ResourceKind::NatGateway, nat.body.get("id").and_then(Value::as_str).unwrap_or(&nat.name).to_string(), None));
+            for p in &nat.pips {
+                let id = nat.body.get("id").and_then(Value::as_str).unwrap_or(&nat.name).to_string();
+                out.entry(p.clone()).or_insert((ResourceKind::NatGateway, id, None));
             }
         }
-        None
+        out
     }
 
     fn pip_json(&self, k: &str) -> Value {
+        let users = self.pip_users(k);
+        self.pip_json_with(k, users)
+    }
+
+    fn pip_json_with(&self, k: &str, users: Option<PipUser>) -> Value {
         let Some(p) = self.g.pips.get(k) else { return Value::Null };
         let mut props = Map::new();
         props.insert("idleTimeoutInMinutes".into(), json!(p.idle_timeout));
         let ip: IpAddr = p.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         props.insert("ipAddress".into(), json!(self.ip_text(&ip)));
         props.insert("ipTags".into(), p.ip_tags.clone());
-        match self.pip_users(k) {
+        match users {
             Some((ResourceKind::LoadBalancer, lb_id, Some(fe))) => {
                 props.insert("ipConfiguration".into(), json!({ "id": format!("{lb_id}/frontendIPConfigurations/{fe}") }));
             }
@@ -1151,6 +1199,10 @@ impl Ctx<'_> {
         }
         let pools = names.remove("backendAddressPools").unwrap_or_default();
         let created = !self.g.lbs.contains_key(&k);
+        self.unindex_pips(ResourceKind::LoadBalancer, &k);
+        for (_, p) in &frontends {
+            self.g.pip_owner.insert(p.clone(), (ResourceKind::LoadBalancer, k.clone()));
+        }
         self.g.lbs.insert(k.clone(), LoadBalancer { name: name.into(), location, body: stored, frontends, pools, etag });
         Ok(Reply::Put { created, body: self.resource_json(ResourceKind::LoadBalancer, &k) })
     }
@@ -1196,6 +1248,10 @@ impl Ctx<'_> {
         stored["id"] = json!(id);
         stored["name"] = json!(name);
         let etag = self.next_etag();
+        self.unindex_pips(ResourceKind::NatGateway, &k);
+        for p in &pips {
+            self.g.pip_owner.insert(p.clone(), (ResourceKind::NatGateway, k.clone()));
+        }
         self.g.nats.insert(k.clone(), NatGateway { name: name.into(), location, body: stored, pips, etag });
         Ok(Reply::Put { created, body: self.resource_json(ResourceKind::NatGateway, &k) })
     }
@@ -1245,6 +1301,10 @@ impl Ctx<'_> {
     }
 
     fn list(&self, kind: ResourceKind) -> Vec<Value> {
+        if kind == ResourceKind::PublicIp {
+            let mut users = self.all_pip_users();
+            return self.g.pips.keys().map(|k| self.pip_json_with(k, users.remove(k))).collect();
+        }
         let keys: Vec<&String> = match kind {
             ResourceKind::PublicIp => self.g.pips.keys().collect(),
             ResourceKind::LoadBalancer => self.g.lbs.keys().collect(),
@@ -1276,9 +1336,11 @@ impl Ctx<'_> {
                 self.g.pips.remove(&k);
             }
             ResourceKind::LoadBalancer => {
+                self.unindex_pips(ResourceKind::LoadBalancer, &k);
                 self.g.lbs.remove(&k);
             }
             ResourceKind::NatGateway => {
+                self.unindex_pips(ResourceKind::NatGateway, &k);
                 self.g.nats.remove(&k);
             }
         }
