@@ -185,3 +185,39 @@ fn a_replay_starts_with_the_five_list_calls() {
     }
     assert_eq!(r["cloud_calls"]["GET natGateways"], 1, "the NAT list; no NAT gateway is read otherwise");
 }
+
+/// An input the sandbox cannot hold (a Service carrying a 40 MiB annotation, under a 32 MiB guest)
+/// is quarantined in the replay as in a tenant: the run goes on and every other Service
+/// converges, the object gets a Warning Event, and the report says `converged: false` and lists
+/// the input, with no oracle difference but the quarantined Service's own resources.
+#[test]
+fn a_replay_quarantines_an_input_the_sandbox_cannot_hold_and_says_so() {
+    use difftracker_runtime::k8s::{KubeObject, WatchEventType};
+    use difftracker_runtime::tenant::REASON_INPUT_QUARANTINED;
+    use difftracker_runtime::wasm::SandboxLimits;
+    use difftracker_simulation::replay::TraceEvent;
+    use difftracker_simulation::samples::{sample_service, sample_trace};
+    use std::time::Duration;
+
+    let mut trace = sample_trace().unwrap();
+    let mut huge = sample_service("default", "huge", "eeee0000-0000-4000-8000-00000000dead");
+    huge.meta.annotations.push(("example.com/blob".into(), "x".repeat(40 << 20)));
+    let at_ms = trace.events[trace.events.len() / 2].at_ms;
+    let position = trace.events.iter().position(|e| e.at_ms > at_ms).unwrap_or(trace.events.len());
+    let event = TraceEvent { line: 0, at_ms, event_type: WatchEventType::Added, object: KubeObject::Service(huge), resource_version: None };
+    trace.events.insert(position, event);
+    let sandbox = SandboxLimits { memory_bytes: 32 << 20, cpu_deadline: Duration::from_secs(60), ..SandboxLimits::default() };
+    let options = ReplayOptions { engine: EngineKind::Wasm, sandbox, ..ReplayOptions::default() };
+    let outcome = replay(&trace, &options).expect("the replay runs to its end");
+    let report = &outcome.report;
+
+    assert_eq!(report["converged"], false, "a run with a quarantined input has not converged");
+    assert!(report.get("engine_failure").is_none(), "the engine went on: {}", report["engine_failure"]);
+    let quarantined = report["quarantined"].as_array().expect("the report lists quarantined inputs");
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert!(quarantined[0]["input"].as_str().unwrap().contains("default/huge"), "{quarantined:?}");
+    assert_eq!(outcome.cluster.event_reasons().get(REASON_INPUT_QUARANTINED), Some(&1));
+    let differences: Vec<&str> = report["oracle"]["differences"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    assert!(!differences.is_empty(), "the quarantined Service has no load balancer, and the oracle says so");
+    assert!(differences.iter().all(|d| d.contains("eeee0000-0000-4000-8000-00000000dead")), "{differences:#?}");
+}
