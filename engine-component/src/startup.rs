@@ -38,6 +38,7 @@ use crate::endpoints::slice_key;
 use crate::engine::Engine;
 use crate::events::needs_load_balancer;
 use crate::identity::{canonical, check_egress_identity, family, parse_ip, Family, Identity};
+use crate::io::IpVersion;
 use crate::io::{
     AddressLocation, Call, CallError, CallId, CallOutput, CloudCall, EndpointSlice, ErrorKind, InitPhase, Initialization, Io, KubeCall,
     KubeEvent, LoadBalancerIngress, Node, Pod, PublicIpInfo, Service, ServiceType, SgwService,
@@ -727,6 +728,16 @@ impl Engine {
                 continue;
             }
             self.startup_admit_pod(pod);
+        }
+        // A NAT gateway left IPv4-only in a cluster that has IPv6 (its widening, 2.6, was lost
+        // with the instance that started it) is widened now.
+        let families = self.outbound_ip_families();
+        if families.contains(&IpVersion::V6) {
+            let narrow: Vec<Identity> =
+                nrp_nats.iter().filter(|id| !self.ops.contains(id) && !pips.contains_key(&id.pip_v6_name())).cloned().collect();
+            for id in narrow {
+                self.widen_untracked_nat_gateway(&id, &families);
+            }
         }
 
         // Step 9: orphans carrying our naming that nothing explains, in dependency order (each

@@ -297,3 +297,21 @@ fn check_no_crash(report: &Value) {
     // The five lists of the pass (an outbound operation of the pass also reads the services).
     assert!(report["startup"]["startup_list_calls"].as_u64().unwrap() >= 5, "{}", report["startup"]);
 }
+
+/// A crash while an egress NAT gateway is registered IPv4-only, before the cluster gains IPv6:
+/// the restarted engine tracks that NAT gateway with no operation (it only adopts what NRP
+/// holds), and must still widen it to both families when the dual-stack node arrives (2.6).
+#[test]
+fn a_nat_gateway_adopted_after_a_crash_is_widened_when_the_cluster_gains_ipv6() {
+    let trace = trace_of(&GenOptions { services: 4, nodes: 1, egress: 2, endpoints: 4, churn: Churn::Low, seed: 890 });
+    let options = ReplayOptions {
+        seed: 890,
+        engine: EngineKind::Native,
+        crashes: CrashPlan { at_ms: vec![11_101], downtime_ms: 0 },
+        ..ReplayOptions::default()
+    };
+    let report = replay(&trace, &options).unwrap().report;
+    check_crash_run(&report, 1).unwrap();
+    let pips = report["inventory"]["public_ips"].as_object().unwrap();
+    assert!(pips.contains_key("egress-0-pip-v6"), "{:?}", pips.keys().collect::<Vec<_>>());
+}

@@ -156,10 +156,16 @@ impl Engine {
         if self.egress.cluster_has_ipv6 || !self.endpoints.cluster_has_ipv6() {
             return;
         }
-        if (0..STATE_LABELS.len()).all(|i| self.ops.count(i, ServiceKind::Outbound) == 0) {
+        let untracked: Vec<Identity> = self.nrp.nat_gateways().iter().filter(|id| !self.ops.contains(id)).cloned().collect();
+        if untracked.is_empty() && (0..STATE_LABELS.len()).all(|i| self.ops.count(i, ServiceKind::Outbound) == 0) {
             return;
         }
         let families = self.outbound_ip_families();
+        // NAT gateways a previous instance created (before a restart) were decided while the
+        // cluster was IPv4-only, or they would have been widened then: they are widened too.
+        for id in untracked {
+            self.widen_untracked_nat_gateway(&id, &families);
+        }
         let stale: Vec<Identity> = self
             .ops
             .iter()
@@ -169,6 +175,19 @@ impl Engine {
         for id in stale {
             self.set_outbound_families(&id, &families);
         }
+    }
+
+    /// A NAT gateway NRP holds, that no operation tracks (a previous instance created it) and
+    /// that lacks IPv6 while the cluster has it: an outbound update brings it to `families`, as
+    /// for a `Created` one (its IPv4 public IP exists: only the missing ones are created).
+    pub(crate) fn widen_untracked_nat_gateway(&mut self, id: &Identity, families: &[IpVersion]) {
+        if id.is_reserved() || !self.desired.has_outbound(id) {
+            return;
+        }
+        let mut op = self.new_op(ServiceConfig::outbound(id.clone(), families.to_vec(), None), ResourceState::UpdateInProgress);
+        op.last_applied_config = Some(ServiceConfig::outbound(id.clone(), vec![IpVersion::V4], None));
+        self.insert_op(id, op);
+        self.trigger_dispatch(id);
     }
 
     /// The outbound `UpdateService`: the desired families change. A live NAT gateway goes to
