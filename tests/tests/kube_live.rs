@@ -273,6 +273,33 @@ async fn a_conflicting_write_is_retried_with_a_fresh_read() {
 }
 
 #[tokio::test]
+async fn a_write_between_the_read_and_the_patch_fails_the_guard_and_is_retried_on_a_fresh_read() {
+    // Every PATCH of a Service waits 1.5 s before the server applies it: another writer changes
+    // the Service meanwhile, so the first patch's resourceVersion `test` fails (422).
+    let plan = FaultPlan::parse(r#"{"seed": 1, "rules": [{"request": "PATCH services", "latency_ms": [1500, 1500]}]}"#).unwrap();
+    let api = server(ApiServerOptions { faults: Some(plan), ..Default::default() }).await;
+    let web = create(&api, Kind::Service, "default", service("web"));
+    let b = backend(&api);
+    let call = {
+        let b = b.clone();
+        let target = object_ref(&web);
+        tokio::spawn(async move { b.call(KubeCall::AddServiceFinalizers(target)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.api()
+        .write(|s| {
+            s.patch(Kind::Service, "default", "web", PatchType::Merge, br#"{"metadata":{"labels":{"other":"writer"}}}"#, Subresource::Main)
+        })
+        .unwrap();
+    assert_eq!(call.await.unwrap(), Ok(CallOutput::Done));
+    let now = get(&api, Kind::Service, "web");
+    assert_eq!(finalizers(&now), SERVICE_FINALIZERS);
+    assert_eq!(now["metadata"]["labels"]["other"], "writer", "the other write is kept");
+    assert_eq!(b.stats().conflict_retries.load(Ordering::Relaxed), 1, "the stale patch failed its test and was retried once");
+    api.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_conflict_that_never_clears_gives_up_after_the_bounded_attempts() {
     let plan = FaultPlan::parse(r#"{"seed": 1, "rules": [{"request": "PATCH services", "status": 409}]}"#).unwrap();
     let api = server(ApiServerOptions { faults: Some(plan), ..Default::default() }).await;
