@@ -178,6 +178,24 @@ async fn a_410_relist_delivers_only_what_changed_during_the_gap() {
     api.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_dropped_watch_resumes_from_its_resource_version_without_a_relist_or_repeats() {
+    // Every watch of Services is closed by the server after 300 ms.
+    let plan = FaultPlan::parse(r#"{"seed": 1, "rules": [{"request": "WATCH services", "drop_after_ms": [300, 300]}]}"#).unwrap();
+    let api = server(ApiServerOptions { faults: Some(plan), ..Default::default() }).await;
+    seed_cluster(&api);
+    let mut watch = ClusterWatch::start(client(&api), WatchOptions::default());
+    let mut seen = Vec::new();
+    read_until(&mut watch, &mut seen, |s| s.iter().any(|e| e == "marker")).await;
+    let mut events = read_for(&mut watch, Duration::from_secs(1)).await;
+    create(&api, Kind::Service, "default", service("db"));
+    read_until(&mut watch, &mut events, |s| s.iter().any(|e| e == "+Service db")).await;
+    events.extend(read_for(&mut watch, Duration::from_secs(1)).await);
+    assert_eq!(events, ["+Service db"], "the watches closed several times, nothing was sent twice");
+    assert_eq!(watch.stats().relists.get("Service"), None, "resumed, not listed again");
+    api.shutdown().await;
+}
+
 fn backend(api: &ApiServerHandle) -> KubeClientBackend {
     KubeClientBackend::new(client(api), KubeClientOptions::default())
 }
