@@ -6,14 +6,23 @@
 //! so a recorded `kubectl` trace parses as is. The conversion into [`difftracker_engine::io`]
 //! types keeps what ENGINE.md section 2 reads; the reverse direction (used by the trace generator
 //! and the simulated cluster) writes the same shapes back.
+//!
+//! The live cluster: [`watch`] reads it (the engine's input events, through kube-runtime's
+//! watcher) and [`client`] writes to it (the [`crate::backend::KubeBackend`] over a
+//! [`kube::Client`]); the replay and `live` use the simulated cluster instead.
 
+pub mod client;
 mod convert;
+pub mod watch;
 
+pub use client::{KubeClientBackend, KubeClientOptions, REPORTING_CONTROLLER};
 pub use convert::{
     endpoint_slice_from_k8s, endpoint_slice_to_k8s, json_type_name, node_from_k8s, node_to_k8s, pod_from_k8s, pod_to_k8s, service_from_k8s,
     service_to_k8s, KubeObject,
 };
 pub use k8s_openapi;
+pub use kube;
+pub use watch::{ClusterWatch, WatchOptions, WatchStats};
 
 /// The names the engine owns (finalizers, ENGINE.md 8.3) and reads (the egress label, 2.4).
 pub use difftracker_engine::names::{EGRESS_LABEL, POD_FINALIZER, SERVICE_FINALIZERS};
