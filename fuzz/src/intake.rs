@@ -4,8 +4,8 @@
 //! real engine, the simulated cluster of the replay and the in-process ARM/NRP emulator.
 //!
 //! Checked on every history: no panic; the engine's consistency check after every tick; a
-//! snapshot restores into an engine that behaves the same (the history goes on with the
-//! restored engine); once faults stop and time runs on, the system settles; and, unless a
+//! snapshot restores into an engine that encodes back to the same bytes (and the history goes
+//! on with the restored engine); once faults stop and time runs on, the system settles; and, unless a
 //! terminal error was injected (the engine then rightly leaves that work alone until something
 //! changes), the emulator holds exactly what the final cluster implies (the replay's oracle).
 
