@@ -27,6 +27,7 @@
 //!   counted, as recording Events is best effort).
 
 use crate::backend::{CallFuture, KubeBackend};
+use crate::k8s::{not_found, replaced};
 use difftracker_engine::io::{
     CallError, CallOutput, ErrorKind, EventType, KubeCall, KubeEventRecord, LoadBalancerIngress, ObjectKind, ObjectRef,
 };
@@ -297,26 +298,6 @@ impl KubeBackend for KubeClientBackend {
             self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
             self.stats.events_done.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-fn not_found(what: &str) -> CallError {
-    CallError {
-        kind: ErrorKind::NotFound,
-        status: 404,
-        code: "NotFound".into(),
-        message: format!("{what} not found"),
-        retry_after_ms: None,
-    }
-}
-
-fn replaced(what: &str, wanted: &str, found: &str) -> CallError {
-    CallError {
-        kind: ErrorKind::Replaced,
-        status: 409,
-        code: "Conflict".into(),
-        message: format!("{what} was replaced: UID {found}, not {wanted}"),
-        retry_after_ms: None,
     }
 }
 

@@ -24,10 +24,34 @@ pub use k8s_openapi;
 pub use kube;
 pub use watch::{ClusterWatch, WatchOptions, WatchStats};
 
+use difftracker_engine::io::{CallError, ErrorKind};
+
 /// The names the engine owns (finalizers, ENGINE.md 8.3) and reads (the egress label, 2.4).
 pub use difftracker_engine::names::{EGRESS_LABEL, POD_FINALIZER, SERVICE_FINALIZERS};
 /// The label an EndpointSlice carries naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The completion of a Kubernetes write whose object is gone (ENGINE.md 6.1: NotFound).
+pub fn not_found(what: &str) -> CallError {
+    CallError {
+        kind: ErrorKind::NotFound,
+        status: 404,
+        code: "NotFound".into(),
+        message: format!("{what} not found"),
+        retry_after_ms: None,
+    }
+}
+
+/// The completion of a Kubernetes write whose object now has another UID (a re-created object).
+pub fn replaced(what: &str, wanted: &str, found: &str) -> CallError {
+    CallError {
+        kind: ErrorKind::Replaced,
+        status: 409,
+        code: "Conflict".into(),
+        message: format!("{what} was replaced: UID {found}, not {wanted}"),
+        retry_after_ms: None,
+    }
+}
 
 /// Whether `finalizer` is one the engine adds and removes itself.
 pub fn is_engine_finalizer(finalizer: &str) -> bool {

@@ -26,7 +26,7 @@
 use difftracker_engine::io::{
     CallError, CallOutput, ErrorKind, KubeCall, KubeEvent, KubeEventRecord, LoadBalancerIngress, ObjectMeta, ObjectRef,
 };
-use difftracker_runtime::k8s::{is_engine_finalizer, KubeObject, WatchEventType, POD_FINALIZER, SERVICE_FINALIZERS};
+use difftracker_runtime::k8s::{is_engine_finalizer, not_found, replaced, KubeObject, WatchEventType, POD_FINALIZER, SERVICE_FINALIZERS};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -139,26 +139,6 @@ fn set_uid(object: &mut KubeObject, uid: &str) {
                 meta.uid = uid.to_string();
             }
         }
-    }
-}
-
-fn not_found(what: &str) -> CallError {
-    CallError {
-        kind: ErrorKind::NotFound,
-        status: 404,
-        code: "NotFound".into(),
-        message: format!("{what} not found"),
-        retry_after_ms: None,
-    }
-}
-
-fn replaced(what: &str, wanted: &str, found: &str) -> CallError {
-    CallError {
-        kind: ErrorKind::Replaced,
-        status: 409,
-        code: "Conflict".into(),
-        message: format!("{what} was replaced: UID {found}, not {wanted}"),
-        retry_after_ms: None,
     }
 }
 
