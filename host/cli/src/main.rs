@@ -10,7 +10,7 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{ApiServerArgs, BenchArgs, DemoArgs, EmulatorArgs, GenTraceArgs, LiveArgs, ReplayArgs};
+use commands::{ApiServerArgs, BenchArgs, DemoArgs, EmulatorArgs, GenTraceArgs, LiveArgs, ReplayArgs, RunArgs};
 
 #[derive(Parser)]
 #[command(name = "difftracker", version, about = "ServiceGateway load-balancer controller: a WebAssembly engine in a wasmtime host")]
@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Play the bundled sample trace (or --trace FILE) against the in-process emulator over HTTP, with /metrics (default).
     Live(LiveArgs),
+    /// Run the controller against a Kubernetes cluster (--kubeconfig) and Azure or the emulator (--cloud-config, --arm-endpoint ...).
+    Run(RunArgs),
     /// Run the sample inbound path against in-process mock backends and print every call.
     Demo(DemoArgs),
     /// Replay a Kubernetes watch trace against the in-process emulator in virtual time and write a report.
@@ -60,6 +62,7 @@ fn main() -> Result<()> {
     runtime.block_on(async move {
         match command {
             Command::Live(args) => args.run().await,
+            Command::Run(args) => args.run().await,
             Command::Demo(args) => args.run().await,
             Command::Replay(args) => args.run(),
             Command::GenTrace(args) => args.run(),

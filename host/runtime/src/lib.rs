@@ -23,11 +23,14 @@
 //! - [`transport`]: ARM/NRP over HTTP (URLs and resource IDs from the tenant's configuration,
 //!   tokens, long-running operations, paging, retries).
 //! - [`k8s`]: Kubernetes JSON to engine events.
+//! - [`controller`]: one tenant against a real cluster (kube-rs) and ARM, with leader election
+//!   over a Lease and a fence on every call; what `difftracker run` and the main job run.
 //! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and the status page; [`server`]: the one
 //!   handle type of every HTTP server the host runs.
 
 pub mod backend;
 pub mod calls;
+pub mod controller;
 pub mod driver;
 pub mod executor;
 pub mod k8s;

@@ -195,6 +195,8 @@ struct Shared {
     tenants: Mutex<BTreeMap<String, ObservedTenant>>,
     started: Instant,
     note: Mutex<String>,
+    /// Why this replica runs no engine on purpose (a standby of leader election).
+    standby: Mutex<Option<String>>,
 }
 
 struct Inner {
@@ -227,7 +229,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Observatory {
     pub fn new() -> Observatory {
-        let shared = Arc::new(Shared { tenants: Mutex::new(BTreeMap::new()), started: Instant::now(), note: Mutex::new(String::new()) });
+        let shared = Arc::new(Shared {
+            tenants: Mutex::new(BTreeMap::new()),
+            started: Instant::now(),
+            note: Mutex::new(String::new()),
+            standby: Mutex::new(None),
+        });
         let host = HostMetrics::new();
         let mut registry = Registry::default();
         host.register(&mut registry);
@@ -242,6 +249,11 @@ impl Observatory {
 
     pub fn tenant_names(&self) -> Vec<String> {
         lock(&self.inner.shared.tenants).keys().cloned().collect()
+    }
+
+    /// Marks this replica a standby (not ready, with this reason) or, with `None`, an active one.
+    pub fn set_standby(&self, reason: Option<String>) {
+        *lock(&self.inner.shared.standby) = reason;
     }
 
     /// A line or a few shown at the top of the status page (what the command is doing).
@@ -394,8 +406,11 @@ impl Observatory {
     }
 
     /// `Ok` with a short text when every tenant has ticked at least once and none has stopped;
-    /// `Err` with the reason otherwise (also when no tenant is followed yet).
+    /// `Err` with the reason otherwise (also when no tenant is followed yet, and on a standby).
     pub fn readiness(&self) -> std::result::Result<String, String> {
+        if let Some(reason) = lock(&self.inner.shared.standby).clone() {
+            return Err(reason);
+        }
         let tenants = lock(&self.inner.shared.tenants);
         let watched: Vec<(&String, TenantStatus)> = tenants.iter().filter_map(|(n, t)| t.status().map(|s| (n, s))).collect();
         if watched.is_empty() {

@@ -1,0 +1,344 @@
+//! Leader election over a `coordination.k8s.io/v1` Lease, with the rules client-go's
+//! leaderelection package follows, written directly on kube-rs:
+//!
+//! - **Acquire**: a candidate reads the Lease every [`LeaseOptions::retry_period`]. It may take
+//!   the Lease when it is absent (create), has no holder (released), or has not changed for
+//!   [`LeaseOptions::lease_duration`] as measured on the candidate's own clock since it last saw
+//!   it change. Clocks of different replicas are never compared: a Lease's `renewTime` is only
+//!   ever compared with the same Lease's earlier `renewTime`. Every write is an update guarded
+//!   by the resourceVersion just read, so two candidates never both win (the loser gets 409).
+//! - **Renew**: the leader rewrites `renewTime` every retry period.
+//! - **Fencing**: a leader is leading only until [`LeaseOptions::renew_deadline`] after the send
+//!   time of its last successful renew ([`Fence::is_leading`] checks that instant, so a stuck
+//!   renewal task cannot stretch it). The renew deadline is shorter than the lease duration, so
+//!   a leader that cannot renew stops starting calls before any standby may take the Lease.
+//! - **Release**: on a clean shutdown the holder clears `holderIdentity`, so a standby takes over
+//!   at its next retry instead of waiting out the lease duration.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Where the Lease is and its timing (client-go's defaults: 15 s, 10 s, 2 s).
+#[derive(Clone, Debug)]
+pub struct LeaseOptions {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's `holderIdentity`; unique per process.
+    pub identity: String,
+    /// How long a Lease that stops changing keeps standbys away.
+    pub lease_duration: Duration,
+    /// How long after its last successful renew a leader keeps leading; less than the lease
+    /// duration.
+    pub renew_deadline: Duration,
+    /// Time between two attempts to acquire or renew.
+    pub retry_period: Duration,
+}
+
+impl LeaseOptions {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>, identity: impl Into<String>) -> LeaseOptions {
+        LeaseOptions {
+            namespace: namespace.into(),
+            name: name.into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    /// The timing rules client-go enforces: a renew deadline shorter than the lease duration
+    /// (else a standby could take over while the leader still leads) and a retry period that
+    /// fits into the renew deadline more than once.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.namespace.is_empty() || self.name.is_empty() {
+            return Err("the leader-election Lease needs a namespace and a name".into());
+        }
+        if self.identity.is_empty() {
+            return Err("the leader-election identity is empty".into());
+        }
+        if self.renew_deadline >= self.lease_duration {
+            return Err(format!(
+                "the renew deadline ({:?}) must be shorter than the lease duration ({:?})",
+                self.renew_deadline, self.lease_duration
+            ));
+        }
+        if self.retry_period.is_zero() || self.retry_period.mul_f64(1.2) >= self.renew_deadline {
+            return Err(format!(
+                "the retry period ({:?}) must be positive and well below the renew deadline ({:?})",
+                self.retry_period, self.renew_deadline
+            ));
+        }
+        if self.lease_duration.as_secs() < 1 || self.lease_duration.as_secs() > i32::MAX as u64 {
+            return Err(format!("the lease duration ({:?}) must be whole seconds, at least 1", self.lease_duration));
+        }
+        Ok(())
+    }
+}
+
+/// Whether this replica may start calls now. Cheap to clone and to check.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    valid_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Fence {
+    /// A fence that always leads (no leader election).
+    pub fn always() -> Fence {
+        Fence { valid_until: Arc::new(Mutex::new(None)) }.with_valid_until(Some(Instant::now() + Duration::from_secs(100 * 365 * 86_400)))
+    }
+
+    fn never() -> Fence {
+        Fence { valid_until: Arc::new(Mutex::new(None)) }
+    }
+
+    fn with_valid_until(self, at: Option<Instant>) -> Fence {
+        self.set(at);
+        self
+    }
+
+    fn set(&self, at: Option<Instant>) {
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.valid_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// What the elector last saw of the Lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub holder: String,
+    pub transitions: i32,
+}
+
+/// Counts for metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseStats {
+    pub acquired: u64,
+    pub renewed: u64,
+    pub lost: u64,
+    /// Attempts that failed on the API server (not "someone else holds it").
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// The holder of the Lease as last read.
+    pub observed: LeaseRecord,
+}
+
+/// One replica's side of the election. [`LeaderElector::acquire`] waits until it leads; then
+/// [`LeaderElector::keep_leading`] renews until the lease is lost (it returns) or the caller
+/// stops polling it and calls [`LeaderElector::release`].
+pub struct LeaderElector {
+    api: Api<Lease>,
+    options: LeaseOptions,
+    fence: Fence,
+    /// The Lease's spec as last read, and when this replica saw it change (its own clock).
+    observed: Option<(LeaseSpec, Instant)>,
+    stats: watch::Sender<LeaseStats>,
+}
+
+enum Attempt {
+    /// We hold the Lease; the fence runs until `sent + renew_deadline`.
+    Held {
+        sent: Instant,
+    },
+    /// Another replica holds it.
+    Taken,
+    Failed(String),
+}
+
+impl LeaderElector {
+    pub fn new(client: Client, options: LeaseOptions) -> Result<LeaderElector, String> {
+        options.validate()?;
+        let api = Api::namespaced(client, &options.namespace);
+        Ok(LeaderElector { api, options, fence: Fence::never(), observed: None, stats: watch::channel(LeaseStats::default()).0 })
+    }
+
+    pub fn options(&self) -> &LeaseOptions {
+        &self.options
+    }
+
+    /// The fence of this replica's leadership (false until acquired; false again once lost).
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    pub fn stats(&self) -> watch::Receiver<LeaseStats> {
+        self.stats.subscribe()
+    }
+
+    fn record(&self, f: impl FnOnce(&mut LeaseStats)) {
+        self.stats.send_modify(f);
+    }
+
+    /// Waits until this replica holds the Lease.
+    pub async fn acquire(&mut self) {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Attempt::Held { sent } => {
+                    self.fence.set(Some(sent + self.options.renew_deadline));
+                    self.record(|s| s.acquired += 1);
+                    tracing::info!(lease = %self.options.name, identity = %self.options.identity, "acquired the leader lease");
+                    return;
+                }
+                Attempt::Taken => {}
+                Attempt::Failed(e) => self.failed(e),
+            }
+            tokio::time::sleep(self.jittered(self.options.retry_period)).await;
+        }
+    }
+
+    /// Renews every retry period while leading; returns once leadership is lost (the renew
+    /// deadline passed without a successful renew, or another replica holds the Lease). The
+    /// fence is down when it returns.
+    pub async fn keep_leading(&mut self) {
+        loop {
+            tokio::time::sleep(self.options.retry_period).await;
+            if !self.fence.is_leading() {
+                break;
+            }
+            match self.try_acquire_or_renew().await {
+                Attempt::Held { sent } => {
+                    self.fence.set(Some(sent + self.options.renew_deadline));
+                    self.record(|s| s.renewed += 1);
+                }
+                Attempt::Taken => {
+                    self.fence.set(None);
+                    break;
+                }
+                Attempt::Failed(e) => self.failed(e),
+            }
+            if !self.fence.is_leading() {
+                break;
+            }
+        }
+        self.fence.set(None);
+        self.record(|s| s.lost += 1);
+        tracing::warn!(lease = %self.options.name, identity = %self.options.identity, "lost the leader lease: stopped starting calls");
+    }
+
+    /// Gives the Lease up (clean shutdown) so a standby takes it at its next attempt. The fence
+    /// goes down first, whatever the API server answers.
+    pub async fn release(&mut self) {
+        let held = self.fence.is_leading();
+        self.fence.set(None);
+        if !held {
+            return;
+        }
+        let Ok(mut lease) = self.api.get(&self.options.name).await else { return };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.options.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        spec.lease_duration_seconds = Some(1);
+        match self.api.replace(&self.options.name, &PostParams::default(), &lease).await {
+            Ok(_) => tracing::info!(lease = %self.options.name, "released the leader lease"),
+            Err(e) => tracing::warn!(lease = %self.options.name, error = %e, "could not release the leader lease"),
+        }
+    }
+
+    fn failed(&self, e: String) {
+        tracing::warn!(lease = %self.options.name, error = %e, "leader election attempt failed");
+        self.record(|s| {
+            s.errors += 1;
+            s.last_error = Some(e);
+        });
+    }
+
+    /// Up to +20 % so that standbys started together do not all ask at once.
+    fn jittered(&self, d: Duration) -> Duration {
+        let nanos = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+        d + d.mul_f64(0.2 * f64::from(nanos % 1000) / 1000.0)
+    }
+
+    async fn try_acquire_or_renew(&mut self) -> Attempt {
+        let sent = Instant::now();
+        let now = MicroTime(Timestamp::now());
+        let me = self.options.identity.clone();
+        let duration_secs = self.options.lease_duration.as_secs() as i32;
+        let current = match self.api.get_opt(&self.options.name).await {
+            Ok(c) => c,
+            Err(e) => return Attempt::Failed(format!("reading Lease {}/{}: {e}", self.options.namespace, self.options.name)),
+        };
+        let Some(mut lease) = current else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.options.name.clone()),
+                    namespace: Some(self.options.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me.clone()),
+                    lease_duration_seconds: Some(duration_secs),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(created) => {
+                    self.observe(&created);
+                    Attempt::Held { sent }
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Attempt::Taken,
+                Err(e) => Attempt::Failed(format!("creating Lease {}/{}: {e}", self.options.namespace, self.options.name)),
+            };
+        };
+        self.observe(&lease);
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        if !holder.is_empty() && holder != me {
+            // Held by another replica: free only once it has not changed for its duration.
+            let lease_for =
+                spec.lease_duration_seconds.filter(|s| *s > 0).map_or(self.options.lease_duration, |s| Duration::from_secs(s as u64));
+            let changed_at = self.observed.as_ref().map_or(sent, |(_, at)| *at);
+            if changed_at.elapsed() < lease_for {
+                return Attempt::Taken;
+            }
+        }
+        let taking_over = holder != me;
+        let new_spec = LeaseSpec {
+            holder_identity: Some(me.clone()),
+            lease_duration_seconds: Some(duration_secs),
+            acquire_time: if taking_over { Some(now.clone()) } else { spec.acquire_time.clone() },
+            renew_time: Some(now),
+            lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(taking_over && !holder.is_empty())),
+            ..spec
+        };
+        lease.spec = Some(new_spec);
+        // Guarded by the resourceVersion just read: a concurrent writer makes this a 409.
+        match self.api.replace(&self.options.name, &PostParams::default(), &lease).await {
+            Ok(written) => {
+                self.observe(&written);
+                Attempt::Held { sent }
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Attempt::Taken,
+            Err(e) => Attempt::Failed(format!("updating Lease {}/{}: {e}", self.options.namespace, self.options.name)),
+        }
+    }
+
+    /// Notes what the Lease holds; its change time is when this replica first saw this version.
+    fn observe(&mut self, lease: &Lease) {
+        let spec = lease.spec.clone().unwrap_or_default();
+        let changed = match &self.observed {
+            Some((old, _)) => old.holder_identity != spec.holder_identity || old.renew_time != spec.renew_time,
+            None => true,
+        };
+        if changed {
+            self.observed = Some((spec.clone(), Instant::now()));
+        }
+        self.record(|s| {
+            s.observed =
+                LeaseRecord { holder: spec.holder_identity.clone().unwrap_or_default(), transitions: spec.lease_transitions.unwrap_or(0) }
+        });
+    }
+}
