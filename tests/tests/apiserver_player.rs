@@ -6,7 +6,9 @@
 
 use difftracker_runtime::k8s::kube;
 use difftracker_runtime::k8s::{KubeObject, SERVICE_FINALIZERS};
-use difftracker_simulation::apiserver::{serve, ApiServerHandle, ApiServerOptions, FaultPlan, Kind, PatchType, StoreView, Subresource, TracePlayer};
+use difftracker_simulation::apiserver::{
+    serve, ApiServerHandle, ApiServerOptions, FaultPlan, Kind, PatchType, StoreView, Subresource, TracePlayer,
+};
 use difftracker_simulation::replay::cluster::{Cluster, ObjectKey};
 use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
 use difftracker_simulation::replay::oracle::{self, ClusterView};

@@ -31,7 +31,9 @@ use difftracker_runtime::k8s::k8s_openapi::api::core::v1 as core;
 use difftracker_runtime::k8s::k8s_openapi::api::discovery::v1 as discovery;
 use difftracker_runtime::k8s::kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use difftracker_runtime::k8s::kube::{self, Client, Resource};
-use difftracker_runtime::k8s::{endpoint_slice_to_k8s, is_engine_finalizer, node_to_k8s, pod_to_k8s, service_to_k8s, KubeObject, WatchEventType};
+use difftracker_runtime::k8s::{
+    endpoint_slice_to_k8s, is_engine_finalizer, node_to_k8s, pod_to_k8s, service_to_k8s, KubeObject, WatchEventType,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
