@@ -15,19 +15,25 @@
 //! - [`faults`]: seeded faults from a JSON fault file (dropped watches, 410, 429, 500, latency).
 //! - [`http`]: the thin async HTTP face (axum over the runtime's `ServerHandle`): REST paths,
 //!   discovery, streaming watches; [`serve`] runs it on a listener.
+//! - [`player`]: plays a trace onto a served API server over HTTP, as `kubectl` and the
+//!   cluster's other writers would; [`view`]: the store as the oracle reads a cluster.
 //!
 //! [`run_apiserver`] is `difftracker apiserver --listen ADDR [--kubeconfig-out FILE] [--faults FILE]`.
 
 pub mod faults;
 pub mod http;
 pub mod patch;
+pub mod player;
 pub mod selector;
 pub mod store;
+pub mod view;
 pub mod watch;
 
 pub use faults::{FaultInjector, FaultPlan};
 pub use http::{kubeconfig, serve, serve_api, ApiServerHandle};
+pub use player::{PlayerOptions, PlayerStats, TracePlayer};
 pub use store::{ApiError, Clock, Kind, ListOptions, PatchType, Preconditions, Store, StoreLimits, Subresource};
+pub use view::StoreView;
 
 use anyhow::Context;
 use difftracker_runtime::server::ServerOptions;

@@ -181,13 +181,7 @@ impl Cluster {
 
     /// `status.loadBalancer.ingress` IPs of every Service that has any, by `namespace/name`.
     pub fn service_ingress(&self) -> BTreeMap<String, Vec<String>> {
-        self.services()
-            .filter(|s| !s.ingress.is_empty())
-            .map(|s| {
-                let ips = s.ingress.iter().map(|i| if i.ip.is_empty() { i.hostname.clone() } else { i.ip.clone() }).collect();
-                (format!("{}/{}", s.meta.namespace, s.meta.name), ips)
-            })
-            .collect()
+        super::oracle::ClusterView::service_ingress(self)
     }
 
     /// Objects being deleted that still wait for a finalizer, as `<kind>/<namespace>/<name>`.

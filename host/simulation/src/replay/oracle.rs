@@ -14,10 +14,14 @@
 //! Admission follows ENGINE.md 2.2. A Service that was admitted and later changed to a rejected
 //! spec keeps its load balancer in the engine (as upstream); the oracle does not model that
 //! history and expects nothing for it, so generated traces never do it.
+//!
+//! The oracle reads the cluster through [`ClusterView`]: the replay's simulated [`Cluster`], or
+//! the in-repo API server's store ([`crate::apiserver::StoreView`]) when the controller ran over
+//! HTTP.
 
 use super::cluster::Cluster;
 use crate::emulator::CloudState;
-use difftracker_engine::io::{IntOrString, Pod, Service};
+use difftracker_engine::io::{EndpointSlice, IntOrString, Node, Pod, Service};
 use difftracker_runtime::k8s::EGRESS_LABEL;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +29,48 @@ use std::net::IpAddr;
 
 pub const INTERNAL_LB_ANNOTATION: &str = "service.beta.kubernetes.io/azure-load-balancer-internal";
 pub const IDLE_TIMEOUT_ANNOTATION: &str = "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout";
+
+/// What the oracle reads of a cluster's final state: the objects the engine watches (Pods: the
+/// egress-labelled ones at least; the oracle skips any other) and which objects are still
+/// being deleted.
+pub trait ClusterView {
+    fn services(&self) -> Box<dyn Iterator<Item = &Service> + '_>;
+    fn endpoint_slices(&self) -> Box<dyn Iterator<Item = &EndpointSlice> + '_>;
+    fn nodes(&self) -> Box<dyn Iterator<Item = &Node> + '_>;
+    fn pods(&self) -> Box<dyn Iterator<Item = &Pod> + '_>;
+    /// Objects being deleted that still wait for a finalizer, as `<kind>/<namespace>/<name>`.
+    fn stuck_deleting(&self) -> Vec<String>;
+
+    /// `status.loadBalancer.ingress` of every Service that has any (the IP, else the
+    /// hostname), by `namespace/name`.
+    fn service_ingress(&self) -> BTreeMap<String, Vec<String>> {
+        self.services()
+            .filter(|s| !s.ingress.is_empty())
+            .map(|s| {
+                let ips = s.ingress.iter().map(|i| if i.ip.is_empty() { i.hostname.clone() } else { i.ip.clone() }).collect();
+                (format!("{}/{}", s.meta.namespace, s.meta.name), ips)
+            })
+            .collect()
+    }
+}
+
+impl ClusterView for Cluster {
+    fn services(&self) -> Box<dyn Iterator<Item = &Service> + '_> {
+        Box::new(Cluster::services(self))
+    }
+    fn endpoint_slices(&self) -> Box<dyn Iterator<Item = &EndpointSlice> + '_> {
+        Box::new(Cluster::endpoint_slices(self))
+    }
+    fn nodes(&self) -> Box<dyn Iterator<Item = &Node> + '_> {
+        Box::new(Cluster::nodes(self))
+    }
+    fn pods(&self) -> Box<dyn Iterator<Item = &Pod> + '_> {
+        Box::new(Cluster::pods(self))
+    }
+    fn stuck_deleting(&self) -> Vec<String> {
+        Cluster::stuck_deleting(self)
+    }
+}
 
 /// Whether the Service asks for a load balancer from this controller: type LoadBalancer, not
 /// being deleted, no `loadBalancerClass`.
@@ -150,6 +196,11 @@ pub fn baseline_with(pre_seed: &Value, cs: &CloudState) -> Value {
 /// The inventory the final cluster state implies, on top of `baseline` (the emulator's inventory
 /// before the engine ran).
 pub fn expected_inventory(cluster: &Cluster, baseline: &Value) -> ExpectedInventory {
+    expected_inventory_of(cluster, baseline)
+}
+
+/// [`expected_inventory`] of any [`ClusterView`].
+pub fn expected_inventory_of(cluster: &dyn ClusterView, baseline: &Value) -> ExpectedInventory {
     let mut exp = ExpectedInventory::default();
     // Baseline.
     if let Some(Value::Object(pips)) = baseline.get("public_ips") {
@@ -278,7 +329,13 @@ fn pod_location(pod: &Pod, addr: &IpAddr) -> Option<String> {
 /// Compares the emulator's `inventory` and the cluster's final state with what the cluster
 /// implies. Returns the differences, one readable line each; empty when everything matches.
 pub fn check(cluster: &Cluster, inventory: &Value, baseline: &Value) -> Vec<String> {
-    let exp = expected_inventory(cluster, baseline);
+    check_view(cluster, inventory, baseline)
+}
+
+/// [`check`] of any [`ClusterView`] (the API server's store through
+/// [`crate::apiserver::StoreView`]).
+pub fn check_view(cluster: &dyn ClusterView, inventory: &Value, baseline: &Value) -> Vec<String> {
+    let exp = expected_inventory_of(cluster, baseline);
     let mut diffs = Vec::new();
     let actual_pips: BTreeMap<String, Option<String>> = match inventory.get("public_ips") {
         Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_string))).collect(),
