@@ -1,45 +1,47 @@
 //! The main job: what `difftracker` does with no configuration.
 //!
-//! It starts the ARM/NRP emulator in-process on a loopback port, reads a trace of Kubernetes
-//! watch events (the bundled `examples/sample-trace.jsonl`, or `--trace FILE`) and plays it, in
-//! real time compressed `--speed` times, into the simulated cluster of [`crate::replay::cluster`].
-//! The watch events the cluster produces feed one real tenant ([`difftracker_runtime::tenant`], the wasm engine
-//! by default); its cloud calls go over HTTP through [`ArmTransport`] to the emulator, its
-//! Kubernetes writes to the simulated cluster (finalizers, status patches, Events). The
-//! observability endpoints of [`difftracker_runtime::observe`] are served on another loopback port, printed at
-//! start. A progress line is printed about every second.
+//! It starts two servers in-process on loopback ports, the ARM/NRP emulator and the in-repo
+//! Kubernetes API server, and runs against them the controller `difftracker run` runs
+//! ([`difftracker_runtime::controller`]: kube-rs watches and guarded writes over HTTP, ARM calls
+//! over HTTP, the engine in its sandbox). A trace of Kubernetes watch events (the bundled
+//! `examples/sample-trace.jsonl`, or `--trace FILE`) is applied to the API server the way a
+//! user's `kubectl` would ([`crate::apiserver::player`]), in real time compressed `--speed`
+//! times. The objects of the trace's first instant are there before the controller starts, so
+//! they reach it as its initial lists. A kubeconfig for the API server is written out and
+//! printed, so `kubectl get svc -w` can follow the run; the observability endpoints of
+//! [`difftracker_runtime::observe`] are printed too, and a progress line about every second.
 //!
-//! The run ends when the trace is exhausted and everything has settled (the engine settled, no
-//! call in flight, every watch event handed to the engine and seen by a tick, nothing stuck
-//! deleting in the cluster), or at `--timeout-secs`. A summary table follows: Services created
-//! and deleted, the emulator's inventory, cloud calls by kind, Kubernetes writes and Events, wall
-//! time, and the verdict of the replay oracle ([`crate::replay::oracle`]) on the final state. The
-//! command fails when the run did not converge or the oracle found differences.
+//! The run ends when the trace is exhausted and everything has settled (the player has nothing
+//! pending, the engine is initialized and idle with no call in flight, nothing is stuck
+//! deleting, and neither the API server nor the engine changed for [`QUIET`]), or at
+//! `--timeout-secs`. A summary table follows: Services created and deleted, the emulator's
+//! inventory, cloud calls by kind, Kubernetes writes and Events, wall time, and the verdict of
+//! the replay oracle ([`crate::replay::oracle`]) on the API server's final state. The command
+//! fails when the run did not converge or the oracle found differences.
 //!
-//! Unlike `replay` this runs in wall-clock time over real sockets: it shows the system working,
-//! it is not deterministic.
+//! Unlike `replay` this runs in wall-clock time over real sockets: it shows the system working
+//! on the production path, it is not deterministic.
 
+use crate::apiserver::{self, ApiServerHandle, ApiServerOptions, Kind, ListOptions, StoreView, TracePlayer};
 use crate::emulator::{self, CloudState, EmulatorHandle, EmulatorOptions, LroMode, PollingOptions};
-use crate::replay::cluster::Cluster;
-use crate::replay::oracle;
+use crate::replay::oracle::{self, ClusterView};
 use crate::replay::{parse_trace, Trace};
 use crate::samples::{SAMPLE_TRACE, SAMPLE_TRACE_NAME};
 use anyhow::{anyhow, bail, Context, Result};
-use difftracker_engine::io::{KubeCall, KubeEvent, KubeEventRecord, TenantConfig};
-use difftracker_runtime::backend::{CallFuture, KubeBackend};
-use difftracker_runtime::driver::{CallIds, EngineKind};
-use difftracker_runtime::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
+use difftracker_engine::io::TenantConfig;
+use difftracker_runtime::controller::{self, ControllerHandle, ControllerOptions, ControllerState};
+use difftracker_runtime::driver::EngineKind;
+use difftracker_runtime::k8s::kube;
 use difftracker_runtime::observe::{self, CallCounts, Observatory, ObserveHandle};
-use difftracker_runtime::tenant::{Recovery, TenantHandle, TenantOptions, TenantStatus};
-use difftracker_runtime::transport::{ArmTransport, TransportOptions};
+use difftracker_runtime::tenant::TenantStatus;
+use difftracker_runtime::transport::TransportOptions;
 use difftracker_runtime::wasm::SandboxLimits;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// The tenant's name.
 pub const TENANT: &str = "live";
@@ -70,6 +72,9 @@ pub struct LiveOptions {
     /// Resources a previous controller left in the cloud, seeded into the emulator before the
     /// engine starts (`--cloud-state FILE`).
     pub cloud_state: Option<CloudState>,
+    /// Where to write the API server's kubeconfig; a file in a fresh temporary directory when
+    /// `None`.
+    pub kubeconfig_out: Option<PathBuf>,
 }
 
 impl LiveOptions {
@@ -99,6 +104,7 @@ impl LiveOptions {
             max_request_bytes: None,
             max_request_entries: None,
             cloud_state: None,
+            kubeconfig_out: None,
         }
     }
 }
@@ -119,8 +125,6 @@ pub fn transport_options() -> TransportOptions {
     }
 }
 
-// ------------------------------------------------------------------------ clock and cluster
-
 /// Trace time: wall time since the start, times the speed.
 #[derive(Clone, Copy, Debug)]
 struct TraceClock {
@@ -138,39 +142,6 @@ impl TraceClock {
         let secs = at_ms as f64 / 1000.0 / self.speed;
         // A trace of absurd length must not overflow the Instant.
         self.start + Duration::from_secs_f64(secs.min(1.0e9))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The simulated cluster as the tenant's [`KubeBackend`]: writes are applied at once; the watch
-/// events they cause are queued, in the cluster's order, for the tenant.
-struct ClusterKube {
-    cluster: Arc<Mutex<Cluster>>,
-    watch: mpsc::UnboundedSender<Vec<KubeEvent>>,
-    clock: TraceClock,
-}
-
-impl KubeBackend for ClusterKube {
-    fn call(&self, call: KubeCall) -> CallFuture {
-        let outcome = {
-            let mut cluster = lock(&self.cluster);
-            let outcome = cluster.perform(self.clock.now_ms(), &call);
-            // Sent under the lock, so watch events keep the cluster's order; and before the
-            // completion returns, so the driver sees them no later than the tenant's idleness.
-            let events = cluster.take_events();
-            if !events.is_empty() {
-                let _ = self.watch.send(events);
-            }
-            outcome
-        };
-        Box::pin(async move { outcome })
-    }
-
-    fn record_event(&self, event: KubeEventRecord) {
-        lock(&self.cluster).record_event(event);
     }
 }
 
@@ -343,8 +314,22 @@ fn operations_succeeded(status: &TenantStatus) -> BTreeMap<String, u64> {
 
 /// Everything that must stay up while the endpoints are served after the run.
 struct Parts {
-    _tenant: TenantHandle,
+    controller: ControllerHandle,
     _emulator: EmulatorHandle,
+    _apiserver: ApiServerHandle,
+    /// The temporary directory of the kubeconfig, removed at the end.
+    scratch: Option<PathBuf>,
+}
+
+impl Parts {
+    async fn shutdown(self) {
+        if let Err(e) = self.controller.shutdown().await {
+            tracing::warn!(error = %e, "stopping the controller");
+        }
+        if let Some(dir) = self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// A running main job.
@@ -352,16 +337,20 @@ pub struct LiveRun {
     observatory: Observatory,
     observe: ObserveHandle,
     emulator_url: String,
+    apiserver_url: String,
+    kubeconfig: PathBuf,
     task: tokio::task::JoinHandle<Result<(LiveSummary, Parts)>>,
 }
 
-/// A finished main job; the endpoints, the emulator and the (idle) tenant stay up until it is
-/// dropped or shut down.
+/// A finished main job; the endpoints, both servers and the (idle) controller stay up until it
+/// is shut down.
 pub struct Finished {
     pub summary: LiveSummary,
     observe: ObserveHandle,
     emulator_url: String,
-    _parts: Parts,
+    apiserver_url: String,
+    kubeconfig: PathBuf,
+    parts: Parts,
 }
 
 impl Finished {
@@ -371,7 +360,14 @@ impl Finished {
     pub fn emulator_url(&self) -> String {
         self.emulator_url.clone()
     }
+    pub fn apiserver_url(&self) -> String {
+        self.apiserver_url.clone()
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig.clone()
+    }
     pub async fn shutdown(self) {
+        self.parts.shutdown().await;
         self.observe.shutdown().await;
     }
 }
@@ -387,6 +383,16 @@ impl LiveRun {
         self.emulator_url.clone()
     }
 
+    /// The in-repo API server the controller watches.
+    pub fn apiserver_url(&self) -> String {
+        self.apiserver_url.clone()
+    }
+
+    /// A kubeconfig for the API server (`kubectl --kubeconfig FILE get svc -w`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig.clone()
+    }
+
     pub fn observatory(&self) -> &Observatory {
         &self.observatory
     }
@@ -394,35 +400,24 @@ impl LiveRun {
     /// Waits for the run to end (settled, or timed out) and returns its summary.
     pub async fn finish(self) -> Result<Finished> {
         let (summary, parts) = self.task.await.map_err(|e| anyhow!("the main job's task failed: {e}"))??;
-        Ok(Finished { summary, observe: self.observe, emulator_url: self.emulator_url, _parts: parts })
+        Ok(Finished {
+            summary,
+            observe: self.observe,
+            emulator_url: self.emulator_url,
+            apiserver_url: self.apiserver_url,
+            kubeconfig: self.kubeconfig,
+            parts,
+        })
     }
 }
 
-/// Starts the main job: the emulator, the endpoints, the tenant, and the task that plays the
-/// trace. Returns once everything listens.
+/// Starts the main job: the emulator, the API server, the endpoints, the controller, and the
+/// task that plays the trace. Returns once everything listens.
 pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     if !(options.speed.is_finite() && options.speed > 0.0) {
         bail!("--speed must be a positive number, not {}", options.speed);
     }
     let begun = Instant::now();
-    let engine = options.engine;
-    let config = TenantConfig {
-        tenant: TENANT.into(),
-        seed: options.seed,
-        max_request_bytes: options.max_request_bytes,
-        max_request_entries: options.max_request_entries,
-        ..TenantConfig::default()
-    };
-    let sandbox = options.sandbox.clone();
-    let limits = sandbox.clone();
-    let driver = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut driver = engine.new_driver_in(CallIds::default(), &limits)?;
-        driver.create(&config).context("creating the engine")?;
-        Ok(driver)
-    })
-    .await
-    .map_err(|e| anyhow!("loading the engine failed: {e}"))??;
-
     let emulator_options = EmulatorOptions {
         lro: if options.polling { LroMode::Polling(PollingOptions::default()) } else { LroMode::Synchronous },
         ..EmulatorOptions::default()
@@ -435,175 +430,161 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
         emulator.emulator().seed(cs)?;
         baseline = oracle::baseline_with(&baseline, cs);
     }
-    let cloud =
-        ArmTransport::unauthenticated(emulator.tenant_config(), transport_options()).map_err(|e| anyhow!("emulator configuration: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.context("cannot listen on loopback for the API server")?;
+    let apiserver = apiserver::serve(listener, ApiServerOptions::default()).await.context("starting the API server")?;
+    let apiserver_url = apiserver.url();
+    let (kubeconfig, scratch) = match &options.kubeconfig_out {
+        Some(path) => (path.clone(), None),
+        None => {
+            let dir = std::env::temp_dir().join(format!("difftracker-live-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            (dir.join("kubeconfig"), Some(dir))
+        }
+    };
+    std::fs::write(&kubeconfig, apiserver.kubeconfig()).with_context(|| format!("writing the kubeconfig {}", kubeconfig.display()))?;
+    let client = || -> Result<kube::Client> {
+        let url = apiserver_url.parse().context("the API server's URL")?;
+        kube::Client::try_from(kube::Config::new(url)).context("a client of the API server")
+    };
+
+    // The cluster at the trace's first instant, before the controller lists it.
+    let mut player = TracePlayer::new(client()?);
+    let first = options.trace.events.first().map_or(0, |e| e.at_ms);
+    let mut next = 0usize;
+    while next < options.trace.events.len() && options.trace.events[next].at_ms <= first {
+        player.apply(&options.trace.events[next]).await;
+        next += 1;
+    }
 
     let observatory = Observatory::new();
     let observe = observe::bind(options.listen, observatory.clone()).await?;
-
+    let tenant = TenantConfig {
+        tenant: TENANT.into(),
+        seed: options.seed,
+        max_request_bytes: options.max_request_bytes,
+        max_request_entries: options.max_request_entries,
+        ..TenantConfig::default()
+    };
+    let controller_options = ControllerOptions {
+        engine: options.engine,
+        sandbox: options.sandbox.clone(),
+        transport: transport_options(),
+        ..ControllerOptions::new(tenant, emulator.tenant_config())
+    };
+    let controller = controller::start(client()?, controller_options, observatory.clone())?;
     let startup = begun.elapsed();
-    let clock = TraceClock { start: Instant::now(), speed: options.speed };
-    let cluster = Arc::new(Mutex::new(Cluster::new()));
-    let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-    let kube = ClusterKube { cluster: cluster.clone(), watch: watch_tx.clone(), clock };
-    let executor = Executor::new(Arc::new(SystemClock), DEFAULT_GLOBAL_CAP);
-    let tenant = observatory.spawn_tenant(
-        &executor,
-        // A guest that traps is rebuilt from its last good snapshot, the offending input quarantined.
-        TenantOptions::new(TENANT).with_recovery(Recovery::new(move |ids| engine.new_driver_in(ids, &sandbox))),
-        driver,
-        Backends { cloud: Arc::new(cloud), kube: Arc::new(kube) },
-        None,
-    );
 
     if options.print_progress {
         println!(
-            "difftracker: playing {} ({} events over {:.1} s of trace time) at {}x with the {} engine (started in {:.2} s)",
+            "difftracker: playing {} ({} events over {:.1} s of trace time) at {}x onto the API server, with the {} engine (started in {:.2} s)",
             options.trace_name,
             options.trace.events.len(),
             options.trace.end_ms() as f64 / 1000.0,
             options.speed,
-            engine.as_str(),
+            options.engine.as_str(),
             startup.as_secs_f64(),
         );
         println!("  ARM/NRP emulator  {emulator_url}  (inventory: {emulator_url}/_emulator/inventory)");
+        println!("  API server        {apiserver_url}  (kubectl --kubeconfig {} get svc -w)", kubeconfig.display());
         let url = observe.url();
         println!("  metrics           {url}/metrics");
         println!("  health            {url}/healthz  {url}/readyz");
         println!("  status page       {url}/");
     }
 
-    let driver =
-        Driver { options, tenant, cluster, watch_tx, watch_rx, clock, observatory: observatory.clone(), emulator, baseline, startup };
-    let task = tokio::spawn(driver.run());
-    Ok(LiveRun { observatory, observe, emulator_url, task })
+    let clock = TraceClock { start: Instant::now(), speed: options.speed };
+    let driver = Driver { options, player, next, clock, observatory: observatory.clone(), emulator, apiserver, baseline, startup };
+    let task = tokio::spawn(driver.run(controller, scratch));
+    Ok(LiveRun { observatory, observe, emulator_url, apiserver_url, kubeconfig, task })
 }
 
-/// Plays the trace and watches the tenant until it settles.
+/// Plays the trace and watches the controller until everything settles.
 struct Driver {
     options: LiveOptions,
-    tenant: TenantHandle,
-    cluster: Arc<Mutex<Cluster>>,
-    watch_tx: mpsc::UnboundedSender<Vec<KubeEvent>>,
-    watch_rx: mpsc::UnboundedReceiver<Vec<KubeEvent>>,
+    player: TracePlayer,
+    /// The next trace event to apply.
+    next: usize,
     clock: TraceClock,
     observatory: Observatory,
     emulator: EmulatorHandle,
+    apiserver: ApiServerHandle,
     baseline: Value,
     startup: Duration,
 }
 
-/// How often the driver looks at the tenant when nothing else wakes it.
-const POLL: Duration = Duration::from_millis(50);
+/// How often the driver looks at the controller when nothing else is due.
+const POLL: Duration = Duration::from_millis(20);
 /// Interval of the progress lines.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long the settled picture must stay unchanged: the watch's last events have reached the
+/// engine, and nothing writes any more.
+pub const QUIET: Duration = Duration::from_millis(400);
 
 impl Driver {
-    async fn run(mut self) -> Result<(LiveSummary, Parts)> {
+    async fn run(mut self, controller: ControllerHandle, scratch: Option<PathBuf>) -> Result<(LiveSummary, Parts)> {
         let started = self.clock.start;
         // A timeout too large for the clock (`--timeout-secs 18446744073709551615`) is no timeout.
         let deadline = started.checked_add(self.options.timeout);
         let total = self.options.trace.events.len();
-        let mut status_rx = self.tenant.subscribe();
-        let mut next = 0usize;
-        let mut pending: Vec<KubeEvent> = Vec::new();
-        // The tenant's tick count read just after the latest delivery of watch events: a tick
-        // numbered two past it began after the delivery, so it saw those events.
-        let mut delivered_at_tick: Option<u64> = None;
+        let mut state_rx = controller.subscribe();
         let mut last_progress = Instant::now();
-        let mut last_nudge: Option<Instant> = None;
-        // The tenant's initial lists: the cluster at the trace's first instant, then the marker.
-        {
-            let first = self.options.trace.events.first().map_or(0, |e| e.at_ms);
-            let mut cluster = lock(&self.cluster);
-            while next < total && self.options.trace.events[next].at_ms <= first {
-                let e = &self.options.trace.events[next];
-                cluster.apply(self.clock.now_ms(), e.event_type, e.object.clone());
-                next += 1;
-            }
-            self.tenant.deliver(cluster.initial_lists())?;
-        }
+        // The picture (API server resourceVersion, engine ticks) and since when it holds still.
+        let mut quiet: Option<((u64, u64), Instant)> = None;
         let converged = loop {
-            // The trace events that are due go to the cluster; what it emits goes to the queue.
             let now_ms = self.clock.now_ms();
-            if next < total && self.options.trace.events[next].at_ms <= now_ms {
-                let mut cluster = lock(&self.cluster);
-                while next < total && self.options.trace.events[next].at_ms <= now_ms {
-                    let e = &self.options.trace.events[next];
-                    cluster.apply(now_ms, e.event_type, e.object.clone());
-                    next += 1;
-                }
-                let events = cluster.take_events();
-                if !events.is_empty() {
-                    let _ = self.watch_tx.send(events);
-                }
+            while self.next < total && self.options.trace.events[self.next].at_ms <= now_ms {
+                self.player.apply(&self.options.trace.events[self.next]).await;
+                self.next += 1;
             }
-            // Every queued watch event goes to the tenant, in order.
-            while let Ok(batch) = self.watch_rx.try_recv() {
-                pending.extend(batch);
+            self.player.retry_pending().await;
+            let state = state_rx.borrow_and_update().clone();
+            if state.stopped {
+                bail!("the controller stopped: {}", state.last_error.as_deref().unwrap_or("no reason given"));
             }
-            if !pending.is_empty() {
-                self.tenant.deliver(std::mem::take(&mut pending))?;
-                delivered_at_tick = Some(self.tenant.status().ticks);
-            }
-
-            let status = self.tenant.status();
-            if let Some(e) = &status.error {
-                bail!("the engine stopped: {e}");
-            }
-            if status.stopped {
-                bail!("the tenant stopped unexpectedly");
-            }
-            let progress = self.progress_line(next, &status);
+            let progress = self.progress_line(&state);
             self.observatory.set_note(format!("main job: {progress}"));
             if self.options.print_progress && last_progress.elapsed() >= PROGRESS_EVERY {
                 println!("{progress}");
                 last_progress = Instant::now();
             }
-
-            // Settled? (status first, then the queue: a write's watch events are queued before
-            // its completion reaches the tenant.)
-            if next == total && status.is_idle() && self.watch_rx.is_empty() {
-                let quiet = {
-                    let c = lock(&self.cluster);
-                    !c.has_deferred() && !c.has_events() && c.stuck_deleting().is_empty()
-                };
-                let caught_up = match delivered_at_tick {
-                    Some(t) => status.ticks >= t + 2,
-                    None => status.ticks >= 1,
-                };
-                if quiet && caught_up {
-                    break true;
+            let settled = self.next == total
+                && self.player.is_quiet()
+                && state.is_settled()
+                && self.apiserver.api().read(|s| StoreView::of(s).stuck_deleting().is_empty());
+            if settled {
+                let picture = (self.apiserver.api().read(|s| s.resource_version()), state.tenant.as_ref().map_or(0, |t| t.ticks));
+                match quiet {
+                    Some((seen, since)) if seen == picture => {
+                        if since.elapsed() >= QUIET {
+                            break true;
+                        }
+                    }
+                    _ => quiet = Some((picture, Instant::now())),
                 }
-                if quiet && last_nudge.is_none_or(|at| at.elapsed() >= Duration::from_millis(20)) {
-                    // Nothing wakes an idle tenant: an empty delivery makes it tick once more.
-                    self.tenant.deliver(Vec::new())?;
-                    last_nudge = Some(Instant::now());
-                }
+            } else {
+                quiet = None;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break false;
             }
-
-            let mut wake = deadline.map_or(Instant::now() + POLL, |d| (Instant::now() + POLL).min(d));
-            if let Some(e) = self.options.trace.events.get(next) {
+            let mut wake = Instant::now() + POLL;
+            if let Some(d) = deadline {
+                wake = wake.min(d);
+            }
+            if let Some(e) = self.options.trace.events.get(self.next) {
                 wake = wake.min(self.clock.instant_of(e.at_ms));
             }
             tokio::select! {
-                batch = self.watch_rx.recv() => {
-                    if let Some(batch) = batch {
-                        pending.extend(batch);
-                    }
-                }
-                _ = status_rx.changed() => {}
+                _ = state_rx.changed() => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         };
         let wall = started.elapsed();
+        let state = controller.state();
         if self.options.print_progress {
-            println!("{}", self.progress_line(next, &self.tenant.status()));
+            println!("{}", self.progress_line(&state));
         }
-        let summary = self.summary(converged, next, wall);
+        let summary = self.summary(converged, &state, wall);
         self.observatory.set_note(format!(
             "main job finished in {:.2} s: {}",
             wall.as_secs_f64(),
@@ -615,10 +596,12 @@ impl Driver {
                 "did NOT converge"
             }
         ));
-        Ok((summary, Parts { _tenant: self.tenant, _emulator: self.emulator }))
+        let parts = Parts { controller, _emulator: self.emulator, _apiserver: self.apiserver, scratch };
+        Ok((summary, parts))
     }
 
-    fn progress_line(&self, next: usize, status: &TenantStatus) -> String {
+    fn progress_line(&self, state: &ControllerState) -> String {
+        let status = state.tenant.clone().unwrap_or_default();
         let count = |names: &[&str]| -> u32 { names.iter().map(|n| status.state_count(n)).sum() };
         let done = count(&["created"]);
         let in_flight = count(&["creation_in_progress", "update_in_progress", "deletion_in_progress"]);
@@ -630,8 +613,9 @@ impl Driver {
         let calls_in_flight: u64 = calls.values().map(|c| c.in_flight()).sum();
         let syncs = calls.get("POST updateAddressLocations").copied().unwrap_or_default();
         format!(
-            "[{:>5.1}s] trace {next}/{} | operations: {done} done, {in_flight} in flight, {waiting} waiting, {} deletions pending | location syncs {} | cloud calls {}, kubernetes writes {}, {calls_in_flight} in flight",
+            "[{:>5.1}s] trace {}/{} | operations: {done} done, {in_flight} in flight, {waiting} waiting, {} deletions pending | location syncs {} | cloud calls {}, kubernetes writes {}, {calls_in_flight} in flight",
             self.clock.start.elapsed().as_secs_f64(),
+            self.next,
             self.options.trace.events.len(),
             status.engine.pending_deletions,
             syncs.started,
@@ -640,20 +624,28 @@ impl Driver {
         )
     }
 
-    fn summary(&self, converged: bool, played: usize, wall: Duration) -> LiveSummary {
-        let status = self.tenant.status();
+    fn summary(&self, converged: bool, state: &ControllerState, wall: Duration) -> LiveSummary {
+        let status = state.tenant.clone().unwrap_or_default();
         let inventory = self.emulator.inventory();
-        let cluster = lock(&self.cluster);
-        let oracle_differences = oracle::check(&cluster, &inventory, &self.baseline);
+        let (oracle_differences, kube_events) =
+            self.apiserver.api().read(|s| (oracle::check_view(&StoreView::of(s), &inventory, &self.baseline), event_reasons(s)));
         let ops = operations_succeeded(&status);
         let (mapped_addresses, locations) = mapped(&inventory);
-        let cloud_calls = self.observatory.calls(TENANT).into_iter().filter(|(label, _)| label.contains(' ')).collect::<BTreeMap<_, _>>();
+        let calls = self.observatory.calls(TENANT);
+        let cloud_calls = calls.iter().filter(|(label, _)| label.contains(' ')).map(|(l, c)| (l.clone(), *c)).collect::<BTreeMap<_, _>>();
+        let mut kube_writes = BTreeMap::new();
+        for (label, c) in calls.iter().filter(|(label, _)| !label.contains(' ')) {
+            kube_writes.insert(format!("{label} ok"), c.ok);
+            if c.failed > 0 {
+                kube_writes.insert(format!("{label} failed"), c.failed);
+            }
+        }
         LiveSummary {
             converged,
             engine: self.options.engine,
             trace_name: self.options.trace_name.clone(),
             trace_events: self.options.trace.events.len(),
-            trace_events_played: played,
+            trace_events_played: self.next,
             trace_end_ms: self.options.trace.end_ms(),
             speed: self.options.speed,
             wall,
@@ -671,12 +663,25 @@ impl Driver {
             baseline: self.baseline.clone(),
             inventory,
             cloud_calls,
-            kube_writes: cluster.stats().writes.clone(),
-            kube_events: cluster.event_reasons().clone(),
+            kube_writes,
+            kube_events,
             engine_states: status.engine.states.clone(),
             oracle_differences,
         }
     }
+}
+
+/// The Events on the API server by reason, a series counted by its occurrences.
+fn event_reasons(store: &apiserver::Store) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Ok(page) = store.list(Kind::Event, None, &ListOptions::default()) {
+        for e in &page.items {
+            let reason = e["reason"].as_str().unwrap_or("").to_string();
+            let n = e["series"]["count"].as_u64().unwrap_or(1).max(1);
+            *out.entry(reason).or_insert(0) += n;
+        }
+    }
+    out
 }
 
 /// Runs the main job to the end and prints its summary (what `difftracker` does by default).
@@ -689,7 +694,13 @@ pub async fn run(options: LiveOptions, keep_serving: bool) -> Result<()> {
     let converged = finished.summary.converged;
     let differences = finished.summary.oracle_differences.len();
     if keep_serving {
-        println!("serving {}/metrics and the emulator at {} until Ctrl-C", finished.observe_url(), finished.emulator_url());
+        println!(
+            "serving {}/metrics, the emulator at {} and the API server at {} (kubeconfig {}) until Ctrl-C",
+            finished.observe_url(),
+            finished.emulator_url(),
+            finished.apiserver_url(),
+            finished.kubeconfig().display()
+        );
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     }
     finished.shutdown().await;

@@ -1,4 +1,5 @@
-//! `difftracker` / `difftracker live`: the main job.
+//! `difftracker` / `difftracker live`: the main job (the controller of `run` against the in-process
+//! emulator and API server, the trace applied to the API server).
 
 use super::{EngineArg, SandboxArgs};
 use anyhow::Result;
@@ -53,6 +54,10 @@ pub struct LiveArgs {
     /// `GET /_emulator/inventory` prints (see the README).
     #[arg(long)]
     pub cloud_state: Option<PathBuf>,
+    /// Write the in-process API server's kubeconfig here (default: a temporary file, printed at
+    /// start), for `kubectl --kubeconfig FILE get svc -w` while the run goes on.
+    #[arg(long)]
+    pub kubeconfig_out: Option<PathBuf>,
 }
 
 impl LiveArgs {
@@ -77,6 +82,7 @@ impl LiveArgs {
             max_request_bytes: self.max_request_bytes,
             max_request_entries: self.max_request_entries,
             cloud_state: self.cloud_state.as_deref().map(CloudState::load).transpose().map_err(anyhow::Error::msg)?,
+            kubeconfig_out: self.kubeconfig_out.clone(),
         })
     }
 
