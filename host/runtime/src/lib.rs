@@ -24,8 +24,10 @@
 //!   tokens, long-running operations, paging, retries).
 //! - [`k8s`]: Kubernetes JSON to engine events.
 //! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and the status page; [`server`]: the one
-//!   handle type of every HTTP server the host runs.
+//!   handle type of every HTTP server the host runs; [`admin`]: the token-guarded admin routes
+//!   that swap a tenant's component or roll it back.
 
+pub mod admin;
 pub mod backend;
 pub mod calls;
 pub mod driver;

@@ -7,6 +7,7 @@ mod demo;
 mod emulator;
 mod live;
 mod replay;
+mod swap;
 
 pub use apiserver::ApiServerArgs;
 pub use bench::BenchArgs;
@@ -14,6 +15,7 @@ pub use demo::DemoArgs;
 pub use emulator::EmulatorArgs;
 pub use live::LiveArgs;
 pub use replay::{GenTraceArgs, ReplayArgs};
+pub use swap::{BenchSwapArgs, SnapshotArgs};
 
 use difftracker_runtime::driver::EngineKind;
 use difftracker_runtime::wasm::SandboxLimits;
