@@ -222,7 +222,7 @@ async fn feed(
         let s = i % objects.len().max(1);
         let Some(service) = objects.get(s) else { return };
         // Alternate between the replaced endpoint and the original one.
-        let replaced = if (i / objects.len().max(1)) % 2 == 0 { Some(s % 10) } else { None };
+        let replaced = if (i / objects.len().max(1)).is_multiple_of(2) { Some(s % 10) } else { None };
         if !send(vec![slice_event(service, s, replaced)]) {
             return;
         }
