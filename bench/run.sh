@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces every figure of BENCHMARKS.md: replay wall time and peak memory for generated traces
 # (wasm and native engines), the engine-only PEER-BENCH lifecycle, and the start-up pass after a
-# crash against a full cloud (STARTUP_SIZES="1000 10000"). Release build, one run per
+# crash against a full cloud (STARTUP_SIZES="1000 10000"), and hot swap (SWAP_SIZES="1000 10000",
+# SWAPS=20). Release build, one run per
 # cell (the machine is shared: run it twice and keep the lower figure when they differ).
 #
 #   bash bench/run.sh            # all sizes
@@ -64,4 +65,21 @@ r = json.load(open(sys.argv[1]))["restarts"][0]
 print(f"| {sys.argv[2]} | {sys.argv[3]} | {r['startup_ms']} ms | {sys.argv[4]} | {r['startup_cloud_calls']} | {r['startup_list_calls']} | {r['startup_kube_writes']} |")
 PY
   done
+done
+echo
+echo "## Hot swap (issue 14): background swaps against plain stop-snapshot-restore swaps"
+echo
+echo "| services | swaps | pause p50 / p99 / max | plain pause p50 / p99 / max | p99 ratio | snapshot binary / JSON | encode binary / JSON | decode binary / JSON |"
+echo "|---|---|---|---|---|---|---|---|"
+for n in ${SWAP_SIZES:-1000 10000}; do
+  "$bin" bench-swap --services "$n" --swaps "${SWAPS:-20}" > "$work/swap-$n.json"
+  python3 - "$work/swap-$n.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+p, q, e, j = b["pause"], b["plain_pause"], b["binary"], b["json"]
+print(f"| {b['services']} | {b['swaps']} | {p['p50_ms']:.2f} / {p['p99_ms']:.2f} / {p['max_ms']:.2f} ms "
+      f"| {q['p50_ms']:.1f} / {q['p99_ms']:.1f} / {q['max_ms']:.1f} ms | {b['p99_ratio']:.0f}x "
+      f"| {e['bytes']:,} / {j['bytes']:,} B ({j['bytes']/e['bytes']:.1f}x) "
+      f"| {e['encode_ms']:.1f} / {j['encode_ms']:.1f} ms | {e['decode_ms']:.1f} / {j['decode_ms']:.1f} ms |")
+PY
 done

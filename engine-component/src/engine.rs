@@ -187,8 +187,14 @@ impl Engine {
         self.start_pod_calls(io);
     }
 
+    /// The compact binary snapshot (what hot swap and trap recovery move; see `snapshot.rs`).
     pub fn snapshot(&self) -> Vec<u8> {
         crate::snapshot::encode(self)
+    }
+
+    /// The same state as JSON, for humans and golden files; [`Engine::restore`] reads it too.
+    pub fn snapshot_json(&self) -> Vec<u8> {
+        crate::snapshot::encode_json(self)
     }
 
     pub fn restore(bytes: &[u8]) -> Result<Engine, SnapshotError> {

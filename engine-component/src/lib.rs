@@ -44,7 +44,7 @@ pub mod metrics;
 pub mod names;
 mod nrp;
 mod readiness;
-mod snapshot;
+pub mod snapshot;
 mod startup;
 mod state;
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The snapshot decoder (`restore`, used by hot swap and trap recovery): bytes are an engine or a
+//! The snapshot decoder (`restore`, used by hot swap and trap recovery), both of its forms (the
+//! binary one `snapshot` writes and JSON): bytes are an engine or a
 //! [`SnapshotError`](difftracker_engine::SnapshotError). An engine it accepts must be one the
 //! engine could have written: it encodes back to the same bytes after one round, passes its own
 //! consistency check, and goes on ticking without a panic.
@@ -22,6 +23,10 @@ pub fn run(data: &[u8]) {
     let first = engine.snapshot();
     let again = Engine::restore(&first).unwrap_or_else(|e| panic!("a restored engine's own snapshot is refused: {e}"));
     assert!(again.snapshot() == first, "snapshot -> restore -> snapshot changed the bytes");
+    // The human form describes the same engine.
+    let json = again.snapshot_json();
+    let from_json = Engine::restore(&json).unwrap_or_else(|e| panic!("a restored engine's JSON snapshot is refused: {e}"));
+    assert!(from_json.snapshot() == first, "the JSON and binary snapshots of one engine differ");
     if let Err(e) = engine.check_invariants() {
         // A snapshot the engine would never write may be refused, but not accepted and then trusted.
         panic!("restore accepted an inconsistent engine: {e}");

@@ -37,7 +37,12 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             out.push(read("examples/kubectl-watch.json"));
         }
         "snapshot_decoder" => {
-            out.push(read("engine-component/src/tests/fixtures/golden_snapshot.json"));
+            let golden = read("engine-component/src/tests/fixtures/golden_snapshot.json");
+            // The same engine in the binary form `snapshot` writes, so mutations reach its header
+            // checks, the LZ4 block and the MessagePack state as well as the JSON reader.
+            let engine = difftracker_engine::Engine::restore(&golden).unwrap_or_else(|e| panic!("golden snapshot: {e}"));
+            out.push(engine.snapshot());
+            out.push(golden);
             out.push(read("engine-component/src/tests/fixtures/golden_snapshot_v2.json"));
         }
         "engine_intake" => {

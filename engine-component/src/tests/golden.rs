@@ -105,14 +105,20 @@ fn scenario() -> Harness {
 #[test]
 fn golden_snapshot_of_a_busy_engine() {
     let mut h = scenario();
-    let bytes = h.engine.snapshot();
+    let bytes = h.engine.snapshot_json();
     check_fixture(SNAPSHOT_FIXTURE, &bytes);
     let fixture = std::fs::read(SNAPSHOT_FIXTURE).unwrap();
 
     // Restoring the fixture and snapshotting again gives the same bytes.
     let restored = Engine::restore(&fixture).unwrap();
-    assert_eq!(restored.snapshot(), fixture, "restore then snapshot is the identity");
+    assert_eq!(restored.snapshot_json(), fixture, "restore then snapshot is the identity");
     restored.check_invariants().unwrap();
+    // The binary form holds the same engine: restored from it, its JSON is the fixture again.
+    let binary = restored.snapshot();
+    assert!(binary.len() * 3 < fixture.len(), "binary {} bytes against JSON {}", binary.len(), fixture.len());
+    let restored = Engine::restore(&binary).unwrap();
+    assert_eq!(restored.snapshot_json(), fixture, "binary restore then JSON snapshot is the fixture");
+    assert_eq!(restored.snapshot(), binary, "binary restore then snapshot is the identity");
 
     // The restored engine then behaves exactly as the original, tick after tick.
     let mut twin = Harness {
@@ -363,7 +369,14 @@ fn trace() -> String {
         h.engine.check_invariants().unwrap_or_else(|e| panic!("step {i}: {e}"));
         if i % 10 == 9 {
             let bytes = h.engine.snapshot();
-            writeln!(out, "  snapshot {:016x} status {:016x}", fnv(&bytes), fnv(format!("{:?}", h.engine.status()).as_bytes())).unwrap();
+            // The hash is of the JSON form, which the trace has pinned since before the binary one.
+            writeln!(
+                out,
+                "  snapshot {:016x} status {:016x}",
+                fnv(&h.engine.snapshot_json()),
+                fnv(format!("{:?}", h.engine.status()).as_bytes())
+            )
+            .unwrap();
             if i % 40 == 39 {
                 let restored = Engine::restore(&bytes).unwrap();
                 assert_eq!(restored.snapshot(), bytes, "step {i}: restore then snapshot");
@@ -373,7 +386,7 @@ fn trace() -> String {
     }
     // Calm: everything completes and the engine settles.
     let settled = h.run_ok(400);
-    writeln!(out, "settled {settled} calls {} snapshot {:016x}", h.log.len(), fnv(&h.engine.snapshot())).unwrap();
+    writeln!(out, "settled {settled} calls {} snapshot {:016x}", h.log.len(), fnv(&h.engine.snapshot_json())).unwrap();
     out
 }
 

@@ -120,7 +120,7 @@ fn snapshot_restore_mid_create_keeps_awaiting_the_call() {
 #[test]
 fn restore_refuses_newer_schema_and_garbage() {
     let e = crate::Engine::new(TenantConfig { tenant: "t".into(), seed: 1, ..TenantConfig::default() });
-    let mut v: serde_json::Value = serde_json::from_slice(&e.snapshot()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&e.snapshot_json()).unwrap();
     v["schema_version"] = serde_json::json!(99);
     let err = crate::Engine::restore(&serde_json::to_vec(&v).unwrap()).unwrap_err();
     assert!(err.0.contains("newer"), "{err}");
@@ -129,10 +129,57 @@ fn restore_refuses_newer_schema_and_garbage() {
 }
 
 #[test]
+fn binary_snapshot_refuses_unknown_versions_and_forged_headers() {
+    let mut h = harness();
+    create_published(&mut h, UID, "s", "10.1.0.1");
+    let good = h.engine.snapshot();
+    assert_eq!(&good[..4], b"DTSN");
+    assert_eq!(crate::snapshot::schema_version(&good), Some(3));
+    let restored = crate::Engine::restore(&good).unwrap();
+    assert_eq!(restored.snapshot_json(), h.engine.snapshot_json(), "the binary form holds the whole state");
+
+    let with = |at: usize, word: u32| {
+        let mut b = good.clone();
+        b[at..at + 4].copy_from_slice(&word.to_le_bytes());
+        crate::Engine::restore(&b).unwrap_err().0
+    };
+    let newer = with(4, 4);
+    assert!(newer.contains("schema_version 4 is newer") && newer.contains("upgrade the engine"), "{newer}");
+    assert!(with(4, 0).contains("schema_version 0"));
+    assert!(with(4, 2).contains("never written in binary"));
+    // A forged length is refused before anything is allocated for it.
+    assert!(with(8, u32::MAX).contains("more than the"), "{}", with(8, u32::MAX));
+    assert!(with(8, (good.len() * 300) as u32).contains("more than its"));
+    assert!(with(8, 7).contains("corrupt"));
+    let short = crate::Engine::restore(&good[..9]).unwrap_err().0;
+    assert!(short.contains("shorter than its 12-byte header"), "{short}");
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last / 2] ^= 0xff;
+    flipped[last] ^= 0xff;
+    assert!(crate::Engine::restore(&flipped).is_err(), "a corrupt block is refused");
+    assert!(crate::Engine::restore(b"\x00\x01garbage").unwrap_err().0.contains("neither the binary form"));
+}
+
+#[test]
+fn binary_snapshot_keeps_running_the_consistency_checks() {
+    // A JSON snapshot the invariants refuse (a worker whose op is gone), written in binary, is
+    // refused the same way.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/snapshot_decoder/worker_without_op.json");
+    let json = std::fs::read(path).unwrap();
+    let json_err = crate::Engine::restore(&json).unwrap_err().0;
+    assert!(json_err.contains("inconsistent engine state"), "{json_err}");
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let unchecked: crate::Engine = serde_json::from_value(v["engine"].clone()).unwrap();
+    let err = crate::Engine::restore(&unchecked.snapshot()).unwrap_err().0;
+    assert_eq!(err, json_err, "the same check, the same error");
+}
+
+#[test]
 fn schema_1_snapshot_restores_with_empty_egress_state() {
     let mut h = harness();
     create_published(&mut h, UID, "s", "10.1.0.1");
-    let mut v: serde_json::Value = serde_json::from_slice(&h.engine.snapshot()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&h.engine.snapshot_json()).unwrap();
     assert_eq!(v["schema_version"], serde_json::json!(3));
     v["schema_version"] = serde_json::json!(1);
     let e = v["engine"].as_object_mut().unwrap();
@@ -160,7 +207,7 @@ fn schema_2_snapshot_restores_initialized_without_known_addresses() {
     let mut h = harness();
     create_published(&mut h, UID, "s", "10.1.0.1");
     assert!(h.engine.operation(&id(UID)).unwrap().public_ip.is_some(), "the create learnt its address");
-    let mut v: serde_json::Value = serde_json::from_slice(&h.engine.snapshot()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&h.engine.snapshot_json()).unwrap();
     v["schema_version"] = serde_json::json!(2);
     let e = v["engine"].as_object_mut().unwrap();
     assert!(e.remove("startup").is_some());
@@ -171,7 +218,7 @@ fn schema_2_snapshot_restores_initialized_without_known_addresses() {
     assert!(restored.is_initialized(), "a version 2 engine was running");
     assert_eq!(restored.operation(&id(UID)).unwrap().public_ip, None);
     restored.check_invariants().unwrap();
-    let again: serde_json::Value = serde_json::from_slice(&restored.snapshot()).unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&restored.snapshot_json()).unwrap();
     assert_eq!(again["schema_version"], serde_json::json!(3));
     assert_eq!(again["engine"]["startup"]["phase"], serde_json::json!("Ready"));
 }

@@ -10,7 +10,7 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{ApiServerArgs, BenchArgs, DemoArgs, EmulatorArgs, GenTraceArgs, LiveArgs, ReplayArgs, RunArgs};
+use commands::{ApiServerArgs, BenchArgs, BenchSwapArgs, DemoArgs, EmulatorArgs, GenTraceArgs, LiveArgs, ReplayArgs, RunArgs, SnapshotArgs};
 
 #[derive(Parser)]
 #[command(name = "difftracker", version, about = "ServiceGateway load-balancer controller: a WebAssembly engine in a wasmtime host")]
@@ -41,6 +41,10 @@ enum Command {
     Apiserver(ApiServerArgs),
     /// Time the engine alone through the PEER-BENCH lifecycle (native or wasm).
     BenchEngine(BenchArgs),
+    /// Measure hot swap of a running tenant (background against plain swaps) and print JSON.
+    BenchSwap(BenchSwapArgs),
+    /// Print an engine snapshot (binary or JSON) as JSON: `snapshot --dump FILE`.
+    Snapshot(SnapshotArgs),
 }
 
 fn main() -> Result<()> {
@@ -69,6 +73,8 @@ fn main() -> Result<()> {
             Command::Emulator(args) => args.run().await,
             Command::Apiserver(args) => args.run().await,
             Command::BenchEngine(args) => args.run(),
+            Command::BenchSwap(args) => args.run().await,
+            Command::Snapshot(args) => args.run(),
         }
     })
 }

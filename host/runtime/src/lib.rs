@@ -26,8 +26,10 @@
 //! - [`controller`]: one tenant against a real cluster (kube-rs) and ARM, with leader election
 //!   over a Lease and a fence on every call; what `difftracker run` and the main job run.
 //! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and the status page; [`server`]: the one
-//!   handle type of every HTTP server the host runs.
+//!   handle type of every HTTP server the host runs; [`admin`]: the token-guarded admin routes
+//!   that swap a tenant's component or roll it back.
 
+pub mod admin;
 pub mod backend;
 pub mod calls;
 pub mod controller;

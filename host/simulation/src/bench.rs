@@ -10,7 +10,7 @@ use difftracker_engine::io::{Call, CallOutput, CloudCall, Completion, KubeEvent,
 use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use std::time::{Duration, Instant};
 
-const ENDPOINTS_PER_SERVICE: usize = 10;
+pub(crate) const ENDPOINTS_PER_SERVICE: usize = 10;
 const PODS_PER_NODE: usize = 100;
 
 /// One measured phase.
@@ -46,7 +46,7 @@ pub fn run_bench(engine: EngineKind, services: usize, single_events: usize) -> R
 }
 
 /// The answer a cooperative cloud and cluster would give.
-fn respond(id: u64, call: &Call) -> Completion {
+pub(crate) fn respond(id: u64, call: &Call) -> Completion {
     let output = match call {
         Call::Cloud(CloudCall::PutPublicIp { name, version }) => CallOutput::PublicIp(PublicIpInfo {
             name: name.clone(),
@@ -66,7 +66,7 @@ fn respond(id: u64, call: &Call) -> Completion {
 }
 
 /// Ticks, answering every started call, until the engine has nothing in flight.
-fn settle(engine: &mut dyn EngineDriver, now: &mut u64) -> Result<()> {
+pub(crate) fn settle(engine: &mut dyn EngineDriver, now: &mut u64) -> Result<()> {
     let mut completions = Vec::new();
     for _ in 0..1_000_000 {
         let result = engine.tick(*now, std::mem::take(&mut completions))?;
@@ -79,7 +79,7 @@ fn settle(engine: &mut dyn EngineDriver, now: &mut u64) -> Result<()> {
     bail!("the engine did not settle")
 }
 
-fn uid(i: usize) -> String {
+pub(crate) fn uid(i: usize) -> String {
     format!("{:08x}-0000-4000-8000-{:012x}", i, i)
 }
 
@@ -92,7 +92,7 @@ fn node_of(service: usize, endpoint: usize) -> String {
     format!("node-{}", (service * ENDPOINTS_PER_SERVICE + endpoint) / PODS_PER_NODE)
 }
 
-fn slice_event(service: &Service, s: usize, replaced: Option<usize>) -> KubeEvent {
+pub(crate) fn slice_event(service: &Service, s: usize, replaced: Option<usize>) -> KubeEvent {
     let ips: Vec<(String, String)> =
         (0..ENDPOINTS_PER_SERVICE).map(|e| (pod_ip(s, e, usize::from(replaced == Some(e))), node_of(s, e))).collect();
     let refs: Vec<(&str, &str)> = ips.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
@@ -100,7 +100,7 @@ fn slice_event(service: &Service, s: usize, replaced: Option<usize>) -> KubeEven
 }
 
 /// Delivers each event on its own, as a watch would.
-fn deliver_each(engine: &mut dyn EngineDriver, now: u64, events: Vec<KubeEvent>) -> Result<()> {
+pub(crate) fn deliver_each(engine: &mut dyn EngineDriver, now: u64, events: Vec<KubeEvent>) -> Result<()> {
     for event in events {
         engine.deliver(now, vec![event])?;
     }

@@ -11,13 +11,14 @@
 //!   emulator), what `difftracker` runs with no arguments.
 //! - [`mock`]: instant in-process backends; [`demo`]: one Service through the inbound path
 //!   against them.
-//! - [`bench`]: the engine-only lifecycle benchmark.
+//! - [`bench`]: the engine-only lifecycle benchmark; [`bench_swap`]: the hot swap benchmark.
 //! - [`samples`]: the bundled sample trace and fault file, and sample Kubernetes objects.
 //!
 //! The `difftracker` binary (`host/cli`) wires these to its commands.
 
 pub mod apiserver;
 pub mod bench;
+pub mod bench_swap;
 pub mod demo;
 pub mod emulator;
 pub mod faults;

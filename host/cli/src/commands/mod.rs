@@ -8,6 +8,7 @@ mod emulator;
 mod live;
 mod replay;
 mod run;
+mod swap;
 
 pub use apiserver::ApiServerArgs;
 pub use bench::BenchArgs;
@@ -16,6 +17,7 @@ pub use emulator::EmulatorArgs;
 pub use live::LiveArgs;
 pub use replay::{GenTraceArgs, ReplayArgs};
 pub use run::RunArgs;
+pub use swap::{BenchSwapArgs, SnapshotArgs};
 
 use difftracker_runtime::driver::EngineKind;
 use difftracker_runtime::wasm::SandboxLimits;

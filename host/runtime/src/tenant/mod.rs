@@ -13,7 +13,7 @@
 //! loop with the error, unless the tenant recovers from it (below); other tenants are unaffected.
 //!
 //! - `tick_loop`: the loop; `recovery`: trap recovery (checkpoint, input log, quarantine);
-//!   `swap`: hot swap; `summary`: one-line summaries for logs and the status page.
+//!   `swap`: hot swap (in the background, or plain); `summary`: one-line summaries for logs and the status page.
 
 mod recovery;
 mod summary;
@@ -24,6 +24,7 @@ mod tick_loop;
 
 pub use recovery::{EngineFactory, RecoveredTick, RecoveringEngine, Recovery, SnapshotPolicy};
 pub use summary::{brief_reason, completion_summary, event_summary, one_line, quarantine_warning, short, REASON_INPUT_QUARANTINED};
+pub use swap::{SwapError, SwapReport, CATCH_UP_INPUTS};
 
 use crate::driver::EngineDriver;
 use crate::executor::{Backends, CallRunner, Executor, DEFAULT_TENANT_CAP};
@@ -40,7 +41,9 @@ use tokio::task::JoinHandle;
 enum Control {
     /// Move the engine's state into this fresh instance and continue with it; recover later
     /// instances with this factory when one is given (a new component).
-    Swap(Box<dyn EngineDriver>, Option<EngineFactory>, oneshot::Sender<Result<()>>),
+    Swap(Box<dyn EngineDriver>, Option<EngineFactory>, oneshot::Sender<Result<SwapReport>>),
+    /// Swap in the background to an instance this factory builds (see `swap`).
+    HotSwap(EngineFactory, oneshot::Sender<std::result::Result<SwapReport, SwapError>>),
 }
 
 /// How a tenant runs.
@@ -123,6 +126,11 @@ pub struct TenantStatus {
     pub quarantined: Vec<Quarantined>,
     /// Inputs quarantined since the tenant started.
     pub quarantined_total: u64,
+    /// Swaps that replaced the engine instance.
+    pub swaps: u64,
+    /// Swaps refused (the old instance kept running), and the latest refusal's reason.
+    pub swaps_refused: u64,
+    pub last_swap_error: Option<String>,
 }
 
 impl TenantStatus {
@@ -154,6 +162,11 @@ impl TenantHandle {
     /// Queues Kubernetes events for the next tick.
     pub fn deliver(&self, events: Vec<KubeEvent>) -> Result<()> {
         self.inputs.send(events).map_err(|_| anyhow!("tenant {} is not running", self.name))
+    }
+
+    /// Where [`TenantHandle::deliver`] sends, for a feeder task of its own.
+    pub fn input_sender(&self) -> mpsc::UnboundedSender<Vec<KubeEvent>> {
+        self.inputs.clone()
     }
 
     pub fn status(&self) -> TenantStatus {
@@ -191,9 +204,28 @@ impl TenantHandle {
     }
 
     async fn send_swap(&self, fresh: Box<dyn EngineDriver>, factory: Option<EngineFactory>) -> Result<()> {
+        self.plain_swap(fresh, factory).await.map(|_| ())
+    }
+
+    /// [`TenantHandle::swap_engine`] (`factory` as in [`TenantHandle::swap_component`]), saying
+    /// what it cost: the pause is a snapshot plus a restore.
+    pub async fn plain_swap(&self, fresh: Box<dyn EngineDriver>, factory: Option<EngineFactory>) -> Result<SwapReport> {
         let (tx, rx) = oneshot::channel();
         self.control.send(Control::Swap(fresh, factory, tx)).map_err(|_| anyhow!("tenant {} is not running", self.name))?;
         rx.await.map_err(|_| anyhow!("tenant {} stopped during the swap", self.name))?
+    }
+
+    /// Swaps the engine in the background, without pausing the tenant for more than a few
+    /// ticks' worth of work: an instance `factory` builds (from a counter of its own) restores
+    /// the tenant's checkpoint and replays its input log while the old instance keeps ticking,
+    /// then takes over at a tick boundary; calls in flight complete into it, and `factory` builds
+    /// the tenant's instances after a trap from then on. A refusal leaves the old instance
+    /// running and says why. A tenant with trap recovery swaps from its checkpoint; one without
+    /// takes a snapshot first (that snapshot is then part of the pause).
+    pub async fn hot_swap(&self, factory: EngineFactory) -> std::result::Result<SwapReport, SwapError> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::HotSwap(factory, tx)).map_err(|_| SwapError::NotRunning)?;
+        rx.await.map_err(|_| SwapError::NotRunning)?
     }
 
     /// Stops the loop after its current tick and hands the engine back (for a swap or a final

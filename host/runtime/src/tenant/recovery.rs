@@ -31,7 +31,7 @@
 //!
 //! Errors that do not poison the instance (the engine refusing a call, e.g. `tick` before
 
-use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning};
+use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning, short};
 use super::{Quarantined, QuarantinedKind};
 use crate::driver::{CallIds, EngineDriver, TickResult, WasmEngine};
 use crate::wasm::EngineComponent;
@@ -209,7 +209,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// One applied input, as the replay needs it.
-enum LoggedInput {
+#[derive(Clone)]
+pub(super) enum LoggedInput {
     Deliver {
         now_ms: u64,
         events: Vec<KubeEvent>,
@@ -233,11 +234,29 @@ impl LoggedInput {
     }
 }
 
+/// Where a background swap's new instance starts: a snapshot, the call id that came next, and the
+/// inputs applied since.
+pub(super) struct SwapBase {
+    pub(super) snapshot: Vec<u8>,
+    pub(super) next_call_id: CallId,
+    pub(super) log: Vec<LoggedInput>,
+}
+
 /// The last good snapshot.
 pub(super) struct Checkpoint {
     pub(super) snapshot: Vec<u8>,
     /// The call id the engine's next call would get when the snapshot was taken.
     pub(super) next_call_id: CallId,
+}
+
+/// What a background swap ([`super::swap`]) keeps while the new instance catches up: every
+/// input the running instance applied since the swap took its base.
+#[derive(Default)]
+pub(super) struct SwapTail {
+    pub(super) log: Vec<LoggedInput>,
+    /// Set when the running instance was rebuilt meanwhile (a trap): the tail no longer
+    /// describes one history, and the swap is refused.
+    pub(super) interrupted: Option<String>,
 }
 
 /// A position in the replay log.
@@ -320,6 +339,8 @@ pub(super) struct GuardedEngine {
     pub(super) name: String,
     pub(super) driver: Box<dyn EngineDriver>,
     pub(super) recovery: Option<RecoveryState>,
+    /// While a background swap runs: the inputs its new instance has yet to apply.
+    pub(super) swap_tail: Option<SwapTail>,
 }
 
 impl GuardedEngine {
@@ -333,7 +354,7 @@ impl GuardedEngine {
             snapshot_cost: Duration::ZERO,
             restarts: VecDeque::new(),
         });
-        GuardedEngine { name, driver, recovery }
+        GuardedEngine { name, driver, recovery, swap_tail: None }
     }
 
     /// One tick of the loop: deliver the events, tick with the completions, read the status,
@@ -404,36 +425,70 @@ impl GuardedEngine {
         }
     }
 
-    /// `deliver`, logged; on failure the events come back (when recovering).
+    /// Whether applied inputs are logged (for trap recovery, or for a background swap).
+    fn logging(&self) -> bool {
+        self.recovery.is_some() || self.swap_tail.is_some()
+    }
+
+    fn record(&mut self, entry: LoggedInput, took: Duration) {
+        match (&mut self.recovery, &mut self.swap_tail) {
+            (Some(recovery), Some(tail)) => {
+                tail.log.push(entry.clone());
+                recovery.record(entry, took);
+            }
+            (Some(recovery), None) => recovery.record(entry, took),
+            (None, Some(tail)) => tail.log.push(entry),
+            (None, None) => {}
+        }
+    }
+
+    /// `deliver`, logged; on failure the events come back (when logging).
     fn deliver(&mut self, now: u64, events: Vec<KubeEvent>) -> std::result::Result<(), (GuestFailure, Vec<KubeEvent>)> {
-        let Some(recovery) = &mut self.recovery else {
+        if !self.logging() {
             return guarded(&mut self.driver, |d| d.deliver(now, events)).map_err(|f| (f, Vec::new()));
-        };
+        }
         let began = Instant::now();
         match guarded(&mut self.driver, |d| d.deliver(now, events.clone())) {
             Ok(()) => {
-                recovery.record(LoggedInput::Deliver { now_ms: now, events }, began.elapsed());
+                self.record(LoggedInput::Deliver { now_ms: now, events }, began.elapsed());
                 Ok(())
             }
             Err(failure) => Err((failure, events)),
         }
     }
 
-    /// `tick`, logged; on failure the completions come back (when recovering).
+    /// `tick`, logged; on failure the completions come back (when logging).
     fn tick(&mut self, now: u64, completions: Vec<Completion>) -> std::result::Result<TickResult, (GuestFailure, Vec<Completion>)> {
-        let Some(recovery) = &mut self.recovery else {
+        if !self.logging() {
             return guarded(&mut self.driver, |d| d.tick(now, completions)).map_err(|f| (f, Vec::new()));
-        };
+        }
         let began = Instant::now();
         match guarded(&mut self.driver, |d| d.tick(now, completions.clone())) {
             Ok(tick) => {
                 let started = tick.started.iter().map(|(id, call)| (*id, call.label())).collect();
                 let next_call_id = self.driver.call_ids().peek();
-                recovery.record(LoggedInput::Tick { now_ms: now, completions, started, next_call_id }, began.elapsed());
+                self.record(LoggedInput::Tick { now_ms: now, completions, started, next_call_id }, began.elapsed());
                 Ok(tick)
             }
             Err(failure) => Err((failure, completions)),
         }
+    }
+
+    /// The base a background swap starts from: the checkpoint and its log when the tenant
+    /// recovers from traps (copies, no guest call), else a snapshot taken now. From here on the
+    /// applied inputs are also kept for the swap ([`SwapTail`]).
+    pub(super) fn begin_swap(&mut self) -> std::result::Result<SwapBase, GuestFailure> {
+        let base = match self.recovery.as_ref().and_then(|r| r.checkpoint.as_ref().map(|c| (c, &r.log))) {
+            Some((checkpoint, log)) => {
+                SwapBase { snapshot: checkpoint.snapshot.clone(), next_call_id: checkpoint.next_call_id, log: log.clone() }
+            }
+            None => {
+                let snapshot = guarded(&mut self.driver, |d| d.snapshot())?;
+                SwapBase { snapshot, next_call_id: self.driver.call_ids().peek(), log: Vec::new() }
+            }
+        };
+        self.swap_tail = Some(SwapTail::default());
+        Ok(base)
     }
 
     /// Takes a new checkpoint. A snapshot that traps costs a restart (the log still has every
@@ -476,6 +531,9 @@ impl GuardedEngine {
         }
         recovery.restarts.push_back(tick_no);
         out.restarts += 1;
+        if let Some(tail) = &mut self.swap_tail {
+            tail.interrupted.get_or_insert_with(|| super::summary::brief_reason(reason));
+        }
         tracing::error!(
             tenant = %self.name,
             error = %super::summary::brief_reason(reason),
@@ -583,25 +641,49 @@ fn rebuild_from_checkpoint(
         Err(panic) => bail!("the engine factory panicked: {}", panic_message(panic.as_ref())),
     };
     guarded(&mut fresh, |d| d.restore(&checkpoint.snapshot)).map_err(|f| f.into_error().context("restoring the last good snapshot"))?;
+    replay_log(&mut fresh, ids, log).map_err(|e| match e {
+        ReplayError::Failed(e) => e,
+        ReplayError::Diverged(text) => {
+            anyhow!("{text}; the engine is not deterministic or the factory does not use the tenant's call ids")
+        }
+    })?;
+    Ok(fresh)
+}
+
+/// Why replaying a log into an instance failed.
+pub(super) enum ReplayError {
+    /// A guest call failed (a trap, a refusal).
+    Failed(anyhow::Error),
+    /// A tick started other calls (or ids) than the log recorded: the first difference, readable.
+    Diverged(String),
+}
+
+/// Applies `log` to `fresh` (whose calls are numbered by `ids`), checking that every tick starts
+/// exactly the calls the log recorded.
+pub(super) fn replay_log(fresh: &mut Box<dyn EngineDriver>, ids: &CallIds, log: &[LoggedInput]) -> std::result::Result<(), ReplayError> {
     for (i, entry) in log.iter().enumerate() {
         match entry {
-            LoggedInput::Deliver { now_ms, events } => guarded(&mut fresh, |d| d.deliver(*now_ms, events.clone()))
-                .map_err(|f| f.into_error().context(format!("replaying input {i} (a deliver)")))?,
+            LoggedInput::Deliver { now_ms, events } => guarded(fresh, |d| d.deliver(*now_ms, events.clone()))
+                .map_err(|f| ReplayError::Failed(f.into_error().context(format!("replaying input {i} (a deliver)"))))?,
             LoggedInput::Tick { now_ms, completions, started, next_call_id } => {
-                let tick = guarded(&mut fresh, |d| d.tick(*now_ms, completions.clone()))
-                    .map_err(|f| f.into_error().context(format!("replaying input {i} (a tick)")))?;
+                let tick = guarded(fresh, |d| d.tick(*now_ms, completions.clone()))
+                    .map_err(|f| ReplayError::Failed(f.into_error().context(format!("replaying input {i} (a tick)"))))?;
                 let replayed: Vec<(CallId, &'static str)> = tick.started.iter().map(|(id, call)| (*id, call.label())).collect();
                 if replayed != *started || ids.peek() != *next_call_id {
-                    bail!(
-                        "replaying input {i} (a tick) diverged: it started {replayed:?} (next id {}), the log has {started:?} \
-                         (next id {next_call_id}); the engine is not deterministic or the factory does not use the tenant's call ids",
-                        ids.peek()
-                    );
+                    let inputs: Vec<String> = completions.iter().map(|c| completion_summary(c, None)).collect();
+                    return Err(ReplayError::Diverged(format!(
+                        "replaying input {i} (a tick at {now_ms} ms with completions [{}]) diverged: it started {} \
+                         (next id {}), the log has {} (next id {next_call_id})",
+                        short(&inputs.join(", "), 400),
+                        short(&format!("{replayed:?}"), 400),
+                        ids.peek(),
+                        short(&format!("{started:?}"), 400)
+                    )));
                 }
             }
         }
     }
-    Ok(fresh)
+    Ok(())
 }
 
 /// The tenant's trap recovery for a loop of its own (the replay's virtual-time loop): the same

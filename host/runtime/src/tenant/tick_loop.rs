@@ -3,7 +3,7 @@
 
 use super::recovery::{GuardedEngine, Input, TickReport};
 use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning, short};
-use super::swap::swap_blocking;
+use super::swap::{self, swap_blocking, Next, PendingSwap, SwapError};
 use super::{Control, Quarantined, QuarantinedKind, TenantEvent, TenantStatus};
 use crate::driver::{EngineDriver, TickResult};
 use crate::executor::{call_identity, CallRunner, Executor};
@@ -36,22 +36,75 @@ impl TenantLoop {
         let mut next_wake: Option<u64> = None;
         let mut events: Vec<KubeEvent> = Vec::new();
         let mut completions: Vec<Completion> = Vec::new();
+        // A background swap under way (its replay runs on the blocking pool between our ticks).
+        let mut pending: Option<PendingSwap> = None;
         loop {
             if !wake_now {
                 let sleep = next_wake.map(|at| clock.sleep_until(at));
                 tokio::select! {
                     _ = self.stop.changed() => break,
                     Some(batch) = self.inputs.recv() => events.extend(batch),
-                    Some(Control::Swap(fresh, factory, reply)) = self.control.recv() => {
-                        let tick_no = self.status.borrow().ticks + 1;
-                        let (returned, report, result) = swap_blocking(engine, tick_no, fresh, factory, reply).await;
-                        self.record_recovery(tick_no, clock.now_ms(), &report);
-                        match (returned, result) {
-                            (Some(returned), Ok(())) => engine = returned,
-                            (_, Err(e)) => return Err(self.fail(e)),
-                            (None, Ok(())) => return Err(self.fail(anyhow!("tenant {}: the engine was lost in a swap", self.name))),
+                    Some(control) = self.control.recv() => match control {
+                        Control::Swap(_, _, reply) if pending.is_some() => {
+                            let _ = reply.send(Err(SwapError::Busy.into()));
+                            self.count_swap(Err(SwapError::Busy.to_string()));
+                            continue;
                         }
-                        // Tick the new instance at once: it may have work due.
+                        Control::Swap(fresh, factory, reply) => {
+                            let tick_no = self.status.borrow().ticks + 1;
+                            let (returned, report, result, outcome) = swap_blocking(engine, tick_no, fresh, factory, reply).await;
+                            self.record_recovery(tick_no, clock.now_ms(), &report);
+                            self.count_swap(outcome);
+                            match (returned, result) {
+                                (Some(returned), Ok(())) => engine = returned,
+                                (_, Err(e)) => return Err(self.fail(e)),
+                                (None, Ok(())) => return Err(self.fail(anyhow!("tenant {}: the engine was lost in a swap", self.name))),
+                            }
+                            // Tick the new instance at once: it may have work due.
+                        }
+                        Control::HotSwap(_, reply) if pending.is_some() => {
+                            let _ = reply.send(Err(SwapError::Busy));
+                            self.count_swap(Err(SwapError::Busy.to_string()));
+                            continue;
+                        }
+                        Control::HotSwap(factory, reply) => {
+                            let (returned, started) = swap::begin(engine, factory, reply).await;
+                            let Some(returned) = returned else {
+                                return Err(self.fail(anyhow!("tenant {}: the engine was lost in a swap", self.name)));
+                            };
+                            engine = returned;
+                            match started {
+                                Ok(swap) => pending = Some(swap),
+                                Err(error) => self.count_swap(Err(error.to_string())),
+                            }
+                            continue;
+                        }
+                    },
+                    round = async { pending.as_mut().expect("guarded").round().await }, if pending.is_some() => {
+                        let swap = pending.take().expect("guarded");
+                        match swap::after_round(&mut engine, swap, round) {
+                            Next::Again(swap) => {
+                                pending = Some(swap);
+                                continue;
+                            }
+                            Next::Refused(error) => {
+                                self.count_swap(Err(error.to_string()));
+                                continue;
+                            }
+                            Next::TakeOver(swap, fresh) => {
+                                let (returned, outcome) = swap::take_over(engine, swap, fresh).await;
+                                let Some(returned) = returned else {
+                                    return Err(self.fail(anyhow!("tenant {}: the engine was lost in a swap", self.name)));
+                                };
+                                engine = returned;
+                                let failed = outcome.is_err();
+                                self.count_swap(outcome.map_err(|e| e.to_string()));
+                                if failed {
+                                    continue;
+                                }
+                                // Tick the new instance at once: it may have work due.
+                            }
+                        }
                     }
                     Some(completion) = self.completions.recv() => completions.push(completion),
                     _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {}
@@ -100,6 +153,17 @@ impl TenantLoop {
         }
         self.status.send_modify(|s| s.stopped = true);
         Ok(engine.driver)
+    }
+
+    /// Counts a swap or a refusal in the status.
+    fn count_swap(&self, outcome: std::result::Result<(), String>) {
+        self.status.send_modify(|s| match outcome {
+            Ok(()) => s.swaps += 1,
+            Err(e) => {
+                s.swaps_refused += 1;
+                s.last_swap_error = Some(brief_reason(&e));
+            }
+        });
     }
 
     /// Marks the tenant stopped on `error`.
