@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces every figure of BENCHMARKS.md: replay wall time and peak memory for generated traces
 # (wasm and native engines), the engine-only PEER-BENCH lifecycle, and the start-up pass after a
-# crash against a full cloud (STARTUP_SIZES="1000 10000"). Release build, one run per
+# crash against a full cloud (STARTUP_SIZES="1000 10000"), and what `replay --html` costs
+# (HTML_SIZES="1000 10000"). Release build, one run per
 # cell (the machine is shared: run it twice and keep the lower figure when they differ).
 #
 #   bash bench/run.sh            # all sizes
@@ -63,5 +64,20 @@ import json, sys
 r = json.load(open(sys.argv[1]))["restarts"][0]
 print(f"| {sys.argv[2]} | {sys.argv[3]} | {r['startup_ms']} ms | {sys.argv[4]} | {r['startup_cloud_calls']} | {r['startup_list_calls']} | {r['startup_kube_writes']} |")
 PY
+  done
+done
+echo
+echo "## Replay with --html (the timeline's cost)"
+echo
+echo "| services | engine | without --html | with --html | page size |"
+echo "|---|---|---|---|---|"
+for n in ${HTML_SIZES:-1000 10000}; do
+  nodes=$(( n / 10 > 3 ? n / 10 : 3 ))
+  [ -f "$work/trace-$n.jsonl" ] || "$bin" gen-trace --services "$n" --nodes "$nodes" --endpoints 10 --churn medium --seed 1 -o "$work/trace-$n.jsonl" 2>/dev/null
+  for engine in wasm; do
+    /usr/bin/time -f "%e" -o "$work/t0" "$bin" replay --trace "$work/trace-$n.jsonl" --engine "$engine" --report "$work/h0.json" > /dev/null 2>&1 || true
+    /usr/bin/time -f "%e" -o "$work/t1" "$bin" replay --trace "$work/trace-$n.jsonl" --engine "$engine" --report "$work/h1.json" \
+      --html "$work/timeline-$n.html" > /dev/null 2>&1 || true
+    echo "| $n | $engine | $(cat "$work/t0") s | $(cat "$work/t1") s | $(( $(stat -c %s "$work/timeline-$n.html") / 1024 )) KiB |"
   done
 done

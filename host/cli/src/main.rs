@@ -10,7 +10,7 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{ApiServerArgs, BenchArgs, DemoArgs, EmulatorArgs, GenTraceArgs, LiveArgs, ReplayArgs};
+use commands::{ApiServerArgs, BenchArgs, DemoArgs, EmulatorArgs, ExplainArgs, GenTraceArgs, LiveArgs, ReplayArgs};
 
 #[derive(Parser)]
 #[command(name = "difftracker", version, about = "ServiceGateway load-balancer controller: a WebAssembly engine in a wasmtime host")]
@@ -21,6 +21,15 @@ struct Cli {
     live: LiveArgs,
     #[command(subcommand)]
     command: Option<Command>,
+    /// How log lines on standard error are written (`RUST_LOG` chooses which).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +48,8 @@ enum Command {
     Apiserver(ApiServerArgs),
     /// Time the engine alone through the PEER-BENCH lifecycle (native or wasm).
     BenchEngine(BenchArgs),
+    /// Say why a Service or egress identity is where it is, from a replay report or a running host.
+    Explain(ExplainArgs),
 }
 
 fn main() -> Result<()> {
@@ -48,13 +59,17 @@ fn main() -> Result<()> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // One JSON object per line (time, level, target, fields, spans), for a log pipeline.
+        LogFormat::Json => logs.json().init(),
+    }
     let command = cli.command.unwrap_or(Command::Live(cli.live));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -66,6 +81,7 @@ fn main() -> Result<()> {
             Command::Emulator(args) => args.run().await,
             Command::Apiserver(args) => args.run().await,
             Command::BenchEngine(args) => args.run(),
+            Command::Explain(args) => args.run().await,
         }
     })
 }

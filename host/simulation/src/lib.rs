@@ -12,6 +12,7 @@
 //! - [`mock`]: instant in-process backends; [`demo`]: one Service through the inbound path
 //!   against them.
 //! - [`bench`]: the engine-only lifecycle benchmark.
+//! - [`explain`]: the words of `difftracker explain` for one operation.
 //! - [`samples`]: the bundled sample trace and fault file, and sample Kubernetes objects.
 //!
 //! The `difftracker` binary (`host/cli`) wires these to its commands.
@@ -20,6 +21,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod demo;
 pub mod emulator;
+pub mod explain;
 pub mod faults;
 pub mod live;
 pub mod mock;

@@ -5,13 +5,16 @@ mod apiserver;
 mod bench;
 mod demo;
 mod emulator;
+mod explain;
 mod live;
+mod progress;
 mod replay;
 
 pub use apiserver::ApiServerArgs;
 pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use emulator::EmulatorArgs;
+pub use explain::ExplainArgs;
 pub use live::LiveArgs;
 pub use replay::{GenTraceArgs, ReplayArgs};
 
