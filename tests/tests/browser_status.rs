@@ -150,6 +150,7 @@ fn trace(services: usize, seed: u64) -> Trace {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 async fn the_status_page_shows_the_engines_status_live_and_links_into_one_service() {
     setup();
     let mut options = LiveOptions::for_trace(trace(60, 3), EngineKind::Wasm);
@@ -242,6 +243,7 @@ async fn the_status_page_shows_the_engines_status_live_and_links_into_one_servic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 async fn the_replay_timeline_opens_in_the_browser_and_filters() {
     setup();
     let t = trace(40, 5);

@@ -39,6 +39,7 @@ fn assert_self_contained(doc: &Document) {
 }
 
 #[test]
+#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn the_timeline_of_a_faulty_crashed_replay_matches_its_report() {
     let trace = sample_trace().unwrap();
     let end = trace.end_ms();
@@ -142,6 +143,7 @@ fn the_timeline_of_a_faulty_crashed_replay_matches_its_report() {
 }
 
 #[test]
+#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn without_html_nothing_is_recorded() {
     let trace = sample_trace().unwrap();
     let outcome = replay(&trace, &ReplayOptions { engine: EngineKind::Native, ..ReplayOptions::default() }).unwrap();
@@ -149,6 +151,7 @@ fn without_html_nothing_is_recorded() {
 }
 
 #[test]
+#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn ten_thousand_services_stay_a_bounded_page_with_a_filter_over_all_of_them() {
     let mut t = Timeline::new(1000);
     for i in 0..10_000u64 {

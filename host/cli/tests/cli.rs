@@ -234,6 +234,7 @@ fn replay_crashes_restarts_and_starts_from_a_cloud_state() {
 /// is not a terminal here, so progress is plain lines (none for a run this short), never a bar's
 /// control characters.
 #[test]
+#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn replay_writes_a_timeline_and_explain_reads_its_report() {
     let dir = scratch("html");
     let trace = dir.join("trace.jsonl");
@@ -276,6 +277,7 @@ fn replay_writes_a_timeline_and_explain_reads_its_report() {
 
 /// `--log-format json` writes each log line as one JSON object; a bad format is refused.
 #[test]
+#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn json_logs_are_one_object_a_line() {
     let out = difftracker().args(["--log-format", "json", "demo", "--engine", "native"]).env("RUST_LOG", "debug").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -205,27 +205,27 @@ fn charts(axis: &Axis, t: &Timeline) -> String {
             ok[c] += 1;
         }
     }
-    for c in 0..WIDTH {
+    for (c, (n_ok, fails)) in ok.iter().zip(&failed).enumerate() {
         let x = LEFT + c;
-        if ok[c] > 0 {
+        if *n_ok > 0 {
             let _ = write!(
                 svg,
                 r##"<rect class="mark ok" data-n="{}" x="{x}" y="{mark_top}" width="1" height="{MARK_H}" fill="#90a4ae"><title>{} call(s) ok</title></rect>"##,
-                ok[c], ok[c]
+                *n_ok, *n_ok
             );
         }
-        if !failed[c].is_empty() {
-            let mut title = format!("{} failed call(s):", failed[c].len());
-            for m in failed[c].iter().take(ERRORS_PER_MARK) {
+        if !fails.is_empty() {
+            let mut title = format!("{} failed call(s):", fails.len());
+            for m in fails.iter().take(ERRORS_PER_MARK) {
                 let _ = write!(title, "\n{} {}: {}", human_ms(m.at_ms), m.call, m.error.as_deref().unwrap_or(""));
             }
-            if failed[c].len() > ERRORS_PER_MARK {
-                let _ = write!(title, "\n... and {} more", failed[c].len() - ERRORS_PER_MARK);
+            if fails.len() > ERRORS_PER_MARK {
+                let _ = write!(title, "\n... and {} more", fails.len() - ERRORS_PER_MARK);
             }
             let _ = write!(
                 svg,
                 r##"<rect class="mark failed" data-n="{}" x="{x}" y="{mark_top}" width="2" height="{MARK_H}" fill="#c62828"><title>{}</title></rect>"##,
-                failed[c].len(),
+                fails.len(),
                 esc(&title)
             );
         }
