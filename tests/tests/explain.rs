@@ -48,7 +48,6 @@ fn reach(h: &mut Harness, uid: &str, state: &str) -> (OperationStatus, Vec<Strin
 }
 
 #[test]
-#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn every_state_of_one_service_is_explained_from_the_engines_own_account() {
     let mut h = Harness::wasm();
     h.script.hold(PUT_PIP, 3);
@@ -87,7 +86,6 @@ fn every_state_of_one_service_is_explained_from_the_engines_own_account() {
 }
 
 #[test]
-#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn a_failed_create_names_its_next_retry_and_its_cause() {
     let mut h = Harness::wasm();
     h.script.fail(PUT_PIP, 1, 500, "InternalServerError");
@@ -105,7 +103,6 @@ fn a_failed_create_names_its_next_retry_and_its_cause() {
 }
 
 #[test]
-#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn a_service_beyond_the_dispatch_slots_is_not_started_and_waits_for_a_slot() {
     let mut h = Harness::wasm();
     // Eleven Services, each create held: ten slots run, the eleventh waits.
@@ -132,7 +129,6 @@ fn a_service_beyond_the_dispatch_slots_is_not_started_and_waits_for_a_slot() {
 }
 
 #[test]
-#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn an_operation_of_the_start_up_pass_waits_for_the_init_gate() {
     let mut h = Harness::wasm_starting();
     h.script.hold(PUT_PIP, 5);
@@ -150,7 +146,6 @@ fn an_operation_of_the_start_up_pass_waits_for_the_init_gate() {
 }
 
 #[test]
-#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn the_component_and_the_native_build_describe_the_same_operations() {
     let mut outs = Vec::new();
     for mut h in [Harness::wasm(), Harness::native()] {
@@ -166,7 +161,6 @@ fn the_component_and_the_native_build_describe_the_same_operations() {
 }
 
 #[test]
-#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn states_no_input_reaches_are_still_explained() {
     // `unknown` comes only from a snapshot of a newer engine; `not_tracked` is a report's entry
     // for a Service whose cleanup finished.
@@ -183,7 +177,6 @@ fn states_no_input_reaches_are_still_explained() {
 }
 
 #[test]
-#[ignore = "not yet seen passing: written at the end of a session whose build did not finish in time (run with --ignored)"]
 fn from_a_replay_report_the_last_error_carries_its_arm_code() {
     let trace = sample_trace().unwrap();
     let options = ReplayOptions {
