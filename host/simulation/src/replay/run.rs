@@ -315,7 +315,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
     let mut iterations = 0u64;
     loop {
         iterations += 1;
-        if let Some(p) = options.progress.as_ref().filter(|_| iterations % PROGRESS_EVERY == 0) {
+        if let Some(p) = options.progress.as_ref().filter(|_| iterations.is_multiple_of(PROGRESS_EVERY)) {
             (p.0)(now, next_event, events.len());
         }
         while next_event < events.len() && events[next_event].at_ms <= now {

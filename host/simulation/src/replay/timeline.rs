@@ -215,7 +215,7 @@ impl Timeline {
             let mut i = 0usize;
             self.marks.retain(|m| {
                 i += 1;
-                m.error.is_some() || i % 2 == 0
+                m.error.is_some() || i.is_multiple_of(2)
             });
             if self.marks.len() >= MAX_MARKS {
                 thin(&mut self.marks);
