@@ -165,7 +165,7 @@ fn thin<T>(v: &mut Vec<T>) {
     let last = v.len().saturating_sub(1);
     let mut i = 0;
     v.retain(|_| {
-        let keep = i.is_multiple_of(2) || i == last;
+        let keep = i % 2 == 0 || i == last;
         i += 1;
         keep
     });
