@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces every figure of BENCHMARKS.md: replay wall time and peak memory for generated traces
 # (wasm and native engines), the engine-only PEER-BENCH lifecycle, and the start-up pass after a
-# crash against a full cloud (STARTUP_SIZES="1000 10000"), and hot swap (SWAP_SIZES="1000 10000",
-# SWAPS=20). Release build, one run per
+# crash against a full cloud (STARTUP_SIZES="1000 10000"), hot swap (SWAP_SIZES="1000 10000",
+# SWAPS=20), and what `replay --html` costs (HTML_SIZES="1000 10000"). Release build, one run per
 # cell (the machine is shared: run it twice and keep the lower figure when they differ).
 #
 #   bash bench/run.sh            # all sizes
@@ -82,4 +82,19 @@ print(f"| {b['services']} | {b['swaps']} | {p['p50_ms']:.2f} / {p['p99_ms']:.2f}
       f"| {e['bytes']:,} / {j['bytes']:,} B ({j['bytes']/e['bytes']:.1f}x) "
       f"| {e['encode_ms']:.1f} / {j['encode_ms']:.1f} ms | {e['decode_ms']:.1f} / {j['decode_ms']:.1f} ms |")
 PY
+done
+echo
+echo "## Replay with --html (the timeline's cost)"
+echo
+echo "| services | engine | without --html | with --html | page size |"
+echo "|---|---|---|---|---|"
+for n in ${HTML_SIZES:-1000 10000}; do
+  nodes=$(( n / 10 > 3 ? n / 10 : 3 ))
+  [ -f "$work/trace-$n.jsonl" ] || "$bin" gen-trace --services "$n" --nodes "$nodes" --endpoints 10 --churn medium --seed 1 -o "$work/trace-$n.jsonl" 2>/dev/null
+  for engine in wasm; do
+    /usr/bin/time -f "%e" -o "$work/t0" "$bin" replay --trace "$work/trace-$n.jsonl" --engine "$engine" --report "$work/h0.json" > /dev/null 2>&1 || true
+    /usr/bin/time -f "%e" -o "$work/t1" "$bin" replay --trace "$work/trace-$n.jsonl" --engine "$engine" --report "$work/h1.json" \
+      --html "$work/timeline-$n.html" > /dev/null 2>&1 || true
+    echo "| $n | $engine | $(cat "$work/t0") s | $(cat "$work/t1") s | $(( $(stat -c %s "$work/timeline-$n.html") / 1024 )) KiB |"
+  done
 done

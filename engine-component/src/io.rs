@@ -608,3 +608,37 @@ pub trait Io {
     fn start(&mut self, call: Call) -> CallId;
     fn record_event(&mut self, event: KubeEventRecord);
 }
+
+/// One tracked operation (a Service or an egress identity) as the engine sees it: what
+/// `difftracker explain`, the status page and the replay timeline show. Built by
+/// [`Engine::operation_statuses`](crate::Engine::operation_statuses), in identity order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationStatus {
+    /// The identity: an inbound Service's UID (lower case) or an egress identity.
+    pub identity: String,
+    /// `inbound` or `outbound`.
+    pub kind: String,
+    /// The Kubernetes Service (inbound; empty for an egress identity).
+    pub namespace: String,
+    pub name: String,
+    /// The state label (`not_started`, `creation_in_progress`, `created`, `deletion_pending`,
+    /// `deletion_in_progress`, `update_in_progress`, `unknown`).
+    pub state: String,
+    /// Failed attempts of the current burst.
+    pub retry_count: u32,
+    pub last_attempt_ms: Option<u64>,
+    /// When the next attempt may start (the retry timer, or a server's `Retry-After`).
+    pub next_retry_at_ms: Option<u64>,
+    /// The retry budget ran out: the op is parked until its park cooldown re-arms it.
+    pub retries_exhausted: bool,
+    /// A terminal error (e.g. a spec the cloud refuses): only a spec change moves it.
+    pub terminal: bool,
+    /// Its worker has a cloud call in flight.
+    pub in_flight: bool,
+    /// Endpoint changes held until the op exists in the cloud.
+    pub buffered_endpoints: u32,
+    /// What the op waits for before it can move, in a few words (empty when it has nothing to do).
+    pub waiting_for: String,
+    /// The id the op's calls carry from the engine's decision to ARM.
+    pub correlation_id: String,
+}

@@ -38,6 +38,7 @@ mod endpoints;
 mod engine;
 mod events;
 mod identity;
+mod inspect;
 pub mod io;
 mod locations;
 pub mod metrics;

@@ -84,6 +84,10 @@ impl Guest for Component {
     fn status() -> Result<w::EngineStatus, String> {
         with_engine(|engine| status_out(engine.status()))
     }
+
+    fn operations() -> Result<Vec<w::OperationStatus>, String> {
+        with_engine(|engine| engine.operation_statuses().into_iter().map(operation_out).collect())
+    }
 }
 
 // ------------------------------------------------------------------------ io::Io on the imports
@@ -260,6 +264,25 @@ fn status_out(s: io::EngineStatus) -> w::EngineStatus {
             error: s.initialization.error,
         },
         metrics: s.metrics.into_iter().map(|m| w::MetricSample { name: m.name, labels: m.labels, value: m.value }).collect(),
+    }
+}
+
+fn operation_out(o: io::OperationStatus) -> w::OperationStatus {
+    w::OperationStatus {
+        identity: o.identity,
+        kind: o.kind,
+        namespace: o.namespace,
+        name: o.name,
+        state: o.state,
+        retry_count: o.retry_count,
+        last_attempt_ms: o.last_attempt_ms,
+        next_retry_at_ms: o.next_retry_at_ms,
+        retries_exhausted: o.retries_exhausted,
+        terminal: o.terminal,
+        in_flight: o.in_flight,
+        buffered_endpoints: o.buffered_endpoints,
+        waiting_for: o.waiting_for,
+        correlation_id: o.correlation_id,
     }
 }
 

@@ -65,6 +65,8 @@ const GUEST: &str = r#"
     (call $ok))
   (func (export "clb:difftracker/engine@0.2.0#status") (result i32)
     (call $ok))
+  (func (export "clb:difftracker/engine@0.2.0#operations") (result i32)
+    (call $ok))
 
   (func (export "clb:difftracker/engine@0.2.0#tick") (param i64 i32 i32) (result i32)
     (local $i i32) (local $p i32)

@@ -10,7 +10,9 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{ApiServerArgs, BenchArgs, BenchSwapArgs, DemoArgs, EmulatorArgs, GenTraceArgs, LiveArgs, ReplayArgs, RunArgs, SnapshotArgs};
+use commands::{
+    ApiServerArgs, BenchArgs, BenchSwapArgs, DemoArgs, EmulatorArgs, ExplainArgs, GenTraceArgs, LiveArgs, ReplayArgs, RunArgs, SnapshotArgs,
+};
 
 #[derive(Parser)]
 #[command(name = "difftracker", version, about = "ServiceGateway load-balancer controller: a WebAssembly engine in a wasmtime host")]
@@ -21,11 +23,20 @@ struct Cli {
     live: LiveArgs,
     #[command(subcommand)]
     command: Option<Command>,
+    /// How log lines on standard error are written (`RUST_LOG` chooses which).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Play the bundled sample trace (or --trace FILE) against the in-process emulator over HTTP, with /metrics (default).
+    /// The main job (default): the controller of `run` against the in-process emulator and API server, the bundled trace (or --trace FILE) applied to it.
     Live(LiveArgs),
     /// Run the controller against a Kubernetes cluster (--kubeconfig) and Azure or the emulator (--cloud-config, --arm-endpoint ...).
     Run(RunArgs),
@@ -45,6 +56,8 @@ enum Command {
     BenchSwap(BenchSwapArgs),
     /// Print an engine snapshot (binary or JSON) as JSON: `snapshot --dump FILE`.
     Snapshot(SnapshotArgs),
+    /// Say why a Service or egress identity is where it is, from a replay report or a running host.
+    Explain(ExplainArgs),
 }
 
 fn main() -> Result<()> {
@@ -54,13 +67,17 @@ fn main() -> Result<()> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // One JSON object per line (time, level, target, fields, spans), for a log pipeline.
+        LogFormat::Json => logs.json().init(),
+    }
     let command = cli.command.unwrap_or(Command::Live(cli.live));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -75,6 +92,7 @@ fn main() -> Result<()> {
             Command::BenchEngine(args) => args.run(),
             Command::BenchSwap(args) => args.run().await,
             Command::Snapshot(args) => args.run(),
+            Command::Explain(args) => args.run().await,
         }
     })
 }

@@ -53,8 +53,11 @@ fn the_commands_and_their_flags_are_the_documented_ones() {
                 "--cloud-state",
                 "--max-request-bytes",
                 "--max-request-entries",
+                "--html",
+                "--html-sample-ms",
             ][..],
         ),
+        ("explain", &["--report", "--url"][..]),
         ("gen-trace", &["--services", "--nodes", "--egress", "--churn", "--endpoints", "--seed", "--output"][..]),
         ("emulator", &["--listen", "--faults", "--polling", "--no-default-natgw", "--state"][..]),
         ("apiserver", &["--listen", "--kubeconfig-out", "--faults"][..]),
@@ -224,4 +227,66 @@ fn replay_crashes_restarts_and_starts_from_a_cloud_state() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `replay --html` writes the timeline page beside the report; `explain` answers from that
+/// report for a Service by `namespace/name`, and refuses a name it does not know. Standard error
+/// is not a terminal here, so progress is plain lines (none for a run this short), never a bar's
+/// control characters.
+#[test]
+fn replay_writes_a_timeline_and_explain_reads_its_report() {
+    let dir = scratch("html");
+    let trace = dir.join("trace.jsonl");
+    let out = difftracker().args(["gen-trace", "--services", "6", "--churn", "low", "--seed", "2", "-o"]).arg(&trace).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('\u{1b}'), "no terminal escapes when stderr is a file");
+    let (report, page) = (dir.join("report.json"), dir.join("timeline.html"));
+    let out = difftracker()
+        .args(["replay", "--engine", "native", "--trace"])
+        .arg(&trace)
+        .arg("--report")
+        .arg(&report)
+        .arg("--html")
+        .arg(&page)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("timeline written to {}", page.display())), "{stdout}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('\u{1b}'));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<svg id=\"timeline\""), "{}", &html[..200.min(html.len())]);
+
+    let r = report_of(&report);
+    let (id, op) = r["operations"].as_object().unwrap().iter().find(|(_, o)| o["state"] == "created").expect("a created Service");
+    let who = format!("{}/{}", op["namespace"].as_str().unwrap(), op["name"].as_str().unwrap());
+    let out = difftracker().args(["explain", &who, "--report"]).arg(&report).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with(&format!("Service {who} (UID {id}): created — ")), "{stdout}");
+    assert!(stdout.contains("waiting for: nothing"), "{stdout}");
+    assert!(stdout.contains("history: ") && stdout.contains("last error: "), "{stdout}");
+
+    let out = difftracker().args(["explain", "nobody/here", "--report"]).arg(&report).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Service or egress identity `nobody/here`"));
+    let out = difftracker().args(["explain", "x"]).output().unwrap();
+    assert!(!out.status.success(), "--report or --url is required");
+}
+
+/// `--log-format json` writes each log line as one JSON object; a bad format is refused.
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let out = difftracker().args(["demo", "--engine", "native", "--log-format", "json"]).env("RUST_LOG", "debug").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "debug logging says something");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+    }
+    let out = difftracker().args(["demo", "--log-format", "xml"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
 }

@@ -13,7 +13,9 @@ use crate::tenant::{brief_reason, one_line};
 use crate::wasm::bindings::{wit as w, wit_engine as wx, DifftrackerEngine};
 use crate::wasm::{wt, EngineComponent, HostState, Runtime, SandboxLimits};
 use anyhow::{anyhow, bail, Context, Result};
-use difftracker_engine::io::{Call, CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, TenantConfig, TickOutcome};
+use difftracker_engine::io::{
+    Call, CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, OperationStatus, TenantConfig, TickOutcome,
+};
 use difftracker_engine::Engine;
 use wasmtime::Store;
 
@@ -41,6 +43,9 @@ pub trait EngineDriver: Send {
     fn snapshot(&mut self) -> Result<Vec<u8>>;
     fn restore(&mut self, snapshot: &[u8]) -> Result<()>;
     fn status(&mut self) -> Result<EngineStatus>;
+    /// Every tracked operation as the engine sees it (O(operations): for inspection, not per
+    /// tick).
+    fn operations(&mut self) -> Result<Vec<OperationStatus>>;
     /// The tenant's call-id counter.
     fn call_ids(&self) -> &CallIds;
     /// Whether an earlier failure (a trap, a limit) left this instance unusable: every further
@@ -169,6 +174,9 @@ impl<I: Intercept> EngineDriver for Intercepted<I> {
     }
     fn status(&mut self) -> Result<EngineStatus> {
         self.inner.status()
+    }
+    fn operations(&mut self) -> Result<Vec<OperationStatus>> {
+        self.inner.operations()
     }
     fn call_ids(&self) -> &CallIds {
         self.inner.call_ids()
@@ -302,6 +310,11 @@ impl EngineDriver for WasmEngine {
         self.call("status", |b, s| b.clb_difftracker_engine().call_status(s)).map(EngineStatus::from)
     }
 
+    fn operations(&mut self) -> Result<Vec<OperationStatus>> {
+        let ops = self.call("operations", |b, s| b.clb_difftracker_engine().call_operations(s))?;
+        Ok(ops.into_iter().map(OperationStatus::from).collect())
+    }
+
     fn call_ids(&self) -> &CallIds {
         &self.ids
     }
@@ -397,6 +410,10 @@ impl EngineDriver for NativeEngine {
 
     fn status(&mut self) -> Result<EngineStatus> {
         Ok(self.engine()?.status())
+    }
+
+    fn operations(&mut self) -> Result<Vec<OperationStatus>> {
+        Ok(self.engine()?.operation_statuses())
     }
 
     fn call_ids(&self) -> &CallIds {

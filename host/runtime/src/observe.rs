@@ -19,8 +19,16 @@
 //! - `GET /readyz`: 200 once every tenant has ticked at least once, finished its start-up pass
 //!   and none has stopped on an error (a poisoned engine stops its tenant); 503 otherwise, with
 //!   the reason (a failing start-up list names its call and error).
+//! - `GET /operations?q=&offset=&limit=`: per tenant, its tracked operations as the engine
+//!   describes them (`OperationStatus`: state, retries, next retry, what it waits for), keyed by
+//!   identity, filtered by `q` and paged (at most [`OPERATIONS_LIMIT_MAX`]); read from the engine
+//!   at most once per [`OPERATIONS_REFRESH`]. `difftracker explain --url` reads it.
+//! - `GET /` from a browser (`Accept: text/html`): the live HTML status page ([`page`]), fed by
+//!   `GET /status.json` and `GET /operations`.
 //! - `GET /`: a plain-text status page: per tenant, operations by state, calls in flight, pending
 //!   deletions, the last tick; plus whatever note the command sets ([`Observatory::set_note`]).
+
+mod page;
 
 use crate::driver::{EngineDriver, Intercept, Intercepted, TickResult};
 use crate::executor::{Backends, Executor};
@@ -34,7 +42,7 @@ use axum::routing::get;
 use axum::Router;
 #[cfg(test)]
 use difftracker_engine::io::Initialization;
-use difftracker_engine::io::{CallError, Completion, EngineStatus, ErrorKind, InitPhase, MetricSample};
+use difftracker_engine::io::{CallError, Completion, EngineStatus, ErrorKind, InitPhase, MetricSample, OperationStatus};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -174,6 +182,9 @@ impl CallCounts {
 
 struct ObservedTenant {
     engine_kind: String,
+    /// The engine's operations as last read by its [`TickTimer`] (at most once per
+    /// [`OPERATIONS_REFRESH`]), for `/operations`.
+    operations: Arc<Mutex<Vec<OperationStatus>>>,
     status: Option<watch::Receiver<TenantStatus>>,
     calls: BTreeMap<String, CallCounts>,
     last_tick_at: Option<Instant>,
@@ -182,7 +193,14 @@ struct ObservedTenant {
 
 impl ObservedTenant {
     fn new() -> ObservedTenant {
-        ObservedTenant { engine_kind: String::new(), status: None, calls: BTreeMap::new(), last_tick_at: None, ticks_seen: 0 }
+        ObservedTenant {
+            engine_kind: String::new(),
+            operations: Arc::default(),
+            status: None,
+            calls: BTreeMap::new(),
+            last_tick_at: None,
+            ticks_seen: 0,
+        }
     }
 
     fn status(&self) -> Option<TenantStatus> {
@@ -288,9 +306,12 @@ impl Observatory {
     /// Wraps `driver` so each `tick` is timed into `difftracker_host_tick_duration_seconds`.
     pub fn instrument(&self, tenant: &str, driver: Box<dyn EngineDriver>) -> Box<dyn EngineDriver> {
         let kind = driver.kind().to_string();
-        self.with_tenant(tenant, |t| t.engine_kind = kind);
+        let operations = self.with_tenant(tenant, |t| {
+            t.engine_kind = kind;
+            t.operations.clone()
+        });
         let histogram = self.inner.host.tick_duration.get_or_create(&labels(&[("tenant", tenant)])).clone();
-        Box::new(Intercepted::new(driver, TickTimer(histogram)))
+        Box::new(Intercepted::new(driver, TickTimer { histogram, operations, refreshed: None }))
     }
 
     /// A sender to give [`spawn_tenant`] as the tenant's observer: call counts per label and
@@ -537,14 +558,28 @@ pub fn states_line(status: &EngineStatus) -> String {
 
 // ------------------------------------------------------------------------ tick timing
 
-/// Times each tick of the engine it wraps.
-struct TickTimer(Histogram);
+/// Wall time between two reads of a tenant's operations (each is O(operations)).
+pub const OPERATIONS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Times each tick of the engine it wraps, and now and then reads its operations.
+struct TickTimer {
+    histogram: Histogram,
+    operations: Arc<Mutex<Vec<OperationStatus>>>,
+    refreshed: Option<Instant>,
+}
 
 impl Intercept for TickTimer {
     fn tick(&mut self, inner: &mut dyn EngineDriver, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult> {
         let started = Instant::now();
         let result = inner.tick(now_ms, completions);
-        self.0.observe(started.elapsed().as_secs_f64());
+        self.histogram.observe(started.elapsed().as_secs_f64());
+        if result.is_ok() && self.refreshed.is_none_or(|at| at.elapsed() >= OPERATIONS_REFRESH) {
+            self.refreshed = Some(Instant::now());
+            // A failure here is the tick's to report (the next tick fails the same way).
+            if let Ok(ops) = inner.operations() {
+                *lock(&self.operations) = ops;
+            }
+        }
         result
     }
 }
@@ -725,6 +760,8 @@ pub fn router(observatory: Observatory) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz_endpoint))
         .route("/", get(status_endpoint))
+        .route("/operations", get(operations_endpoint))
+        .route("/status.json", get(status_json_endpoint))
         .with_state(observatory)
 }
 
@@ -739,8 +776,64 @@ async fn readyz_endpoint(State(obs): State<Observatory>) -> Response {
     }
 }
 
-async fn status_endpoint(State(obs): State<Observatory>) -> Response {
+async fn status_endpoint(State(obs): State<Observatory>, headers: axum::http::HeaderMap) -> Response {
+    let browser = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    if browser {
+        let page = page::STATUS_HTML.replace("__POLL_MS__", &page::POLL_MS.to_string());
+        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
+    }
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], obs.status_page()).into_response()
+}
+
+async fn status_json_endpoint(State(obs): State<Observatory>) -> Response {
+    axum::Json(obs.status_json()).into_response()
+}
+
+/// `/operations` answers at most this many operations per tenant.
+pub const OPERATIONS_LIMIT_MAX: usize = 1000;
+
+/// The query of `/operations`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct OperationsQuery {
+    /// Keeps the operations whose identity, `namespace/name` or state contains this (any case).
+    #[serde(default)]
+    pub q: String,
+    #[serde(default)]
+    pub offset: usize,
+    /// At most [`OPERATIONS_LIMIT_MAX`]; 100 when absent.
+    pub limit: Option<usize>,
+}
+
+impl Observatory {
+    /// Per tenant, its operations (as last read) that match `query`, keyed by identity, one
+    /// page of them.
+    pub fn operations(&self, query: &OperationsQuery) -> serde_json::Value {
+        let needle = query.q.to_ascii_lowercase();
+        let limit = query.limit.unwrap_or(100).min(OPERATIONS_LIMIT_MAX);
+        let tenants = lock(&self.inner.shared.tenants);
+        let mut out = serde_json::Map::new();
+        for (name, t) in tenants.iter() {
+            let ops = lock(&t.operations);
+            let page: serde_json::Map<String, serde_json::Value> = ops
+                .iter()
+                .filter(|o| {
+                    needle.is_empty()
+                        || o.identity.contains(&needle)
+                        || format!("{}/{}", o.namespace, o.name).to_ascii_lowercase().contains(&needle)
+                        || o.state == needle
+                })
+                .skip(query.offset)
+                .take(limit)
+                .map(|o| (o.identity.clone(), serde_json::to_value(o).unwrap_or_default()))
+                .collect();
+            out.insert(name.clone(), serde_json::Value::Object(page));
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+async fn operations_endpoint(State(obs): State<Observatory>, query: axum::extract::Query<OperationsQuery>) -> Response {
+    axum::Json(obs.operations(&query.0)).into_response()
 }
 
 /// Serves the endpoints of `observatory` on `listener` until the handle is dropped.

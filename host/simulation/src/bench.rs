@@ -29,8 +29,8 @@ impl Phase {
 
 /// Measures and prints the lifecycle of `services` Services plus `single_events` single endpoint
 /// updates (`difftracker bench-engine`).
-pub fn run_bench(engine: EngineKind, services: usize, single_events: usize) -> Result<()> {
-    let phases = measure(engine, services, single_events)?;
+pub fn run_bench(engine: EngineKind, services: usize, single_events: usize, on_phase: PhaseHook<'_>) -> Result<()> {
+    let phases = measure_with(engine, services, single_events, on_phase)?;
     println!("engine: {:?}, services: {services}, endpoints/service: {ENDPOINTS_PER_SERVICE}", engine);
     println!("| phase | total | per item |");
     println!("|---|---|---|");
@@ -107,7 +107,8 @@ pub(crate) fn deliver_each(engine: &mut dyn EngineDriver, now: u64, events: Vec<
     Ok(())
 }
 
-fn timed(phases: &mut Vec<Phase>, name: &'static str, per: usize, f: impl FnOnce() -> Result<()>) -> Result<()> {
+fn timed(on_phase: PhaseHook<'_>, phases: &mut Vec<Phase>, name: &'static str, per: usize, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    on_phase(phases.len(), name);
     let start = Instant::now();
     f()?;
     phases.push(Phase { name, elapsed: start.elapsed(), per });
@@ -119,8 +120,19 @@ fn count_state(engine: &mut dyn EngineDriver, state: &str) -> Result<u32> {
     Ok(status.states.iter().find(|(s, _)| s == state).map(|(_, n)| *n).unwrap_or(0))
 }
 
+/// Told `(phases done, name of the next)` before each phase (for a progress bar).
+pub type PhaseHook<'a> = &'a dyn Fn(usize, &str);
+
+/// The number of timed phases.
+pub const PHASES: usize = 9;
+
 /// Runs the whole lifecycle for `services` services and returns the timed phases.
 pub fn measure(kind: EngineKind, services: usize, single_events: usize) -> Result<Vec<Phase>> {
+    measure_with(kind, services, single_events, &|_, _| {})
+}
+
+/// [`measure`], telling `on_phase` before each phase.
+pub fn measure_with(kind: EngineKind, services: usize, single_events: usize, on_phase: PhaseHook<'_>) -> Result<Vec<Phase>> {
     let mut engine = kind.new_driver(CallIds::default())?;
     let engine = engine.as_mut();
     engine.create(&TenantConfig { tenant: "bench".into(), seed: 7, ..TenantConfig::default() })?;
@@ -150,26 +162,26 @@ pub fn measure(kind: EngineKind, services: usize, single_events: usize) -> Resul
     let deletes: Vec<KubeEvent> = objects.iter().map(|s| KubeEvent::ServiceDeleted(s.clone())).collect();
     let mut phases = Vec::new();
 
-    timed(&mut phases, "add", services, || deliver_each(engine, now, adds))?;
-    timed(&mut phases, "create-complete", services, || settle(engine, &mut now))?;
+    timed(on_phase, &mut phases, "add", services, || deliver_each(engine, now, adds))?;
+    timed(on_phase, &mut phases, "create-complete", services, || settle(engine, &mut now))?;
     let created = count_state(engine, "created")? as usize;
     if created != services {
         bail!("{created} of {services} services were created");
     }
-    timed(&mut phases, "endpoints-live", services, || deliver_each(engine, now, slices))?;
-    timed(&mut phases, "locsync-initial", services, || settle(engine, &mut now))?;
-    timed(&mut phases, "endpoints-churn", services, || deliver_each(engine, now, churn))?;
-    timed(&mut phases, "locsync-churn", services, || settle(engine, &mut now))?;
+    timed(on_phase, &mut phases, "endpoints-live", services, || deliver_each(engine, now, slices))?;
+    timed(on_phase, &mut phases, "locsync-initial", services, || settle(engine, &mut now))?;
+    timed(on_phase, &mut phases, "endpoints-churn", services, || deliver_each(engine, now, churn))?;
+    timed(on_phase, &mut phases, "locsync-churn", services, || settle(engine, &mut now))?;
     // Single events at steady state: one replaced endpoint restored, delivered and synced, each.
-    timed(&mut phases, "single-endpoint-update", singles, || {
+    timed(on_phase, &mut phases, "single-endpoint-update", singles, || {
         for event in restores {
             engine.deliver(now, vec![event])?;
             settle(engine, &mut now)?;
         }
         Ok(())
     })?;
-    timed(&mut phases, "delete", services, || deliver_each(engine, now, deletes))?;
-    timed(&mut phases, "drain+delete-complete", services, || settle(engine, &mut now))?;
+    timed(on_phase, &mut phases, "delete", services, || deliver_each(engine, now, deletes))?;
+    timed(on_phase, &mut phases, "drain+delete-complete", services, || settle(engine, &mut now))?;
     let status = engine.status()?;
     let left: u32 = status.states.iter().map(|(_, n)| n).sum();
     if left != 0 {

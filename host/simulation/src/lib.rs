@@ -12,6 +12,7 @@
 //! - [`mock`]: instant in-process backends; [`demo`]: one Service through the inbound path
 //!   against them.
 //! - [`bench`]: the engine-only lifecycle benchmark; [`bench_swap`]: the hot swap benchmark.
+//! - [`explain`]: the words of `difftracker explain` for one operation.
 //! - [`samples`]: the bundled sample trace and fault file, and sample Kubernetes objects.
 //!
 //! The `difftracker` binary (`host/cli`) wires these to its commands.
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod bench_swap;
 pub mod demo;
 pub mod emulator;
+pub mod explain;
 pub mod faults;
 pub mod live;
 pub mod mock;

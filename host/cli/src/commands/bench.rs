@@ -19,6 +19,10 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     pub fn run(self) -> Result<()> {
-        difftracker_simulation::bench::run_bench(self.engine.into(), self.services, self.single_events)
+        use difftracker_simulation::bench::{run_bench, PHASES};
+        let bar = super::progress::Progress::new("bench-engine: phases", Some(PHASES as u64));
+        let result = run_bench(self.engine.into(), self.services, self.single_events, &|done, next| bar.update(done as u64, next));
+        bar.finish();
+        result
     }
 }

@@ -1,13 +1,15 @@
 //! The `replay` and `gen-trace` subcommands.
 
+use super::progress::Progress as Bar;
 use super::{EngineArg, SandboxArgs};
 use anyhow::{bail, Context, Result};
 use difftracker_runtime::driver::EngineKind;
 use difftracker_simulation::emulator::{CloudState, FaultPlan};
 use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
-use difftracker_simulation::replay::{oracle, read_trace, replay, report, CrashPlan, ReplayOptions, DEFAULT_UNTIL_MS};
+use difftracker_simulation::replay::{html, oracle, read_trace, replay, report, CrashPlan, Progress, ReplayOptions, DEFAULT_UNTIL_MS};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// `difftracker replay`: runs the engine against the in-process emulator and a simulated cluster
@@ -56,6 +58,13 @@ pub struct ReplayArgs {
     /// `GET /_emulator/inventory` prints (see the README).
     #[arg(long)]
     pub cloud_state: Option<PathBuf>,
+    /// Also write a self-contained HTML page with the replay's timeline (states, cloud calls,
+    /// calls in flight, crashes) and the report's summary tables.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// For --html: virtual time between two samples of every operation's state (ms).
+    #[arg(long, default_value_t = 1000, requires = "html", value_parser = clap::value_parser!(u64).range(1..))]
+    pub html_sample_ms: u64,
 }
 
 impl ReplayArgs {
@@ -86,13 +95,28 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         sandbox: args.sandbox.limits(),
         crashes: CrashPlan { at_ms: args.crash_at_ms.clone(), downtime_ms: args.downtime_ms },
         cloud_state,
+        timeline: args.html.as_ref().map(|_| args.html_sample_ms),
         ..ReplayOptions::default()
     };
+    let bar = Arc::new(Bar::new("replay: trace events", Some(trace.events.len() as u64)));
+    let shown = bar.clone();
+    let options = ReplayOptions {
+        progress: Some(Progress(Arc::new(move |now, done, _total| {
+            shown.update(done as u64, &format!("at {} of virtual time", human_ms(now)))
+        }))),
+        ..options
+    };
     let started = Instant::now();
-    let outcome = replay(&trace, &options)?;
+    let outcome = replay(&trace, &options);
+    bar.finish();
+    let outcome = outcome?;
     let wall = started.elapsed();
     let bytes = report::to_bytes(&outcome.report);
     std::fs::write(&args.report, &bytes).with_context(|| format!("cannot write report {}", args.report.display()))?;
+    if let (Some(path), Some(timeline)) = (&args.html, &outcome.timeline) {
+        std::fs::write(path, html::render(&outcome.report, timeline)).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("timeline written to {}", path.display());
+    }
     let r = &outcome.report;
     let calls: u64 = r["cloud_calls"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
     println!(
@@ -200,23 +224,54 @@ fn run_gen_trace(args: GenTraceArgs) -> Result<()> {
         seed: args.seed,
         endpoints: args.endpoints,
     };
+    let bar = Bar::new("gen-trace: bytes written", None);
     let summary = match &args.output {
         Some(path) => {
             let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-            let mut out = std::io::BufWriter::new(file);
+            let mut out = Counted::new(std::io::BufWriter::new(file), &bar);
             let s = write_trace(&opts, &mut out)?;
             out.flush()?;
             s
         }
         None => {
             let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut out = Counted::new(std::io::BufWriter::new(stdout.lock()), &bar);
             let s = write_trace(&opts, &mut out)?;
             out.flush()?;
             s
         }
     };
+    bar.finish();
     let kinds: Vec<String> = summary.by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
     eprintln!("{} events over {} s of trace time: {}", summary.events, summary.end_ms / 1000, kinds.join(", "));
     Ok(())
+}
+
+/// A writer that reports the bytes through it to a progress bar.
+struct Counted<'a, W> {
+    inner: W,
+    bytes: u64,
+    bar: &'a Bar,
+}
+
+impl<'a, W: Write> Counted<'a, W> {
+    fn new(inner: W, bar: &'a Bar) -> Self {
+        Counted { inner, bytes: 0, bar }
+    }
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let before = self.bytes >> 16;
+        self.bytes += n as u64;
+        // One update per 64 KiB: cheap enough for a generator that writes line by line.
+        if self.bytes >> 16 != before {
+            self.bar.update(self.bytes, "");
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

@@ -36,7 +36,7 @@ use super::{Quarantined, QuarantinedKind};
 use crate::driver::{CallIds, EngineDriver, TickResult, WasmEngine};
 use crate::wasm::EngineComponent;
 use anyhow::{anyhow, bail, Context, Result};
-use difftracker_engine::io::{CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord};
+use difftracker_engine::io::{CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, OperationStatus};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -741,5 +741,10 @@ impl RecoveringEngine {
     /// The engine's status, read without a tick.
     pub fn status(&mut self) -> Result<EngineStatus> {
         guarded(&mut self.guarded.driver, |d| d.status()).map_err(GuestFailure::into_error)
+    }
+
+    /// Every tracked operation, read without a tick.
+    pub fn operations(&mut self) -> Result<Vec<OperationStatus>> {
+        guarded(&mut self.guarded.driver, |d| d.operations()).map_err(GuestFailure::into_error)
     }
 }

@@ -123,6 +123,27 @@ impl From<wx::TickOutcome> for io::TickOutcome {
     }
 }
 
+impl From<w::OperationStatus> for io::OperationStatus {
+    fn from(o: w::OperationStatus) -> io::OperationStatus {
+        io::OperationStatus {
+            identity: o.identity,
+            kind: o.kind,
+            namespace: o.namespace,
+            name: o.name,
+            state: o.state,
+            retry_count: o.retry_count,
+            last_attempt_ms: o.last_attempt_ms,
+            next_retry_at_ms: o.next_retry_at_ms,
+            retries_exhausted: o.retries_exhausted,
+            terminal: o.terminal,
+            in_flight: o.in_flight,
+            buffered_endpoints: o.buffered_endpoints,
+            waiting_for: o.waiting_for,
+            correlation_id: o.correlation_id,
+        }
+    }
+}
+
 impl From<w::EngineStatus> for io::EngineStatus {
     fn from(s: w::EngineStatus) -> io::EngineStatus {
         io::EngineStatus {

@@ -10,13 +10,17 @@
 //! - [`report`]: the JSON report (stable key order, byte-identical across runs and engines).
 //! - [`oracle`]: what the emulator must hold once the system has settled, from the final cluster.
 //! - [`gen`]: the trace generator (`difftracker gen-trace`).
+//! - [`timeline`]: what a replay records for people (calls per identity; with `--html`, the
+//!   timeline); [`html`]: the self-contained HTML page that draws it.
 
 pub mod cluster;
 pub mod gen;
+pub mod html;
 pub mod oracle;
 pub mod report;
 pub mod run;
+pub mod timeline;
 pub mod trace;
 
-pub use run::{replay, replay_with, CrashPlan, Duplicates, ReplayOptions, ReplayOutcome, StartRecord, DEFAULT_UNTIL_MS};
+pub use run::{replay, replay_with, CrashPlan, Duplicates, Progress, ReplayOptions, ReplayOutcome, StartRecord, DEFAULT_UNTIL_MS};
 pub use trace::{parse_trace, read_trace, Trace, TraceError, TraceEvent};

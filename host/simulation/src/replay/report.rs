@@ -11,6 +11,10 @@
 //!  "kubernetes": {"events": {"<reason>": n}, "objects": {"<kind>": n},
 //!                 "service_ingress": {"<ns>/<name>": ["<ip>"]}, "stuck_deleting": ["<kind>/<ns>/<name>"],
 //!                 "trace_events": {...}, "writes": {"<call> <outcome>": n}},
+//!  "operations": {"<identity>": {"kind", "namespace", "name", "state", "retry_count", "last_attempt_ms",
+//!                  "next_retry_at_ms", "retries_exhausted", "terminal", "in_flight", "buffered_endpoints",
+//!                  "waiting_for", "correlation_id",
+//!                  "calls": {"calls": n, "failed": n, "last_call": {..}|null, "last_error": {..}|null}}},
 //!  "oracle": {"differences": ["..."], "matches": bool},
 //!  "replay": {"calls_in_flight": n, "cloud_state": bool, "crash_at_ms": [n], "downtime_ms": n, "faults": bool, "seed": n, "stale_wakes": n, "ticks": n,
 //!             "trace_events_left": n, "until_ms": n},
@@ -25,7 +29,7 @@
 use super::cluster::Cluster;
 use super::run::{LoopStats, ReplayOptions};
 use super::trace::Trace;
-use difftracker_engine::io::EngineStatus;
+use difftracker_engine::io::{EngineStatus, OperationStatus};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -44,6 +48,7 @@ pub(crate) struct Inputs<'a> {
     pub in_flight: usize,
     pub trace_left: usize,
     pub differences: &'a [String],
+    pub operations: &'a [OperationStatus],
 }
 
 /// `name{k="v",...}` as Prometheus prints a sample.
@@ -102,6 +107,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             },
             "writes": cs.writes,
         },
+        "operations": operations(i.operations, &i.stats.calls_by_identity),
         "oracle": {
             "differences": i.differences,
             "matches": i.differences.is_empty(),
@@ -128,6 +134,24 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         },
         "virtual_ms": i.virtual_ms,
     })
+}
+
+/// The `operations` section: every identity the engine tracks at the end or made a call for,
+/// with the engine's account of it ([`OperationStatus`]) and the calls made for it (see
+/// [`CallSummary`](super::timeline::CallSummary)). An identity the engine no longer tracks (a
+/// deleted Service) has the state `not_tracked`.
+fn operations(ops: &[OperationStatus], calls: &BTreeMap<String, super::timeline::CallSummary>) -> Value {
+    let mut out = Map::new();
+    let none = super::timeline::CallSummary::default();
+    for op in ops {
+        out.insert(op.identity.clone(), crate::explain::entry(op, Some(calls.get(&op.identity).unwrap_or(&none))));
+    }
+    for (id, summary) in calls {
+        if !out.contains_key(id) {
+            out.insert(id.clone(), json!({"state": "not_tracked", "calls": summary}));
+        }
+    }
+    Value::Object(out)
 }
 
 /// The report's bytes: pretty-printed JSON and a final newline.

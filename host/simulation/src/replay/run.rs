@@ -39,6 +39,7 @@
 use super::cluster::{Cluster, ObjectKey};
 use super::oracle;
 use super::report::{self, Report};
+use super::timeline::{self, CallSummary, Timeline};
 use super::trace::Trace;
 use crate::emulator::{CloudState, Emulator, EmulatorBackend, EmulatorOptions, FaultPlan, ScopeKey};
 use anyhow::{Context, Result};
@@ -104,7 +105,25 @@ pub struct ReplayOptions {
     pub crashes: CrashPlan,
     /// Resources of "a previous controller" the emulator starts with.
     pub cloud_state: Option<CloudState>,
+    /// Record a [`Timeline`] for `--html`, sampling the operations' states at most once per this
+    /// many virtual ms; `None` (the default) records none of it.
+    pub timeline: Option<u64>,
+    /// Told now and then how far the replay is, for a progress bar.
+    pub progress: Option<Progress>,
 }
+
+/// A progress callback: `(virtual now ms, trace events applied, trace events in all)`.
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(u64, usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
+}
+
+/// Loop iterations between two progress calls.
+const PROGRESS_EVERY: u64 = 512;
 
 impl Default for ReplayOptions {
     fn default() -> Self {
@@ -119,6 +138,8 @@ impl Default for ReplayOptions {
             sandbox: SandboxLimits::default(),
             crashes: CrashPlan::default(),
             cloud_state: None,
+            timeline: None,
+            progress: None,
         }
     }
 }
@@ -137,6 +158,8 @@ pub struct ReplayOutcome {
     /// Wall time each start-up pass took (the first start, then each restart; `None` when it
     /// never became ready). Not in the report, which must not depend on the machine.
     pub startup_wall: Vec<Option<Duration>>,
+    /// What `--html` draws (when [`ReplayOptions::timeline`] asked for it).
+    pub timeline: Option<Timeline>,
 }
 
 /// One start of the host: the first one, or a restart after a crash.
@@ -192,6 +215,8 @@ pub struct LoopStats {
     pub early_finalizers: Vec<String>,
     /// Inputs the engine trapped on twice, dropped (each also a Warning Event on its object).
     pub quarantined: Vec<Quarantined>,
+    /// The calls made for each identity (the report's `operations`).
+    pub calls_by_identity: BTreeMap<String, CallSummary>,
 }
 
 /// Replays `trace` with a fresh engine of `options.engine`.
@@ -286,7 +311,13 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
     let converged;
     // A failing engine (a trap, a limit) ends the run, but the report is still written and says so.
     let mut engine_failure: Option<String> = None;
+    let mut timeline = options.timeline.map(Timeline::new);
+    let mut iterations = 0u64;
     loop {
+        iterations += 1;
+        if let Some(p) = options.progress.as_ref().filter(|_| iterations.is_multiple_of(PROGRESS_EVERY)) {
+            (p.0)(now, next_event, events.len());
+        }
         while next_event < events.len() && events[next_event].at_ms <= now {
             let e = &events[next_event];
             cluster.apply(now, e.event_type, e.object.clone());
@@ -310,6 +341,9 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                 }
                 stats.starts.push(record);
                 restart_at = Some(now.saturating_add(options.crashes.downtime_ms));
+                if let Some(t) = timeline.as_mut() {
+                    t.crash(now);
+                }
             }
         }
         let Some(h) = host.as_mut() else {
@@ -327,7 +361,12 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                     }
                 };
                 match start_host(driver, options, &tenant_config, &mut cluster) {
-                    Ok(h) => host = Some(h),
+                    Ok(h) => {
+                        host = Some(h);
+                        if let Some(t) = timeline.as_mut() {
+                            t.restart(now);
+                        }
+                    }
                     Err(e) => {
                         engine_failure = Some(failure(now, "restart", &e));
                         converged = false;
@@ -387,6 +426,8 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
             let mut record = record;
             for (id, call) in result.started {
                 let label = call.label();
+                let subjects = timeline::subjects(&call);
+                let marked = timeline.as_ref().map(|_| call.clone());
                 let (at, outcome, target) = match call {
                     Call::Cloud(c) => {
                         *stats.cloud_calls.entry(label.to_string()).or_insert(0) += 1;
@@ -433,7 +474,29 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                         (now, cluster.perform(now, &k), None)
                     }
                 };
+                if !subjects.is_empty() {
+                    let record = timeline::call_record(now, at, label, &outcome);
+                    for s in subjects {
+                        stats.calls_by_identity.entry(s).or_default().record(&record);
+                    }
+                }
+                if let (Some(t), Some(call @ Call::Cloud(_))) = (timeline.as_mut(), marked.as_ref()) {
+                    t.mark(now, call, &outcome);
+                }
                 h.in_flight.insert((at, id), (Completion { id, outcome }, target));
+            }
+            if let Some(t) = timeline.as_mut() {
+                t.point(now, &step.status, h.in_flight.len());
+                if t.sample_due(now) {
+                    match h.driver.operations() {
+                        Ok(ops) => t.sample(now, &ops),
+                        Err(e) => {
+                            engine_failure = Some(failure(now, "operations", &e));
+                            converged = false;
+                            break;
+                        }
+                    }
+                }
             }
             h.wake = result.outcome.next_wake_ms;
             if let Some(w) = h.wake {
@@ -493,6 +556,13 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         Some(h) => (EngineStatus::default(), h.in_flight.len()),
         None => (EngineStatus::default(), 0),
     };
+    let operations = match host.as_mut() {
+        Some(h) if engine_failure.is_none() => h.driver.operations().context("engine operations")?,
+        _ => Vec::new(),
+    };
+    if let Some(t) = timeline.as_mut() {
+        t.sample(now, &operations);
+    }
     if host.as_ref().is_some_and(|h| !h.ready) {
         startup_wall.push(None);
     }
@@ -511,6 +581,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         in_flight,
         trace_left: events.len() - next_event,
         differences: &differences,
+        operations: &operations,
     });
     let mut report = report;
     if !stats.quarantined.is_empty() {
@@ -525,7 +596,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         // Only a failed run carries the key, so the reports of healthy runs keep their bytes.
         report["engine_failure"] = Value::String(f);
     }
-    Ok(ReplayOutcome { report, cluster, baseline, inventory, status, startup_wall })
+    Ok(ReplayOutcome { report, cluster, baseline, inventory, status, startup_wall, timeline })
 }
 
 /// A host starting at `now`: `driver` created, the cluster's objects delivered as its initial
