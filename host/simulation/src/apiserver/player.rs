@@ -348,8 +348,7 @@ impl TracePlayer {
         let now = Instant::now();
         let due: Vec<ObjectKey> = self.pending.iter().filter(|(_, q)| q.next_try <= now).map(|(k, _)| k.clone()).collect();
         for key in due {
-            loop {
-                let Some(event) = self.pending.get(&key).and_then(|q| q.events.front().cloned()) else { break };
+            while let Some(event) = self.pending.get(&key).and_then(|q| q.events.front().cloned()) {
                 let step = self.try_event(&event).await;
                 let done = matches!(step, Step::Done(_) | Step::Failed(_));
                 if done {
