@@ -255,7 +255,8 @@ impl LeaderElector {
 
     /// Up to +20 % so that standbys started together do not all ask at once.
     fn jittered(&self, d: Duration) -> Duration {
-        let nanos = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let nanos = clock.subsec_nanos() ^ std::process::id();
         d + d.mul_f64(0.2 * f64::from(nanos % 1000) / 1000.0)
     }
 
