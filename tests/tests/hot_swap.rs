@@ -119,7 +119,8 @@ async fn calls_in_flight_across_a_background_swap_complete_into_the_new_instance
     // Replaying the log ticked the new instance; nothing has ticked it since the switch yet.
     let replayed_ticks = ticks.load(Ordering::SeqCst);
     assert!(replayed_ticks > 0);
-    assert_eq!(w.tenant.status().swaps, 1);
+    // The loop counts the swap just after it answers the caller.
+    w.tenant.wait_for(|s| s.swaps == 1).await.unwrap();
 
     // The load balancer call started by the old instance completes into the new one, which
     // goes on with the operation instead of starting it again.
@@ -156,8 +157,9 @@ async fn a_swap_to_a_trapping_component_is_refused_and_the_old_instance_keeps_ru
     let error = w.tenant.hot_swap(factory_with(|| TrapsOnTick)).await.expect_err("the swap is refused");
     assert!(matches!(error, SwapError::Replay(_)), "{error:?}");
     assert!(error.to_string().contains("injected trap"), "{error}");
-    let status = w.tenant.status();
-    assert_eq!((status.swaps, status.swaps_refused), (0, 1));
+    // The loop counts the refusal just after it answers the caller.
+    let status = w.tenant.wait_for(|s| s.swaps_refused == 1).await.unwrap();
+    assert_eq!(status.swaps, 0);
     assert!(status.last_swap_error.as_deref().is_some_and(|e| e.contains("replaying")), "{status:?}");
     old_instance_keeps_running(w).await;
 }
