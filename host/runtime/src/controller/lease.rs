@@ -88,18 +88,13 @@ pub struct Fence {
 }
 
 impl Fence {
+    fn until(at: Option<Instant>) -> Fence {
+        Fence { valid_until: Arc::new(Mutex::new(at)) }
+    }
+
     /// A fence that always leads (no leader election).
     pub fn always() -> Fence {
-        Fence { valid_until: Arc::new(Mutex::new(None)) }.with_valid_until(Some(Instant::now() + Duration::from_secs(100 * 365 * 86_400)))
-    }
-
-    fn never() -> Fence {
-        Fence { valid_until: Arc::new(Mutex::new(None)) }
-    }
-
-    fn with_valid_until(self, at: Option<Instant>) -> Fence {
-        self.set(at);
-        self
+        Fence::until(Some(Instant::now() + Duration::from_secs(100 * 365 * 86_400)))
     }
 
     fn set(&self, at: Option<Instant>) {
@@ -157,7 +152,7 @@ impl LeaderElector {
     pub fn new(client: Client, options: LeaseOptions) -> Result<LeaderElector, String> {
         options.validate()?;
         let api = Api::namespaced(client, &options.namespace);
-        Ok(LeaderElector { api, options, fence: Fence::never(), observed: None, stats: watch::channel(LeaseStats::default()).0 })
+        Ok(LeaderElector { api, options, fence: Fence::until(None), observed: None, stats: watch::channel(LeaseStats::default()).0 })
     }
 
     pub fn options(&self) -> &LeaseOptions {
