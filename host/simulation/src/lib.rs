@@ -13,6 +13,8 @@
 //!   against them.
 //! - [`bench`]: the engine-only lifecycle benchmark; [`bench_swap`]: the hot swap benchmark.
 //! - [`explain`]: the words of `difftracker explain` for one operation.
+//! - [`serve`]: the embedded emulator, embedded and simulated clusters and the misbehaving
+//!   component for the tenants of `difftracker serve`.
 //! - [`samples`]: the bundled sample trace and fault file, and sample Kubernetes objects.
 //!
 //! The `difftracker` binary (`host/cli`) wires these to its commands.
@@ -28,3 +30,4 @@ pub mod live;
 pub mod mock;
 pub mod replay;
 pub mod samples;
+pub mod serve;

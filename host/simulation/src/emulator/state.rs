@@ -28,6 +28,8 @@ pub mod codes {
     pub const AUTHENTICATION_FAILED: &str = "AuthenticationFailed";
     /// A bearer token the emulator was not configured to accept.
     pub const INVALID_AUTHENTICATION_TOKEN: &str = "InvalidAuthenticationToken";
+    /// A valid token whose principal has no access to the scope (ARM's 403).
+    pub const AUTHORIZATION_FAILED: &str = "AuthorizationFailed";
     /// `If-Match` / `If-None-Match` not met.
     pub const PRECONDITION_FAILED: &str = "PreconditionFailed";
     /// A tracked resource (public IP, load balancer, NAT gateway) without a `location`.
