@@ -189,7 +189,10 @@ async fn a_reload_adds_removes_and_restarts_tenants_and_an_invalid_file_changes_
     assert!(sim.cluster_of("alpha").is_none(), "its embedded cluster went with it");
     let seeded = sim.cluster_of("delta").expect("delta's cluster");
     seed_service(&seeded, "new", "10.244.2.10");
-    eventually("delta converges its Service", || async { settled(&host, "delta").await && sim.oracle("delta").is_some_and(|d| d.is_empty()) }).await;
+    eventually("delta converges its Service", || async {
+        settled(&host, "delta").await && sim.oracle("delta").is_some_and(|d| d.is_empty())
+    })
+    .await;
     eventually("beta settles after its restart", || settled(&host, "beta")).await;
     assert_eq!(host.state("gamma").await.unwrap().sessions, gamma_sessions, "an unchanged tenant is not touched");
     assert_eq!(host.config().tenant("beta").unwrap().limits.calls_in_flight, 3);
@@ -265,7 +268,8 @@ async fn the_admin_api_needs_its_token_and_pauses_resumes_restarts_swaps_and_rol
     // A hot swap to a component file, then back.
     let before = host.tenant("one").await.unwrap().component_sha256.unwrap();
     let wasm = difftracker_runtime::engine_wasm_path();
-    let (status, swapped) = admin_call(&client, "POST", &format!("{base}/tenants/one/swap"), Some(&token), Some(json!({"component": wasm}))).await;
+    let (status, swapped) =
+        admin_call(&client, "POST", &format!("{base}/tenants/one/swap"), Some(&token), Some(json!({"component": wasm}))).await;
     assert_eq!(status, 200, "{swapped}");
     assert_eq!(swapped["component_sha256"].as_str(), Some(before.as_str()), "the same engine, from its file");
     assert_eq!(host.tenant("one").await.unwrap().rollback_to.as_deref(), Some(before.as_str()));
@@ -275,12 +279,17 @@ async fn the_admin_api_needs_its_token_and_pauses_resumes_restarts_swaps_and_rol
     assert_eq!((status, body["reason"].as_str()), (409, Some("wrong_phase")), "nothing left to roll back to: {body}");
     let not_wasm = dir.join("not.wasm");
     std::fs::write(&not_wasm, b"not a component").unwrap();
-    let (status, body) = admin_call(&client, "POST", &format!("{base}/tenants/one/swap"), Some(&token), Some(json!({"component": not_wasm}))).await;
+    let (status, body) =
+        admin_call(&client, "POST", &format!("{base}/tenants/one/swap"), Some(&token), Some(json!({"component": not_wasm}))).await;
     assert_eq!((status, body["reason"].as_str()), (409, Some("build")), "{body}");
     assert_eq!(host.tenant("one").await.unwrap().phase, TenantPhase::Running, "a refused swap changes nothing");
 
     // A reload through the admin API; an invalid file is a 400 that changes nothing.
-    std::fs::write(dir.join("tenants.toml"), "[host]\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"admin.token\"\n[[tenant]]\nname = \"one\"\n").unwrap();
+    std::fs::write(
+        dir.join("tenants.toml"),
+        "[host]\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"admin.token\"\n[[tenant]]\nname = \"one\"\n",
+    )
+    .unwrap();
     let (status, body) = admin_call(&client, "POST", &format!("{base}/reload"), Some(&token), None).await;
     assert_eq!((status, body["reason"].as_str()), (400, Some("invalid_configuration")), "{body}");
     assert!(body["error"].as_str().unwrap().contains("no cluster"), "{body}");
@@ -303,7 +312,8 @@ async fn scoped_emulator() -> EmulatorHandle {
         location: "eastus2".into(),
         vnet_name: "vnet".into(),
     };
-    let tokens = [("token-of-a", "sub-a"), ("token-of-b", "sub-b")].into_iter().map(|(t, s)| (t.to_string(), vec![s.to_string()])).collect();
+    let tokens =
+        [("token-of-a", "sub-a"), ("token-of-b", "sub-b")].into_iter().map(|(t, s)| (t.to_string(), vec![s.to_string()])).collect();
     let options = EmulatorOptions {
         scope: scope("sub-a", "rg-a"),
         extra_scopes: vec![scope("sub-b", "rg-b")],
@@ -332,7 +342,9 @@ async fn credentials_never_cross_tenants_and_another_tenants_subscription_is_ref
         )
     };
     // mallory holds a's token but is configured with b's subscription.
-    let text = [tenant("a", "sub-a", "rg-a", "a.token"), tenant("b", "sub-b", "rg-b", "b.token"), tenant("mallory", "sub-b", "rg-b", "a.token")].concat();
+    let text =
+        [tenant("a", "sub-a", "rg-a", "a.token"), tenant("b", "sub-b", "rg-b", "b.token"), tenant("mallory", "sub-b", "rg-b", "a.token")]
+            .concat();
     let (host, sim) = start(&dir, &text).await;
     let a_uid = seed_service(&sim.cluster_of("a").unwrap(), "web", "10.244.0.10");
     let b_uid = seed_service(&sim.cluster_of("b").unwrap(), "web", "10.244.0.11");
@@ -367,7 +379,12 @@ async fn credentials_never_cross_tenants_and_another_tenants_subscription_is_ref
 fn a_runtime_refuses_an_instance_past_its_slots_with_a_clear_error_and_frees_the_slot_on_drop() {
     use difftracker_runtime::driver::{CallIds, WasmEngine};
     use difftracker_runtime::wasm::{Runtime, RuntimeOptions, SandboxLimits};
-    let runtime = Runtime::new(RuntimeOptions { max_instances: 2, cache_dir: Some(difftracker_tests::test_cache_dir()), ..RuntimeOptions::default() }).unwrap();
+    let runtime = Runtime::new(RuntimeOptions {
+        max_instances: 2,
+        cache_dir: Some(difftracker_tests::test_cache_dir()),
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
     let component = runtime.load_builtin().unwrap();
     let first = WasmEngine::new(&component, CallIds::default()).unwrap();
     let _second = WasmEngine::new(&component, CallIds::default()).unwrap();
