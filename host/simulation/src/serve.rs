@@ -216,8 +216,7 @@ impl Provisioner for SimulationProvisioner {
 
     fn builtin_component(&self, name: &str) -> Option<&'static [u8]> {
         match name {
-            // MERGE: crate::MISBEHAVING_WASM once the hostile branch lands.
-            "misbehaving" => None,
+            "misbehaving" => Some(crate::MISBEHAVING_WASM),
             _ => None,
         }
     }
