@@ -399,3 +399,44 @@ fn a_runtime_refuses_an_instance_past_its_slots_with_a_clear_error_and_frees_the
     let e = WasmEngine::with_limits(&component, CallIds::default(), &big).err().expect("too big").to_string();
     assert!(e.contains("above the runtime's 256 MiB"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_tenant_is_stopped_with_its_reason_and_restartable_while_the_others_converge() {
+    let dir = scratch("noisy");
+    let (host, sim) = start(
+        &dir,
+        r#"
+        [[tenant]]
+        name = "good"
+        cluster = "embedded"
+        [[tenant]]
+        name = "noisy"
+        cluster = "embedded"
+        component = "builtin:misbehaving"
+        cpu_deadline_ms = 50
+        memory_mib = 32
+        "#,
+    )
+    .await;
+    let good = sim.cluster_of("good").unwrap();
+    seed_service(&good, "web", "10.244.0.10");
+    eventually("noisy is stopped after its sessions fail in a row", || async {
+        host.tenant("noisy").await.is_some_and(|t| t.phase == TenantPhase::Stopped)
+    })
+    .await;
+    let noisy = host.tenant("noisy").await.unwrap();
+    assert_eq!(noisy.failed_sessions, difftracker_runtime::serve::MAX_FAILED_SESSIONS);
+    let reason = noisy.reason.unwrap();
+    assert!(reason.contains("CPU deadline of 50 ms"), "the reason says what happened: {reason}");
+    let readiness = host.observatory().readiness().unwrap_err();
+    assert!(readiness.contains("tenant noisy"), "a stopped tenant is loud on /readyz: {readiness}");
+    // Meanwhile the healthy tenant converged, and keeps converging.
+    seed_service(&good, "db", "10.244.0.11");
+    eventually("good converges both Services", || async { settled(&host, "good").await && sim.oracle("good").is_some_and(|d| d.is_empty()) }).await;
+    assert_eq!(host.tenant("good").await.unwrap().failed_sessions, 0);
+    // An admin restart starts it again, from a clean count.
+    let restarted = host.restart("noisy").await.unwrap();
+    assert_eq!(restarted.phase, TenantPhase::Running);
+    assert_eq!(restarted.failed_sessions, 0);
+    host.shutdown().await;
+}
