@@ -432,7 +432,10 @@ async fn a_misbehaving_tenant_is_stopped_with_its_reason_and_restartable_while_t
     assert!(readiness.contains("tenant noisy"), "a stopped tenant is loud on /readyz: {readiness}");
     // Meanwhile the healthy tenant converged, and keeps converging.
     seed_service(&good, "db", "10.244.0.11");
-    eventually("good converges both Services", || async { settled(&host, "good").await && sim.oracle("good").is_some_and(|d| d.is_empty()) }).await;
+    eventually("good converges both Services", || async {
+        settled(&host, "good").await && sim.oracle("good").is_some_and(|d| d.is_empty())
+    })
+    .await;
     assert_eq!(host.tenant("good").await.unwrap().failed_sessions, 0);
     // An admin restart starts it again, from a clean count.
     let restarted = host.restart("noisy").await.unwrap();
