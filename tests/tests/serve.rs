@@ -283,6 +283,9 @@ async fn the_admin_api_needs_its_token_and_pauses_resumes_restarts_swaps_and_rol
         admin_call(&client, "POST", &format!("{base}/tenants/one/swap"), Some(&token), Some(json!({"component": not_wasm}))).await;
     assert_eq!((status, body["reason"].as_str()), (409, Some("build")), "{body}");
     assert_eq!(host.tenant("one").await.unwrap().phase, TenantPhase::Running, "a refused swap changes nothing");
+    let metrics = client.get(format!("{}/metrics", server.url())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="ok"} 2"#), "the swap and the rollback: {metrics}");
+    assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="refused"} 1"#), "{metrics}");
 
     // A reload through the admin API; an invalid file is a 400 that changes nothing.
     std::fs::write(
