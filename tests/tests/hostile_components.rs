@@ -139,8 +139,9 @@ impl Healthy {
 async fn stopped(tenant: &TenantHandle) -> TenantStatus {
     let mut status = tenant.subscribe();
     let waited = tokio::time::timeout(GUARD, status.wait_for(|s| s.stopped)).await.expect("guard: the hostile tenant stops");
-    let status = waited.expect("the status channel outlives the loop").clone();
-    status
+    waited.expect("the status channel outlives the loop");
+    // Stopped is final: the status no longer changes.
+    tenant.status()
 }
 
 /// The stopped tenant's error, which must name why it stopped.
