@@ -4,7 +4,7 @@
 //! FIFO runnable queue (deduplicated), and retry/park timers live in an ordered set of
 //! `(deadline, identity)` with one timer per identity. On each tick the dispatcher pops runnable
 //! identities, applies `retryGate`, and starts a worker while fewer than
-//! [`MAX_CONCURRENT_OPERATIONS`] are in flight. A started worker holds the identity's active slot
+//! the tenant's cap ([`MAX_CONCURRENT_OPERATIONS`] by default) are in flight. A started worker holds the identity's active slot
 //! until its completion has been applied, so there is at most one worker per identity.
 
 use crate::backoff::{MAX_SERVICE_RETRIES, OPERATION_TIMEOUT_MS, PARK_COOLDOWN_MS};
@@ -202,7 +202,7 @@ impl Engine {
 
     /// One dispatcher pass: pops runnable identities while worker slots are free.
     pub(crate) fn dispatch(&mut self, io: &mut dyn Io) {
-        while self.dispatcher.active.len() < MAX_CONCURRENT_OPERATIONS {
+        while self.dispatcher.active.len() < self.config.operations_cap() {
             let Some(id) = self.dispatcher.pop() else { break };
             self.dispatch_one(&id, io);
         }

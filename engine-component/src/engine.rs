@@ -12,7 +12,7 @@
 use crate::backoff::SplitMix64;
 use crate::config::{ServiceConfig, ServiceKind};
 use crate::desired::{Desired, Key};
-use crate::dispatcher::{Dispatcher, MAX_CONCURRENT_OPERATIONS};
+use crate::dispatcher::Dispatcher;
 use crate::egress::{Egress, PendingPods};
 use crate::endpoints::EndpointCache;
 use crate::identity::Identity;
@@ -306,7 +306,7 @@ impl Engine {
         self.ops.check_indexes()?;
         self.desired.check_index()?;
         self.nrp.check_index()?;
-        if self.dispatcher.in_flight() > MAX_CONCURRENT_OPERATIONS {
+        if self.dispatcher.in_flight() > self.config.operations_cap() {
             return Err(format!("{} operations in flight", self.dispatcher.in_flight()));
         }
         for id in self.pending_deletions.keys() {
@@ -399,7 +399,7 @@ impl Engine {
         let mut wake = self.timers.next_timeout();
         let sync_due =
             self.locations_updater.pass_due(self.now_ms) || !self.egress.calls.queue.is_empty() || !self.egress.calls.released.is_empty();
-        let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < MAX_CONCURRENT_OPERATIONS;
+        let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < self.config.operations_cap();
         let startup_due = self.startup_due();
         let work_due = self.startup.phase != InitPhase::Listing && (sync_due || dispatch_due);
         if work_due || startup_due {

@@ -3,7 +3,6 @@
 //! host shows it on its status page and in `difftracker explain`, and the replay draws it on its
 //! timeline. Read-only and O(operations).
 
-use crate::dispatcher::MAX_CONCURRENT_OPERATIONS;
 use crate::engine::Engine;
 use crate::io::OperationStatus;
 use crate::state::ResourceState;
@@ -44,7 +43,7 @@ impl Engine {
                         _ => format!("its retry timer, at {at} ms"),
                     }
                 } else if queued {
-                    format!("a dispatch slot ({} of {MAX_CONCURRENT_OPERATIONS} in use)", self.dispatcher.in_flight())
+                    format!("a dispatch slot ({} of {} in use)", self.dispatcher.in_flight(), self.config.operations_cap())
                 } else if drains > 0 {
                     format!("a drain: {drains} terminating pod(s) keep their finalizer until their addresses are unmapped")
                 } else if let Some(p) = pending_deletion {

@@ -440,12 +440,21 @@ pub struct TenantConfig {
     /// [`DEFAULT_MAX_REQUEST_ENTRIES`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_entries: Option<u32>,
+    /// Operations run at once (ENGINE.md 4.2); `None` means
+    /// [`crate::dispatcher::MAX_CONCURRENT_OPERATIONS`], as upstream. Held to 1..=1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_operations_in_flight: Option<u32>,
 }
 
 impl TenantConfig {
     /// The `Retry-After` cap in force.
     pub fn retry_after_cap_ms(&self) -> u64 {
         self.max_retry_after_ms.unwrap_or(DEFAULT_MAX_RETRY_AFTER_MS)
+    }
+
+    /// The cap on operations in flight in force.
+    pub fn operations_cap(&self) -> usize {
+        self.max_operations_in_flight.map_or(crate::dispatcher::MAX_CONCURRENT_OPERATIONS, |n| n.clamp(1, 1000) as usize)
     }
 
     /// The request budget in force.

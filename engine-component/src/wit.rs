@@ -52,6 +52,7 @@ impl Guest for Component {
                 max_retry_after_ms: config.max_retry_after_ms,
                 max_request_bytes: config.max_request_bytes,
                 max_request_entries: config.max_request_entries,
+                max_operations_in_flight: config.max_operations_in_flight,
             }));
             Ok(())
         })

@@ -52,7 +52,7 @@ const GUEST: &str = r#"
     (memory.fill (i32.const 64) (i32.const 0) (i32.const 48))
     (i32.const 64))
 
-  (func (export "clb:difftracker/engine@0.2.0#create") (param i32 i32) (param $seed i64) (param i32 i64) (param i32 i64) (param i32 i32) (result i32)
+  (func (export "clb:difftracker/engine@0.2.0#create") (param i32 i32) (param $seed i64) (param i32 i64) (param i32 i64) (param i32 i32) (param i32 i32) (result i32)
     (global.set $mode (i32.wrap_i64 (i64.and (local.get $seed) (i64.const 255))))
     (global.set $count (i32.wrap_i64 (i64.shr_u (local.get $seed) (i64.const 8))))
     (call $ok))

@@ -11,7 +11,8 @@ mod commands;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
-    ApiServerArgs, BenchArgs, BenchSwapArgs, DemoArgs, EmulatorArgs, ExplainArgs, GenTraceArgs, LiveArgs, ReplayArgs, RunArgs, SnapshotArgs,
+    AdminArgs, ApiServerArgs, BenchArgs, BenchSwapArgs, DemoArgs, EmulatorArgs, ExplainArgs, GenTraceArgs, LiveArgs, ReplayArgs, RunArgs,
+    ServeArgs, SnapshotArgs,
 };
 
 #[derive(Parser)]
@@ -40,6 +41,10 @@ enum Command {
     Live(LiveArgs),
     /// Run the controller against a Kubernetes cluster (--kubeconfig) and Azure or the emulator (--cloud-config, --arm-endpoint ...).
     Run(RunArgs),
+    /// Run many tenants in one process from a TOML configuration (--config FILE; see examples/tenants.toml).
+    Serve(ServeArgs),
+    /// Talk to a running `serve`'s admin API: tenants, pause, resume, restart, swap, rollback, reload.
+    Admin(AdminArgs),
     /// Run the sample inbound path against in-process mock backends and print every call.
     Demo(DemoArgs),
     /// Replay a Kubernetes watch trace against the in-process emulator in virtual time and write a report.
@@ -84,6 +89,8 @@ fn main() -> Result<()> {
         match command {
             Command::Live(args) => args.run().await,
             Command::Run(args) => args.run().await,
+            Command::Serve(args) => args.run().await,
+            Command::Admin(args) => args.run().await,
             Command::Demo(args) => args.run().await,
             Command::Replay(args) => args.run(),
             Command::GenTrace(args) => args.run(),

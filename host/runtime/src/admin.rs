@@ -1,55 +1,47 @@
-//! The admin API of hot swap: swap a running tenant to another component, or roll back to the
-//! previous one, over HTTP. Mounted by whoever owns the tenants (`Admin::router`, under
-//! `/admin`); authenticated by a bearer token read from a file (401 without it or with a wrong
-//! one, compared in constant time), as the multi-tenant issue's admin API describes.
+//! The admin API of the multi-tenant host ([`crate::serve::TenantHost`]), mounted beside
+//! `/metrics` on the host's loopback listener. Every route needs `Authorization: Bearer TOKEN`
+//! with the token read from the `[host]` table's `admin_token_file` (401 without it or with a
+//! wrong one; compared in constant time). Answers are JSON; a refusal is
+//! `{"reason": ..., "error": ...}` with 404 (no such tenant), 409 (not possible in the tenant's
+//! phase, or a swap refused: the tenant keeps its component) or 400 (a bad request or an invalid
+//! configuration, which changes nothing).
 //!
-//! - `POST /admin/tenants/{name}/swap` with `{"component": "/path/to.wasm"}`: loads the component
-//!   (the runtime's size limit and WIT check apply), swaps in the background
-//!   ([`TenantHandle::hot_swap`]) and answers the [`SwapReport`] as JSON; a refusal is 409 with
-//!   `{"reason": ..., "error": ...}` and the tenant keeps its current component.
-//! - `POST /admin/tenants/{name}/rollback`: swaps back to the component that ran before the last
-//!   successful swap (409 if there is none).
-//! - `GET /admin/tenants`: each registered tenant's component hash, swaps and refusals.
+//! - `GET /admin/tenants`: every tenant with its phase, reason, component, restarts, swaps.
+//! - `GET /admin/tenants/{name}`, `GET /admin/tenants/{name}/quarantined`.
+//! - `POST /admin/tenants/{name}/pause|resume|restart`.
+//! - `POST /admin/tenants/{name}/swap` with `{"component": "/path/to.wasm"}`: a hot swap
+//!   ([`crate::tenant::TenantHandle::hot_swap`]); `POST /admin/tenants/{name}/rollback` swaps
+//!   back to the component that ran before the last successful swap.
+//! - `POST /admin/reload`: re-reads the configuration file, as SIGHUP does.
+//!
+//! `difftracker admin --url URL --token-file FILE ...` is its client.
 
-use crate::driver::{EngineDriver, WasmEngine};
-use crate::tenant::{EngineFactory, SwapError, SwapReport, TenantHandle};
-use crate::wasm::{EngineComponent, Runtime};
+use crate::serve::{TenantError, TenantHost};
+use crate::tenant::SwapReport;
 use anyhow::{Context, Result};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The largest token file read (a token is a line of text).
 const MAX_TOKEN_BYTES: u64 = 4096;
+/// Largest request body the admin API reads.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// One tenant the admin API may swap.
-struct Entry {
-    tenant: Arc<TenantHandle>,
-    current: EngineComponent,
-    previous: Option<EngineComponent>,
-    /// One admin swap of a tenant at a time.
-    busy: bool,
-}
-
-/// The admin API's state: the token, the runtime components load into, the tenants.
+/// The admin API's state: the token and the host.
 #[derive(Clone)]
 pub struct Admin {
     token: Arc<Vec<u8>>,
-    runtime: Runtime,
-    tenants: Arc<Mutex<BTreeMap<String, Entry>>>,
+    host: TenantHost,
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SwapRequest {
     component: std::path::PathBuf,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Equal in time independent of where the first difference is.
@@ -57,18 +49,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn factory_of(component: &EngineComponent) -> EngineFactory {
-    let component = component.clone();
-    Arc::new(move |ids| Ok(Box::new(WasmEngine::new(&component, ids)?) as Box<dyn EngineDriver>))
-}
-
 fn json_error(status: StatusCode, reason: &str, error: &str) -> Response {
     (status, Json(serde_json::json!({ "reason": reason, "error": error }))).into_response()
 }
 
-fn report_json(report: &SwapReport, component: &EngineComponent) -> serde_json::Value {
+fn tenant_error(e: TenantError) -> Response {
+    match &e {
+        TenantError::Unknown(_) => json_error(StatusCode::NOT_FOUND, "unknown_tenant", &e.to_string()),
+        TenantError::WrongPhase { .. } => json_error(StatusCode::CONFLICT, "wrong_phase", &e.to_string()),
+        TenantError::Swap(s) => json_error(StatusCode::CONFLICT, s.reason(), &e.to_string()),
+        TenantError::Other(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    }
+}
+
+fn report_json(report: &SwapReport, sha256: &str) -> serde_json::Value {
     serde_json::json!({
-        "component_sha256": component.sha256,
+        "component_sha256": sha256,
         "pause_ms": report.pause.as_secs_f64() * 1e3,
         "total_ms": report.total.as_secs_f64() * 1e3,
         "snapshot_bytes": report.snapshot_bytes,
@@ -77,33 +73,57 @@ fn report_json(report: &SwapReport, component: &EngineComponent) -> serde_json::
     })
 }
 
-impl Admin {
-    /// Reads the token from `token_file` (its first line, trimmed; an empty one is refused).
-    pub fn new(token_file: &std::path::Path, runtime: Runtime) -> Result<Admin> {
-        let size = std::fs::metadata(token_file).with_context(|| format!("reading the admin token {}", token_file.display()))?.len();
-        if size > MAX_TOKEN_BYTES {
-            anyhow::bail!("the admin token file {} is {size} bytes, more than {MAX_TOKEN_BYTES}", token_file.display());
-        }
-        let text = std::fs::read_to_string(token_file).with_context(|| format!("reading the admin token {}", token_file.display()))?;
-        let token = text.lines().next().unwrap_or_default().trim().as_bytes().to_vec();
-        if token.is_empty() {
-            anyhow::bail!("the admin token file {} is empty", token_file.display());
-        }
-        Ok(Admin { token: Arc::new(token), runtime, tenants: Arc::default() })
+/// Reads a token file: its first line, trimmed; an empty or oversized one is refused. A file
+/// that does not exist is created with a fresh random token, readable by its owner only.
+pub fn load_or_create_token(path: &std::path::Path) -> Result<Vec<u8>> {
+    if !path.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut bytes = [0u8; 24];
+        getrandom(&mut bytes)?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating the admin token file {}", path.display()))?;
+        writeln!(file, "{token}").with_context(|| format!("writing the admin token file {}", path.display()))?;
+        tracing::info!(path = %path.display(), "created an admin token file");
     }
+    let size = std::fs::metadata(path).with_context(|| format!("reading the admin token {}", path.display()))?.len();
+    if size > MAX_TOKEN_BYTES {
+        anyhow::bail!("the admin token file {} is {size} bytes, more than {MAX_TOKEN_BYTES}", path.display());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the admin token {}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().as_bytes().to_vec();
+    if token.is_empty() {
+        anyhow::bail!("the admin token file {} is empty", path.display());
+    }
+    Ok(token)
+}
 
-    /// Lets the admin API swap `tenant`, which runs `component`.
-    pub fn register(&self, tenant: Arc<TenantHandle>, component: EngineComponent) {
-        let name = tenant.name().to_string();
-        lock(&self.tenants).insert(name, Entry { tenant, current: component, previous: None, busy: false });
+/// Random bytes from the kernel.
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).context("reading /dev/urandom for the admin token")
+}
+
+impl Admin {
+    /// The admin API of `host`, guarded by the token in `token_file` (created when missing).
+    pub fn new(token_file: &std::path::Path, host: TenantHost) -> Result<Admin> {
+        Ok(Admin { token: Arc::new(load_or_create_token(token_file)?), host })
     }
 
     /// The routes, to mount at the root of an HTTP server.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/admin/tenants", get(list))
-            .route("/admin/tenants/{name}/swap", post(swap))
-            .route("/admin/tenants/{name}/rollback", post(rollback))
+            .route("/admin/tenants/{name}", get(show))
+            .route("/admin/tenants/{name}/quarantined", get(quarantined))
+            .route("/admin/tenants/{name}/{action}", post(act))
+            .route("/admin/reload", post(reload))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
     }
 
@@ -111,94 +131,90 @@ impl Admin {
         let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         given.is_some_and(|t| constant_time_eq(t.trim().as_bytes(), &self.token))
     }
-
-    /// Swaps `name` to `component`; on success the old component becomes the rollback target.
-    async fn swap_to(&self, name: &str, component: EngineComponent) -> Response {
-        let tenant = {
-            let mut tenants = lock(&self.tenants);
-            let Some(entry) = tenants.get_mut(name) else {
-                return json_error(StatusCode::NOT_FOUND, "unknown_tenant", &format!("no tenant {name}"));
-            };
-            if entry.busy {
-                return json_error(StatusCode::CONFLICT, SwapError::Busy.reason(), &SwapError::Busy.to_string());
-            }
-            entry.busy = true;
-            entry.tenant.clone()
-        };
-        let result = tenant.hot_swap(factory_of(&component)).await;
-        let mut tenants = lock(&self.tenants);
-        let Some(entry) = tenants.get_mut(name) else {
-            return json_error(StatusCode::NOT_FOUND, "unknown_tenant", &format!("tenant {name} was removed during the swap"));
-        };
-        entry.busy = false;
-        match result {
-            Ok(report) => {
-                let body = report_json(&report, &component);
-                entry.previous = Some(std::mem::replace(&mut entry.current, component));
-                tracing::info!(tenant = %name, component = %entry.current.sha256, "admin swap done");
-                (StatusCode::OK, Json(body)).into_response()
-            }
-            Err(e) => json_error(StatusCode::CONFLICT, e.reason(), &e.to_string()),
-        }
-    }
 }
 
 async fn list(State(admin): State<Admin>, headers: HeaderMap) -> Response {
     if !admin.authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let tenants = lock(&admin.tenants);
-    let rows: Vec<serde_json::Value> = tenants
-        .iter()
-        .map(|(name, e)| {
-            let status = e.tenant.status();
-            serde_json::json!({
-                "name": name,
-                "component_sha256": e.current.sha256,
-                "rollback_to": e.previous.as_ref().map(|p| p.sha256.clone()),
-                "swaps": status.swaps,
-                "swaps_refused": status.swaps_refused,
-                "last_swap_error": status.last_swap_error,
-            })
-        })
-        .collect();
-    Json(rows).into_response()
+    Json(admin.host.tenants().await).into_response()
 }
 
-async fn swap(State(admin): State<Admin>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn show(State(admin): State<Admin>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     if !admin.authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let request: SwapRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("expected {{\"component\": PATH}}: {e}")),
-    };
-    let runtime = admin.runtime.clone();
-    let path = request.component.clone();
-    let loaded = tokio::task::spawn_blocking(move || runtime.load_file(&path)).await;
-    let component = match loaded {
-        Ok(Ok(component)) => component,
-        Ok(Err(e)) => return json_error(StatusCode::CONFLICT, SwapError::Build(String::new()).reason(), &format!("{e:#}")),
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "build", &format!("loading the component failed: {e}")),
-    };
-    admin.swap_to(&name, component).await
+    match admin.host.tenant(&name).await {
+        Some(view) => Json(view).into_response(),
+        None => tenant_error(TenantError::Unknown(name)),
+    }
 }
 
-async fn rollback(State(admin): State<Admin>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn quarantined(State(admin): State<Admin>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     if !admin.authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let previous = lock(&admin.tenants).get(&name).map(|e| e.previous.clone());
-    match previous {
-        None => json_error(StatusCode::NOT_FOUND, "unknown_tenant", &format!("no tenant {name}")),
-        Some(None) => json_error(StatusCode::CONFLICT, "no_previous", &format!("tenant {name} has no previous component to roll back to")),
-        Some(Some(component)) => admin.swap_to(&name, component).await,
+    match admin.host.quarantined(&name).await {
+        Ok(inputs) => {
+            let rows: Vec<serde_json::Value> = inputs
+                .iter()
+                .map(|q| serde_json::json!({ "tick": q.tick, "at_ms": q.at_ms, "input": q.summary, "reason": q.reason }))
+                .collect();
+            Json(rows).into_response()
+        }
+        Err(e) => tenant_error(e),
+    }
+}
+
+async fn act(
+    State(admin): State<Admin>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !admin.authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let host = &admin.host;
+    let result = match action.as_str() {
+        "pause" => host.pause(&name).await.map(|v| Json(v).into_response()),
+        "resume" => host.resume(&name).await.map(|v| Json(v).into_response()),
+        "restart" => host.restart(&name).await.map(|v| Json(v).into_response()),
+        "rollback" => host.rollback(&name).await.map(|(r, sha)| Json(report_json(&r, &sha)).into_response()),
+        "swap" => {
+            let request: SwapRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("expected {{\"component\": PATH}}: {e}")),
+            };
+            host.swap(&name, &request.component).await.map(|(r, sha)| Json(report_json(&r, &sha)).into_response())
+        }
+        other => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "unknown_action",
+                &format!("no action {other:?}: pause, resume, restart, swap or rollback"),
+            )
+        }
+    };
+    result.unwrap_or_else(tenant_error)
+}
+
+async fn reload(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if !admin.authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match admin.host.reload_file().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration keeps running");
+            json_error(StatusCode::BAD_REQUEST, "invalid_configuration", &e)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
 
     #[test]
     fn tokens_compare_whole() {
@@ -206,5 +222,21 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn a_missing_token_file_is_created_private_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("difftracker-admin-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.token");
+        let first = load_or_create_token(&path).unwrap();
+        assert_eq!(first.len(), 48, "24 random bytes in hex");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create_token(&path).unwrap(), first, "an existing file is read, not replaced");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(load_or_create_token(&path).unwrap_err().to_string().contains("is empty"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,7 +11,7 @@
 pub use crate::calls::{CallIds, CallQueue, QueueLimits, QueueOverflow};
 use crate::tenant::{brief_reason, one_line};
 use crate::wasm::bindings::{wit as w, wit_engine as wx, DifftrackerEngine};
-use crate::wasm::{wt, EngineComponent, HostState, Runtime, SandboxLimits};
+use crate::wasm::{wt, EngineComponent, HostState, Runtime, SandboxLimits, SlotGuard};
 use anyhow::{anyhow, bail, Context, Result};
 use difftracker_engine::io::{
     Call, CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, OperationStatus, TenantConfig, TickOutcome,
@@ -199,19 +199,46 @@ pub struct WasmEngine {
     /// Set once the guest trapped: the store must not be entered again.
     poisoned: Option<String>,
     stderr_seen: usize,
+    /// Dropped after the store, so the slot is free once the instance is.
+    _slot: SlotGuard,
 }
 
 impl WasmEngine {
     /// A fresh instance of `component`, allocating call ids from `ids`.
     pub fn new(component: &EngineComponent, ids: CallIds) -> Result<WasmEngine> {
+        WasmEngine::with_limits(component, ids, component.runtime().limits())
+    }
+
+    /// [`WasmEngine::new`] in a sandbox of its own `limits` (a tenant's guest memory, CPU
+    /// deadline and per-tick caps), within the runtime's: the guest memory may not exceed the
+    /// runtime's, which sizes the slots of its instance pool.
+    pub fn with_limits(component: &EngineComponent, ids: CallIds, limits: &SandboxLimits) -> Result<WasmEngine> {
         let runtime = component.runtime();
-        let limits = runtime.limits().clone();
+        let max_memory = runtime.limits().memory_bytes;
+        if limits.memory_bytes > max_memory {
+            bail!(
+                "a guest memory limit of {} MiB is above the runtime's {} MiB (the size of its instance slots)",
+                limits.memory_bytes >> 20,
+                max_memory >> 20
+            );
+        }
+        let slot = runtime.take_slot()?;
+        let limits = limits.clone();
         let mut store = Store::new(runtime.engine(), HostState::new(&limits, CallQueue::with_limits(ids.clone(), limits.queue_limits())));
         store.limiter(|state| &mut state.limits);
         let deadline_ticks = limits.deadline_ticks();
         store.set_epoch_deadline(deadline_ticks);
         let bindings = component.pre.instantiate(&mut store).map_err(wt)?;
-        Ok(WasmEngine { store, bindings, ids, deadline_ticks, cpu_deadline: limits.cpu_deadline, poisoned: None, stderr_seen: 0 })
+        Ok(WasmEngine {
+            store,
+            bindings,
+            ids,
+            deadline_ticks,
+            cpu_deadline: limits.cpu_deadline,
+            poisoned: None,
+            stderr_seen: 0,
+            _slot: slot,
+        })
     }
 
     /// Whether a trap has made this instance unusable.

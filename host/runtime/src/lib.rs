@@ -25,9 +25,11 @@
 //! - [`k8s`]: Kubernetes JSON to engine events.
 //! - [`controller`]: one tenant against a real cluster (kube-rs) and ARM, with leader election
 //!   over a Lease and a fence on every call; what `difftracker run` and the main job run.
+//! - [`serve`]: many tenants' controllers in one process from a TOML configuration, each in
+//!   its own sandbox, reloadable; [`admin`]: its token-guarded admin API (list, pause, resume,
+//!   restart, swap, rollback, reload).
 //! - [`observe`]: `/metrics`, `/healthz`, `/readyz` and the status page; [`server`]: the one
-//!   handle type of every HTTP server the host runs; [`admin`]: the token-guarded admin routes
-//!   that swap a tenant's component or roll it back.
+//!   handle type of every HTTP server the host runs.
 
 pub mod admin;
 pub mod backend;
@@ -37,6 +39,7 @@ pub mod driver;
 pub mod executor;
 pub mod k8s;
 pub mod observe;
+pub mod serve;
 pub mod server;
 pub mod tenant;
 pub mod transport;

@@ -108,6 +108,8 @@ struct HostMetrics {
     restarts: Family<Labels, Counter>,
     quarantined: Family<Labels, Counter>,
     tenant_up: Family<Labels, Gauge>,
+    instance_slots: Gauge,
+    instance_slots_free: Gauge,
 }
 
 fn tick_histogram() -> Histogram {
@@ -126,6 +128,8 @@ impl HostMetrics {
             restarts: Family::default(),
             quarantined: Family::default(),
             tenant_up: Family::default(),
+            instance_slots: Gauge::default(),
+            instance_slots_free: Gauge::default(),
         }
     }
 
@@ -159,6 +163,16 @@ impl HostMetrics {
             self.quarantined.clone(),
         );
         registry.register("difftracker_host_tenant_up", "1 while the tenant's loop runs, 0 once it stopped", self.tenant_up.clone());
+        registry.register(
+            "difftracker_host_instance_slots",
+            "Instance slots of the wasmtime runtime (each engine, swap and recovery holds one)",
+            self.instance_slots.clone(),
+        );
+        registry.register(
+            "difftracker_host_instance_slots_free",
+            "Instance slots no engine instance holds",
+            self.instance_slots_free.clone(),
+        );
     }
 }
 
@@ -272,6 +286,19 @@ impl Observatory {
     /// Marks this replica a standby (not ready, with this reason) or, with `None`, an active one.
     pub fn set_standby(&self, reason: Option<String>) {
         *lock(&self.inner.shared.standby) = reason;
+    }
+
+    /// The instance slots of the runtime the tenants run in, and how many are free.
+    pub fn set_instance_slots(&self, total: u32, free: u32) {
+        self.inner.host.instance_slots.set(total as i64);
+        self.inner.host.instance_slots_free.set(free as i64);
+    }
+
+    /// Stops following a tenant that was removed or paused: it leaves the status page, the
+    /// readiness check and the engine samples (its host counters keep their totals).
+    pub fn forget(&self, tenant: &str) {
+        lock(&self.inner.shared.tenants).remove(tenant);
+        self.inner.host.tenant_up.remove(&labels(&[("tenant", tenant)]));
     }
 
     /// A line or a few shown at the top of the status page (what the command is doing).
@@ -388,7 +415,8 @@ impl Observatory {
                 }
                 restarts_seen = restarts_seen.max(restarts);
                 up.set(if stopped { 0 } else { 1 });
-                let delta = this.with_tenant(&tenant, |t| {
+                // A forgotten tenant stays forgotten.
+                let delta = lock(&this.inner.shared.tenants).get_mut(&tenant).map_or(0, |t| {
                     let delta = count.saturating_sub(t.ticks_seen);
                     if delta > 0 {
                         t.ticks_seen = count;

@@ -13,6 +13,8 @@
 //!   against them.
 //! - [`bench`]: the engine-only lifecycle benchmark; [`bench_swap`]: the hot swap benchmark.
 //! - [`explain`]: the words of `difftracker explain` for one operation.
+//! - [`serve`]: the embedded emulator, embedded and simulated clusters and the misbehaving
+//!   component for the tenants of `difftracker serve`.
 //! - [`samples`]: the bundled sample trace and fault file, and sample Kubernetes objects.
 //! - [`MISBEHAVING_WASM`]: a hostile engine component (`tests/guests/misbehaving/`, built by
 //!   `build.rs`) whose tenant name picks how it misbehaves: the hostile-component tests and the
@@ -31,6 +33,7 @@ pub mod live;
 pub mod mock;
 pub mod replay;
 pub mod samples;
+pub mod serve;
 
 use std::path::Path;
 

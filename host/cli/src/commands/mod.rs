@@ -10,6 +10,7 @@ mod live;
 mod progress;
 mod replay;
 mod run;
+mod serve;
 mod swap;
 
 pub use apiserver::ApiServerArgs;
@@ -20,6 +21,7 @@ pub use explain::ExplainArgs;
 pub use live::LiveArgs;
 pub use replay::{GenTraceArgs, ReplayArgs};
 pub use run::RunArgs;
+pub use serve::{AdminArgs, ServeArgs};
 pub use swap::{BenchSwapArgs, SnapshotArgs};
 
 use difftracker_runtime::driver::EngineKind;

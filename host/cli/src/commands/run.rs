@@ -5,7 +5,6 @@ use super::{EngineArg, SandboxArgs};
 use anyhow::{anyhow, bail, Context, Result};
 use difftracker_engine::io::TenantConfig;
 use difftracker_runtime::controller::{self, AzureJson, AzureOverrides, ControllerOptions, CredentialKind, LeaseOptions};
-use difftracker_runtime::k8s::kube;
 use difftracker_runtime::observe::{self, Observatory};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -133,22 +132,6 @@ impl LeaderArgs {
     }
 }
 
-/// A kube client from `--kubeconfig`, or kube's own inference (`$KUBECONFIG`, `~/.kube/config`,
-/// the in-cluster service account). Errors name the file.
-pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let shown = path.display();
-            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow!("kubeconfig {shown}: {e}"))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| anyhow!("kubeconfig {shown}: {e}"))?
-        }
-        None => kube::Config::infer().await.map_err(|e| anyhow!("no cluster configuration (pass --kubeconfig): {e}"))?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
-}
-
 impl RunArgs {
     /// The controller's options from the flags and the cloud config.
     pub fn options(&self) -> Result<ControllerOptions> {
@@ -183,7 +166,7 @@ impl RunArgs {
 
     pub async fn run(self) -> Result<()> {
         let options = self.options()?;
-        let client = kube_client(self.kubeconfig.as_deref()).await?;
+        let client = difftracker_runtime::k8s::client_from_kubeconfig(self.kubeconfig.as_deref()).await?;
         let observatory = Observatory::new();
         let endpoints = observe::bind(self.listen, observatory.clone()).await?;
         let url = endpoints.url();

@@ -127,7 +127,7 @@ pub struct AzureOverrides {
 }
 
 /// The resolved Azure side: where the resources are and how to authenticate.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AzureSide {
     pub config: TenantAzureConfig,
     /// `None`: no token is sent.

@@ -34,14 +34,14 @@ use crate::driver::{CallIds, EngineKind};
 use crate::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
 use crate::k8s::{kube, ClusterWatch, KubeClientBackend, KubeClientOptions, WatchOptions, WatchStats};
 use crate::observe::Observatory;
-use crate::tenant::{Recovery, TenantHandle, TenantOptions, TenantStatus};
+use crate::tenant::{EngineFactory, Recovery, SwapError, SwapReport, TenantHandle, TenantOptions, TenantStatus};
 use crate::transport::{ArmTransport, AzureIdentityTokens, NoAuth, TenantAzureConfig, TokenSource, TransportOptions};
 use crate::wasm::SandboxLimits;
 use anyhow::{anyhow, Context, Result};
 use difftracker_engine::io::{CallError, CallOutput, CloudCall, ErrorKind, KubeCall, KubeEventRecord, TenantConfig};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// How a controller runs.
@@ -61,6 +61,14 @@ pub struct ControllerOptions {
     pub leader_election: Option<LeaseOptions>,
     /// Calls of the tenant in flight at once.
     pub max_calls_in_flight: usize,
+    /// Builds the engine instances instead of `engine` and `sandbox` (a tenant of a
+    /// multi-tenant host: its own component, in the host's shared runtime, with its own limits).
+    pub factory: Option<EngineFactory>,
+    /// The executor whose global cap the tenant shares with others; `None`: one of its own.
+    pub executor: Option<Executor>,
+    /// Sessions that may fail in a row before the controller gives up and stops with the last
+    /// error (a tenant whose engine keeps trapping); `None`: it never gives up.
+    pub max_failed_sessions: Option<u32>,
 }
 
 impl ControllerOptions {
@@ -76,6 +84,9 @@ impl ControllerOptions {
             kube_writes: KubeClientOptions::default(),
             leader_election: None,
             max_calls_in_flight: crate::executor::DEFAULT_TENANT_CAP,
+            factory: None,
+            executor: None,
+            max_failed_sessions: None,
         }
     }
 
@@ -104,6 +115,10 @@ pub struct ControllerState {
     pub last_error: Option<String>,
     /// Set once the controller has stopped.
     pub stopped: bool,
+    /// Sessions that failed in a row, each within a minute of its start.
+    pub failed_sessions: u32,
+    /// Set when the controller stopped because `max_failed_sessions` sessions failed in a row.
+    pub gave_up: bool,
 }
 
 impl ControllerState {
@@ -116,6 +131,7 @@ impl ControllerState {
 /// A running controller.
 pub struct ControllerHandle {
     shutdown: watch::Sender<bool>,
+    swaps: mpsc::UnboundedSender<SwapRequest>,
     state: watch::Receiver<ControllerState>,
     task: JoinHandle<Result<()>>,
 }
@@ -137,6 +153,18 @@ impl ControllerHandle {
             return Err(anyhow!("the controller stopped: {}", state.last_error.as_deref().unwrap_or("shut down")));
         }
         Ok(state)
+    }
+
+    /// Hot-swaps the running session's engine to instances `factory` builds
+    /// ([`TenantHandle::hot_swap`]); on success later sessions use `factory` too. Refused with
+    /// [`SwapError::NotRunning`] while no session runs (a standby, a backoff).
+    pub async fn hot_swap(&self, factory: EngineFactory) -> std::result::Result<SwapReport, SwapError> {
+        if self.state.borrow().tenant.is_none() {
+            return Err(SwapError::NotRunning);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.swaps.send((factory, tx)).map_err(|_| SwapError::NotRunning)?;
+        rx.await.map_err(|_| SwapError::NotRunning)?
     }
 
     /// Stops the engine after its current tick, then releases the Lease.
@@ -174,20 +202,22 @@ pub fn start(client: kube::Client, options: ControllerOptions, observatory: Obse
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (state_tx, state_rx) = watch::channel(ControllerState::default());
-    let controller = Controller {
-        client,
-        options,
-        observatory,
-        cloud,
-        executor: Executor::new(Arc::new(SystemClock), DEFAULT_GLOBAL_CAP),
-        state: state_tx,
-        shutdown: shutdown_rx,
-    };
+    let (swaps_tx, swaps_rx) = mpsc::unbounded_channel();
+    let factory = Arc::new(Mutex::new(factory_of(&options)));
+    let executor = options.executor.clone().unwrap_or_else(|| Executor::new(Arc::new(SystemClock), DEFAULT_GLOBAL_CAP));
+    let controller =
+        Controller { factory, swaps: swaps_rx, client, options, observatory, cloud, executor, state: state_tx, shutdown: shutdown_rx };
     let task = tokio::spawn(controller.run(elector));
-    Ok(ControllerHandle { shutdown: shutdown_tx, state: state_rx, task })
+    Ok(ControllerHandle { shutdown: shutdown_tx, swaps: swaps_tx, state: state_rx, task })
 }
 
+/// A hot swap asked of the controller, and where its answer goes.
+type SwapRequest = (EngineFactory, oneshot::Sender<std::result::Result<SwapReport, SwapError>>);
+
 struct Controller {
+    /// What builds the engine's instances; a successful hot swap replaces it.
+    factory: Arc<Mutex<EngineFactory>>,
+    swaps: mpsc::UnboundedReceiver<SwapRequest>,
     client: kube::Client,
     options: ControllerOptions,
     observatory: Observatory,
@@ -208,6 +238,9 @@ enum SessionEnd {
 const STANDBY: &str = "standby: waiting for the leader lease (another replica holds it)";
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// A session that fails after running this long does not count towards `max_failed_sessions`
+/// as part of the run before it.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Controller {
@@ -222,6 +255,7 @@ impl Controller {
         });
         let mut backoff = FIRST_BACKOFF;
         let result = loop {
+            self.refuse_swaps();
             // Standby until the Lease is ours.
             if !*leading.borrow() {
                 self.state.send_modify(|s| s.leading = false);
@@ -239,6 +273,7 @@ impl Controller {
                 s.leading = true;
                 s.sessions += 1;
             });
+            let started = std::time::Instant::now();
             let end = match self.session(fence.clone(), &mut leading).await {
                 Ok(end) => end,
                 Err(e) => SessionEnd::Failed(format!("{e:#}")),
@@ -250,8 +285,21 @@ impl Controller {
                     self.state.send_modify(|s| s.last_error = Some("lost the leader lease".into()));
                 }
                 SessionEnd::Failed(e) => {
+                    // A session that ran for a while before failing starts a new run of failures.
+                    let failed = if started.elapsed() >= STABLE_SESSION { 1 } else { self.state.borrow().failed_sessions + 1 };
+                    if failed == 1 {
+                        backoff = FIRST_BACKOFF;
+                    }
+                    self.state.send_modify(|s| {
+                        s.last_error = Some(e.clone());
+                        s.failed_sessions = failed;
+                    });
+                    if self.options.max_failed_sessions.is_some_and(|max| failed >= max) {
+                        tracing::error!(tenant = %self.options.tenant.tenant, error = %e, "{failed} sessions failed in a row; the controller gives up");
+                        self.state.send_modify(|s| s.gave_up = true);
+                        break Ok(());
+                    }
                     tracing::error!(tenant = %self.options.tenant.tenant, error = %e, "the controller's session ended; starting a new one after {backoff:?}");
-                    self.state.send_modify(|s| s.last_error = Some(e));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.shutdown.wait_for(|s| *s) => break Ok(()),
@@ -276,9 +324,10 @@ impl Controller {
     /// One engine's life: until shutdown, the Lease is lost, or something fails.
     async fn session(&mut self, fence: Fence, leading: &mut watch::Receiver<bool>) -> Result<SessionEnd> {
         let name = self.options.tenant.tenant.clone();
-        let (engine, limits, config) = (self.options.engine, self.options.sandbox.clone(), self.options.tenant.clone());
+        let factory = self.factory();
+        let (fresh, config) = (factory.clone(), self.options.tenant.clone());
         let driver = tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut driver = engine.new_driver_in(CallIds::default(), &limits)?;
+            let mut driver = fresh(CallIds::default())?;
             driver.create(&config).context("creating the engine")?;
             Ok(driver)
         })
@@ -289,9 +338,8 @@ impl Controller {
             fence: fence.clone(),
         });
         let cloud: Arc<dyn CloudBackend> = Arc::new(FencedCloud { inner: self.cloud.clone(), fence });
-        let sandbox = self.options.sandbox.clone();
         let options = TenantOptions { max_calls_in_flight: self.options.max_calls_in_flight.max(1), ..TenantOptions::new(&name) }
-            .with_recovery(Recovery::new(move |ids| engine.new_driver_in(ids, &sandbox)));
+            .with_recovery(Recovery::of_factory(factory));
         let tenant = self.observatory.spawn_tenant(&self.executor, options, driver, Backends { cloud, kube }, None);
         let watch = ClusterWatch::start(self.client.clone(), self.options.watch.clone());
         let end = self.drive(&tenant, watch, leading).await;
@@ -301,6 +349,17 @@ impl Controller {
         }
         self.state.send_modify(|s| s.tenant = None);
         Ok(end)
+    }
+
+    fn factory(&self) -> EngineFactory {
+        self.factory.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Refuses swaps asked while no session runs.
+    fn refuse_swaps(&mut self) {
+        while let Ok((_, reply)) = self.swaps.try_recv() {
+            let _ = reply.send(Err(SwapError::NotRunning));
+        }
     }
 
     /// Feeds the watch into the tenant as it keeps up, and publishes the state.
@@ -340,10 +399,31 @@ impl Controller {
                     let _ = r;
                     return SessionEnd::LostLease;
                 }
+                Some((factory, reply)) = self.swaps.recv() => {
+                    // The swap runs in the tenant's loop; the watch keeps being fed meanwhile.
+                    let swap = tenant.hot_swap(factory.clone());
+                    let current = self.factory.clone();
+                    tokio::spawn(async move {
+                        let result = swap.await;
+                        if result.is_ok() {
+                            *current.lock().unwrap_or_else(|e| e.into_inner()) = factory;
+                        }
+                        let _ = reply.send(result);
+                    });
+                }
                 _ = self.shutdown.wait_for(|s| *s) => return SessionEnd::Shutdown,
             }
         }
     }
+}
+
+/// What builds the engine's instances: the configured factory, else `engine` in `sandbox`.
+fn factory_of(options: &ControllerOptions) -> EngineFactory {
+    if let Some(factory) = &options.factory {
+        return factory.clone();
+    }
+    let (engine, sandbox) = (options.engine, options.sandbox.clone());
+    Arc::new(move |ids| engine.new_driver_in(ids, &sandbox))
 }
 
 /// The elector's side: acquire, publish, renew until lost, again; release once told to. When

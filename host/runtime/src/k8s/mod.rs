@@ -53,6 +53,23 @@ pub fn replaced(what: &str, wanted: &str, found: &str) -> CallError {
     }
 }
 
+/// A kube client from a kubeconfig file (its current context), or kube's own inference
+/// (`$KUBECONFIG`, `~/.kube/config`, the in-cluster service account). Errors name the file.
+pub async fn client_from_kubeconfig(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    use anyhow::{anyhow, Context};
+    let config = match kubeconfig {
+        Some(path) => {
+            let shown = path.display();
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow!("kubeconfig {shown}: {e}"))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| anyhow!("kubeconfig {shown}: {e}"))?
+        }
+        None => kube::Config::infer().await.map_err(|e| anyhow!("no cluster configuration (pass --kubeconfig): {e}"))?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
 /// Whether `finalizer` is one the engine adds and removes itself.
 pub fn is_engine_finalizer(finalizer: &str) -> bool {
     SERVICE_FINALIZERS.contains(&finalizer) || finalizer == POD_FINALIZER

@@ -32,6 +32,7 @@ use anyhow::{anyhow, Result};
 use difftracker_engine::io::{Call, CallError, CallId, CallOutput, EngineStatus, KubeEvent, KubeEventRecord};
 use recovery::GuardedEngine;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use tick_loop::TenantLoop;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -222,10 +223,18 @@ impl TenantHandle {
     /// the tenant's instances after a trap from then on. A refusal leaves the old instance
     /// running and says why. A tenant with trap recovery swaps from its checkpoint; one without
     /// takes a snapshot first (that snapshot is then part of the pause).
-    pub async fn hot_swap(&self, factory: EngineFactory) -> std::result::Result<SwapReport, SwapError> {
+    ///
+    /// The request is queued at once; the future only waits for the answer, so it may outlive
+    /// the borrow of the handle.
+    pub fn hot_swap(&self, factory: EngineFactory) -> impl Future<Output = std::result::Result<SwapReport, SwapError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        self.control.send(Control::HotSwap(factory, tx)).map_err(|_| SwapError::NotRunning)?;
-        rx.await.map_err(|_| SwapError::NotRunning)?
+        let sent = self.control.send(Control::HotSwap(factory, tx)).is_ok();
+        async move {
+            if !sent {
+                return Err(SwapError::NotRunning);
+            }
+            rx.await.map_err(|_| SwapError::NotRunning)?
+        }
     }
 
     /// Stops the loop after its current tick and hands the engine back (for a swap or a final

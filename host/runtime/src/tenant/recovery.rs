@@ -109,13 +109,12 @@ impl std::fmt::Debug for Recovery {
 impl Recovery {
     /// Default limits: 3 restarts per 100 ticks, the last 32 quarantined inputs.
     pub fn new(factory: impl Fn(CallIds) -> Result<Box<dyn EngineDriver>> + Send + Sync + 'static) -> Recovery {
-        Recovery {
-            factory: Arc::new(factory),
-            snapshots: SnapshotPolicy::default(),
-            max_restarts: 3,
-            restart_window_ticks: 100,
-            quarantine_capacity: 32,
-        }
+        Recovery::of_factory(Arc::new(factory))
+    }
+
+    /// [`Recovery::new`] of a factory already shared.
+    pub fn of_factory(factory: EngineFactory) -> Recovery {
+        Recovery { factory, snapshots: SnapshotPolicy::default(), max_restarts: 3, restart_window_ticks: 100, quarantine_capacity: 32 }
     }
 
     /// Fresh [`WasmEngine`] instances of `component`.

@@ -70,7 +70,7 @@ impl TokenSource for StaticToken {
 }
 
 /// Which Entra ID credential to use (AZURE-WIRE.md section 1.2, first three kinds).
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum AzureCredentialConfig {
     ClientSecret {
         tenant_id: String,

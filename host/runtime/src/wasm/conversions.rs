@@ -181,6 +181,7 @@ impl From<&io::TenantConfig> for wx::TenantConfig {
             max_retry_after_ms: c.max_retry_after_ms,
             max_request_bytes: c.max_request_bytes,
             max_request_entries: c.max_request_entries,
+            max_operations_in_flight: c.max_operations_in_flight,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod sandbox;
 use crate::calls::CallQueue;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
@@ -110,6 +111,30 @@ struct RuntimeInner {
     limits: SandboxLimits,
     pooling: bool,
     max_component_bytes: u64,
+    /// Instance slots, and how many live instances hold one (see [`Runtime::take_slot`]).
+    max_instances: u32,
+    slots_in_use: Arc<AtomicU32>,
+}
+
+/// Why an instance could not be created: every slot of the runtime is taken.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no instance slot free: all {max} slots of the wasmtime runtime are in use (tenants, swaps and recoveries each hold one); \
+     size the pool for more (RuntimeOptions::max_instances, `instance_slots` in the [host] table of a serve configuration)"
+)]
+pub struct NoFreeSlot {
+    pub max: u32,
+}
+
+/// One instance slot, given back when the instance it belongs to is dropped.
+pub(crate) struct SlotGuard {
+    in_use: Arc<AtomicU32>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Runtime {
@@ -146,6 +171,8 @@ impl Runtime {
                 limits: options.limits,
                 pooling,
                 max_component_bytes: options.max_component_bytes,
+                max_instances: options.max_instances.max(1),
+                slots_in_use: Arc::new(AtomicU32::new(0)),
             }),
         })
     }
@@ -183,6 +210,27 @@ impl Runtime {
 
     pub fn uses_pooling(&self) -> bool {
         self.inner.pooling
+    }
+
+    /// Instance slots in all, whether pooled or not (the cap holds either way).
+    pub fn instance_slots(&self) -> u32 {
+        self.inner.max_instances
+    }
+
+    /// Instance slots no live instance holds.
+    pub fn free_slots(&self) -> u32 {
+        self.inner.max_instances.saturating_sub(self.inner.slots_in_use.load(Ordering::Acquire))
+    }
+
+    /// Takes a slot for a new instance, or says clearly that none is free (rather than the
+    /// pooling allocator's own "maximum concurrent limit" error deep inside instantiation).
+    pub(crate) fn take_slot(&self) -> Result<SlotGuard, NoFreeSlot> {
+        let max = self.inner.max_instances;
+        self.inner
+            .slots_in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map_err(|_| NoFreeSlot { max })?;
+        Ok(SlotGuard { in_use: self.inner.slots_in_use.clone() })
     }
 
     pub fn cache(&self) -> Option<&ComponentCache> {

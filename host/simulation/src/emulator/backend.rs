@@ -77,7 +77,8 @@ impl EmulatorBackend {
     /// outcome with the latency to apply. Does not sleep.
     pub fn perform_at(&self, now_ms: u64, call: &CloudCall) -> Decided {
         let label = call.label();
-        if let Err(e) = self.emulator.authorize(self.token.as_ref().map(|t| format!("Bearer {t}")).as_deref()) {
+        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        if let Err(e) = self.emulator.authorize(authorization.as_deref(), Some(self.config.network_subscription())) {
             return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)), injected: false };
         }
         // The body as the transport would send it, held to the HTTP face's size limit.

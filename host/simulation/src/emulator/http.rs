@@ -293,8 +293,13 @@ async fn handle(
         };
         return json_response(200, &inv);
     }
-    // As at ARM's front door: the token first, then the route.
-    if let Err(e) = server.emulator.authorize(header_text(&headers, "authorization").as_deref()) {
+    // As at ARM's front door: the token first (for the subscription the path names), then the route.
+    let subscription = match &route {
+        Ok(Route::Poll { subscription, .. }) => Some(subscription.as_str()),
+        Ok(Route::Arm { scope, .. }) => Some(scope.subscription.as_str()),
+        _ => None,
+    };
+    if let Err(e) = server.emulator.authorize(header_text(&headers, "authorization").as_deref(), subscription) {
         return error_response(&e);
     }
     let route = match route {

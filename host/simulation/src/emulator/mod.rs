@@ -28,6 +28,7 @@ use anyhow::Context;
 pub use difftracker_engine::io::NRP_MAX_REQUEST_BYTES;
 use difftracker_runtime::transport::TenantAzureConfig;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -129,6 +130,10 @@ pub enum EmulatorAuth {
     AnyBearer,
     /// Exactly this bearer token.
     Token(String),
+    /// One token per principal, each allowed into the subscriptions listed with it (lower-case),
+    /// as ARM's role assignments scope a service principal: any other token is 401, a known one
+    /// used in another subscription 403 `AuthorizationFailed`.
+    PerSubscription(BTreeMap<String, Vec<String>>),
 }
 
 impl std::fmt::Debug for EmulatorAuth {
@@ -137,14 +142,17 @@ impl std::fmt::Debug for EmulatorAuth {
             EmulatorAuth::Open => f.write_str("Open"),
             EmulatorAuth::AnyBearer => f.write_str("AnyBearer"),
             EmulatorAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            EmulatorAuth::PerSubscription(tokens) => write!(f, "PerSubscription({} tokens, <redacted>)", tokens.len()),
         }
     }
 }
 
 impl EmulatorAuth {
-    /// Checks an `Authorization` header value: `AuthenticationFailed` without a bearer token,
-    /// `InvalidAuthenticationToken` with one this configuration does not accept.
-    pub fn check(&self, authorization: Option<&str>) -> Result<(), ArmError> {
+    /// Checks an `Authorization` header value for a request into `subscription` (`None`: a
+    /// request that names none): `AuthenticationFailed` without a bearer token,
+    /// `InvalidAuthenticationToken` with one this configuration does not accept,
+    /// `AuthorizationFailed` (403) with one not allowed into the subscription.
+    pub fn check(&self, authorization: Option<&str>, subscription: Option<&str>) -> Result<(), ArmError> {
         if *self == EmulatorAuth::Open {
             return Ok(());
         }
@@ -161,9 +169,19 @@ impl EmulatorAuth {
                 ))
             }
         };
+        let invalid = || ArmError::new(401, codes::INVALID_AUTHENTICATION_TOKEN, "The access token is invalid.");
         match self {
-            EmulatorAuth::Token(expected) if expected != token => {
-                Err(ArmError::new(401, codes::INVALID_AUTHENTICATION_TOKEN, "The access token is invalid."))
+            EmulatorAuth::Token(expected) if expected != token => Err(invalid()),
+            EmulatorAuth::PerSubscription(tokens) => {
+                let allowed = tokens.get(token).ok_or_else(invalid)?;
+                match subscription {
+                    Some(sub) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(sub)) => Err(ArmError::new(
+                        403,
+                        codes::AUTHORIZATION_FAILED,
+                        format!("The client does not have authorization to perform action over scope '/subscriptions/{sub}'."),
+                    )),
+                    _ => Ok(()),
+                }
             }
             _ => Ok(()),
         }
@@ -318,9 +336,10 @@ impl Emulator {
         self.state().inventory(scope)
     }
 
-    /// Checks a request's `Authorization` header against [`EmulatorOptions::auth`].
-    pub fn authorize(&self, authorization: Option<&str>) -> Result<(), ArmError> {
-        self.options.auth.check(authorization)
+    /// Checks a request's `Authorization` header against [`EmulatorOptions::auth`] for a request
+    /// into `subscription`.
+    pub fn authorize(&self, authorization: Option<&str>, subscription: Option<&str>) -> Result<(), ArmError> {
+        self.options.auth.check(authorization, subscription)
     }
 
     /// The faults of the next call of `label` at `now_ms` (none without a fault plan).

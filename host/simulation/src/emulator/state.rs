@@ -28,6 +28,8 @@ pub mod codes {
     pub const AUTHENTICATION_FAILED: &str = "AuthenticationFailed";
     /// A bearer token the emulator was not configured to accept.
     pub const INVALID_AUTHENTICATION_TOKEN: &str = "InvalidAuthenticationToken";
+    /// A valid token whose principal has no access to the scope (ARM's 403).
+    pub const AUTHORIZATION_FAILED: &str = "AuthorizationFailed";
     /// `If-Match` / `If-None-Match` not met.
     pub const PRECONDITION_FAILED: &str = "PreconditionFailed";
     /// A tracked resource (public IP, load balancer, NAT gateway) without a `location`.
@@ -457,6 +459,11 @@ impl EmulatorState {
     /// with an empty ServiceGateway `servicegateway` in `location`. Adding it again changes nothing.
     pub fn add_resource_group(&mut self, scope: &ScopeKey, location: &str) {
         self.groups.entry(scope.lower()).or_insert_with(|| Group::new(scope.clone(), location.to_string()));
+    }
+
+    /// Whether the resource group is one the emulator serves.
+    pub fn knows_scope(&self, scope: &ScopeKey) -> bool {
+        self.groups.contains_key(&scope.lower())
     }
 
     /// Whether the subscription is one the emulator serves.

@@ -1,0 +1,156 @@
+//! `difftracker serve --config FILE`: many tenants in one process ([`difftracker_runtime::serve`]),
+//! with the simulation kit's provisioner for embedded clusters and the embedded emulator; and
+//! `difftracker admin`, the client of its admin API.
+
+use anyhow::{anyhow, bail, Context, Result};
+use difftracker_runtime::observe::Observatory;
+use difftracker_runtime::serve::{ServeConfig, TenantHost};
+use difftracker_simulation::serve::SimulationProvisioner;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Run many tenants from a TOML configuration (see examples/tenants.toml) until Ctrl-C or SIGTERM; SIGHUP reloads it.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration: a [host] table and one [[tenant]] table per tenant.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where the kubeconfigs of embedded clusters are written (default: a fresh directory under
+    /// the system's temporary directory).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    pub async fn run(self) -> Result<()> {
+        let config = ServeConfig::load(&self.config).map_err(anyhow::Error::msg)?;
+        let state_dir =
+            self.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("difftracker-serve-{}", std::process::id())));
+        let provisioner = Arc::new(SimulationProvisioner::start(state_dir.clone()).await?);
+        let emulator_url = provisioner.emulator_url();
+        let host = TenantHost::start(config, provisioner, Observatory::new()).await?;
+        let server = match host.bind().await {
+            Ok(server) => server,
+            Err(e) => {
+                host.shutdown().await;
+                return Err(e);
+            }
+        };
+        let settings = host.config().host;
+        eprintln!(
+            "difftracker serve: {} tenant(s) from {}; /metrics, /healthz, /readyz and the status page at {}{}",
+            host.config().tenants.len(),
+            self.config.display(),
+            server.url(),
+            match &settings.admin_token_file {
+                Some(p) => format!(", the admin API at {}/admin (token in {})", server.url(), p.display()),
+                None => String::new(),
+            }
+        );
+        eprintln!("difftracker serve: embedded emulator at {emulator_url}; kubeconfigs of embedded clusters in {}", state_dir.display());
+        for t in host.tenants().await {
+            match &t.reason {
+                Some(reason) if t.phase != difftracker_runtime::serve::TenantPhase::Running => {
+                    eprintln!("  tenant {:<20} {:?}: {reason}", t.name, t.phase)
+                }
+                _ => eprintln!("  tenant {:<20} {:?}", t.name, t.phase),
+            }
+        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = sigterm.recv() => break,
+                _ = sighup.recv() => match host.reload_file().await {
+                    Ok(report) => eprintln!("difftracker serve: reloaded: {}", serde_json::to_string(&report).unwrap_or_default()),
+                    Err(e) => eprintln!("difftracker serve: reload refused, the running configuration keeps running: {e}"),
+                },
+            }
+        }
+        eprintln!("difftracker serve: stopping every tenant");
+        host.shutdown().await;
+        server.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Talk to a running `difftracker serve`'s admin API.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The host's address, e.g. http://127.0.0.1:9090.
+    #[arg(long)]
+    pub url: String,
+    /// The file holding the admin token (the [host] table's admin_token_file).
+    #[arg(long)]
+    pub token_file: PathBuf,
+    #[command(subcommand)]
+    pub action: AdminAction,
+}
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum AdminAction {
+    /// List every tenant with its phase, component and restarts.
+    Tenants,
+    /// Show one tenant.
+    Show { name: String },
+    /// Stop a tenant's engine until `resume`.
+    Pause { name: String },
+    /// Start a paused tenant again.
+    Resume { name: String },
+    /// Stop and start a tenant (also one stopped after repeated failures).
+    Restart { name: String },
+    /// The inputs a tenant's engine trapped on and dropped.
+    Quarantined { name: String },
+    /// Hot-swap a tenant to another component file.
+    Swap { name: String, component: PathBuf },
+    /// Swap a tenant back to the component it ran before its last swap.
+    Rollback { name: String },
+    /// Re-read the configuration file (as SIGHUP does).
+    Reload,
+}
+
+impl AdminArgs {
+    pub async fn run(self) -> Result<()> {
+        let token = difftracker_runtime::serve::read_token_file(&self.token_file)?;
+        let base = self.url.trim_end_matches('/');
+        let client = reqwest::Client::new();
+        let (get, path, body) = match &self.action {
+            AdminAction::Tenants => (true, "/admin/tenants".to_string(), None),
+            AdminAction::Show { name } => (true, format!("/admin/tenants/{name}"), None),
+            AdminAction::Quarantined { name } => (true, format!("/admin/tenants/{name}/quarantined"), None),
+            AdminAction::Pause { name } => (false, format!("/admin/tenants/{name}/pause"), None),
+            AdminAction::Resume { name } => (false, format!("/admin/tenants/{name}/resume"), None),
+            AdminAction::Restart { name } => (false, format!("/admin/tenants/{name}/restart"), None),
+            AdminAction::Rollback { name } => (false, format!("/admin/tenants/{name}/rollback"), None),
+            AdminAction::Swap { name, component } => {
+                let component = std::path::absolute(component).with_context(|| format!("resolving {}", component.display()))?;
+                (false, format!("/admin/tenants/{name}/swap"), Some(serde_json::json!({ "component": component })))
+            }
+            AdminAction::Reload => (false, "/admin/reload".to_string(), None),
+        };
+        let url = format!("{base}{path}");
+        let request = if get { client.get(&url) } else { client.post(&url) };
+        let request = request.bearer_auth(token.secret());
+        let request = match body {
+            Some(b) => request.json(&b),
+            None => request,
+        };
+        let response = request.send().await.map_err(|e| anyhow!("{url}: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let shown = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => serde_json::to_string_pretty(&v).unwrap_or(text),
+            Err(_) => text,
+        };
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!("401 Unauthorized: the token in {} is not the host's", self.token_file.display());
+        }
+        if !status.is_success() {
+            bail!("{status}: {shown}");
+        }
+        println!("{shown}");
+        Ok(())
+    }
+}
