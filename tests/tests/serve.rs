@@ -446,3 +446,26 @@ async fn a_misbehaving_tenant_is_stopped_with_its_reason_and_restartable_while_t
     assert_eq!(restarted.failed_sessions, 0);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_arm_request_of_one_service_carries_its_correlation_id_and_the_emulator_answers_it() {
+    use difftracker_runtime::correlation::CorrelationId;
+    let dir = scratch("correlation");
+    let (host, sim) = start(&dir, "[[tenant]]\nname = \"lab\"\ncluster = \"embedded\"\n").await;
+    let uid = seed_service(&sim.cluster_of("lab").unwrap(), "web", "10.244.0.10");
+    eventually("web converges", || async { settled(&host, "lab").await && sim.oracle("lab").is_some_and(|d| d.is_empty()) }).await;
+    let expected = CorrelationId::of_subject("lab", &uid).to_string();
+    let requests = sim.emulator().emulator().recent_requests();
+    let of_web: Vec<_> = requests.iter().filter(|r| r.path.contains(&uid)).collect();
+    let kinds: std::collections::BTreeSet<&str> = of_web.iter().map(|r| r.path.split('/').nth(7).unwrap_or("")).collect();
+    assert!(kinds.contains("publicIPAddresses") && kinds.contains("loadBalancers"), "web's public IP and load balancer: {kinds:?}");
+    for r in &of_web {
+        assert_eq!(r.client_request_id.as_deref(), Some(expected.as_str()), "{r:?}");
+        assert_eq!(r.request_id, expected, "answered back as x-ms-request-id: {r:?}");
+    }
+    // The start-up lists serve no single Service: each has an id of its own.
+    let lists: Vec<_> = requests.iter().filter(|r| r.method == "GET" && !r.path.contains(&uid)).collect();
+    assert!(!lists.is_empty());
+    assert!(lists.iter().all(|r| r.client_request_id.is_some() && r.client_request_id.as_deref() != Some(expected.as_str())), "{lists:?}");
+    host.shutdown().await;
+}
