@@ -367,8 +367,8 @@ async fn credentials_never_cross_tenants_and_another_tenants_subscription_is_ref
     let error = host.state("mallory").await.unwrap().tenant.unwrap().engine.initialization.error.unwrap();
     assert!(error.contains("AuthorizationFailed"), "{error}");
     assert!(!settled(&host, "mallory").await, "mallory never initializes");
-    assert_eq!(load_balancers(&emulator, "sub-a", "rg-a"), [a_uid.clone()], "sub-a holds a's load balancer only");
-    assert_eq!(load_balancers(&emulator, "sub-b", "rg-b"), [b_uid.clone()], "sub-b holds b's load balancer only, none of mallory's");
+    assert_eq!(load_balancers(&emulator, "sub-a", "rg-a"), [a_uid], "sub-a holds a's load balancer only");
+    assert_eq!(load_balancers(&emulator, "sub-b", "rg-b"), [b_uid], "sub-b holds b's load balancer only, none of mallory's");
     // Nobody shows a token: not the admin listing, not the status page.
     let views = serde_json::to_string(&host.tenants().await).unwrap();
     let page = host.observatory().status_page();
