@@ -38,7 +38,8 @@ struct Browser {
     client: reqwest::Client,
 }
 
-const ELEMENT: &str = "element-6066-11e4-a5e6-4a0c3a9a6b5f";
+/// The W3C WebDriver key of an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Browser {
     async fn start() -> Browser {
@@ -114,7 +115,7 @@ impl Browser {
 
     async fn element(&self, css: &str) -> String {
         let v = self.call(reqwest::Method::POST, "/element", json!({"using": "css selector", "value": css})).await;
-        v[ELEMENT].as_str().unwrap().to_string()
+        v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_string()
     }
 
     async fn click(&self, css: &str) {
