@@ -1,26 +1,16 @@
 //! Builds the engine component (engine-component/ for `wasm32-wasip2`, release) so that
 //! `cargo build` and `cargo test` at the root always run the current `.wasm`; nobody runs a wasm
-//! step by hand.
-//!
-//! The nested cargo gets its own target directory (`<target>/engine-wasm`): sharing the outer one
-//! would deadlock on its build lock. Variables that the outer cargo exports to build scripts and
-//! that would leak into the nested build (flags for another target, the outer target dir, the
-//! jobserver, wrappers such as coverage tools) are removed. The path of the component is exported
-//! as `DIFFTRACKER_ENGINE_WASM` for `env!`.
+//! step by hand. The nested cargo and its environment are those of
+//! `host/build-support/nested_wasm.rs`, which `host/simulation/build.rs` shares. The path of the
+//! component is exported as `DIFFTRACKER_ENGINE_WASM` for `env!`.
 
-use anyhow::{bail, Context, Result};
-use std::env;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use anyhow::Result;
 
-const WASM_TARGET: &str = "wasm32-wasip2";
-const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+include!("../build-support/nested_wasm.rs");
 
 fn main() -> Result<()> {
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let workspace = manifest_dir.ancestors().nth(2).context("host/runtime/ is not two levels below the workspace")?.to_path_buf();
+    let workspace = workspace_root(2)?;
     let engine_dir = workspace.join("engine-component");
-
     for path in [
         engine_dir.join("src"),
         engine_dir.join("Cargo.toml"),
@@ -30,117 +20,7 @@ fn main() -> Result<()> {
     ] {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
-
-    let target_dir = match env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => absolute(&workspace, Path::new(&dir)).join("engine-wasm"),
-        None => workspace.join("target").join("engine-wasm"),
-    };
-
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    ensure_wasm_target(&rustc)?;
-
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&workspace)
-        .args(["build", "-p", "difftracker-engine", "--release", "--target", WASM_TARGET, "--target-dir"])
-        .arg(&target_dir);
-    scrub_env(&mut cmd);
-    let output = cmd.output().with_context(|| format!("running {cargo:?} to build the engine component"))?;
-    if !output.status.success() {
-        bail!(
-            "building the engine component failed ({}):\n{}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    let wasm = target_dir.join(WASM_TARGET).join("release").join("difftracker_engine.wasm");
-    let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    if bytes.len() < 8 || bytes[..8] != COMPONENT_HEADER {
-        bail!("{} is not a WebAssembly component (header {:02x?})", wasm.display(), &bytes[..bytes.len().min(8)]);
-    }
+    let wasm = build_component(&workspace, "difftracker-engine", "difftracker_engine.wasm")?;
     println!("cargo:rustc-env=DIFFTRACKER_ENGINE_WASM={}", wasm.display());
     Ok(())
-}
-
-fn absolute(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
-    }
-}
-
-/// Installs the wasm32-wasip2 standard library through rustup when this toolchain lacks it.
-fn ensure_wasm_target(rustc: &std::ffi::OsStr) -> Result<()> {
-    let libdir = Command::new(rustc)
-        .args(["--print", "target-libdir", "--target", WASM_TARGET])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let installed = libdir
-        .as_ref()
-        .and_then(|dir| std::fs::read_dir(dir).ok())
-        .map(|mut entries| entries.any(|e| e.map(|e| e.file_name().to_string_lossy().starts_with("libstd")).unwrap_or(false)))
-        .unwrap_or(false);
-    if installed {
-        return Ok(());
-    }
-    let mut cmd = Command::new("rustup");
-    cmd.args(["target", "add", WASM_TARGET]);
-    // Install into the toolchain that runs this build (rustup's proxy exports RUSTUP_TOOLCHAIN).
-    if let Ok(toolchain) = env::var("RUSTUP_TOOLCHAIN") {
-        cmd.args(["--toolchain", &toolchain]);
-    }
-    let status = cmd.status().context("the wasm32-wasip2 target is missing and `rustup` could not be run")?;
-    if !status.success() {
-        bail!("`rustup target add {WASM_TARGET}` failed ({status}); install the target and build again");
-    }
-    Ok(())
-}
-
-/// Removes what the outer cargo exports to build scripts and a nested cargo would misread.
-fn scrub_env(cmd: &mut Command) {
-    const EXACT: &[&str] = &[
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_TARGET_DIR",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_MAKEFLAGS",
-        "MAKEFLAGS",
-        "MFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_RUSTC_WRAPPER",
-        "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_INCREMENTAL",
-        "CARGO_LLVM_COV",
-        "CARGO_LLVM_COV_TARGET_DIR",
-        "LLVM_PROFILE_FILE",
-        "OUT_DIR",
-        "TARGET",
-        "HOST",
-        "PROFILE",
-        "OPT_LEVEL",
-        "DEBUG",
-        "NUM_JOBS",
-        "RUSTC_LINKER",
-        "RUSTDOC",
-    ];
-    const PREFIXES: &[&str] = &["CARGO_CFG_", "CARGO_FEATURE_", "CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_PROFILE_", "CARGO_TARGET_"];
-    for name in EXACT {
-        cmd.env_remove(name);
-    }
-    for (name, _) in env::vars_os() {
-        let name = name.to_string_lossy();
-        if PREFIXES.iter().any(|p| name.starts_with(p)) {
-            cmd.env_remove(name.as_ref());
-        }
-    }
 }

@@ -16,6 +16,9 @@
 //! - [`serve`]: the embedded emulator, embedded and simulated clusters and the misbehaving
 //!   component for the tenants of `difftracker serve`.
 //! - [`samples`]: the bundled sample trace and fault file, and sample Kubernetes objects.
+//! - [`MISBEHAVING_WASM`]: a hostile engine component (`tests/guests/misbehaving/`, built by
+//!   `build.rs`) whose tenant name picks how it misbehaves: the hostile-component tests and the
+//!   demo's `builtin:misbehaving` tenant run it.
 //!
 //! The `difftracker` binary (`host/cli`) wires these to its commands.
 
@@ -31,3 +34,14 @@ pub mod mock;
 pub mod replay;
 pub mod samples;
 pub mod serve;
+
+use std::path::Path;
+
+/// The misbehaving engine component (`tests/guests/misbehaving/`: loops, floods, traps, WASI
+/// probes, chosen by the tenant name; see its `lib.rs`), built by `host/simulation/build.rs`.
+pub const MISBEHAVING_WASM: &[u8] = include_bytes!(env!("DIFFTRACKER_MISBEHAVING_WASM"));
+
+/// Where `host/simulation/build.rs` wrote the misbehaving engine component.
+pub fn misbehaving_wasm_path() -> &'static Path {
+    Path::new(env!("DIFFTRACKER_MISBEHAVING_WASM"))
+}
