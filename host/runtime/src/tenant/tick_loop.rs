@@ -4,7 +4,7 @@
 use super::recovery::{GuardedEngine, Input, TickReport};
 use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning, short};
 use super::swap::{self, swap_blocking, Next, PendingSwap, SwapError};
-use super::{Control, Quarantined, QuarantinedKind, TenantEvent, TenantStatus};
+use super::{BackoffPolicy, Control, Quarantined, QuarantinedKind, TenantEvent, TenantStatus};
 use crate::driver::{EngineDriver, TickResult};
 use crate::executor::{call_identity, CallRunner, Executor};
 use anyhow::{anyhow, Result};
@@ -26,6 +26,11 @@ pub(super) struct TenantLoop {
     /// Labels of the calls in flight, to name a quarantined completion.
     pub(super) labels: HashMap<CallId, &'static str>,
     pub(super) quarantine_capacity: usize,
+    pub(super) backoff: Option<BackoffPolicy>,
+    /// Clean ticks since the last one that trapped.
+    pub(super) clean_ticks: u32,
+    /// While backed off: the clock's time of the next tick.
+    pub(super) backoff_until: Option<u64>,
 }
 
 impl TenantLoop {
@@ -40,7 +45,15 @@ impl TenantLoop {
         let mut pending: Option<PendingSwap> = None;
         loop {
             if !wake_now {
-                let sleep = next_wake.map(|at| clock.sleep_until(at));
+                // A backed-off tenant ticks no earlier than its backoff's end: then if inputs
+                // wait, else at its next wake-up.
+                let waiting = !events.is_empty() || !completions.is_empty();
+                let wake_at = match self.backoff_until {
+                    Some(until) if waiting => Some(until),
+                    Some(until) => next_wake.map(|at| at.max(until)),
+                    None => next_wake,
+                };
+                let sleep = wake_at.map(|at| clock.sleep_until(at));
                 tokio::select! {
                     _ = self.stop.changed() => break,
                     Some(batch) = self.inputs.recv() => events.extend(batch),
@@ -114,6 +127,11 @@ impl TenantLoop {
                 break;
             }
             wake_now = false;
+            // Inputs that arrive during a backoff wait for the tick that ends it.
+            if self.backoff_until.is_some_and(|until| clock.now_ms() < until) {
+                continue;
+            }
+            self.backoff_until = None;
             while let Ok(batch) = self.inputs.try_recv() {
                 events.extend(batch);
             }
@@ -148,6 +166,7 @@ impl TenantLoop {
             if let Err(e) = result {
                 return Err(self.fail(e));
             }
+            self.back_off(now, report.last_trap.as_deref());
             next_wake = report.tick.outcome.next_wake_ms;
             self.after_tick(now, report.tick, report.status);
         }
@@ -176,8 +195,43 @@ impl TenantLoop {
         error
     }
 
-    /// Publishes the restarts and quarantined inputs of one tick.
+    /// After a tick the tenant went on from: when the engine trapped in it, delays the next tick
+    /// (longer for each such tick in a row); after enough clean ticks, forgets the traps.
+    fn back_off(&mut self, now: u64, trap: Option<&str>) {
+        let Some(policy) = self.backoff else { return };
+        let Some(trap) = trap else {
+            self.clean_ticks = self.clean_ticks.saturating_add(1);
+            if self.clean_ticks >= policy.reset_after_clean_ticks && self.status.borrow().consecutive_traps > 0 {
+                tracing::info!(tenant = %self.name, clean_ticks = self.clean_ticks, "engine ticks cleanly again; backoff over");
+                self.status.send_modify(|s| {
+                    s.consecutive_traps = 0;
+                    s.backoff = None;
+                    s.warning = None;
+                });
+            }
+            return;
+        };
+        self.clean_ticks = 0;
+        let consecutive = self.status.borrow().consecutive_traps.saturating_add(1);
+        let delay = policy.delay(consecutive);
+        self.backoff_until = Some(now.saturating_add(delay.as_millis().min(u64::MAX as u128) as u64));
+        let warning = format!(
+            "the engine trapped or hit a sandbox limit in {consecutive} tick(s) in a row; its next tick waits {} (last: {trap})",
+            humanize(delay)
+        );
+        tracing::warn!(tenant = %self.name, consecutive_traps = consecutive, backoff_ms = delay.as_millis() as u64, reason = %trap, "engine backed off");
+        self.status.send_modify(|s| {
+            s.consecutive_traps = consecutive;
+            s.backoff = Some(delay);
+            s.warning = Some(warning);
+        });
+    }
+
+    /// Publishes the traps, restarts and quarantined inputs of one tick.
     fn record_recovery(&mut self, tick_no: u64, now: u64, report: &TickReport) {
+        if report.traps > 0 {
+            self.status.send_modify(|s| s.traps += report.traps);
+        }
         if report.restarts == 0 && report.quarantined.is_empty() {
             return;
         }
@@ -256,5 +310,14 @@ impl TenantLoop {
         if let Some(observer) = &self.observer {
             let _ = observer.send(event);
         }
+    }
+}
+
+/// `250 ms`, `1.6 s`, `30 s`.
+fn humanize(delay: std::time::Duration) -> String {
+    if delay < std::time::Duration::from_secs(1) {
+        format!("{} ms", delay.as_millis())
+    } else {
+        format!("{:.1} s", delay.as_secs_f64())
     }
 }
