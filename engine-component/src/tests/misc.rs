@@ -162,6 +162,21 @@ fn at_most_ten_operations_start_at_once() {
     assert_eq!(h.engine.status().operations_in_flight, 10);
 }
 
+/// A tenant's own cap on operations in flight replaces the upstream 10.
+#[test]
+fn a_tenant_cap_on_operations_in_flight_bounds_what_one_tick_starts() {
+    let mut h =
+        Harness::with_config(TenantConfig { tenant: "t".into(), seed: 7, max_operations_in_flight: Some(3), ..TenantConfig::default() });
+    h.deliver(vec![KubeEvent::NodeApplied(node("n1", &["10.0.0.1"]))]);
+    for i in 0..8 {
+        h.deliver(vec![KubeEvent::ServiceApplied(lb_service(&uid(i), &[80]))]);
+    }
+    let s = h.tick();
+    assert_eq!(s.len(), 3, "three operations start: {:?}", h.labels());
+    assert_eq!(h.engine.status().operations_in_flight, 3);
+    assert!(h.engine.check_invariants().is_ok());
+}
+
 #[test]
 fn s137_storm_of_entry_points_keeps_invariants_and_frees_everything() {
     let mut h = harness();

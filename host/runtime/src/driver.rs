@@ -194,6 +194,8 @@ pub struct WasmEngine {
     bindings: DifftrackerEngine,
     ids: CallIds,
     deadline_ticks: u64,
+    /// The CPU deadline, named in the reason of a guest it interrupts.
+    cpu_deadline: std::time::Duration,
     /// Set once the guest trapped: the store must not be entered again.
     poisoned: Option<String>,
     stderr_seen: usize,
@@ -227,7 +229,16 @@ impl WasmEngine {
         let deadline_ticks = limits.deadline_ticks();
         store.set_epoch_deadline(deadline_ticks);
         let bindings = component.pre.instantiate(&mut store).map_err(wt)?;
-        Ok(WasmEngine { store, bindings, ids, deadline_ticks, poisoned: None, stderr_seen: 0, _slot: slot })
+        Ok(WasmEngine {
+            store,
+            bindings,
+            ids,
+            deadline_ticks,
+            cpu_deadline: limits.cpu_deadline,
+            poisoned: None,
+            stderr_seen: 0,
+            _slot: slot,
+        })
     }
 
     /// Whether a trap has made this instance unusable.
@@ -255,7 +266,14 @@ impl WasmEngine {
             Err(error) => {
                 let overflow = self.store.data().queue.overflow().cloned();
                 let (dropped, dropped_events) = self.store.data_mut().queue.take();
-                let trap = error.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
+                let trap = error.downcast_ref::<wasmtime::Trap>().map(|trap| match trap {
+                    // "interrupt" alone does not say that the guest ran too long.
+                    wasmtime::Trap::Interrupt => format!(
+                        "{trap} (it ran past its CPU deadline of {} ms, SandboxLimits::cpu_deadline)",
+                        self.cpu_deadline.as_millis()
+                    ),
+                    _ => trap.to_string(),
+                });
                 let stderr = self.new_stderr();
                 let mut reason = match (overflow, trap) {
                     (Some(overflow), _) => format!("guest trapped in `{export}`: {overflow}"),

@@ -14,21 +14,38 @@
 //! An embedded API server and its player live as long as the tenant: a tenant removed by a
 //! reload takes its cluster with it.
 
-use crate::apiserver::{self, ApiServerOptions, TracePlayer};
+use crate::apiserver::{self, ApiServer, ApiServerOptions, StoreView, TracePlayer};
 use crate::emulator::{self, EmulatorHandle, EmulatorOptions, ScopeKey};
-use crate::replay::{read_trace, Trace};
-use anyhow::{anyhow, Context, Result};
+use crate::replay::{oracle, read_trace, Trace};
+use anyhow::{Context, Result};
 use difftracker_runtime::k8s::kube;
 use difftracker_runtime::serve::{tokens_of, ClusterSource, KubeconfigProvisioner, Provisioned, Provisioner, TenantSpec};
 use futures_util::future::BoxFuture;
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+/// What is kept alive for a tenant while it runs.
+type Guard = Box<dyn std::any::Any + Send + Sync>;
 
 /// The provisioner of `difftracker serve`.
 pub struct SimulationProvisioner {
     emulator: EmulatorHandle,
     /// Where the kubeconfigs of embedded clusters are written.
     state_dir: PathBuf,
+    /// Each provisioned tenant's embedded cluster (while it lives) and emulator scope with its
+    /// content before the engine ran, for [`SimulationProvisioner::oracle`].
+    tenants: Mutex<BTreeMap<String, Provided>>,
+}
+
+struct Provided {
+    cluster: Option<Weak<ApiServer>>,
+    scope: Option<(ScopeKey, Value)>,
+    /// Set once the tenant's trace is played out (none for a cluster without a trace).
+    played: Option<Arc<AtomicBool>>,
 }
 
 impl SimulationProvisioner {
@@ -37,7 +54,35 @@ impl SimulationProvisioner {
         std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.context("cannot listen on loopback for the emulator")?;
         let emulator = emulator::serve(listener, EmulatorOptions::default()).await.context("starting the embedded emulator")?;
-        Ok(SimulationProvisioner { emulator, state_dir })
+        Ok(SimulationProvisioner { emulator, state_dir, tenants: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// The in-repo API server of a tenant's embedded cluster, while the tenant runs.
+    pub fn cluster_of(&self, tenant: &str) -> Option<Arc<ApiServer>> {
+        self.lock().get(tenant)?.cluster.as_ref()?.upgrade()
+    }
+
+    /// Whether a tenant's trace has been played out (`None`: it has no trace).
+    pub fn trace_played(&self, tenant: &str) -> Option<bool> {
+        Some(self.lock().get(tenant)?.played.as_ref()?.load(Ordering::Acquire))
+    }
+
+    /// The replay oracle on a tenant of the embedded emulator with an embedded cluster: what its
+    /// resource group holds against what its own cluster implies (empty: it holds). `None` for
+    /// a tenant with no such cluster or scope.
+    pub fn oracle(&self, tenant: &str) -> Option<Vec<String>> {
+        let (cluster, scope, baseline) = {
+            let tenants = self.lock();
+            let provided = tenants.get(tenant)?;
+            let (scope, baseline) = provided.scope.clone()?;
+            (provided.cluster.as_ref()?.upgrade()?, scope, baseline)
+        };
+        let inventory = self.emulator.emulator().inventory_of(&scope);
+        Some(cluster.read(|s| oracle::check_view(&StoreView::of(s), &inventory, &baseline)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Provided>> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The embedded emulator's ARM endpoint.
@@ -58,7 +103,7 @@ impl SimulationProvisioner {
         &self,
         spec: &TenantSpec,
         trace: Option<(Trace, f64)>,
-    ) -> Result<(kube::Client, Box<dyn std::any::Any + Send + Sync>)> {
+    ) -> Result<(kube::Client, Guard, Option<Weak<ApiServer>>, Option<Arc<AtomicBool>>)> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.context("cannot listen on loopback for the API server")?;
         let server = apiserver::serve(listener, ApiServerOptions::default()).await.context("starting the tenant's API server")?;
         let path = self.kubeconfig_of(&spec.name);
@@ -67,6 +112,7 @@ impl SimulationProvisioner {
             let url = server.url().parse().context("the API server's URL")?;
             kube::Client::try_from(kube::Config::new(url)).context("a client of the API server")
         };
+        let played = trace.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
         let player = match trace {
             None => None,
             Some((trace, speed)) => {
@@ -78,11 +124,13 @@ impl SimulationProvisioner {
                     player.apply(&trace.events[next]).await;
                     next += 1;
                 }
-                Some(tokio::spawn(play(player, trace, next, speed, spec.name.clone())))
+                let done = played.clone().unwrap_or_default();
+                Some(tokio::spawn(play(player, trace, next, speed, spec.name.clone(), done)))
             }
         };
         tracing::info!(tenant = %spec.name, kubeconfig = %path.display(), "embedded cluster up");
-        Ok((client()?, Box::new(EmbeddedCluster { _server: server, player })))
+        let api = Arc::downgrade(server.api());
+        Ok((client()?, Box::new(EmbeddedCluster { _server: server, player }), Some(api), played))
     }
 }
 
@@ -102,7 +150,7 @@ impl Drop for EmbeddedCluster {
 
 /// Applies the trace's events at their times (`speed` times real time), then keeps retrying
 /// what the server refused for a while (a write that raced the controller's).
-async fn play(mut player: TracePlayer, trace: Trace, mut next: usize, speed: f64, tenant: String) {
+async fn play(mut player: TracePlayer, trace: Trace, mut next: usize, speed: f64, tenant: String, done: Arc<AtomicBool>) {
     let start = Instant::now();
     let first = trace.events.first().map_or(0, |e| e.at_ms);
     while next < trace.events.len() {
@@ -121,6 +169,7 @@ async fn play(mut player: TracePlayer, trace: Trace, mut next: usize, speed: f64
         tokio::time::sleep(Duration::from_millis(100)).await;
         player.retry_pending().await;
     }
+    done.store(true, Ordering::Release);
     tracing::info!(tenant = %tenant, events = trace.events.len(), "trace played");
 }
 
@@ -130,11 +179,10 @@ impl Provisioner for SimulationProvisioner {
             if !spec.embedded_arm && matches!(spec.cluster, ClusterSource::Kubeconfig(_)) {
                 return KubeconfigProvisioner.provision(spec).await;
             }
-            let (client, guard) = match &spec.cluster {
-                ClusterSource::Kubeconfig(path) => (
-                    difftracker_runtime::k8s::client_from_kubeconfig(Some(path)).await?,
-                    Box::new(()) as Box<dyn std::any::Any + Send + Sync>,
-                ),
+            let (client, guard, cluster, played) = match &spec.cluster {
+                ClusterSource::Kubeconfig(path) => {
+                    (difftracker_runtime::k8s::client_from_kubeconfig(Some(path)).await?, Box::new(()) as Guard, None, None)
+                }
                 ClusterSource::Embedded => self.embedded_cluster(spec, None).await?,
                 ClusterSource::Trace { path, speed } => {
                     let trace = read_trace(path).with_context(|| format!("trace {}", path.display()))?;
@@ -142,29 +190,33 @@ impl Provisioner for SimulationProvisioner {
                 }
             };
             let mut azure = spec.azure.config.clone();
+            let mut scope = None;
             let transport = if spec.embedded_arm {
-                let scope = ScopeKey::new(azure.network_subscription(), &azure.resource_group);
-                {
+                let key = ScopeKey::new(azure.network_subscription(), &azure.resource_group);
+                let baseline = {
                     let mut state = self.emulator.emulator().state();
-                    state.add_resource_group(&scope, &azure.location);
-                    // Only a resource group seen for the first time gets the AKS-owned NAT gateway.
-                    if state.inventory(&scope).get("nat_gateways").and_then(|v| v.as_object()).is_none_or(|m| m.is_empty()) {
-                        state.seed_default_natgw(&scope).map_err(|e| anyhow!("seeding {scope:?}: {e}"))?;
+                    if !state.knows_scope(&key) {
+                        state.add_resource_group(&key, &azure.location);
+                        // Cannot fail: the resource group was just added.
+                        let _ = state.seed_default_natgw(&key);
                     }
-                }
+                    state.inventory(&key)
+                };
+                scope = Some((key, baseline));
                 azure.arm_endpoint = self.emulator.base_url();
                 crate::live::transport_options()
             } else {
                 Default::default()
             };
-            Ok(Provisioned { client, azure, tokens: tokens_of(spec)?, transport, guard })
+            let tokens = tokens_of(spec)?;
+            self.lock().insert(spec.name.clone(), Provided { cluster, scope, played });
+            Ok(Provisioned { client, azure, tokens, transport, guard })
         })
     }
 
     fn builtin_component(&self, name: &str) -> Option<&'static [u8]> {
         match name {
-            // MERGE: crate::MISBEHAVING_WASM once the hostile branch lands.
-            "misbehaving" => None,
+            "misbehaving" => Some(crate::MISBEHAVING_WASM),
             _ => None,
         }
     }

@@ -115,7 +115,7 @@ pub struct ControllerState {
     pub last_error: Option<String>,
     /// Set once the controller has stopped.
     pub stopped: bool,
-    /// Sessions that failed in a row (reset when one runs its engine to a settled state).
+    /// Sessions that failed in a row, each within a minute of its start.
     pub failed_sessions: u32,
     /// Set when the controller stopped because `max_failed_sessions` sessions failed in a row.
     pub gave_up: bool,
@@ -238,6 +238,9 @@ enum SessionEnd {
 const STANDBY: &str = "standby: waiting for the leader lease (another replica holds it)";
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// A session that fails after running this long does not count towards `max_failed_sessions`
+/// as part of the run before it.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Controller {
@@ -270,6 +273,7 @@ impl Controller {
                 s.leading = true;
                 s.sessions += 1;
             });
+            let started = std::time::Instant::now();
             let end = match self.session(fence.clone(), &mut leading).await {
                 Ok(end) => end,
                 Err(e) => SessionEnd::Failed(format!("{e:#}")),
@@ -281,9 +285,9 @@ impl Controller {
                     self.state.send_modify(|s| s.last_error = Some("lost the leader lease".into()));
                 }
                 SessionEnd::Failed(e) => {
-                    let failed = self.state.borrow().failed_sessions + 1;
+                    // A session that ran for a while before failing starts a new run of failures.
+                    let failed = if started.elapsed() >= STABLE_SESSION { 1 } else { self.state.borrow().failed_sessions + 1 };
                     if failed == 1 {
-                        // The session had settled before it failed: a new run of failures.
                         backoff = FIRST_BACKOFF;
                     }
                     self.state.send_modify(|s| {
@@ -372,13 +376,9 @@ impl Controller {
                 return SessionEnd::Failed("the tenant stopped".into());
             }
             let stats = watch.stats();
-            let settled = current.is_idle() && current.ticks > 0;
             self.state.send_modify(|s| {
                 s.tenant = Some(current.clone());
                 s.watch = stats;
-                if settled {
-                    s.failed_sessions = 0;
-                }
             });
             let can_deliver = delivered_at.is_none_or(|t| current.ticks > t);
             tokio::select! {

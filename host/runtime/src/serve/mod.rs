@@ -35,7 +35,7 @@ use crate::executor::{Executor, SystemClock};
 use crate::k8s::kube;
 use crate::observe::Observatory;
 use crate::server::ServerHandle;
-use crate::tenant::{EngineFactory, Quarantined, SwapError, SwapReport};
+use crate::tenant::{EngineFactory, Quarantined, SwapError, SwapReport, TenantStatus};
 use crate::transport::{AzureIdentityTokens, BearerToken, StaticToken, TenantAzureConfig, TokenSource, TransportOptions};
 use crate::wasm::{EngineComponent, Runtime, RuntimeOptions, SandboxLimits};
 use anyhow::{anyhow, Context, Result};
@@ -309,6 +309,9 @@ impl TenantHost {
             Err(e) => {
                 let reason = format!("{e:#}");
                 tracing::error!(tenant = %name, error = %reason, "the tenant could not be started");
+                // Loud on /readyz, the status page and `difftracker_host_tenant_up`, as a stopped tenant is.
+                let failed = TenantStatus { error: Some(reason.clone()), stopped: true, ..TenantStatus::default() };
+                self.inner.observatory.watch_tenant(&name, tokio::sync::watch::channel(failed).1);
                 Slot { spec, run: Run::Failed(reason), component: None, previous: None }
             }
         }

@@ -256,6 +256,8 @@ impl Runtime {
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&self.inner.engine).map(|(name, _)| name.to_string()).collect();
         check_imports(imports.iter().map(String::as_str))?;
+        let exports: Vec<String> = ty.exports(&self.inner.engine).map(|(name, _)| name.to_string()).collect();
+        check_wit_version(&imports, &exports)?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(wt).context("linking the engine component")?;
         let pre = bindings::DifftrackerEnginePre::new(pre).map_err(wt).context("the component does not export clb:difftracker/engine")?;
         Ok(EngineComponent { runtime: self.clone(), pre, sha256: cache::content_hash(bytes), cache, imports })
@@ -271,6 +273,51 @@ impl Runtime {
     /// The engine component embedded in this binary.
     pub fn load_builtin(&self) -> Result<EngineComponent> {
         self.load(ENGINE_WASM).context("loading the built-in engine component")
+    }
+}
+
+/// The WIT package this host links (`wit/difftracker.wit`).
+pub const WIT_PACKAGE: &str = "clb:difftracker@0.2.0";
+
+/// Refuses a component built against another version of [`WIT_PACKAGE`], naming the versions and
+/// the interfaces: linking alone would only say that its first such import is missing.
+fn check_wit_version(imports: &[String], exports: &[String]) -> Result<()> {
+    let (package, host_version) = WIT_PACKAGE.split_once('@').unwrap_or((WIT_PACKAGE, ""));
+    let prefix = format!("{package}/");
+    let foreign: Vec<(&str, &str)> = imports
+        .iter()
+        .chain(exports)
+        .filter(|name| name.starts_with(&prefix))
+        .map(|name| (name.as_str(), name.split_once('@').map(|(_, version)| version).unwrap_or("")))
+        .filter(|(_, version)| !semver_compatible(version, host_version))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let mut versions: Vec<String> =
+        foreign.iter().map(|(_, v)| if v.is_empty() { format!("{package} (unversioned)") } else { format!("{package}@{v}") }).collect();
+    versions.sort();
+    versions.dedup();
+    let names: Vec<&str> = foreign.iter().map(|(name, _)| *name).collect();
+    bail!(
+        "the component is built for another version of the WIT package, {} ({}); this host runs {WIT_PACKAGE} components: \
+         build it against this host's wit/difftracker.wit",
+        versions.join(", "),
+        names.join(", ")
+    )
+}
+
+/// Whether WIT version `version` can be linked where `host` is: semver-compatible, as wasmtime's
+/// linker matches them (the same major version; below 1.0 the same minor).
+fn semver_compatible(version: &str, host: &str) -> bool {
+    let major_minor = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (major_minor(version), major_minor(host)) {
+        (Some((0, minor)), Some((0, host_minor))) => minor == host_minor,
+        (Some((major, _)), Some((host_major, _))) => major == host_major,
+        _ => false,
     }
 }
 
@@ -340,5 +387,38 @@ pub struct EngineComponent {
 impl EngineComponent {
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wit_package_is_the_one_the_bindings_are_generated_from() {
+        let wit = include_str!("../../../../wit/difftracker.wit");
+        assert!(wit.lines().any(|line| line == format!("package {WIT_PACKAGE};")), "wit/difftracker.wit declares another package");
+    }
+
+    #[test]
+    fn components_of_an_incompatible_wit_version_are_refused_naming_the_versions() {
+        let names = |v: &str| {
+            (vec![format!("clb:difftracker/cloud@{v}"), "wasi:io/streams@0.2.6".to_string()], vec![format!("clb:difftracker/engine@{v}")])
+        };
+        for version in ["0.2.0", "0.2.7"] {
+            let (imports, exports) = names(version);
+            check_wit_version(&imports, &exports).unwrap();
+        }
+        for version in ["0.1.0", "0.3.0", "1.0.0", "x"] {
+            let (imports, exports) = names(version);
+            let err = check_wit_version(&imports, &exports).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("clb:difftracker@{version} (clb:difftracker/cloud@{version}, clb:difftracker/engine@{version})")),
+                "{err}"
+            );
+            assert!(err.contains("this host runs clb:difftracker@0.2.0"), "{err}");
+        }
+        let err = check_wit_version(&["clb:difftracker/cloud".to_string()], &[]).unwrap_err().to_string();
+        assert!(err.contains("clb:difftracker (unversioned)"), "{err}");
     }
 }

@@ -461,6 +461,11 @@ impl EmulatorState {
         self.groups.entry(scope.lower()).or_insert_with(|| Group::new(scope.clone(), location.to_string()));
     }
 
+    /// Whether the resource group is one the emulator serves.
+    pub fn knows_scope(&self, scope: &ScopeKey) -> bool {
+        self.groups.contains_key(&scope.lower())
+    }
+
     /// Whether the subscription is one the emulator serves.
     pub fn knows_subscription(&self, subscription: &str) -> bool {
         let s = key(subscription);

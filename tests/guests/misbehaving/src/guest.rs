@@ -155,9 +155,9 @@ impl Guest for Component {
             }
             Mode::HugeStrings => {
                 let target = w::ObjectRef { namespace: "default".into(), name: "huge".into(), uid: "huge".into() };
-                let text = "h".repeat(4 << 20);
+                let text = "h".repeat(2 << 20);
                 kube::record_event(&target, w::ObjectKind::Service, w::EventType::Warning, &text, &text);
-                return Err("e".repeat(8 << 20));
+                return Err("e".repeat(4 << 20));
             }
             _ => {}
         }

@@ -15,7 +15,7 @@
 //! | `trap-in-snapshot` | every `snapshot` panics |
 //! | `flood-calls` | every `tick` calls `put-public-ip` without end (the per-tick call cap traps it) |
 //! | `flood-events` | every `tick` records Events without end (the per-tick Event cap traps it) |
-//! | `huge-strings` | every `tick` records an Event whose reason and message are 4 MiB each, then fails with an 8 MiB error |
+//! | `huge-strings` | every `tick` records an Event whose reason and message are 2 MiB each, then fails with a 4 MiB error |
 //! | `probe-wasi` | quiet, but tries the WASI a guest may import: lists `/` and `.`, reads `/etc/passwd`, writes `/tmp/difftracker-probe-wasi`, counts the environment and arguments, reads the wall and monotonic clocks (spinning between two readings) and 16 random bytes of each generator; its `status` reports what it saw as the labels of one metric sample, `misbehaving_probe_wasi` |
 //! | anything else | the default: the first `tick` of an instance is quiet, every later one spins forever (what the demo's tenant runs) |
 //!
