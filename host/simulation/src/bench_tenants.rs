@@ -47,6 +47,8 @@ pub struct TenantsBenchOptions {
     pub change_interval: Duration,
     /// The tenant backoff after a trap; `false` only to measure what it buys.
     pub backoff: bool,
+    /// A backed-off tenant's ticks at the lowest CPU priority; `false` only to measure what it buys.
+    pub low_priority: bool,
 }
 
 impl Default for TenantsBenchOptions {
@@ -58,6 +60,7 @@ impl Default for TenantsBenchOptions {
             measure_for: Duration::from_secs(30),
             change_interval: Duration::from_millis(20),
             backoff: true,
+            low_priority: true,
         }
     }
 }
@@ -107,6 +110,7 @@ pub struct TenantsBench {
     pub tenants: usize,
     pub services_per_tenant: usize,
     pub backoff: bool,
+    pub low_priority: bool,
     pub instance_slots: u32,
     /// Resident memory with the runtime up and the components loaded, before any tenant.
     pub before_tenants: Resident,
@@ -175,7 +179,7 @@ fn tenant_events(services: &[Service]) -> Vec<KubeEvent> {
 }
 
 fn backoff_of(options: &TenantsBenchOptions) -> Option<BackoffPolicy> {
-    options.backoff.then(BackoffPolicy::default)
+    options.backoff.then(|| BackoffPolicy { low_priority: options.low_priority, ..BackoffPolicy::default() })
 }
 
 fn created(component: &EngineComponent, tenant: &str) -> Result<Box<dyn EngineDriver>> {
@@ -305,6 +309,7 @@ pub async fn measure(options: TenantsBenchOptions, progress: ProgressHook<'_>) -
         tenants: options.tenants,
         services_per_tenant: options.services,
         backoff: options.backoff,
+        low_priority: options.backoff && options.low_priority,
         instance_slots,
         before_tenants,
         converged,
@@ -350,13 +355,14 @@ async fn change_endpoints(tenant: &Healthy, until: Instant, interval: Duration, 
 pub fn render(b: &TenantsBench) -> String {
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     let mut out = format!(
-        "tenants: {} x {} Services (10 endpoints each), backoff {}, {} instance slots\n\
+        "tenants: {} x {} Services (10 endpoints each), backoff {}{}, {} instance slots\n\
          resident: {:.1} MiB before the tenants, {:.1} MiB converged (peak {:.1} MiB): {:.2} MiB per tenant\n\
          start {:.2} s, converge {:.2} s; converged: {}/{}\n\
          endpoint change to converged, {} changes over the healthy tenants: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (worst tenant's p99 {:.2} ms)\n",
         b.tenants,
         b.services_per_tenant,
         if b.backoff { "on" } else { "off" },
+        if b.low_priority { " (low priority)" } else { "" },
         b.instance_slots,
         mib(b.before_tenants.rss_bytes),
         mib(b.converged.rss_bytes),

@@ -51,6 +51,9 @@ pub struct BenchTenantsArgs {
     /// Tick a trapping tenant again at once (no backoff): only to measure what the backoff buys.
     #[arg(long)]
     pub no_backoff: bool,
+    /// Tick a backed-off tenant at normal CPU priority: only to measure what the low priority buys.
+    #[arg(long)]
+    pub no_low_priority: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -66,6 +69,7 @@ impl BenchTenantsArgs {
             measure_for: Duration::from_secs(self.seconds),
             change_interval: Duration::from_millis(self.interval_ms),
             backoff: !self.no_backoff,
+            low_priority: !self.no_low_priority,
         };
         // One bar per stage (start, converge, fair share), replaced when the stage changes.
         let bar: Mutex<Option<(String, super::progress::Progress)>> = Mutex::new(None);

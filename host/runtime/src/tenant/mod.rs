@@ -16,6 +16,8 @@
 //! tenant recovered, makes the tenant wait before its next tick, longer after each such tick in a
 //! row ([`BackoffPolicy`]: 100 ms doubling to 30 s, forgotten after a run of clean ticks), so a
 //! misbehaving engine cannot take a core in a loop; inputs arriving meanwhile wait for that tick.
+//! While backed off, its ticks run at the lowest CPU priority, so its guest calls take only the
+//! CPU the other tenants leave.
 //! [`TenantStatus::backoff`], [`TenantStatus::consecutive_traps`] and [`TenantStatus::warning`]
 //! say so. The bound stays [`Recovery::max_restarts`]: past it the tenant stops with the reason
 //! in [`TenantStatus::error`].
@@ -100,11 +102,19 @@ pub struct BackoffPolicy {
     pub max: Duration,
     /// Clean ticks in a row after which the traps are forgotten (the next one waits `initial`).
     pub reset_after_clean_ticks: u32,
+    /// While backed off, tick on a thread of the lowest CPU priority (nice 19), so that a guest
+    /// looping until its CPU deadline takes only the CPU no other tenant wants.
+    pub low_priority: bool,
 }
 
 impl Default for BackoffPolicy {
     fn default() -> Self {
-        BackoffPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(30), reset_after_clean_ticks: 10 }
+        BackoffPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            reset_after_clean_ticks: 10,
+            low_priority: true,
+        }
     }
 }
 

@@ -215,7 +215,7 @@ fn poisonable_tenant(clock: &ManualClock, backoff: Option<BackoffPolicy>, max_re
 }
 
 const POLICY: BackoffPolicy =
-    BackoffPolicy { initial: Duration::from_millis(100), max: Duration::from_millis(300), reset_after_clean_ticks: 3 };
+    BackoffPolicy { initial: Duration::from_millis(100), max: Duration::from_millis(300), reset_after_clean_ticks: 3, low_priority: true };
 
 #[test]
 fn the_backoff_doubles_up_to_its_bound() {

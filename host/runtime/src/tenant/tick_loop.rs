@@ -148,12 +148,18 @@ impl TenantLoop {
             let tick_no = self.status.borrow().ticks + 1;
             let events = std::mem::take(&mut events);
             let completions = std::mem::take(&mut completions);
-            let work = tokio::task::spawn_blocking(move || {
+            let job = move || {
                 let mut report = TickReport::default();
                 let result = engine.iterate(tick_no, now, events, completions, &mut report);
                 (engine, report, result)
-            });
-            let (returned, report, result) = match work.await {
+            };
+            let demoted = self.backoff.is_some_and(|p| p.low_priority) && self.status.borrow().consecutive_traps > 0;
+            let work = if demoted {
+                on_low_priority_thread(job).await
+            } else {
+                tokio::task::spawn_blocking(job).await.map_err(|e| e.to_string())
+            };
+            let (returned, report, result) = match work {
                 Ok(done) => done,
                 // Guest calls run under `catch_unwind`; only the host's own code could get here.
                 Err(e) => return Err(self.fail(anyhow!("tenant {}: the tick task failed: {e}", self.name))),
@@ -319,5 +325,32 @@ fn humanize(delay: std::time::Duration) -> String {
         format!("{} ms", delay.as_millis())
     } else {
         format!("{:.1} s", delay.as_secs_f64())
+    }
+}
+
+/// Runs `job` on a thread of its own at the lowest CPU priority (nice 19; Linux sets it per
+/// thread), so that the ticks of a tenant whose engine keeps hitting its CPU deadline yield the
+/// cores to every other tenant's instead of taking their share. A thread per tick: a backed-off
+/// tenant ticks at most every [`BackoffPolicy::initial`].
+async fn on_low_priority_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tick-low-priority".into())
+        .spawn(move || {
+            lower_this_threads_priority();
+            let _ = tx.send(job());
+        })
+        .map_err(|e| format!("cannot start a low-priority thread for the tick: {e}"))?;
+    rx.await.map_err(|_| "the low-priority tick thread ended without an answer".to_string())
+}
+
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread's own id; a failure leaves the priority as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
+            tracing::debug!("cannot lower the tick thread's priority");
+        }
     }
 }
