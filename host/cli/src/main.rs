@@ -11,8 +11,8 @@ mod commands;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
-    AdminArgs, ApiServerArgs, BenchArgs, BenchSwapArgs, BenchTenantsArgs, DemoArgs, EmulatorArgs, ExplainArgs, GenTraceArgs, LiveArgs, ReplayArgs, RunArgs,
-    ServeArgs, SnapshotArgs,
+    AdminArgs, ApiServerArgs, BenchArgs, BenchSwapArgs, BenchTenantsArgs, DemoArgs, EmulatorArgs, ExplainArgs, GenTraceArgs, LiveArgs,
+    ReplayArgs, RunArgs, ServeArgs, SnapshotArgs,
 };
 
 #[derive(Parser)]

@@ -297,12 +297,26 @@ fn json_logs_are_one_object_a_line() {
 #[test]
 fn bench_tenants_reports_density_and_fair_share() {
     let out = difftracker()
-        .args(["bench-tenants", "--tenants", "3", "--services", "5", "--misbehaving", "1", "--seconds", "1", "--interval-ms", "10", "--json"])
+        .args([
+            "bench-tenants",
+            "--tenants",
+            "3",
+            "--services",
+            "5",
+            "--misbehaving",
+            "1",
+            "--seconds",
+            "1",
+            "--interval-ms",
+            "10",
+            "--json",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     assert_eq!(report["tenants"], 3);
     assert_eq!(report["services_per_tenant"], 5);
     assert_eq!(report["tenants_converged"], 3, "{report:#}");
@@ -314,6 +328,7 @@ fn bench_tenants_reports_density_and_fair_share() {
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{spread}");
     assert!(report["converged"]["rss_bytes"].as_u64().unwrap() > 0, "{report:#}");
     assert!(report["mib_per_tenant"].is_number());
+    assert!(report["guest_memory_bytes"].as_u64().unwrap() > 0, "the engines' linear memory is counted: {report:#}");
     assert_eq!(report["misbehaving"]["tenants"], 1);
     assert_eq!(report["misbehaving"]["stopped"], 0, "no restart bound for the misbehaving tenants here: {report:#}");
 }

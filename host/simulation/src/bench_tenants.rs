@@ -118,6 +118,10 @@ pub struct TenantsBench {
     pub converged: Resident,
     /// `(converged - before_tenants) / tenants`, MiB.
     pub mib_per_tenant: f64,
+    /// Linear memory of every engine instance once converged (what the guests grew to), bytes.
+    pub guest_memory_bytes: u64,
+    /// `guest_memory_bytes / tenants`, MiB.
+    pub guest_mib_per_tenant: f64,
     /// Wall time to create the tenants' engines and start their loops.
     pub start_s: f64,
     /// Wall time from the first delivered event to every tenant converged.
@@ -195,10 +199,9 @@ pub async fn measure(options: TenantsBenchOptions, progress: ProgressHook<'_>) -
     }
     let all = options.tenants + options.misbehaving;
     let instance_slots = u32::try_from(all).unwrap_or(u32::MAX).saturating_mul(SLOTS_PER_TENANT).saturating_add(1);
-    let runtime = tokio::task::spawn_blocking(move || {
-        Runtime::new(RuntimeOptions { max_instances: instance_slots, ..RuntimeOptions::default() })
-    })
-    .await??;
+    let runtime =
+        tokio::task::spawn_blocking(move || Runtime::new(RuntimeOptions { max_instances: instance_slots, ..RuntimeOptions::default() }))
+            .await??;
     let loaded = runtime.clone();
     let (engine_component, misbehaving_component) = tokio::task::spawn_blocking(move || -> Result<_> {
         Ok((loaded.load_builtin()?, loaded.load(crate::MISBEHAVING_WASM).context("loading the misbehaving component")?))
@@ -242,6 +245,7 @@ pub async fn measure(options: TenantsBenchOptions, progress: ProgressHook<'_>) -
     }
     let converge_s = converging.elapsed().as_secs_f64();
     let converged = Resident::now();
+    let guest_memory_bytes = runtime.guest_memory_bytes();
 
     // The misbehaving tenants start with the measurement.
     let mut misbehaving = Vec::with_capacity(options.misbehaving);
@@ -314,6 +318,8 @@ pub async fn measure(options: TenantsBenchOptions, progress: ProgressHook<'_>) -
         before_tenants,
         converged,
         mib_per_tenant: converged.rss_bytes.saturating_sub(before_tenants.rss_bytes) as f64 / options.tenants as f64 / (1 << 20) as f64,
+        guest_memory_bytes,
+        guest_mib_per_tenant: guest_memory_bytes as f64 / options.tenants as f64 / (1 << 20) as f64,
         start_s,
         converge_s,
         tenants_converged,
@@ -356,7 +362,7 @@ pub fn render(b: &TenantsBench) -> String {
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     let mut out = format!(
         "tenants: {} x {} Services (10 endpoints each), backoff {}{}, {} instance slots\n\
-         resident: {:.1} MiB before the tenants, {:.1} MiB converged (peak {:.1} MiB): {:.2} MiB per tenant\n\
+         resident: {:.1} MiB before the tenants, {:.1} MiB converged (peak {:.1} MiB): {:.2} MiB per tenant; guest linear memory {:.2} MiB per tenant\n\
          start {:.2} s, converge {:.2} s; converged: {}/{}\n\
          endpoint change to converged, {} changes over the healthy tenants: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (worst tenant's p99 {:.2} ms)\n",
         b.tenants,
@@ -368,6 +374,7 @@ pub fn render(b: &TenantsBench) -> String {
         mib(b.converged.rss_bytes),
         mib(b.converged.peak_bytes),
         b.mib_per_tenant,
+        b.guest_mib_per_tenant,
         b.start_s,
         b.converge_s,
         b.tenants_converged,

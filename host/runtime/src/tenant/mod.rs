@@ -109,12 +109,7 @@ pub struct BackoffPolicy {
 
 impl Default for BackoffPolicy {
     fn default() -> Self {
-        BackoffPolicy {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-            reset_after_clean_ticks: 10,
-            low_priority: true,
-        }
+        BackoffPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(30), reset_after_clean_ticks: 10, low_priority: true }
     }
 }
 

@@ -154,11 +154,8 @@ impl TenantLoop {
                 (engine, report, result)
             };
             let demoted = self.backoff.is_some_and(|p| p.low_priority) && self.status.borrow().consecutive_traps > 0;
-            let work = if demoted {
-                on_low_priority_thread(job).await
-            } else {
-                tokio::task::spawn_blocking(job).await.map_err(|e| e.to_string())
-            };
+            let work =
+                if demoted { on_low_priority_thread(job).await } else { tokio::task::spawn_blocking(job).await.map_err(|e| e.to_string()) };
             let (returned, report, result) = match work {
                 Ok(done) => done,
                 // Guest calls run under `catch_unwind`; only the host's own code could get here.
