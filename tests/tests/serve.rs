@@ -283,6 +283,9 @@ async fn the_admin_api_needs_its_token_and_pauses_resumes_restarts_swaps_and_rol
         admin_call(&client, "POST", &format!("{base}/tenants/one/swap"), Some(&token), Some(json!({"component": not_wasm}))).await;
     assert_eq!((status, body["reason"].as_str()), (409, Some("build")), "{body}");
     assert_eq!(host.tenant("one").await.unwrap().phase, TenantPhase::Running, "a refused swap changes nothing");
+    let metrics = client.get(format!("{}/metrics", server.url())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="ok"} 2"#), "the swap and the rollback: {metrics}");
+    assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="refused"} 1"#), "{metrics}");
 
     // A reload through the admin API; an invalid file is a 400 that changes nothing.
     std::fs::write(
@@ -364,8 +367,8 @@ async fn credentials_never_cross_tenants_and_another_tenants_subscription_is_ref
     let error = host.state("mallory").await.unwrap().tenant.unwrap().engine.initialization.error.unwrap();
     assert!(error.contains("AuthorizationFailed"), "{error}");
     assert!(!settled(&host, "mallory").await, "mallory never initializes");
-    assert_eq!(load_balancers(&emulator, "sub-a", "rg-a"), [a_uid.clone()], "sub-a holds a's load balancer only");
-    assert_eq!(load_balancers(&emulator, "sub-b", "rg-b"), [b_uid.clone()], "sub-b holds b's load balancer only, none of mallory's");
+    assert_eq!(load_balancers(&emulator, "sub-a", "rg-a"), [a_uid], "sub-a holds a's load balancer only");
+    assert_eq!(load_balancers(&emulator, "sub-b", "rg-b"), [b_uid], "sub-b holds b's load balancer only, none of mallory's");
     // Nobody shows a token: not the admin listing, not the status page.
     let views = serde_json::to_string(&host.tenants().await).unwrap();
     let page = host.observatory().status_page();
@@ -441,5 +444,28 @@ async fn a_misbehaving_tenant_is_stopped_with_its_reason_and_restartable_while_t
     let restarted = host.restart("noisy").await.unwrap();
     assert_eq!(restarted.phase, TenantPhase::Running);
     assert_eq!(restarted.failed_sessions, 0);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_arm_request_of_one_service_carries_its_correlation_id_and_the_emulator_answers_it() {
+    use difftracker_runtime::correlation::CorrelationId;
+    let dir = scratch("correlation");
+    let (host, sim) = start(&dir, "[[tenant]]\nname = \"lab\"\ncluster = \"embedded\"\n").await;
+    let uid = seed_service(&sim.cluster_of("lab").unwrap(), "web", "10.244.0.10");
+    eventually("web converges", || async { settled(&host, "lab").await && sim.oracle("lab").is_some_and(|d| d.is_empty()) }).await;
+    let expected = CorrelationId::of_subject("lab", &uid).to_string();
+    let requests = sim.emulator().emulator().recent_requests();
+    let of_web: Vec<_> = requests.iter().filter(|r| r.path.contains(&uid)).collect();
+    let kinds: std::collections::BTreeSet<&str> = of_web.iter().map(|r| r.path.split('/').nth(7).unwrap_or("")).collect();
+    assert!(kinds.contains("publicIPAddresses") && kinds.contains("loadBalancers"), "web's public IP and load balancer: {kinds:?}");
+    for r in &of_web {
+        assert_eq!(r.client_request_id.as_deref(), Some(expected.as_str()), "{r:?}");
+        assert_eq!(r.request_id, expected, "answered back as x-ms-request-id: {r:?}");
+    }
+    // The start-up lists serve no single Service: each has an id of its own.
+    let lists: Vec<_> = requests.iter().filter(|r| r.method == "GET" && !r.path.contains(&uid)).collect();
+    assert!(!lists.is_empty());
+    assert!(lists.iter().all(|r| r.client_request_id.is_some() && r.client_request_id.as_deref() != Some(expected.as_str())), "{lists:?}");
     host.shutdown().await;
 }

@@ -10,6 +10,7 @@
 //! virtual-time runs.
 
 use crate::backend::{CloudBackend, KubeBackend};
+use crate::correlation::CorrelationId;
 use difftracker_engine::io::{Call, CallError, CallId, CallOutput, Completion, ErrorKind};
 use std::future::Future;
 use std::pin::Pin;
@@ -161,7 +162,9 @@ impl CallRunner {
     pub(crate) fn spawn(&self, id: CallId, call: Call) {
         let label = call.label();
         let identity = call_identity(&call);
-        let span = tracing::info_span!("call", tenant = %self.tenant, call_id = id, label, identity = %identity);
+        let correlation = CorrelationId::of(&self.tenant, id, &call);
+        let span =
+            tracing::info_span!("call", tenant = %self.tenant, call_id = id, label, identity = %identity, correlation_id = %correlation);
         let tenant_cap = self.tenant_cap.clone();
         let global = self.global.clone();
         let backends = self.backends.clone();
@@ -171,7 +174,7 @@ impl CallRunner {
                 let outcome = match (tenant_cap.acquire_owned().await, global.acquire_owned().await) {
                     (Ok(_tenant), Ok(_global)) => {
                         tracing::debug!("call running");
-                        perform(&backends, call).await
+                        perform(&backends, call, correlation).await
                     }
                     _ => Err(CallError::of_kind(ErrorKind::Transport, "executor shut down")),
                 };
@@ -189,12 +192,13 @@ impl CallRunner {
 
 /// Runs the call on its backend in a task of its own, so a panicking backend becomes a failed
 /// call instead of a completion that never comes.
-async fn perform(backends: &Backends, call: Call) -> Result<CallOutput, CallError> {
+async fn perform(backends: &Backends, call: Call, correlation: CorrelationId) -> Result<CallOutput, CallError> {
     let future = match call {
         Call::Cloud(c) => backends.cloud.call(c),
         Call::Kube(k) => backends.kube.call(k),
     };
-    match tokio::spawn(future).await {
+    // The backend reads the id (the transport sends it to ARM); it runs in a task of its own.
+    match tokio::spawn(crate::correlation::scope(correlation, future)).await {
         Ok(outcome) => outcome,
         Err(e) => Err(CallError::of_kind(ErrorKind::Transport, &format!("backend task failed: {e}"))),
     }

@@ -35,6 +35,7 @@ pub mod admin;
 pub mod backend;
 pub mod calls;
 pub mod controller;
+pub mod correlation;
 pub mod driver;
 pub mod executor;
 pub mod k8s;

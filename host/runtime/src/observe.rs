@@ -158,7 +158,11 @@ impl HostMetrics {
             "Wall time of one engine tick (the guest call, or the native engine)",
             self.tick_duration.clone(),
         );
-        registry.register("difftracker_host_engine_swaps", "Engine hot swaps, by result", self.swaps.clone());
+        registry.register(
+            "difftracker_host_engine_swaps",
+            "Engine swaps, by result (ok, or refused: the old instance kept running)",
+            self.swaps.clone(),
+        );
         registry.register(
             "difftracker_host_engine_restarts",
             "Engine instances rebuilt from a snapshot after a trap or a limit",
@@ -311,6 +315,11 @@ impl Observatory {
         self.inner.host.instance_slots_free.set(free as i64);
     }
 
+    /// Counts a swap refused before it reached the tenant (its component did not load).
+    pub fn record_swap_refused(&self, tenant: &str) {
+        self.inner.host.swaps.get_or_create(&labels(&[("tenant", tenant), ("result", "refused")])).inc();
+    }
+
     /// Stops following a tenant that was removed or paused: it leaves the status page, the
     /// readiness check and the engine samples (its host counters keep their totals).
     pub fn forget(&self, tenant: &str) {
@@ -420,14 +429,30 @@ impl Observatory {
             let quarantined = this.inner.host.quarantined.get_or_create(&tenant_labels).clone();
             let traps = this.inner.host.traps.get_or_create(&tenant_labels).clone();
             let backoff = this.inner.host.backoff.get_or_create(&tenant_labels).clone();
+            let swapped = this.inner.host.swaps.get_or_create(&labels(&[("tenant", &tenant), ("result", "ok")])).clone();
+            let refused = this.inner.host.swaps.get_or_create(&labels(&[("tenant", &tenant), ("result", "refused")])).clone();
             let mut restarts_seen = 0u64;
             let mut quarantined_seen = 0u64;
             let mut traps_seen = 0u64;
+            let (mut swaps_seen, mut refused_seen) = (0u64, 0u64);
             loop {
-                let (count, stopped, restarts, quarantined_total, traps_total, backoff_s) = {
+                let (count, stopped, restarts, quarantined_total, swaps, swaps_refused, traps_total, backoff_s) = {
                     let s = rx.borrow_and_update();
-                    (s.ticks, s.stopped, s.restarts, s.quarantined_total, s.traps, s.backoff.map_or(0.0, |d| d.as_secs_f64()))
+                    (
+                        s.ticks,
+                        s.stopped,
+                        s.restarts,
+                        s.quarantined_total,
+                        s.swaps,
+                        s.swaps_refused,
+                        s.traps,
+                        s.backoff.map_or(0.0, |d| d.as_secs_f64()),
+                    )
                 };
+                swapped.inc_by(swaps.saturating_sub(swaps_seen));
+                swaps_seen = swaps_seen.max(swaps);
+                refused.inc_by(swaps_refused.saturating_sub(refused_seen));
+                refused_seen = refused_seen.max(swaps_refused);
                 quarantined.inc_by(quarantined_total.saturating_sub(quarantined_seen));
                 quarantined_seen = quarantined_seen.max(quarantined_total);
                 traps.inc_by(traps_total.saturating_sub(traps_seen));
@@ -456,15 +481,6 @@ impl Observatory {
                 }
             }
         });
-    }
-
-    /// Swaps the tenant's engine for `fresh` ([`TenantHandle::swap_engine`]) and counts it.
-    pub async fn swap_engine(&self, tenant: &TenantHandle, fresh: Box<dyn EngineDriver>) -> Result<()> {
-        let fresh = self.instrument(tenant.name(), fresh);
-        let result = tenant.swap_engine(fresh).await;
-        let outcome = if result.is_ok() { "ok" } else { "failed" };
-        self.inner.host.swaps.get_or_create(&labels(&[("tenant", tenant.name()), ("result", outcome)])).inc();
-        result
     }
 
     /// Counts an engine instance rebuilt from a snapshot (after a trap or a limit).

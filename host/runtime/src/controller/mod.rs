@@ -401,7 +401,10 @@ impl Controller {
                 }
                 Some((factory, reply)) = self.swaps.recv() => {
                     // The swap runs in the tenant's loop; the watch keeps being fed meanwhile.
-                    let swap = tenant.hot_swap(factory.clone());
+                    // Its instances are timed like the session's first one.
+                    let (observatory, name, inner) = (self.observatory.clone(), self.options.tenant.tenant.clone(), factory.clone());
+                    let timed: EngineFactory = Arc::new(move |ids| inner(ids).map(|d| observatory.instrument(&name, d)));
+                    let swap = tenant.hot_swap(timed);
                     let current = self.factory.clone();
                     tokio::spawn(async move {
                         let result = swap.await;

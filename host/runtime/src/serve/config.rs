@@ -75,15 +75,6 @@ pub enum ComponentSource {
     File(PathBuf),
 }
 
-/// How a tenant authenticates to ARM.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Credential {
-    /// From the cloud config and `credential` as `difftracker run` resolves them (may be none).
-    Azure(AzureSide),
-    /// A fixed bearer token read from a file (the emulator's per-tenant tokens).
-    TokenFile(PathBuf),
-}
-
 /// A tenant's limits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TenantLimits {

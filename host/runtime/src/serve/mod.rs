@@ -461,8 +461,14 @@ impl TenantHost {
     /// Hot-swaps a running tenant to the component at `path`; on success the old one becomes
     /// the rollback target. A refusal changes nothing.
     pub async fn swap(&self, name: &str, path: &Path) -> Result<(SwapReport, String), TenantError> {
-        let component =
-            self.load_component(&ComponentSource::File(path.to_path_buf())).await.map_err(|e| SwapError::Build(format!("{e:#}")))?;
+        let component = match self.load_component(&ComponentSource::File(path.to_path_buf())).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(tenant = %name, error = %format!("{e:#}"), "swap refused: the component does not load; the tenant keeps its component");
+                self.inner.observatory.record_swap_refused(name);
+                return Err(SwapError::Build(format!("{e:#}")).into());
+            }
+        };
         self.swap_to(name, component, false).await
     }
 

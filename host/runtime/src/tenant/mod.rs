@@ -184,8 +184,8 @@ pub struct TenantStatus {
     /// Swaps refused (the old instance kept running), and the latest refusal's reason.
     pub swaps_refused: u64,
     pub last_swap_error: Option<String>,
-    /// Guest calls that trapped or hit a sandbox limit (the CPU deadline, memory), recovered
-    /// from or not.
+    /// Guest calls that trapped or hit a sandbox limit (the CPU deadline, memory) in a tenant
+    /// with trap recovery, recovered from or not (without recovery the first one stops it).
     pub traps: u64,
     /// Ticks in a row that trapped (reset by [`BackoffPolicy::reset_after_clean_ticks`] clean ones).
     pub consecutive_traps: u32,

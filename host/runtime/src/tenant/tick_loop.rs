@@ -327,8 +327,9 @@ fn humanize(delay: std::time::Duration) -> String {
 
 /// Runs `job` on a thread of its own at the lowest CPU priority (nice 19; Linux sets it per
 /// thread), so that the ticks of a tenant whose engine keeps hitting its CPU deadline yield the
-/// cores to every other tenant's instead of taking their share. A thread per tick: a backed-off
-/// tenant ticks at most every [`BackoffPolicy::initial`].
+/// cores to every other tenant's instead of taking their share. A thread per tick, since an
+/// unprivileged thread cannot raise its priority again (starting one costs tens of microseconds;
+/// a backed-off tenant ticks rarely).
 async fn on_low_priority_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

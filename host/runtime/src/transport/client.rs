@@ -14,6 +14,9 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// ARM's header for the caller's correlation id ([`crate::correlation`]).
+pub const CLIENT_REQUEST_ID: &str = "x-ms-client-request-id";
+
 /// Knobs of the transport. Defaults follow AZURE-WIRE.md; tests shrink the delays.
 #[derive(Clone, Debug)]
 pub struct TransportOptions {
@@ -352,6 +355,9 @@ impl ArmTransport {
                 .timeout(o.attempt_timeout)
                 .header(ACCEPT, "application/json")
                 .header(USER_AGENT, o.user_agent.as_str());
+            if let Some(id) = crate::correlation::current() {
+                req = req.header(CLIENT_REQUEST_ID, id.as_str());
+            }
             if let Some(t) = token {
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", t.secret())).map_err(|_| CallError {
                     kind: ErrorKind::Transport,

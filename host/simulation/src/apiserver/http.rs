@@ -481,7 +481,8 @@ async fn watch(
             tokio::select! {
                 r = changed.changed() => if r.is_err() { return },
                 _ = tx.closed() => return,
-                _ = closing.changed() => return,
+                // `wait_for`, not `changed`: a watch that began after closing was set ends too.
+                _ = async { drop(closing.wait_for(|c| *c).await) } => return,
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = tokio::time::sleep_until(drop_at.unwrap_or(deadline)), if drop_at.is_some() => return,
                 _ = tokio::time::sleep_until(next_bookmark), if bookmarks => {

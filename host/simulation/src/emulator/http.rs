@@ -80,6 +80,8 @@ struct Server {
     ops: Mutex<BTreeMap<u64, Operation>>,
     pending: Mutex<BTreeMap<PendingKey, Pending>>,
     next_op: AtomicU64,
+    /// Numbers the `x-ms-request-id` of requests that carry no id of their own.
+    next_request: AtomicU64,
     started: Instant,
     /// `scheme://host[:port]` of every URL handed out.
     base: String,
@@ -144,6 +146,7 @@ pub async fn serve_emulator(listener: tokio::net::TcpListener, emulator: Arc<Emu
         ops: Mutex::new(BTreeMap::new()),
         pending: Mutex::new(BTreeMap::new()),
         next_op: AtomicU64::new(1),
+        next_request: AtomicU64::new(1),
         started: Instant::now(),
         base: base.clone(),
     });
@@ -273,7 +276,28 @@ async fn read_body(headers: &HeaderMap, mut body: Body, limits: &RequestLimits) 
     }
 }
 
-async fn handle(
+/// Answers one request and tags it as ARM does: `x-ms-request-id` (the caller's
+/// `x-ms-client-request-id` when it sent one, so one id finds the request in both logs) and the
+/// caller's id echoed back; a log line and [`super::Emulator::recent_requests`] record it.
+async fn handle(state: axum::extract::State<Arc<Server>>, method: HttpMethod, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let client_id = header_text(&headers, "x-ms-client-request-id").filter(|v| !v.is_empty() && v.len() <= 128);
+    let request_id = client_id.clone().unwrap_or_else(|| format!("emulator-{:016x}", state.next_request.fetch_add(1, Ordering::Relaxed)));
+    let (m, path) = (method.to_string(), uri.path().to_string());
+    let server = state.0.clone();
+    let mut response = answer(state, method, uri, headers, body).await;
+    let status = response.status().as_u16();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-ms-request-id", v.clone());
+        if client_id.is_some() {
+            response.headers_mut().insert("x-ms-client-request-id", v);
+        }
+    }
+    tracing::info!(request_id = %request_id, method = %m, path = %path, status, "emulator answered");
+    server.emulator.record_request(super::RequestRecord { client_request_id: client_id, request_id, method: m, path, status });
+    response
+}
+
+async fn answer(
     axum::extract::State(server): axum::extract::State<Arc<Server>>,
     method: HttpMethod,
     uri: Uri,

@@ -294,6 +294,23 @@ pub struct Emulator {
     state: Mutex<EmulatorState>,
     faults: Mutex<Option<Arc<FaultInjector>>>,
     options: EmulatorOptions,
+    /// The latest HTTP requests, oldest first (at most [`MAX_RECORDED_REQUESTS`]).
+    requests: Mutex<std::collections::VecDeque<RequestRecord>>,
+}
+
+/// Requests the emulator remembers for [`Emulator::recent_requests`].
+pub const MAX_RECORDED_REQUESTS: usize = 10_000;
+
+/// One HTTP request the emulator answered, as its log line shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The caller's `x-ms-client-request-id` (its correlation id), if it sent one.
+    pub client_request_id: Option<String>,
+    /// The `x-ms-request-id` answered: the caller's id when it sent one, else one of the emulator's.
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
 }
 
 impl Emulator {
@@ -309,11 +326,24 @@ impl Emulator {
             }
         }
         let faults = options.faults.clone().map(|p| Arc::new(FaultInjector::new(p)));
-        Arc::new(Emulator { state: Mutex::new(state), faults: Mutex::new(faults), options })
+        Arc::new(Emulator { state: Mutex::new(state), faults: Mutex::new(faults), options, requests: Mutex::default() })
     }
 
     pub fn options(&self) -> &EmulatorOptions {
         &self.options
+    }
+
+    /// The latest HTTP requests answered, oldest first.
+    pub fn recent_requests(&self) -> Vec<RequestRecord> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    pub(crate) fn record_request(&self, record: RequestRecord) {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if requests.len() >= MAX_RECORDED_REQUESTS {
+            requests.pop_front();
+        }
+        requests.push_back(record);
     }
 
     /// The state, locked (never poisoned: a panic elsewhere does not stop the emulator).
