@@ -287,7 +287,7 @@ pub async fn measure(options: TenantsBenchOptions, progress: ProgressHook<'_>) -
     };
     for result in results {
         let (tenant, samples) = result.map_err(|e| anyhow!("a measuring task failed: {e}"))?;
-        let samples = samples.with_context(|| format!("{}", tenant.handle.name()))?;
+        let samples = samples.with_context(|| format!("{} did not converge an endpoint change", tenant.handle.name()))?;
         worst_tenant_p99_ms = worst_tenant_p99_ms.max(Spread::of(&samples).p99_ms);
         all_samples.extend(samples);
         finished.push(tenant);
