@@ -169,9 +169,9 @@ impl TenantLoop {
             if let Err(e) = result {
                 return Err(self.fail(e));
             }
-            self.back_off(now, report.last_trap.as_deref());
             next_wake = report.tick.outcome.next_wake_ms;
-            self.after_tick(now, report.tick, report.status);
+            let backoff = self.back_off(now, report.last_trap.as_deref());
+            self.after_tick(now, report.tick, report.status, backoff);
         }
         self.status.send_modify(|s| s.stopped = true);
         Ok(engine.driver)
@@ -199,20 +199,18 @@ impl TenantLoop {
     }
 
     /// After a tick the tenant went on from: when the engine trapped in it, delays the next tick
-    /// (longer for each such tick in a row); after enough clean ticks, forgets the traps.
-    fn back_off(&mut self, now: u64, trap: Option<&str>) {
-        let Some(policy) = self.backoff else { return };
+    /// (longer for each such tick in a row); after enough clean ticks, forgets the traps. What
+    /// changes in the status is published with the tick ([`TenantLoop::after_tick`]), so that a
+    /// reader never sees the tick without its backoff.
+    fn back_off(&mut self, now: u64, trap: Option<&str>) -> Option<BackoffChange> {
+        let policy = self.backoff?;
         let Some(trap) = trap else {
             self.clean_ticks = self.clean_ticks.saturating_add(1);
             if self.clean_ticks >= policy.reset_after_clean_ticks && self.status.borrow().consecutive_traps > 0 {
                 tracing::info!(tenant = %self.name, clean_ticks = self.clean_ticks, "engine ticks cleanly again; backoff over");
-                self.status.send_modify(|s| {
-                    s.consecutive_traps = 0;
-                    s.backoff = None;
-                    s.warning = None;
-                });
+                return Some(BackoffChange { consecutive_traps: 0, backoff: None, warning: None });
             }
-            return;
+            return None;
         };
         self.clean_ticks = 0;
         let consecutive = self.status.borrow().consecutive_traps.saturating_add(1);
@@ -223,11 +221,7 @@ impl TenantLoop {
             humanize(delay)
         );
         tracing::warn!(tenant = %self.name, consecutive_traps = consecutive, backoff_ms = delay.as_millis() as u64, reason = %trap, "engine backed off");
-        self.status.send_modify(|s| {
-            s.consecutive_traps = consecutive;
-            s.backoff = Some(delay);
-            s.warning = Some(warning);
-        });
+        Some(BackoffChange { consecutive_traps: consecutive, backoff: Some(delay), warning: Some(warning) })
     }
 
     /// Publishes the traps, restarts and quarantined inputs of one tick.
@@ -264,7 +258,7 @@ impl TenantLoop {
         });
     }
 
-    fn after_tick(&mut self, now: u64, tick: TickResult, engine: EngineStatus) {
+    fn after_tick(&mut self, now: u64, tick: TickResult, engine: EngineStatus, backoff: Option<BackoffChange>) {
         for (id, call) in tick.started {
             tracing::info!(tenant = %self.name, call_id = id, label = call.label(), identity = %call_identity(&call), "call started");
             self.observe(TenantEvent::CallStarted { id, call: call.clone() });
@@ -306,6 +300,11 @@ impl TenantLoop {
             s.next_wake_ms = tick.outcome.next_wake_ms;
             s.calls_outstanding = outstanding;
             s.engine = engine;
+            if let Some(change) = backoff {
+                s.consecutive_traps = change.consecutive_traps;
+                s.backoff = change.backoff;
+                s.warning = change.warning;
+            }
         });
     }
 
@@ -314,6 +313,13 @@ impl TenantLoop {
             let _ = observer.send(event);
         }
     }
+}
+
+/// The backoff fields of the status after a tick.
+struct BackoffChange {
+    consecutive_traps: u32,
+    backoff: Option<std::time::Duration>,
+    warning: Option<String>,
 }
 
 /// `250 ms`, `1.6 s`, `30 s`.
