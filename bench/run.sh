@@ -2,7 +2,9 @@
 # Reproduces every figure of BENCHMARKS.md: replay wall time and peak memory for generated traces
 # (wasm and native engines), the engine-only PEER-BENCH lifecycle, and the start-up pass after a
 # crash against a full cloud (STARTUP_SIZES="1000 10000"), hot swap (SWAP_SIZES="1000 10000",
-# SWAPS=20), and what `replay --html` costs (HTML_SIZES="1000 10000"). Release build, one run per
+# SWAPS=20), what `replay --html` costs (HTML_SIZES="1000 10000"), and many tenants in one process
+# (`bench-tenants`: density at DENSITY_TENANTS="100 1000" tenants of 100 Services, fair share of 10
+# healthy tenants beside 2 misbehaving ones for FAIR_SECONDS=30 s). Release build, one run per
 # cell (the machine is shared: run it twice and keep the lower figure when they differ).
 #
 #   bash bench/run.sh            # all sizes
@@ -98,3 +100,36 @@ for n in ${HTML_SIZES:-1000 10000}; do
     echo "| $n | $engine | $(cat "$work/t0") s | $(cat "$work/t1") s | $(( $(stat -c %s "$work/timeline-$n.html") / 1024 )) KiB |"
   done
 done
+echo
+echo "## Many tenants in one process (bench-tenants)"
+echo
+echo "| tenants x Services | resident converged | per tenant | guest linear memory per tenant | converge | endpoint change p50 / p99 / max |"
+echo "|---|---|---|---|---|---|"
+for n in ${DENSITY_TENANTS:-100 1000}; do
+  "$bin" bench-tenants --tenants "$n" --services 100 --seconds 5 --json > "$work/tenants-$n.json" 2>/dev/null
+  python3 - "$work/tenants-$n.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+c = b["change_converge"]
+print(f"| {b['tenants']:,} x {b['services_per_tenant']} | {b['converged']['rss_bytes']/2**20:,.0f} MiB | {b['mib_per_tenant']:.2f} MiB "
+      f"| {b['guest_mib_per_tenant']:.2f} MiB | {b['converge_s']:.1f} s | {c['p50_ms']:.2f} / {c['p99_ms']:.2f} / {c['max_ms']:.2f} ms |")
+PY
+done
+echo
+echo "| 10 healthy tenants x 100 Services, beside | backoff | endpoint change p50 / p99 / max | p99 / alone | misbehaving traps |"
+echo "|---|---|---|---|---|"
+alone=""
+for run in "0:" "2:--no-backoff" "2:--no-low-priority" "2:"; do
+  k=${run%%:*}; flags=${run#*:}
+  "$bin" bench-tenants --tenants 10 --services 100 --misbehaving "$k" --seconds "${FAIR_SECONDS:-30}" $flags --json > "$work/fair.json" 2>/dev/null
+  alone=$(python3 - "$work/fair.json" "$k" "$flags" "$alone" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1])); k, flags, alone = sys.argv[2], sys.argv[3], sys.argv[4]
+c = b["change_converge"]
+alone = float(alone) if alone else c["p99_ms"]
+mode = "off" if "--no-backoff" in flags else ("on, normal priority" if "--no-low-priority" in flags else "on")
+print(f"| {k} misbehaving | {mode} | {c['p50_ms']:.2f} / {c['p99_ms']:.2f} / {c['max_ms']:.2f} ms | {c['p99_ms']/alone:.2f}x | {b['misbehaving']['traps']} |", file=sys.stderr)
+print(alone)
+PY
+)
+done 2>&1

@@ -58,11 +58,13 @@ fn misbehaving_engine(component: &EngineComponent, mode: &str) -> WasmEngine {
 /// The tenants of one test: one executor and clock, each tenant on a mock world of its own.
 struct Scene {
     executor: Executor,
+    clock: ManualClock,
 }
 
 impl Scene {
     fn new() -> Scene {
-        Scene { executor: Executor::new(Arc::new(ManualClock::new(1_000_000)), 64) }
+        let clock = ManualClock::new(1_000_000);
+        Scene { executor: Executor::new(Arc::new(clock.clone()), 64), clock }
     }
 
     /// A tenant of the misbehaving engine, recovering from traps with a snapshot per tick and
@@ -149,12 +151,16 @@ fn stop_reason(status: &TenantStatus) -> &str {
     status.error.as_deref().unwrap_or_else(|| panic!("the tenant stopped without an error: {status:?}"))
 }
 
-/// Feeds the tenant one event per tick until it stops (at most `max_ticks` ticks).
-async fn tick_until_stopped(tenant: &TenantHandle, max_ticks: u64) -> TenantStatus {
+/// Feeds the tenant one event per tick until it stops (at most `max_ticks` ticks), moving the
+/// clock past each backoff a trap earns it.
+async fn tick_until_stopped(tenant: &TenantHandle, clock: &ManualClock, max_ticks: u64) -> TenantStatus {
     for i in 0..max_ticks {
         let before = tenant.status();
         if before.stopped {
             return before;
+        }
+        if let Some(backoff) = before.backoff {
+            clock.advance(backoff.as_millis() as u64);
         }
         tenant.deliver(vec![KubeEvent::NodeApplied(sample_node(&format!("node-{i}"), "10.0.0.9"))]).unwrap();
         let mut status = tenant.subscribe();
@@ -233,7 +239,7 @@ async fn a_guest_trapping_every_third_tick_is_restarted_until_its_restart_budget
     assert_eq!(first.ticks, 3, "the third tick trapped and was applied again on a fresh instance");
 
     // Past the budget (3 restarts within 100 ticks) the tenant stops instead of restarting in a loop.
-    let status = tick_until_stopped(&hostile, 100).await;
+    let status = tick_until_stopped(&hostile, &scene.clock, 100).await;
     let reason = stop_reason(&status);
     assert!(reason.contains("trapped again after 3 restart(s)"), "{reason}");
     assert!(reason.contains("guest trapped in `tick`") && reason.contains("trap-every-nth-tick"), "the guest's panic: {reason}");
@@ -366,7 +372,7 @@ async fn the_default_misbehaviour_loops_from_the_second_tick_and_its_tenant_is_r
     let (hostile, _) = scene.hostile("demo", &misbehaving(looping_limits()), 2);
     let quiet = tokio::time::timeout(GUARD, hostile.wait_for(|s| s.ticks >= 1)).await.expect("guard: the first tick").unwrap();
     assert_eq!(quiet.restarts, 0, "the first tick is quiet: {quiet:?}");
-    let status = tick_until_stopped(&hostile, 100).await;
+    let status = tick_until_stopped(&hostile, &scene.clock, 100).await;
     let reason = stop_reason(&status);
     assert!(reason.contains("trapped again after 2 restart(s)"), "{reason}");
     assert!(reason.contains("guest trapped in `tick`") && reason.contains("CPU deadline of 200 ms"), "{reason}");

@@ -169,7 +169,7 @@ async fn a_trapping_event_is_quarantined(snapshots: SnapshotPolicy) {
     let beside_svc = sample_service("default", "beside", "bbbb0000-0000-4000-8000-000000000001");
     beside.deliver(vec![KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")), KubeEvent::ServiceApplied(beside_svc)]).unwrap();
 
-    let recovered = settle(&tenant, "the huge Service quarantined", |s| s.quarantined_total == 1).await;
+    let recovered = settle(&tenant, "the huge Service quarantined", |s| s.quarantined_total == 1 && s.backoff.is_some()).await;
     assert_eq!(recovered.restarts, 1, "{recovered:?}");
     assert!(recovered.error.is_none() && !recovered.stopped);
     let q = &recovered.quarantined[0];
@@ -182,6 +182,9 @@ async fn a_trapping_event_is_quarantined(snapshots: SnapshotPolicy) {
     // The operation from before the trap is intact and its call is still in flight.
     assert!(recovered.state_count("creation_in_progress") >= 1, "{recovered:?}");
     assert!(ids.peek() > next_id_before, "api and db started calls with new ids");
+    // The trap backs the tenant off: its next tick waits until the clock passes the backoff.
+    assert_eq!(recovered.backoff, Some(std::time::Duration::from_millis(100)), "{recovered:?}");
+    clock.advance(100);
 
     // Release the gate: the load balancer call started before the trap completes into the new
     // instance, which does not start it again; api and db are created too.
@@ -311,8 +314,11 @@ async fn a_guest_that_keeps_trapping_stops_the_tenant() {
     // Three traps in a row are recovered (three restarts within the window)...
     for n in 1..=3u64 {
         tenant.deliver(vec![KubeEvent::ServiceApplied(huge_service())]).unwrap();
-        let status = settle(&tenant, "quarantined", |s| s.quarantined_total == n).await;
+        let status = settle(&tenant, "quarantined", |s| s.quarantined_total == n && s.consecutive_traps == n as u32).await;
         assert_eq!(status.restarts, n);
+        // Backed off, 100 ms doubling; the next tick waits for the clock.
+        assert_eq!(status.backoff, Some(std::time::Duration::from_millis(100 << (n - 1))), "{status:?}");
+        clock.advance(100 << (n - 1));
     }
     // ...the fourth stops the tenant.
     tenant.deliver(vec![KubeEvent::ServiceApplied(huge_service())]).unwrap();
@@ -323,6 +329,7 @@ async fn a_guest_that_keeps_trapping_stops_the_tenant() {
     assert!(error.contains("trapped again after 3 restart(s) within 100 ticks"), "{error}");
     assert!(format!("{err:#}").contains("looping"), "{err:#}");
     assert_eq!(status.restarts, 3);
+    assert_eq!(status.traps, 4);
     assert!(tenant.stop().await.is_err());
 }
 

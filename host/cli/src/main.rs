@@ -11,8 +11,8 @@ mod commands;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
-    AdminArgs, ApiServerArgs, BenchArgs, BenchSwapArgs, DemoArgs, EmulatorArgs, ExplainArgs, GenTraceArgs, LiveArgs, ReplayArgs, RunArgs,
-    ServeArgs, SnapshotArgs,
+    AdminArgs, ApiServerArgs, BenchArgs, BenchSwapArgs, BenchTenantsArgs, DemoArgs, EmulatorArgs, ExplainArgs, GenTraceArgs, LiveArgs,
+    ReplayArgs, RunArgs, ServeArgs, SnapshotArgs,
 };
 
 #[derive(Parser)]
@@ -59,6 +59,8 @@ enum Command {
     BenchEngine(BenchArgs),
     /// Measure hot swap of a running tenant (background against plain swaps) and print JSON.
     BenchSwap(BenchSwapArgs),
+    /// Many tenants in one process: memory per tenant, and fair share beside misbehaving tenants (--misbehaving K).
+    BenchTenants(BenchTenantsArgs),
     /// Print an engine snapshot (binary or JSON) as JSON: `snapshot --dump FILE`.
     Snapshot(SnapshotArgs),
     /// Say why a Service or egress identity is where it is, from a replay report or a running host.
@@ -98,6 +100,7 @@ fn main() -> Result<()> {
             Command::Apiserver(args) => args.run().await,
             Command::BenchEngine(args) => args.run(),
             Command::BenchSwap(args) => args.run().await,
+            Command::BenchTenants(args) => args.run().await,
             Command::Snapshot(args) => args.run(),
             Command::Explain(args) => args.run().await,
         }

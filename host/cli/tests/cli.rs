@@ -62,6 +62,7 @@ fn the_commands_and_their_flags_are_the_documented_ones() {
         ("emulator", &["--listen", "--faults", "--polling", "--no-default-natgw", "--state"][..]),
         ("apiserver", &["--listen", "--kubeconfig-out", "--faults"][..]),
         ("bench-engine", &["--services", "--engine", "--single-events"][..]),
+        ("bench-tenants", &["--tenants", "--services", "--misbehaving", "--seconds", "--interval-ms", "--no-backoff", "--json"][..]),
         ("demo", &["--engine", "--component", "--services", "--timeout-secs"][..]),
     ] {
         let out = difftracker().args([command, "--help"]).output().unwrap();
@@ -289,4 +290,45 @@ fn json_logs_are_one_object_a_line() {
     let out = difftracker().args(["demo", "--log-format", "xml"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
+}
+
+/// `bench-tenants` at a tiny size: every healthy tenant converges, each endpoint change is
+/// measured, the misbehaving tenant runs beside them, and the report has its documented shape.
+#[test]
+fn bench_tenants_reports_density_and_fair_share() {
+    let out = difftracker()
+        .args([
+            "bench-tenants",
+            "--tenants",
+            "3",
+            "--services",
+            "5",
+            "--misbehaving",
+            "1",
+            "--seconds",
+            "1",
+            "--interval-ms",
+            "10",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(report["tenants"], 3);
+    assert_eq!(report["services_per_tenant"], 5);
+    assert_eq!(report["tenants_converged"], 3, "{report:#}");
+    assert_eq!(report["backoff"], true);
+    assert_eq!(report["instance_slots"], 4 * 2 + 1, "two slots per tenant, misbehaving ones included, and one spare");
+    assert!(report["changes"].as_u64().unwrap() >= 3, "at least one change per healthy tenant: {report:#}");
+    let spread = &report["change_converge"];
+    let (p50, p99, max) = (spread["p50_ms"].as_f64().unwrap(), spread["p99_ms"].as_f64().unwrap(), spread["max_ms"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{spread}");
+    assert!(report["converged"]["rss_bytes"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(report["mib_per_tenant"].is_number());
+    assert!(report["guest_memory_bytes"].as_u64().unwrap() > 0, "the engines' linear memory is counted: {report:#}");
+    assert_eq!(report["misbehaving"]["tenants"], 1);
+    assert_eq!(report["misbehaving"]["stopped"], 0, "no restart bound for the misbehaving tenants here: {report:#}");
 }

@@ -224,7 +224,10 @@ impl WasmEngine {
         }
         let slot = runtime.take_slot()?;
         let limits = limits.clone();
-        let mut store = Store::new(runtime.engine(), HostState::new(&limits, CallQueue::with_limits(ids.clone(), limits.queue_limits())));
+        let mut store = Store::new(
+            runtime.engine(),
+            HostState::new(&limits, CallQueue::with_limits(ids.clone(), limits.queue_limits()), runtime.guest_memory_counter()),
+        );
         store.limiter(|state| &mut state.limits);
         let deadline_ticks = limits.deadline_ticks();
         store.set_epoch_deadline(deadline_ticks);

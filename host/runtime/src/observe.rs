@@ -14,7 +14,9 @@
 //!   `difftracker_host_calls_in_flight{tenant}`, `difftracker_host_ticks_total{tenant}`,
 //!   `difftracker_host_tick_duration_seconds{tenant}` (histogram),
 //!   `difftracker_host_engine_swaps_total{tenant,result}`,
-//!   `difftracker_host_engine_restarts_total{tenant}`, `difftracker_host_tenant_up{tenant}`.
+//!   `difftracker_host_engine_restarts_total{tenant}`, `difftracker_host_engine_traps_total{tenant}`,
+//!   `difftracker_host_tenant_backoff_seconds{tenant}` (the delay a trapping tenant waits before
+//!   its next tick, 0 when none), `difftracker_host_tenant_up{tenant}`.
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 once every tenant has ticked at least once, finished its start-up pass
 //!   and none has stopped on an error (a poisoned engine stops its tenant); 503 otherwise, with
@@ -54,6 +56,7 @@ use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -107,6 +110,8 @@ struct HostMetrics {
     swaps: Family<Labels, Counter>,
     restarts: Family<Labels, Counter>,
     quarantined: Family<Labels, Counter>,
+    traps: Family<Labels, Counter>,
+    backoff: Family<Labels, Gauge<f64, AtomicU64>>,
     tenant_up: Family<Labels, Gauge>,
     instance_slots: Gauge,
     instance_slots_free: Gauge,
@@ -127,6 +132,8 @@ impl HostMetrics {
             swaps: Family::default(),
             restarts: Family::default(),
             quarantined: Family::default(),
+            traps: Family::default(),
+            backoff: Family::default(),
             tenant_up: Family::default(),
             instance_slots: Gauge::default(),
             instance_slots_free: Gauge::default(),
@@ -165,6 +172,16 @@ impl HostMetrics {
             "difftracker_host_inputs_quarantined",
             "Inputs (events, completions) skipped because the engine traps on them",
             self.quarantined.clone(),
+        );
+        registry.register(
+            "difftracker_host_engine_traps",
+            "Guest calls that trapped or hit a sandbox limit (CPU deadline, memory, per-tick caps)",
+            self.traps.clone(),
+        );
+        registry.register(
+            "difftracker_host_tenant_backoff_seconds",
+            "Delay a tenant whose engine keeps trapping waits before its next tick (0: not backed off)",
+            self.backoff.clone(),
         );
         registry.register("difftracker_host_tenant_up", "1 while the tenant's loop runs, 0 once it stopped", self.tenant_up.clone());
         registry.register(
@@ -410,15 +427,27 @@ impl Observatory {
             let ticks = this.inner.host.ticks.get_or_create(&tenant_labels).clone();
             let up = this.inner.host.tenant_up.get_or_create(&tenant_labels).clone();
             let quarantined = this.inner.host.quarantined.get_or_create(&tenant_labels).clone();
+            let traps = this.inner.host.traps.get_or_create(&tenant_labels).clone();
+            let backoff = this.inner.host.backoff.get_or_create(&tenant_labels).clone();
             let swapped = this.inner.host.swaps.get_or_create(&labels(&[("tenant", &tenant), ("result", "ok")])).clone();
             let refused = this.inner.host.swaps.get_or_create(&labels(&[("tenant", &tenant), ("result", "refused")])).clone();
             let mut restarts_seen = 0u64;
             let mut quarantined_seen = 0u64;
+            let mut traps_seen = 0u64;
             let (mut swaps_seen, mut refused_seen) = (0u64, 0u64);
             loop {
-                let (count, stopped, restarts, quarantined_total, swaps, swaps_refused) = {
+                let (count, stopped, restarts, quarantined_total, swaps, swaps_refused, traps_total, backoff_s) = {
                     let s = rx.borrow_and_update();
-                    (s.ticks, s.stopped, s.restarts, s.quarantined_total, s.swaps, s.swaps_refused)
+                    (
+                        s.ticks,
+                        s.stopped,
+                        s.restarts,
+                        s.quarantined_total,
+                        s.swaps,
+                        s.swaps_refused,
+                        s.traps,
+                        s.backoff.map_or(0.0, |d| d.as_secs_f64()),
+                    )
                 };
                 swapped.inc_by(swaps.saturating_sub(swaps_seen));
                 swaps_seen = swaps_seen.max(swaps);
@@ -426,6 +455,9 @@ impl Observatory {
                 refused_seen = refused_seen.max(swaps_refused);
                 quarantined.inc_by(quarantined_total.saturating_sub(quarantined_seen));
                 quarantined_seen = quarantined_seen.max(quarantined_total);
+                traps.inc_by(traps_total.saturating_sub(traps_seen));
+                traps_seen = traps_seen.max(traps_total);
+                backoff.set(if stopped { 0.0 } else { backoff_s });
                 for _ in restarts_seen..restarts {
                     this.record_restart(&tenant);
                 }
@@ -542,11 +574,17 @@ impl Observatory {
                 (None, false) => "running, busy".to_string(),
             };
             let _ = writeln!(out, "tenant {name} ({kind} engine): {state}");
+            if let Some(warning) = &s.warning {
+                let _ = writeln!(out, "  WARNING: {warning}");
+            }
             let last = match t.last_tick_at {
                 Some(at) => format!("{:.2} s ago", at.elapsed().as_secs_f64()),
                 None => "never".into(),
             };
             let _ = writeln!(out, "  ticks: {} (last {last})", s.ticks);
+            if s.traps > 0 {
+                let _ = writeln!(out, "  guest traps: {} ({} in a row)", s.traps, s.consecutive_traps);
+            }
             if s.restarts > 0 || s.quarantined_total > 0 {
                 let _ = writeln!(out, "  engine restarts after a trap: {}; inputs quarantined: {}", s.restarts, s.quarantined_total);
                 for q in &s.quarantined {
@@ -994,6 +1032,48 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("the quarantine counter never reached 2:\n{}", obs.render_metrics());
+    }
+
+    /// A backed-off tenant shows its traps and its backoff in the metrics and its warning on the
+    /// status page; the backoff gauge drops to 0 once it is over.
+    #[tokio::test]
+    async fn traps_and_the_backoff_are_exposed_and_the_warning_shown() {
+        let obs = Observatory::new();
+        let (tx, rx) = watch::channel(status(1, vec![]));
+        obs.watch_tenant("a", rx);
+        tx.send_modify(|s| {
+            s.traps = 2;
+            s.consecutive_traps = 2;
+            s.backoff = Some(std::time::Duration::from_millis(200));
+            s.warning = Some("the engine trapped in 2 tick(s) in a row".into());
+        });
+        let wait_for = |line: &'static str| {
+            let obs = obs.clone();
+            async move {
+                for _ in 0..100 {
+                    let text = obs.render_metrics();
+                    if text.lines().any(|l| l == line) {
+                        return text;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                panic!("no line {line:?} in:\n{}", obs.render_metrics());
+            }
+        };
+        let text = wait_for(r#"difftracker_host_tenant_backoff_seconds{tenant="a"} 0.2"#).await;
+        assert!(text.lines().any(|l| l == r#"difftracker_host_engine_traps_total{tenant="a"} 2"#), "{text}");
+        assert!(text.contains("# HELP difftracker_host_engine_traps Guest calls that trapped"), "{text}");
+        assert!(text.contains("# TYPE difftracker_host_tenant_backoff_seconds gauge"), "{text}");
+        let page = obs.status_page();
+        assert!(page.contains("WARNING: the engine trapped in 2 tick(s) in a row"), "{page}");
+        assert!(page.contains("guest traps: 2 (2 in a row)"), "{page}");
+        assert_eq!(obs.status_json()["tenants"]["a"]["backoff_s"], 0.2);
+        tx.send_modify(|s| {
+            s.consecutive_traps = 0;
+            s.backoff = None;
+            s.warning = None;
+        });
+        wait_for(r#"difftracker_host_tenant_backoff_seconds{tenant="a"} 0.0"#).await;
     }
 
     #[test]

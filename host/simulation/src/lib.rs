@@ -11,7 +11,8 @@
 //!   emulator), what `difftracker` runs with no arguments.
 //! - [`mock`]: instant in-process backends; [`demo`]: one Service through the inbound path
 //!   against them.
-//! - [`bench`]: the engine-only lifecycle benchmark; [`bench_swap`]: the hot swap benchmark.
+//! - [`bench`]: the engine-only lifecycle benchmark; [`bench_swap`]: the hot swap benchmark;
+//!   [`bench_tenants`]: many tenants in one process (density, and fair share beside misbehaving ones).
 //! - [`explain`]: the words of `difftracker explain` for one operation.
 //! - [`serve`]: the embedded emulator, embedded and simulated clusters and the misbehaving
 //!   component for the tenants of `difftracker serve`.
@@ -25,6 +26,7 @@
 pub mod apiserver;
 pub mod bench;
 pub mod bench_swap;
+pub mod bench_tenants;
 pub mod demo;
 pub mod emulator;
 pub mod explain;

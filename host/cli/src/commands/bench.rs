@@ -1,7 +1,9 @@
-//! `difftracker bench-engine`.
+//! `difftracker bench-engine` and `difftracker bench-tenants`.
 
 use super::EngineArg;
 use anyhow::Result;
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Time the engine alone through the PEER-BENCH lifecycle.
 #[derive(Clone, Debug, clap::Args)]
@@ -24,5 +26,77 @@ impl BenchArgs {
         let result = run_bench(self.engine.into(), self.services, self.single_events, &|done, next| bar.update(done as u64, next));
         bar.finish();
         result
+    }
+}
+
+/// Many tenants in one process: resident memory per tenant once converged, and how long a
+/// healthy tenant takes to converge one endpoint change beside misbehaving ones.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchTenantsArgs {
+    /// Healthy tenants (the built-in engine, default sandbox, trap recovery on).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub tenants: u64,
+    /// LoadBalancer Services per tenant (10 endpoints each).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub services: u64,
+    /// Extra tenants whose engine busy-loops in every tick until its CPU deadline.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    pub misbehaving: u64,
+    /// Seconds the healthy tenants keep changing endpoints (the fair-share measurement).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub seconds: u64,
+    /// Milliseconds between two endpoint changes of one tenant.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub interval_ms: u64,
+    /// Tick a trapping tenant again at once (no backoff): only to measure what the backoff buys.
+    #[arg(long)]
+    pub no_backoff: bool,
+    /// Tick a backed-off tenant at normal CPU priority: only to measure what the low priority buys.
+    #[arg(long)]
+    pub no_low_priority: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchTenantsArgs {
+    pub async fn run(self) -> Result<()> {
+        use difftracker_simulation::bench_tenants::{measure, render, TenantsBenchOptions};
+        let options = TenantsBenchOptions {
+            tenants: self.tenants as usize,
+            services: self.services as usize,
+            misbehaving: self.misbehaving as usize,
+            measure_for: Duration::from_secs(self.seconds),
+            change_interval: Duration::from_millis(self.interval_ms),
+            backoff: !self.no_backoff,
+            low_priority: !self.no_low_priority,
+        };
+        // One bar per stage (start, converge, fair share), replaced when the stage changes.
+        let bar: Mutex<Option<(String, super::progress::Progress)>> = Mutex::new(None);
+        let progress = |stage: &str, done: u64, total: u64| {
+            let Ok(mut bar) = bar.lock() else { return };
+            if bar.as_ref().is_none_or(|(s, _)| s != stage) {
+                if let Some((_, old)) = bar.take() {
+                    old.finish();
+                }
+                *bar = Some((stage.to_string(), super::progress::Progress::new(&format!("bench-tenants: {stage}"), Some(total))));
+            }
+            if let Some((_, b)) = bar.as_ref() {
+                b.update(done, "");
+            }
+        };
+        let result = measure(options, &progress).await;
+        if let Ok(mut bar) = bar.lock() {
+            if let Some((_, b)) = bar.take() {
+                b.finish();
+            }
+        }
+        let report = result?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", render(&report));
+        }
+        Ok(())
     }
 }

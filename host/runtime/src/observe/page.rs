@@ -14,6 +14,11 @@ pub const POLL_MS: u64 = 2000;
 impl Observatory {
     /// `GET /status.json`: the process and, per tenant, its health and counts.
     pub fn status_json(&self) -> Value {
+        // Before the tenants' lock: readiness takes it too.
+        let readiness = match self.readiness() {
+            Ok(s) => json!({"ready": true, "detail": s}),
+            Err(e) => json!({"ready": false, "detail": e}),
+        };
         let tenants = lock(&self.inner.shared.tenants);
         let mut out = serde_json::Map::new();
         for (name, t) in tenants.iter() {
@@ -43,6 +48,10 @@ impl Observatory {
                     "ticks": s.ticks,
                     "last_tick_s_ago": t.last_tick_at.map(|at| at.elapsed().as_secs_f64()),
                     "restarts": s.restarts,
+                    "traps": s.traps,
+                    "consecutive_traps": s.consecutive_traps,
+                    "backoff_s": s.backoff.map(|d| d.as_secs_f64()),
+                    "warning": s.warning,
                     "quarantined_total": s.quarantined_total,
                     "quarantined": s.quarantined.iter().map(|q| json!({"tick": q.tick, "input": q.summary, "reason": q.reason})).collect::<Vec<_>>(),
                     "init_phase": s.engine.initialization.phase.label(),
@@ -64,7 +73,7 @@ impl Observatory {
             "version": env!("CARGO_PKG_VERSION"),
             "up_s": self.inner.shared.started.elapsed().as_secs_f64(),
             "note": lock(&self.inner.shared.note).clone(),
-            "readiness": match self.readiness() { Ok(s) => json!({"ready": true, "detail": s}), Err(e) => json!({"ready": false, "detail": e}) },
+            "readiness": readiness,
             "tenants": out,
         })
     }
@@ -99,8 +108,8 @@ function tenants(s){
   document.getElementById('summary').setAttribute('data-ready',s.readiness.ready);
   names.forEach(function(n){
     var t=s.tenants[n],tr=el('tr');tr.setAttribute('data-tenant',n);
-    [n,t.engine,t.health,t.init_phase+(t.init_failed_attempts?' ('+t.init_failed_attempts+' failed lists)':''),t.ticks,t.restarts,t.quarantined_total,t.states_line,t.operations_in_flight,t.calls_in_flight,t.pending_deletions].forEach(function(v,i){
-      var td=el('td',v);if(i===2&&t.health.indexOf('running')!==0)td.className='bad';tr.appendChild(td);});
+    [n,t.engine,t.health+(t.warning?' · WARNING: '+t.warning:''),t.init_phase+(t.init_failed_attempts?' ('+t.init_failed_attempts+' failed lists)':''),t.ticks,t.restarts,t.quarantined_total,t.states_line,t.operations_in_flight,t.calls_in_flight,t.pending_deletions].forEach(function(v,i){
+      var td=el('td',v);if(i===2&&(t.warning||t.health.indexOf('running')!==0))td.className='bad';tr.appendChild(td);});
     body.appendChild(tr);
   });
 }

@@ -12,6 +12,16 @@
 //! attached, as a stream of [`TenantEvent`]s (what the demo prints). A failing guest call ends the
 //! loop with the error, unless the tenant recovers from it (below); other tenants are unaffected.
 //!
+//! **Backoff** (fair share): a tick in which the engine trapped or hit its CPU deadline, and the
+//! tenant recovered, makes the tenant wait before its next tick, longer after each such tick in a
+//! row ([`BackoffPolicy`]: 100 ms doubling to 30 s, forgotten after a run of clean ticks), so a
+//! misbehaving engine cannot take a core in a loop; inputs arriving meanwhile wait for that tick.
+//! While backed off, its ticks run at the lowest CPU priority, so its guest calls take only the
+//! CPU the other tenants leave.
+//! [`TenantStatus::backoff`], [`TenantStatus::consecutive_traps`] and [`TenantStatus::warning`]
+//! say so. The bound stays [`Recovery::max_restarts`]: past it the tenant stops with the reason
+//! in [`TenantStatus::error`].
+//!
 //! - `tick_loop`: the loop; `recovery`: trap recovery (checkpoint, input log, quarantine);
 //!   `swap`: hot swap (in the background, or plain); `summary`: one-line summaries for logs and the status page.
 
@@ -34,6 +44,7 @@ use recovery::GuardedEngine;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tick_loop::TenantLoop;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -56,16 +67,57 @@ pub struct TenantOptions {
     pub max_calls_in_flight: usize,
     /// Rebuild the engine after a trap instead of stopping (see the module docs).
     pub recovery: Option<Recovery>,
+    /// How long a tenant whose engine trapped waits before its next tick; `None` ticks again at
+    /// once (only to measure what the backoff buys, as `bench-tenants --no-backoff` does).
+    pub backoff: Option<BackoffPolicy>,
 }
 
 impl TenantOptions {
     pub fn new(name: impl Into<String>) -> Self {
-        TenantOptions { name: name.into(), max_calls_in_flight: DEFAULT_TENANT_CAP, recovery: None }
+        TenantOptions {
+            name: name.into(),
+            max_calls_in_flight: DEFAULT_TENANT_CAP,
+            recovery: None,
+            backoff: Some(BackoffPolicy::default()),
+        }
     }
 
     pub fn with_recovery(mut self, recovery: Recovery) -> Self {
         self.recovery = Some(recovery);
         self
+    }
+
+    pub fn with_backoff(mut self, backoff: Option<BackoffPolicy>) -> Self {
+        self.backoff = backoff;
+        self
+    }
+}
+
+/// The delay before the next tick of a tenant whose engine keeps trapping (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    /// The delay after the first trapping tick; it doubles with each further one in a row.
+    pub initial: Duration,
+    /// The longest delay.
+    pub max: Duration,
+    /// Clean ticks in a row after which the traps are forgotten (the next one waits `initial`).
+    pub reset_after_clean_ticks: u32,
+    /// While backed off, tick on a thread of the lowest CPU priority (nice 19), so that a guest
+    /// looping until its CPU deadline takes only the CPU no other tenant wants.
+    pub low_priority: bool,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        BackoffPolicy { initial: Duration::from_millis(100), max: Duration::from_secs(30), reset_after_clean_ticks: 10, low_priority: true }
+    }
+}
+
+impl BackoffPolicy {
+    /// The delay after `consecutive_traps` trapping ticks in a row (at least one).
+    pub fn delay(&self, consecutive_traps: u32) -> Duration {
+        let doublings = consecutive_traps.saturating_sub(1).min(63);
+        self.initial.saturating_mul(1u32.checked_shl(doublings).unwrap_or(u32::MAX)).min(self.max)
     }
 }
 
@@ -132,6 +184,15 @@ pub struct TenantStatus {
     /// Swaps refused (the old instance kept running), and the latest refusal's reason.
     pub swaps_refused: u64,
     pub last_swap_error: Option<String>,
+    /// Guest calls that trapped or hit a sandbox limit (the CPU deadline, memory) in a tenant
+    /// with trap recovery, recovered from or not (without recovery the first one stops it).
+    pub traps: u64,
+    /// Ticks in a row that trapped (reset by [`BackoffPolicy::reset_after_clean_ticks`] clean ones).
+    pub consecutive_traps: u32,
+    /// While set, the tenant waits this long after its last tick before the next one.
+    pub backoff: Option<Duration>,
+    /// Why the tenant is backed off, for people (logs and the status page).
+    pub warning: Option<String>,
 }
 
 impl TenantStatus {
@@ -280,6 +341,9 @@ pub fn spawn_tenant(
         outstanding: 0,
         labels: HashMap::new(),
         quarantine_capacity,
+        backoff: options.backoff,
+        clean_ticks: 0,
+        backoff_until: None,
     };
     let task = tokio::spawn(tenant.run(engine));
     TenantHandle { name: options.name, inputs: inputs_tx, control: control_tx, status: status_rx, stop: stop_tx, task }

@@ -147,6 +147,10 @@ pub(super) struct TickReport {
     pub(super) status: EngineStatus,
     pub(super) restarts: u64,
     pub(super) quarantined: Vec<QuarantinedInput>,
+    /// Guest calls that trapped or hit a sandbox limit, recovered from or not.
+    pub(super) traps: u64,
+    /// The last of them, on one line.
+    pub(super) last_trap: Option<String>,
 }
 
 impl TickReport {
@@ -513,6 +517,8 @@ impl GuardedEngine {
 
     /// Counts a restart, unless there were too many lately, and rebuilds the instance.
     pub(super) fn restart(&mut self, tick_no: u64, reason: &str, out: &mut TickReport) -> Result<()> {
+        out.traps += 1;
+        out.last_trap = Some(super::summary::brief_reason(reason));
         let Some(recovery) = &mut self.recovery else { bail!("{reason}") };
         let window = recovery.options.restart_window_ticks;
         while recovery.restarts.front().is_some_and(|&t| t.saturating_add(window) <= tick_no) {

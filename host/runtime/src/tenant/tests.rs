@@ -179,3 +179,133 @@ fn reasons_are_one_line_without_the_wasm_backtrace() {
     );
     assert_eq!(brief_reason("engine panicked: boom"), "engine panicked: boom");
 }
+
+// ------------------------------------------------------------------------ backoff
+
+use crate::backend::{CallFuture, CloudBackend, KubeBackend};
+use crate::executor::{Backends, Executor, ManualClock};
+use std::time::Duration;
+
+/// Answers every call at once: empty lists, `Done` otherwise.
+struct InstantBackend;
+
+impl CloudBackend for InstantBackend {
+    fn call(&self, call: difftracker_engine::io::CloudCall) -> CallFuture {
+        let output = empty_list(&difftracker_engine::io::Call::Cloud(call));
+        Box::pin(async move { Ok(output) })
+    }
+}
+
+impl KubeBackend for InstantBackend {
+    fn call(&self, _call: difftracker_engine::io::KubeCall) -> CallFuture {
+        Box::pin(async move { Ok(difftracker_engine::io::CallOutput::Done) })
+    }
+    fn record_event(&self, _event: KubeEventRecord) {}
+}
+
+/// A tenant on a manual clock whose engine traps on every Service named `poison`.
+fn poisonable_tenant(clock: &ManualClock, backoff: Option<BackoffPolicy>, max_restarts: u32) -> TenantHandle {
+    let mut first = poisonable(CallIds::default(), None);
+    first.create(&TenantConfig { tenant: "t".into(), seed: 3, ..TenantConfig::default() }).unwrap();
+    let mut recovery = Recovery::new(|ids| Ok(poisonable(ids, None)));
+    recovery.max_restarts = max_restarts;
+    let options = TenantOptions::new("t").with_recovery(recovery).with_backoff(backoff);
+    let backend = Arc::new(InstantBackend);
+    spawn_tenant(&Executor::new(Arc::new(clock.clone()), 16), options, first, Backends { cloud: backend.clone(), kube: backend }, None)
+}
+
+const POLICY: BackoffPolicy =
+    BackoffPolicy { initial: Duration::from_millis(100), max: Duration::from_millis(300), reset_after_clean_ticks: 3, low_priority: true };
+
+#[test]
+fn the_backoff_doubles_up_to_its_bound() {
+    let delays: Vec<u128> = (1..=5).map(|n| POLICY.delay(n).as_millis()).collect();
+    assert_eq!(delays, vec![100, 200, 300, 300, 300]);
+    let default = BackoffPolicy::default();
+    assert_eq!(default.delay(1), Duration::from_millis(100));
+    assert_eq!(default.delay(9), Duration::from_millis(25_600));
+    assert_eq!(default.delay(10), Duration::from_secs(30));
+    assert_eq!(default.delay(u32::MAX), Duration::from_secs(30), "no overflow");
+}
+
+/// A trapping tick delays the next one by the backoff, longer for each one in a row; inputs
+/// that arrive meanwhile wait for the tick at the backoff's end; clean ticks forget it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_tenant_waits_longer_before_each_tick_and_clean_ticks_forget_it() {
+    let clock = ManualClock::new(1_000);
+    let tenant = poisonable_tenant(&clock, Some(POLICY), 10);
+    tenant.wait_for(|s| s.ticks >= 1).await.unwrap();
+
+    tenant.deliver(vec![service("poison", 1)]).unwrap();
+    let first = tenant.wait_for(|s| s.consecutive_traps == 1).await.unwrap();
+    assert_eq!(first.backoff, Some(Duration::from_millis(100)));
+    assert_eq!((first.traps, first.restarts, first.last_tick_ms), (1, 1, 1_000));
+    let warning = first.warning.clone().unwrap_or_default();
+    assert!(warning.contains("1 tick(s) in a row") && warning.contains("100 ms") && warning.contains("poisoned event"), "{warning}");
+
+    // Delivered at once, the next poison waits for the backoff's end (1,100) to be ticked.
+    tenant.deliver(vec![service("poison", 2)]).unwrap();
+    clock.advance(99);
+    tenant.deliver(vec![service("poison", 3)]).unwrap();
+    clock.advance(1);
+    let second = tenant.wait_for(|s| s.consecutive_traps == 2).await.unwrap();
+    assert_eq!(second.last_tick_ms, 1_100, "ticked when the backoff ended: {second:?}");
+    assert_eq!(second.ticks, first.ticks + 1, "both poisons in one tick");
+    assert_eq!(second.backoff, Some(Duration::from_millis(200)));
+
+    clock.advance(200);
+    tenant.deliver(vec![service("poison", 4)]).unwrap();
+    let third = tenant.wait_for(|s| s.consecutive_traps == 3).await.unwrap();
+    assert_eq!(third.backoff, Some(Duration::from_millis(300)));
+    clock.advance(300);
+    tenant.deliver(vec![service("poison", 5)]).unwrap();
+    let fourth = tenant.wait_for(|s| s.consecutive_traps == 4).await.unwrap();
+    assert_eq!(fourth.backoff, Some(Duration::from_millis(300)), "bounded");
+    assert_eq!(fourth.traps, 4);
+
+    // Three clean ticks after the backoff: forgotten.
+    clock.advance(300);
+    for n in 0..3u32 {
+        let ticks = tenant.status().ticks;
+        tenant.deliver(vec![service(&format!("good-{n}"), 10 + n)]).unwrap();
+        tenant.wait_for(|s| s.ticks > ticks).await.unwrap();
+    }
+    let clean = tenant.wait_for(|s| s.consecutive_traps == 0).await.unwrap();
+    assert_eq!((clean.backoff, clean.warning.as_deref()), (None, None));
+    assert!(!clean.stopped && clean.error.is_none());
+    tenant.stop().await.unwrap();
+}
+
+/// Past `Recovery::max_restarts` the tenant stops, the reason in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_keeps_trapping_through_its_backoff_stops_with_the_reason() {
+    let clock = ManualClock::new(1_000);
+    let tenant = poisonable_tenant(&clock, Some(POLICY), 2);
+    tenant.wait_for(|s| s.ticks >= 1).await.unwrap();
+    for n in 1..=2u32 {
+        tenant.deliver(vec![service("poison", n)]).unwrap();
+        let status = tenant.wait_for(|s| s.consecutive_traps == n).await.unwrap();
+        clock.advance(status.backoff.unwrap().as_millis() as u64);
+    }
+    tenant.deliver(vec![service("poison", 3)]).unwrap();
+    assert!(tenant.wait_for(|_| false).await.is_err());
+    let status = tenant.status();
+    assert!(status.stopped);
+    let error = status.error.clone().unwrap_or_default();
+    assert!(error.contains("trapped again after 2 restart(s)") && error.contains("poisoned event"), "{error}");
+    assert_eq!((status.traps, status.restarts), (3, 2));
+}
+
+/// Without a backoff (the comparison of `bench-tenants --no-backoff`), the next tick is not delayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_backoff_the_next_tick_comes_at_once() {
+    let clock = ManualClock::new(1_000);
+    let tenant = poisonable_tenant(&clock, None, 10);
+    tenant.wait_for(|s| s.ticks >= 1).await.unwrap();
+    for n in 1..=3u64 {
+        tenant.deliver(vec![service("poison", n as u32)]).unwrap();
+        let status = tenant.wait_for(|s| s.traps == n).await.unwrap();
+        assert_eq!((status.backoff, status.consecutive_traps, status.last_tick_ms), (None, 0, 1_000));
+    }
+    tenant.stop().await.unwrap();
+}

@@ -4,7 +4,7 @@
 use super::recovery::{GuardedEngine, Input, TickReport};
 use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning, short};
 use super::swap::{self, swap_blocking, Next, PendingSwap, SwapError};
-use super::{Control, Quarantined, QuarantinedKind, TenantEvent, TenantStatus};
+use super::{BackoffPolicy, Control, Quarantined, QuarantinedKind, TenantEvent, TenantStatus};
 use crate::driver::{EngineDriver, TickResult};
 use crate::executor::{call_identity, CallRunner, Executor};
 use anyhow::{anyhow, Result};
@@ -26,6 +26,11 @@ pub(super) struct TenantLoop {
     /// Labels of the calls in flight, to name a quarantined completion.
     pub(super) labels: HashMap<CallId, &'static str>,
     pub(super) quarantine_capacity: usize,
+    pub(super) backoff: Option<BackoffPolicy>,
+    /// Clean ticks since the last one that trapped.
+    pub(super) clean_ticks: u32,
+    /// While backed off: the clock's time of the next tick.
+    pub(super) backoff_until: Option<u64>,
 }
 
 impl TenantLoop {
@@ -40,7 +45,15 @@ impl TenantLoop {
         let mut pending: Option<PendingSwap> = None;
         loop {
             if !wake_now {
-                let sleep = next_wake.map(|at| clock.sleep_until(at));
+                // A backed-off tenant ticks no earlier than its backoff's end: then if inputs
+                // wait, else at its next wake-up.
+                let waiting = !events.is_empty() || !completions.is_empty();
+                let wake_at = match self.backoff_until {
+                    Some(until) if waiting => Some(until),
+                    Some(until) => next_wake.map(|at| at.max(until)),
+                    None => next_wake,
+                };
+                let sleep = wake_at.map(|at| clock.sleep_until(at));
                 tokio::select! {
                     _ = self.stop.changed() => break,
                     Some(batch) = self.inputs.recv() => events.extend(batch),
@@ -114,6 +127,11 @@ impl TenantLoop {
                 break;
             }
             wake_now = false;
+            // Inputs that arrive during a backoff wait for the tick that ends it.
+            if self.backoff_until.is_some_and(|until| clock.now_ms() < until) {
+                continue;
+            }
+            self.backoff_until = None;
             while let Ok(batch) = self.inputs.try_recv() {
                 events.extend(batch);
             }
@@ -130,12 +148,15 @@ impl TenantLoop {
             let tick_no = self.status.borrow().ticks + 1;
             let events = std::mem::take(&mut events);
             let completions = std::mem::take(&mut completions);
-            let work = tokio::task::spawn_blocking(move || {
+            let job = move || {
                 let mut report = TickReport::default();
                 let result = engine.iterate(tick_no, now, events, completions, &mut report);
                 (engine, report, result)
-            });
-            let (returned, report, result) = match work.await {
+            };
+            let demoted = self.backoff.is_some_and(|p| p.low_priority) && self.status.borrow().consecutive_traps > 0;
+            let work =
+                if demoted { on_low_priority_thread(job).await } else { tokio::task::spawn_blocking(job).await.map_err(|e| e.to_string()) };
+            let (returned, report, result) = match work {
                 Ok(done) => done,
                 // Guest calls run under `catch_unwind`; only the host's own code could get here.
                 Err(e) => return Err(self.fail(anyhow!("tenant {}: the tick task failed: {e}", self.name))),
@@ -149,7 +170,8 @@ impl TenantLoop {
                 return Err(self.fail(e));
             }
             next_wake = report.tick.outcome.next_wake_ms;
-            self.after_tick(now, report.tick, report.status);
+            let backoff = self.back_off(now, report.last_trap.as_deref());
+            self.after_tick(now, report.tick, report.status, backoff);
         }
         self.status.send_modify(|s| s.stopped = true);
         Ok(engine.driver)
@@ -176,8 +198,37 @@ impl TenantLoop {
         error
     }
 
-    /// Publishes the restarts and quarantined inputs of one tick.
+    /// After a tick the tenant went on from: when the engine trapped in it, delays the next tick
+    /// (longer for each such tick in a row); after enough clean ticks, forgets the traps. What
+    /// changes in the status is published with the tick ([`TenantLoop::after_tick`]), so that a
+    /// reader never sees the tick without its backoff.
+    fn back_off(&mut self, now: u64, trap: Option<&str>) -> Option<BackoffChange> {
+        let policy = self.backoff?;
+        let Some(trap) = trap else {
+            self.clean_ticks = self.clean_ticks.saturating_add(1);
+            if self.clean_ticks >= policy.reset_after_clean_ticks && self.status.borrow().consecutive_traps > 0 {
+                tracing::info!(tenant = %self.name, clean_ticks = self.clean_ticks, "engine ticks cleanly again; backoff over");
+                return Some(BackoffChange { consecutive_traps: 0, backoff: None, warning: None });
+            }
+            return None;
+        };
+        self.clean_ticks = 0;
+        let consecutive = self.status.borrow().consecutive_traps.saturating_add(1);
+        let delay = policy.delay(consecutive);
+        self.backoff_until = Some(now.saturating_add(delay.as_millis().min(u64::MAX as u128) as u64));
+        let warning = format!(
+            "the engine trapped or hit a sandbox limit in {consecutive} tick(s) in a row; its next tick waits {} (last: {trap})",
+            humanize(delay)
+        );
+        tracing::warn!(tenant = %self.name, consecutive_traps = consecutive, backoff_ms = delay.as_millis() as u64, reason = %trap, "engine backed off");
+        Some(BackoffChange { consecutive_traps: consecutive, backoff: Some(delay), warning: Some(warning) })
+    }
+
+    /// Publishes the traps, restarts and quarantined inputs of one tick.
     fn record_recovery(&mut self, tick_no: u64, now: u64, report: &TickReport) {
+        if report.traps > 0 {
+            self.status.send_modify(|s| s.traps += report.traps);
+        }
         if report.restarts == 0 && report.quarantined.is_empty() {
             return;
         }
@@ -207,7 +258,7 @@ impl TenantLoop {
         });
     }
 
-    fn after_tick(&mut self, now: u64, tick: TickResult, engine: EngineStatus) {
+    fn after_tick(&mut self, now: u64, tick: TickResult, engine: EngineStatus, backoff: Option<BackoffChange>) {
         for (id, call) in tick.started {
             tracing::info!(tenant = %self.name, call_id = id, label = call.label(), identity = %call_identity(&call), "call started");
             self.observe(TenantEvent::CallStarted { id, call: call.clone() });
@@ -249,12 +300,61 @@ impl TenantLoop {
             s.next_wake_ms = tick.outcome.next_wake_ms;
             s.calls_outstanding = outstanding;
             s.engine = engine;
+            if let Some(change) = backoff {
+                s.consecutive_traps = change.consecutive_traps;
+                s.backoff = change.backoff;
+                s.warning = change.warning;
+            }
         });
     }
 
     fn observe(&self, event: TenantEvent) {
         if let Some(observer) = &self.observer {
             let _ = observer.send(event);
+        }
+    }
+}
+
+/// The backoff fields of the status after a tick.
+struct BackoffChange {
+    consecutive_traps: u32,
+    backoff: Option<std::time::Duration>,
+    warning: Option<String>,
+}
+
+/// `250 ms`, `1.6 s`, `30 s`.
+fn humanize(delay: std::time::Duration) -> String {
+    if delay < std::time::Duration::from_secs(1) {
+        format!("{} ms", delay.as_millis())
+    } else {
+        format!("{:.1} s", delay.as_secs_f64())
+    }
+}
+
+/// Runs `job` on a thread of its own at the lowest CPU priority (nice 19; Linux sets it per
+/// thread), so that the ticks of a tenant whose engine keeps hitting its CPU deadline yield the
+/// cores to every other tenant's instead of taking their share. A thread per tick, since an
+/// unprivileged thread cannot raise its priority again (starting one costs tens of microseconds;
+/// a backed-off tenant ticks rarely).
+async fn on_low_priority_thread<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tick-low-priority".into())
+        .spawn(move || {
+            lower_this_threads_priority();
+            let _ = tx.send(job());
+        })
+        .map_err(|e| format!("cannot start a low-priority thread for the tick: {e}"))?;
+    rx.await.map_err(|_| "the low-priority tick thread ended without an answer".to_string())
+}
+
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread's own id; a failure leaves the priority as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
+            tracing::debug!("cannot lower the tick thread's priority");
         }
     }
 }

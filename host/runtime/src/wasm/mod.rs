@@ -18,7 +18,7 @@ pub mod sandbox;
 use crate::calls::CallQueue;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
@@ -45,16 +45,61 @@ pub(crate) fn wt(e: wasmtime::Error) -> anyhow::Error {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: MeteredLimits,
     pub(crate) stderr: MemoryOutputPipe,
     /// Calls and Events the guest started during the current export call.
     pub(crate) queue: CallQueue,
 }
 
 impl HostState {
-    pub(crate) fn new(limits: &SandboxLimits, queue: CallQueue) -> HostState {
+    pub(crate) fn new(limits: &SandboxLimits, queue: CallQueue, guest_memory: Arc<AtomicU64>) -> HostState {
         let (wasi, stderr) = sandbox::wasi_ctx();
-        HostState { wasi, table: ResourceTable::new(), limits: limits.store_limits(), stderr, queue }
+        let limits = MeteredLimits { inner: limits.store_limits(), bytes: 0, total: guest_memory };
+        HostState { wasi, table: ResourceTable::new(), limits, stderr, queue }
+    }
+}
+
+/// A store's limits, which also count the guest's linear memory (as it is created and grows)
+/// into its runtime's total ([`Runtime::guest_memory_bytes`]), given back when the store goes.
+pub(crate) struct MeteredLimits {
+    inner: StoreLimits,
+    bytes: u64,
+    total: Arc<AtomicU64>,
+}
+
+impl wasmtime::ResourceLimiter for MeteredLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            let grown = desired.saturating_sub(current) as u64;
+            self.bytes += grown;
+            self.total.fetch_add(grown, Ordering::Relaxed);
+        }
+        Ok(allowed)
+    }
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+impl Drop for MeteredLimits {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -114,6 +159,8 @@ struct RuntimeInner {
     /// Instance slots, and how many live instances hold one (see [`Runtime::take_slot`]).
     max_instances: u32,
     slots_in_use: Arc<AtomicU32>,
+    /// Linear memory of every live instance, in bytes.
+    guest_memory: Arc<AtomicU64>,
 }
 
 /// Why an instance could not be created: every slot of the runtime is taken.
@@ -173,6 +220,7 @@ impl Runtime {
                 max_component_bytes: options.max_component_bytes,
                 max_instances: options.max_instances.max(1),
                 slots_in_use: Arc::new(AtomicU32::new(0)),
+                guest_memory: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -215,6 +263,16 @@ impl Runtime {
     /// Instance slots in all, whether pooled or not (the cap holds either way).
     pub fn instance_slots(&self) -> u32 {
         self.inner.max_instances
+    }
+
+    /// Linear memory of every live instance of this runtime, in bytes (what the guests asked
+    /// for; the host's resident memory counts only the pages they touched).
+    pub fn guest_memory_bytes(&self) -> u64 {
+        self.inner.guest_memory.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn guest_memory_counter(&self) -> Arc<AtomicU64> {
+        self.inner.guest_memory.clone()
     }
 
     /// Instance slots no live instance holds.
