@@ -646,7 +646,10 @@ impl Intercept for TickTimer {
         let started = Instant::now();
         let result = inner.tick(now_ms, completions);
         self.histogram.observe(started.elapsed().as_secs_f64());
-        if result.is_ok() && self.refreshed.is_none_or(|at| at.elapsed() >= OPERATIONS_REFRESH) {
+        // At most once per refresh interval, and at every tick that leaves the engine with no
+        // call in flight: otherwise the last changes before a quiet spell would never show.
+        let quiet = result.as_ref().is_ok_and(|r| r.outcome.calls_in_flight == 0 && r.started.is_empty());
+        if result.is_ok() && (quiet || self.refreshed.is_none_or(|at| at.elapsed() >= OPERATIONS_REFRESH)) {
             self.refreshed = Some(Instant::now());
             // A failure here is the tick's to report (the next tick fails the same way).
             if let Ok(ops) = inner.operations() {
