@@ -274,6 +274,14 @@ async fn dropped_watches_and_410_relists_converge_without_a_second_resource() {
     controller.wait_for(|s| s.is_settled()).await.unwrap();
     let state = controller.state();
     assert!(state.watch.relists.values().sum::<u64>() + state.watch.errors.values().sum::<u64>() > 0, "faults fired: {:?}", state.watch);
+    // The restarts are on /metrics too, as the watch counted them.
+    let metrics = observatory.render_metrics();
+    let counted: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("difftracker_host_watch_relists_total{") || l.starts_with("difftracker_host_watch_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(counted > 0, "watch relists and errors exported: {metrics}");
     assert_eq!(lb_count(&cloud), 5);
     // A watch that restarts never makes the engine start an operation twice: one load balancer
     // PUT per Service (the emulator answers synchronously, nothing failed).

@@ -286,6 +286,17 @@ async fn the_admin_api_needs_its_token_and_pauses_resumes_restarts_swaps_and_rol
     let metrics = client.get(format!("{}/metrics", server.url())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="ok"} 2"#), "the swap and the rollback: {metrics}");
     assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="refused"} 1"#), "{metrics}");
+    // Host metrics beside the engine's: call latency by kind, the pool, guest memory.
+    assert!(metrics.contains(r#"difftracker_host_call_duration_seconds_count{tenant="one",call="GET publicIPAddresses"}"#), "{metrics}");
+    assert!(metrics.contains("difftracker_host_instance_slots_free "), "{metrics}");
+    // The pool gauges follow the instances within a second.
+    eventually("the guest memory gauge shows the running engine", || async {
+        let metrics = client.get(format!("{}/metrics", server.url())).send().await.unwrap().text().await.unwrap();
+        let guest =
+            metrics.lines().find_map(|l| l.strip_prefix("difftracker_host_guest_memory_bytes ")).and_then(|v| v.parse::<u64>().ok());
+        guest.is_some_and(|b| b > 0)
+    })
+    .await;
 
     // A reload through the admin API; an invalid file is a 400 that changes nothing.
     std::fs::write(

@@ -115,10 +115,22 @@ struct HostMetrics {
     tenant_up: Family<Labels, Gauge>,
     instance_slots: Gauge,
     instance_slots_free: Gauge,
+    guest_memory: Gauge,
+    call_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    watch_relists: Family<Labels, Counter>,
+    watch_errors: Family<Labels, Counter>,
 }
 
 fn tick_histogram() -> Histogram {
     Histogram::new(TICK_BUCKETS.iter().copied())
+}
+
+/// Bucket bounds (seconds) of the call duration histogram: 1 ms to 2 minutes (a long-running
+/// operation polled to its end).
+pub const CALL_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+fn call_histogram() -> Histogram {
+    Histogram::new(CALL_BUCKETS.iter().copied())
 }
 
 impl HostMetrics {
@@ -137,6 +149,10 @@ impl HostMetrics {
             tenant_up: Family::default(),
             instance_slots: Gauge::default(),
             instance_slots_free: Gauge::default(),
+            guest_memory: Gauge::default(),
+            call_duration: Family::new_with_constructor(call_histogram as fn() -> Histogram),
+            watch_relists: Family::default(),
+            watch_errors: Family::default(),
         }
     }
 
@@ -194,6 +210,26 @@ impl HostMetrics {
             "Instance slots no engine instance holds",
             self.instance_slots_free.clone(),
         );
+        registry.register(
+            "difftracker_host_guest_memory_bytes",
+            "Linear memory of every live engine instance of the runtime (what the guests asked for)",
+            self.guest_memory.clone(),
+        );
+        registry.register(
+            "difftracker_host_call_duration_seconds",
+            "Wall time from a call's start to its completion (ARM calls with their polls, Kubernetes writes), by tenant and call",
+            self.call_duration.clone(),
+        );
+        registry.register(
+            "difftracker_host_watch_relists",
+            "Lists of the cluster after the initial one (after 410 Gone or a failed list), by tenant and kind",
+            self.watch_relists.clone(),
+        );
+        registry.register(
+            "difftracker_host_watch_errors",
+            "Errors the cluster watch reported (each followed by a backoff), by tenant and kind",
+            self.watch_errors.clone(),
+        );
     }
 }
 
@@ -224,6 +260,8 @@ struct ObservedTenant {
     calls: BTreeMap<String, CallCounts>,
     last_tick_at: Option<Instant>,
     ticks_seen: u64,
+    /// The watch counts last recorded ([`Observatory::record_watch`]), by (family, kind).
+    watch_seen: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl ObservedTenant {
@@ -235,6 +273,7 @@ impl ObservedTenant {
             calls: BTreeMap::new(),
             last_tick_at: None,
             ticks_seen: 0,
+            watch_seen: BTreeMap::new(),
         }
     }
 
@@ -315,6 +354,35 @@ impl Observatory {
         self.inner.host.instance_slots_free.set(free as i64);
     }
 
+    /// The guest memory of the runtime the tenants run in.
+    pub fn set_guest_memory(&self, bytes: u64) {
+        self.inner.host.guest_memory.set(bytes.min(i64::MAX as u64) as i64);
+    }
+
+    /// A tenant's cluster watch counts (cumulative, as [`crate::k8s::WatchStats`] keeps them);
+    /// what grew since the last call is added to the counters. A new watch (a new session)
+    /// starts its counts again at zero.
+    pub fn record_watch(&self, tenant: &str, stats: &crate::k8s::WatchStats) {
+        let mut deltas = Vec::new();
+        self.with_tenant(tenant, |t| {
+            for (family, counts) in [("relists", &stats.relists), ("errors", &stats.errors)] {
+                for (kind, n) in counts {
+                    let seen = t.watch_seen.entry((family, kind)).or_insert(0);
+                    // A fresh watch counts from zero again.
+                    let delta = if *n < *seen { *n } else { n - *seen };
+                    *seen = *n;
+                    if delta > 0 {
+                        deltas.push((family, *kind, delta));
+                    }
+                }
+            }
+        });
+        for (family, kind, delta) in deltas {
+            let counter = if family == "relists" { &self.inner.host.watch_relists } else { &self.inner.host.watch_errors };
+            counter.get_or_create(&labels(&[("tenant", tenant), ("kind", kind)])).inc_by(delta);
+        }
+    }
+
     /// Counts a swap refused before it reached the tenant (its component did not load).
     pub fn record_swap_refused(&self, tenant: &str) {
         self.inner.host.swaps.get_or_create(&labels(&[("tenant", tenant), ("result", "refused")])).inc();
@@ -375,20 +443,25 @@ impl Observatory {
         let tenant = tenant.to_string();
         self.with_tenant(&tenant, |_| ());
         tokio::spawn(async move {
-            let mut labels_of: HashMap<u64, &'static str> = HashMap::new();
+            let mut labels_of: HashMap<u64, (&'static str, Instant)> = HashMap::new();
             let tenant_labels = labels(&[("tenant", &tenant)]);
             let in_flight = this.inner.host.calls_in_flight.get_or_create(&tenant_labels).clone();
             while let Some(event) = rx.recv().await {
                 match &event {
                     TenantEvent::CallStarted { id, call } => {
                         let label = call.label();
-                        labels_of.insert(*id, label);
+                        labels_of.insert(*id, (label, Instant::now()));
                         this.inner.host.calls_started.get_or_create(&labels(&[("tenant", &tenant), ("call", label)])).inc();
                         in_flight.inc();
                         this.with_tenant(&tenant, |t| t.calls.entry(label.to_string()).or_default().started += 1);
                     }
                     TenantEvent::CallCompleted { id, outcome } => {
-                        let label = labels_of.remove(id).unwrap_or("unknown");
+                        let (label, started) = labels_of.remove(id).unwrap_or(("unknown", Instant::now()));
+                        this.inner
+                            .host
+                            .call_duration
+                            .get_or_create(&labels(&[("tenant", &tenant), ("call", label)]))
+                            .observe(started.elapsed().as_secs_f64());
                         let result = result_label(outcome);
                         this.inner
                             .host

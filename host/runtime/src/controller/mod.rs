@@ -376,6 +376,7 @@ impl Controller {
                 return SessionEnd::Failed("the tenant stopped".into());
             }
             let stats = watch.stats();
+            self.observatory.record_watch(&self.options.tenant.tenant, &stats);
             self.state.send_modify(|s| {
                 s.tenant = Some(current.clone());
                 s.watch = stats;

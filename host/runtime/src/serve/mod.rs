@@ -276,6 +276,7 @@ impl TenantHost {
     fn publish_slots(&self) {
         let runtime = &self.inner.runtime;
         self.inner.observatory.set_instance_slots(runtime.instance_slots(), runtime.free_slots());
+        self.inner.observatory.set_guest_memory(runtime.guest_memory_bytes());
     }
 
     /// Loads a tenant's component.
