@@ -286,6 +286,10 @@ async fn the_admin_api_needs_its_token_and_pauses_resumes_restarts_swaps_and_rol
     let metrics = client.get(format!("{}/metrics", server.url())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="ok"} 2"#), "the swap and the rollback: {metrics}");
     assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="refused"} 1"#), "{metrics}");
+    // The status page names the component each tenant runs.
+    let status: Value = client.get(format!("{}/status.json", server.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["tenants"]["one"]["component_sha256"].as_str(), Some(before.as_str()), "{status}");
+    assert_eq!(status["tenants"]["one"]["wit"], "clb:difftracker@0.2.0");
     // Host metrics beside the engine's: call latency by kind, the pool, guest memory.
     assert!(metrics.contains(r#"difftracker_host_call_duration_seconds_count{tenant="one",call="GET publicIPAddresses"}"#), "{metrics}");
     assert!(metrics.contains("difftracker_host_instance_slots_free "), "{metrics}");

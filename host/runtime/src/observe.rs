@@ -253,6 +253,8 @@ impl CallCounts {
 
 struct ObservedTenant {
     engine_kind: String,
+    /// The SHA-256 of the component the tenant runs, when the host says ([`Observatory::set_component`]).
+    component: Option<String>,
     /// The engine's operations as last read by its [`TickTimer`] (at most once per
     /// [`OPERATIONS_REFRESH`]), for `/operations`.
     operations: Arc<Mutex<Vec<OperationStatus>>>,
@@ -268,6 +270,7 @@ impl ObservedTenant {
     fn new() -> ObservedTenant {
         ObservedTenant {
             engine_kind: String::new(),
+            component: None,
             operations: Arc::default(),
             status: None,
             calls: BTreeMap::new(),
@@ -352,6 +355,11 @@ impl Observatory {
     pub fn set_instance_slots(&self, total: u32, free: u32) {
         self.inner.host.instance_slots.set(total as i64);
         self.inner.host.instance_slots_free.set(free as i64);
+    }
+
+    /// The component a tenant runs (its SHA-256), for the status page.
+    pub fn set_component(&self, tenant: &str, sha256: &str) {
+        self.with_tenant(tenant, |t| t.component = Some(sha256.to_string()));
     }
 
     /// The guest memory of the runtime the tenants run in.

@@ -196,6 +196,9 @@ pub fn start(client: kube::Client, options: ControllerOptions, observatory: Obse
     let cloud: Arc<dyn CloudBackend> = Arc::new(
         ArmTransport::new(options.azure.clone(), tokens, options.transport.clone()).map_err(|e| anyhow!("Azure configuration: {e}"))?,
     );
+    if options.factory.is_none() && options.engine == EngineKind::Wasm {
+        observatory.set_component(&options.tenant.tenant, &crate::wasm::cache::content_hash(crate::ENGINE_WASM));
+    }
     if elector.is_some() {
         // Not ready until the Lease is ours, from the first request on.
         observatory.set_standby(Some(STANDBY.into()));

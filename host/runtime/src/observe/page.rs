@@ -44,6 +44,10 @@ impl Observatory {
                 name.clone(),
                 json!({
                     "engine": kind,
+                    "component_sha256": t.component,
+                    "wit": crate::wasm::WIT_PACKAGE,
+                    "swaps": s.swaps,
+                    "swaps_refused": s.swaps_refused,
                     "health": health,
                     "ticks": s.ticks,
                     "last_tick_s_ago": t.last_tick_at.map(|at| at.elapsed().as_secs_f64()),
@@ -90,7 +94,7 @@ th,td{border:1px solid #ccc;padding:2px 6px;text-align:left}th{background:#f3f3f
 </style></head><body>
 <h1>difftracker status</h1>
 <p id="summary">loading…</p>
-<table id="tenants"><thead><tr><th>tenant</th><th>engine</th><th>health</th><th>start-up</th><th>ticks</th><th>restarts</th><th>quarantined</th><th>operations by state</th><th>ops in flight</th><th>calls in flight</th><th>pending deletions</th></tr></thead><tbody></tbody></table>
+<table id="tenants"><thead><tr><th>tenant</th><th>engine</th><th>health</th><th>start-up</th><th>ticks</th><th>restarts</th><th>quarantined</th><th>operations by state</th><th>ops in flight</th><th>calls in flight</th><th>pending deletions</th><th>component</th><th>swaps</th></tr></thead><tbody></tbody></table>
 <div id="detail"></div>
 <h2>Services and egress identities</h2>
 <p><input id="filter" type="search" placeholder="filter: name, UID, identity or state" size="40"/>
@@ -108,7 +112,7 @@ function tenants(s){
   document.getElementById('summary').setAttribute('data-ready',s.readiness.ready);
   names.forEach(function(n){
     var t=s.tenants[n],tr=el('tr');tr.setAttribute('data-tenant',n);
-    [n,t.engine,t.health+(t.warning?' · WARNING: '+t.warning:''),t.init_phase+(t.init_failed_attempts?' ('+t.init_failed_attempts+' failed lists)':''),t.ticks,t.restarts,t.quarantined_total,t.states_line,t.operations_in_flight,t.calls_in_flight,t.pending_deletions].forEach(function(v,i){
+    [n,t.engine,t.health+(t.warning?' · WARNING: '+t.warning:''),t.init_phase+(t.init_failed_attempts?' ('+t.init_failed_attempts+' failed lists)':''),t.ticks,t.restarts,t.quarantined_total,t.states_line,t.operations_in_flight,t.calls_in_flight,t.pending_deletions,(t.component_sha256?t.component_sha256.slice(0,12)+' · ':'')+t.wit,t.swaps+(t.swaps_refused?' ('+t.swaps_refused+' refused)':'')].forEach(function(v,i){
       var td=el('td',v);if(i===2&&(t.warning||t.health.indexOf('running')!==0))td.className='bad';tr.appendChild(td);});
     body.appendChild(tr);
   });

@@ -305,6 +305,7 @@ impl TenantHost {
         match self.start_controller(&spec, component).await {
             Ok((controller, guard, component)) => {
                 tracing::info!(tenant = %name, component = %component.sha256, "tenant started");
+                self.inner.observatory.set_component(&name, &component.sha256);
                 Slot { spec, run: Run::Running { controller, _guard: guard }, component: Some(component), previous: None }
             }
             Err(e) => {
@@ -498,6 +499,7 @@ impl TenantHost {
         match report {
             Ok(report) => {
                 let sha = component.sha256.clone();
+                self.inner.observatory.set_component(name, &sha);
                 let old = slot.component.replace(component);
                 slot.previous = if rollback { None } else { old };
                 tracing::info!(tenant = %name, component = %sha, rollback, "swapped");
