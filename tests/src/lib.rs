@@ -410,3 +410,49 @@ pub fn throttled(retry_after_ms: u64) -> Behavior {
         retry_after_ms: Some(retry_after_ms),
     })
 }
+
+/// Objects written straight into an in-repo API server's store, as the cluster's other writers
+/// would make them (the controller and `serve` tests seed their clusters with these).
+pub mod cluster {
+    use difftracker_simulation::apiserver::{ApiServer, Kind};
+    use serde_json::{json, Value};
+
+    pub fn create(store: &ApiServer, kind: Kind, namespace: &str, object: Value) -> Value {
+        store.write(|s| s.create(kind, namespace, object)).expect("create")
+    }
+
+    /// A Node with one internal IP.
+    pub fn seed_node(store: &ApiServer, name: &str, ip: &str) {
+        create(
+            store,
+            Kind::Node,
+            "",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                   "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
+        );
+    }
+
+    /// A LoadBalancer Service `default/<name>` with one ready endpoint `pod_ip` on node `n1`;
+    /// returns its UID.
+    pub fn seed_service(store: &ApiServer, name: &str, pod_ip: &str) -> String {
+        let svc = create(
+            store,
+            Kind::Service,
+            "default",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+                   "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}}),
+        );
+        let uid = svc["metadata"]["uid"].as_str().unwrap().to_string();
+        create(
+            store,
+            Kind::EndpointSlice,
+            "default",
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": format!("{name}-abc"), "namespace": "default",
+                                "labels": {"kubernetes.io/service-name": name},
+                                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": uid}]},
+                   "addressType": "IPv4", "endpoints": [{"addresses": [pod_ip], "nodeName": "n1", "conditions": {"ready": true}}]}),
+        );
+        uid
+    }
+}

@@ -17,6 +17,7 @@ use difftracker_simulation::apiserver::{
 };
 use difftracker_simulation::emulator::{self, EmulatorHandle, EmulatorOptions};
 use difftracker_simulation::live::transport_options;
+use difftracker_tests::cluster;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -62,46 +63,18 @@ fn start(url: &str, options: ControllerOptions) -> (ControllerHandle, Observator
     (controller::start(client_for(url), options, observatory.clone()).expect("start the controller"), observatory)
 }
 
-fn create(store: &ApiServer, kind: Kind, namespace: &str, object: Value) -> Value {
-    store.write(|s| s.create(kind, namespace, object)).expect("create")
-}
-
 fn seed_node(api: &ApiServerHandle, name: &str, ip: &str) {
-    create(
-        api.api(),
-        Kind::Node,
-        "",
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-               "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
-    );
+    cluster::seed_node(api.api(), name, ip);
 }
 
 /// A LoadBalancer Service with one ready endpoint on node `n1`; returns its UID.
 fn seed_service(api: &ApiServerHandle, name: &str, pod_ip: &str) -> String {
-    seed_service_in(api.api(), name, pod_ip)
+    cluster::seed_service(api.api(), name, pod_ip)
 }
 
 /// [`seed_service`] on a store, also while its server is down.
 fn seed_service_in(store: &ApiServer, name: &str, pod_ip: &str) -> String {
-    let svc = create(
-        store,
-        Kind::Service,
-        "default",
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-               "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}}),
-    );
-    let uid = svc["metadata"]["uid"].as_str().unwrap().to_string();
-    create(
-        store,
-        Kind::EndpointSlice,
-        "default",
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"name": format!("{name}-abc"), "namespace": "default",
-                            "labels": {"kubernetes.io/service-name": name},
-                            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": uid}]},
-               "addressType": "IPv4", "endpoints": [{"addresses": [pod_ip], "nodeName": "n1", "conditions": {"ready": true}}]}),
-    );
-    uid
+    cluster::seed_service(store, name, pod_ip)
 }
 
 fn get_service(api: &ApiServerHandle, name: &str) -> Option<Value> {

@@ -11,6 +11,7 @@ use difftracker_runtime::serve::{ServeConfig, TenantHost, TenantPhase};
 use difftracker_simulation::apiserver::{ApiServer, Kind};
 use difftracker_simulation::emulator::{self, EmulatorAuth, EmulatorHandle, EmulatorOptions, EmulatorScope};
 use difftracker_simulation::serve::SimulationProvisioner;
+use difftracker_tests::cluster;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,40 +52,12 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut done:
     }
 }
 
-fn create(store: &ApiServer, kind: Kind, namespace: &str, object: Value) -> Value {
-    store.write(|s| s.create(kind, namespace, object)).expect("create")
-}
-
-/// A node and a LoadBalancer Service with one ready endpoint on it; returns the Service's UID.
+/// A node `n1` (once) and a LoadBalancer Service with one ready endpoint on it; returns its UID.
 fn seed_service(store: &ApiServer, name: &str, pod_ip: &str) -> String {
     if store.read(|s| s.get(Kind::Node, "", "n1")).is_err() {
-        create(
-            store,
-            Kind::Node,
-            "",
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
-                   "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.4"}]}}),
-        );
+        cluster::seed_node(store, "n1", "10.0.0.4");
     }
-    let svc = create(
-        store,
-        Kind::Service,
-        "default",
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-               "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}}),
-    );
-    let uid = svc["metadata"]["uid"].as_str().unwrap().to_string();
-    create(
-        store,
-        Kind::EndpointSlice,
-        "default",
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"name": format!("{name}-abc"), "namespace": "default",
-                            "labels": {"kubernetes.io/service-name": name},
-                            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": uid}]},
-               "addressType": "IPv4", "endpoints": [{"addresses": [pod_ip], "nodeName": "n1", "conditions": {"ready": true}}]}),
-    );
-    uid
+    cluster::seed_service(store, name, pod_ip)
 }
 
 async fn settled(host: &TenantHost, name: &str) -> bool {
