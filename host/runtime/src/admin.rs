@@ -58,7 +58,6 @@ fn tenant_error(e: TenantError) -> Response {
         TenantError::Unknown(_) => json_error(StatusCode::NOT_FOUND, "unknown_tenant", &e.to_string()),
         TenantError::WrongPhase { .. } => json_error(StatusCode::CONFLICT, "wrong_phase", &e.to_string()),
         TenantError::Swap(s) => json_error(StatusCode::CONFLICT, s.reason(), &e.to_string()),
-        TenantError::Other(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
     }
 }
 

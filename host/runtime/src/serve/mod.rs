@@ -184,8 +184,6 @@ pub enum TenantError {
     WrongPhase { name: String, phase: TenantPhase, what: &'static str },
     #[error("{0}")]
     Swap(#[from] SwapError),
-    #[error("{0:#}")]
-    Other(anyhow::Error),
 }
 
 struct Slot {
@@ -388,25 +386,6 @@ impl TenantHost {
         match &self.inner.tenants.lock().await.get(name)?.run {
             Run::Running { controller, .. } => Some(controller.state()),
             _ => None,
-        }
-    }
-
-    /// Waits until `done` holds for a running tenant's controller state (fails if it is not
-    /// running or its controller stops first).
-    pub async fn wait_for(&self, name: &str, done: impl FnMut(&ControllerState) -> bool) -> Result<ControllerState> {
-        let mut rx = {
-            let tenants = self.inner.tenants.lock().await;
-            match tenants.get(name).map(|s| &s.run) {
-                Some(Run::Running { controller, .. }) => controller.subscribe(),
-                _ => return Err(anyhow!("tenant {name} is not running")),
-            }
-        };
-        let mut done = done;
-        let state = rx.wait_for(|s| done(s) || s.stopped).await.map_err(|_| anyhow!("tenant {name} stopped"))?.clone();
-        if done(&state) {
-            Ok(state)
-        } else {
-            Err(anyhow!("tenant {name} stopped: {}", state.last_error.as_deref().unwrap_or("shut down")))
         }
     }
 
