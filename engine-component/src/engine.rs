@@ -17,8 +17,8 @@ use crate::egress::{Egress, PendingPods};
 use crate::endpoints::EndpointCache;
 use crate::identity::Identity;
 use crate::io::{
-    CallId, Completion, EngineStatus, EventType, InitPhase, Io, KubeEvent, KubeEventRecord, ObjectKind, ObjectRef, Service, TenantConfig,
-    TickOutcome,
+    Call, CallId, Completion, EngineStatus, EventType, InitPhase, Io, KubeEvent, KubeEventRecord, NumberedIo, ObjectKind, ObjectRef, Service,
+    TenantConfig, TickOutcome,
 };
 use crate::locations::LocationsUpdater;
 use crate::metrics::{self, Metrics};
@@ -89,6 +89,14 @@ pub struct Engine {
     pub(crate) startup: Startup,
     /// Events raised outside a tick, emitted by the next one.
     pub(crate) queued_events: Vec<KubeEventRecord>,
+    /// The id of the engine's next call: above every id a call of this engine ever carried,
+    /// whoever allocated it. A host that takes the engine's ids (WIT 0.3.0) numbers calls from it;
+    /// for one that allocates its own (WIT 0.2.0) it follows the ids the host returns. Carried in
+    /// the snapshot, so an engine restored from a 0.2.0 instance's snapshot numbers its calls
+    /// where that host's counter stood and never reuses the id of a call in flight. Absent (0)
+    /// in snapshots that predate it: [`Engine::restore`] starts it above every awaited call.
+    #[serde(default)]
+    pub(crate) next_call_id: CallId,
     /// Every deadline above, ordered (derived).
     #[serde(skip)]
     pub(crate) timers: TimerTable,
@@ -133,6 +141,7 @@ impl Engine {
             metrics: Metrics::default(),
             startup: Startup::default(),
             queued_events: Vec::new(),
+            next_call_id: 1,
             timers: TimerTable::default(),
         }
     }
@@ -151,8 +160,31 @@ impl Engine {
         }
     }
 
-    /// Applies completions, fires due timers and starts the calls that are due through `io`.
+    /// Applies completions, fires due timers and starts the calls that are due through `io`,
+    /// which numbers them (WIT 0.2.0, the native host); the engine's counter follows its ids.
     pub fn tick(&mut self, now_ms: u64, completions: Vec<Completion>, io: &mut dyn Io) -> TickOutcome {
+        let mut port = FollowIds { io, next: self.next_call_id };
+        let outcome = self.run_tick(now_ms, completions, &mut port);
+        self.next_call_id = port.next;
+        outcome
+    }
+
+    /// [`Engine::tick`] for a host that takes the engine's call ids (WIT 0.3.0): every call is
+    /// numbered from the engine's own counter.
+    pub fn tick_numbered(&mut self, now_ms: u64, completions: Vec<Completion>, io: &mut dyn NumberedIo) -> TickOutcome {
+        let mut port = AllocateIds { io, next: self.next_call_id };
+        let outcome = self.run_tick(now_ms, completions, &mut port);
+        self.next_call_id = port.next;
+        outcome
+    }
+
+    /// The id the engine's next call will carry (under [`Engine::tick_numbered`]; at least that
+    /// under [`Engine::tick`]).
+    pub fn next_call_id(&self) -> CallId {
+        self.next_call_id
+    }
+
+    fn run_tick(&mut self, now_ms: u64, completions: Vec<Completion>, io: &mut dyn Io) -> TickOutcome {
         self.advance_clock(now_ms);
         self.note_first_input();
         for c in completions {
@@ -198,7 +230,24 @@ impl Engine {
     }
 
     pub fn restore(bytes: &[u8]) -> Result<Engine, SnapshotError> {
-        crate::snapshot::decode(bytes)
+        let mut engine = crate::snapshot::decode(bytes)?;
+        // A snapshot that predates the counter (or a forged one) must still never reuse the id
+        // of a call the engine awaits.
+        engine.next_call_id = engine.next_call_id.max(engine.highest_awaited_call().map_or(1, |id| id.saturating_add(1)));
+        Ok(engine)
+    }
+
+    /// The highest id of a call the engine awaits.
+    fn highest_awaited_call(&self) -> Option<CallId> {
+        [
+            self.locations_updater.in_flight.as_ref().map(|f| f.call),
+            self.egress.calls.in_flight.keys().next_back().copied(),
+            self.dispatcher.calls.keys().next_back().copied(),
+            self.startup.calls.keys().next_back().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
     }
 
     pub fn status(&self) -> EngineStatus {
@@ -537,5 +586,40 @@ impl Engine {
         out.push(gauge(metrics::ADDRESSES_TOTAL, &[], self.nrp.address_count() as f64));
         out.push(gauge(metrics::SERVICEGATEWAY_ENABLED, &[], if self.startup.is_ready() { 1.0 } else { 0.0 }));
         out.push(gauge(metrics::INITIALIZATION_DURATION_SECONDS, &[], self.startup.duration_ms.map_or(0.0, |ms| ms as f64 / 1000.0)));
+    }
+}
+
+/// The port of [`Engine::tick`]: the host numbers calls, the engine's counter follows.
+struct FollowIds<'a> {
+    io: &'a mut dyn Io,
+    next: CallId,
+}
+
+impl Io for FollowIds<'_> {
+    fn start(&mut self, call: Call) -> CallId {
+        let id = self.io.start(call);
+        self.next = self.next.max(id.saturating_add(1));
+        id
+    }
+    fn record_event(&mut self, event: KubeEventRecord) {
+        self.io.record_event(event)
+    }
+}
+
+/// The port of [`Engine::tick_numbered`]: the engine numbers calls from its counter.
+struct AllocateIds<'a> {
+    io: &'a mut dyn NumberedIo,
+    next: CallId,
+}
+
+impl Io for AllocateIds<'_> {
+    fn start(&mut self, call: Call) -> CallId {
+        let id = self.next;
+        self.next = id.saturating_add(1);
+        self.io.start(id, call);
+        id
+    }
+    fn record_event(&mut self, event: KubeEventRecord) {
+        self.io.record_event(event)
     }
 }

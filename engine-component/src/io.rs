@@ -1,14 +1,18 @@
 //! The engine's edge: what comes in (Kubernetes events, call completions) and what goes out
 //! (calls started through [`Io`]).
 //!
-//! These types mirror the WIT package `clb:difftracker@0.2.0` one to one. The component glue
-//! (`wit.rs`) converts between them and the generated bindings; a native host (replay with
-//! `--engine native`, the unit tests) uses them directly. They are plain data with serde, so the
-//! host, traces and snapshots share one vocabulary.
+//! These types mirror the domain records of the WIT packages (`clb:difftracker@0.3.0`, and
+//! `@0.2.0` before it: the records are the same, the errors and metric kinds are 0.3.0's) one to
+//! one. The component glue (`wit/`) converts between them and the generated bindings; a native
+//! host (replay with `--engine native`, the unit tests) uses them directly. They are plain data
+//! with serde, so the host, traces and snapshots share one vocabulary.
 
 use serde::{Deserialize, Serialize};
 
-/// Identifies one started call; allocated by the host, unique per tenant.
+/// Identifies one started call, unique per tenant. The engine keeps a counter above every id it
+/// knows of (in its snapshot): a host that takes the engine's ids ([`NumberedIo`], WIT 0.3.0)
+/// gets them from it; one that allocates its own ([`Io`], WIT 0.2.0, the native host) returns
+/// them and the counter follows.
 pub type CallId = u64;
 
 // ------------------------------------------------------------------------ Kubernetes inputs
@@ -552,11 +556,23 @@ pub struct TickOutcome {
     pub calls_in_flight: u32,
 }
 
+/// How a host exposes a metric sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetricKind {
+    /// Goes up and down. The default of samples recorded before kinds existed.
+    #[default]
+    Gauge,
+    /// Only grows: counters, and a histogram's `_bucket`, `_sum` and `_count` samples.
+    Counter,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricSample {
     pub name: String,
     pub labels: Vec<(String, String)>,
     pub value: f64,
+    #[serde(default)]
+    pub kind: MetricKind,
 }
 
 /// Where the start-up pass (ENGINE.md 9) stands.
@@ -611,10 +627,19 @@ pub struct EngineStatus {
     pub metrics: Vec<MetricSample>,
 }
 
-/// The engine's only way to act on the world. Starting a call returns its id at once; the
-/// completion comes back through a later tick.
+/// The engine's only way to act on the world, for a host that numbers the calls itself (WIT
+/// 0.2.0, the native host): starting a call returns its id at once; the completion comes back
+/// through a later tick ([`Engine::tick`](crate::Engine::tick)).
 pub trait Io {
     fn start(&mut self, call: Call) -> CallId;
+    fn record_event(&mut self, event: KubeEventRecord);
+}
+
+/// The same port for a host that takes the engine's call ids (WIT 0.3.0,
+/// [`Engine::tick_numbered`](crate::Engine::tick_numbered)): the engine numbers every call from
+/// its own counter and hands the id with it.
+pub trait NumberedIo {
+    fn start(&mut self, id: CallId, call: Call);
     fn record_event(&mut self, event: KubeEventRecord);
 }
 

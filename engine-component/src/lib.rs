@@ -22,7 +22,8 @@
 //! - [`metrics`], `snapshot`: observability and persistence; [`names`]: the Kubernetes names
 //!   (label, finalizers, annotations, event reasons) hosts share with the engine.
 //! - `testkit` (tests only): a recording `Io`, object builders and a tick-by-tick harness.
-//! - `wit` (wasm32 only): the thin wit-bindgen layer that exports the engine as a component.
+//! - `wit` (wasm32 only): the thin wit-bindgen layer that exports the engine as a component, of
+//!   WIT 0.3.0 by default or 0.2.0 with the feature `wit-0-2`.
 //!
 //! The public surface is [`Engine`], [`SnapshotError`], [`Identity`], [`ResourceState`] and the
 //! modules [`io`], [`metrics`] and [`names`].

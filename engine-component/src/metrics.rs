@@ -4,7 +4,7 @@
 //! snapshot, so they survive restore. Gauges are not stored: the engine derives them from its
 //! incrementally maintained indexes whenever status is read (always fresh, never negative).
 
-use crate::io::MetricSample;
+use crate::io::{MetricKind, MetricSample};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -163,11 +163,11 @@ impl Metrics {
     pub fn samples(&self, out: &mut Vec<MetricSample>) {
         for name in PLAIN_COUNTERS {
             if !self.counters.contains_key(*name) {
-                out.push(MetricSample { name: format!("{PREFIX}{name}"), labels: vec![], value: 0.0 });
+                out.push(MetricSample { name: format!("{PREFIX}{name}"), labels: vec![], value: 0.0, kind: MetricKind::Counter });
             }
         }
         for s in self.counters.values() {
-            out.push(MetricSample { name: format!("{PREFIX}{}", s.name), labels: s.labels.clone(), value: s.value as f64 });
+            out.push(MetricSample { name: format!("{PREFIX}{}", s.name), labels: s.labels.clone(), value: s.value as f64, kind: MetricKind::Counter });
         }
         for h in self.histograms.values() {
             let mut cumulative = 0u64;
@@ -180,14 +180,20 @@ impl Metrics {
                 };
                 let mut labels = h.labels.clone();
                 labels.push(("le".into(), le));
-                out.push(MetricSample { name: format!("{PREFIX}{}_bucket", h.name), labels, value: cumulative as f64 });
+                out.push(MetricSample { name: format!("{PREFIX}{}_bucket", h.name), labels, value: cumulative as f64, kind: MetricKind::Counter });
             }
             out.push(MetricSample {
                 name: format!("{PREFIX}{}_sum", h.name),
                 labels: h.labels.clone(),
                 value: h.sum_milli as f64 / 1000.0,
+                kind: MetricKind::Counter,
             });
-            out.push(MetricSample { name: format!("{PREFIX}{}_count", h.name), labels: h.labels.clone(), value: h.count as f64 });
+            out.push(MetricSample {
+                name: format!("{PREFIX}{}_count", h.name),
+                labels: h.labels.clone(),
+                value: h.count as f64,
+                kind: MetricKind::Counter,
+            });
         }
     }
 }
@@ -202,7 +208,7 @@ fn fmt_le(b: f64) -> String {
 
 /// A gauge sample with the full name.
 pub fn gauge(name: &str, labels: &[(&str, &str)], value: f64) -> MetricSample {
-    MetricSample { name: format!("{PREFIX}{name}"), labels: owned(labels), value }
+    MetricSample { name: format!("{PREFIX}{name}"), labels: owned(labels), value, kind: MetricKind::Gauge }
 }
 
 #[cfg(test)]

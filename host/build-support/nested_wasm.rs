@@ -1,9 +1,12 @@
 // Shared by the build scripts that build a `wasm32-wasip2` component with a nested cargo
-// (`host/runtime/build.rs`: the engine; `host/simulation/build.rs`: the misbehaving test engine);
-// each `include!`s this file, so both scrub the environment the same way.
+// (`host/runtime/build.rs`: the engine, WIT 0.3.0; `host/simulation/build.rs`: the misbehaving
+// test engine, and the same engine built for WIT 0.2.0 as a test fixture); each `include!`s this
+// file, so all scrub the environment the same way.
 //
 // The nested cargo gets its own target directory (`<target>/engine-wasm`): sharing the outer one
 // would deadlock on its build lock. Two nested builds into that directory take turns on its lock.
+// A build with other features of the same package (the 0.2.0 engine) gets a directory of its own
+// (`Build::dir`), since cargo writes both artifacts to the same file name.
 // Variables that the outer cargo exports to build scripts and that would leak into the nested
 // build (flags for another target, the outer target dir, the jobserver, wrappers such as coverage
 // tools) are removed.
@@ -18,14 +21,36 @@ fn workspace_root(levels: usize) -> anyhow::Result<std::path::PathBuf> {
     Ok(manifest_dir.ancestors().nth(levels).context("the crate is not where the build script expects it in the workspace")?.to_path_buf())
 }
 
+/// One nested build: a workspace member, the file name cargo gives its component, its features
+/// and the directory under the target directory it builds in.
+struct Build<'a> {
+    package: &'a str,
+    artifact: &'a str,
+    features: &'a [&'a str],
+    dir: &'a str,
+}
+
+impl<'a> Build<'a> {
+    /// `package` with its default features, in `<target>/engine-wasm`.
+    fn new(package: &'a str, artifact: &'a str) -> Build<'a> {
+        Build { package, artifact, features: &[], dir: "engine-wasm" }
+    }
+}
+
 /// Builds `package` (a workspace member) for `wasm32-wasip2` in release, checks that the result
 /// is a component and returns its path. `artifact` is the file name cargo gives it.
 fn build_component(workspace: &std::path::Path, package: &str, artifact: &str) -> anyhow::Result<std::path::PathBuf> {
+    build(workspace, &Build::new(package, artifact))
+}
+
+/// [`build_component`] of a [`Build`].
+fn build(workspace: &std::path::Path, build: &Build<'_>) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::{bail, Context};
+    let Build { package, artifact, features, dir } = *build;
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
     let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => absolute(workspace, std::path::Path::new(&dir)).join("engine-wasm"),
-        None => workspace.join("target").join("engine-wasm"),
+        Some(target) => absolute(workspace, std::path::Path::new(&target)).join(dir),
+        None => workspace.join("target").join(dir),
     };
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -34,6 +59,9 @@ fn build_component(workspace: &std::path::Path, package: &str, artifact: &str) -
 
     let mut cmd = std::process::Command::new(&cargo);
     cmd.current_dir(workspace).args(["build", "-p", package, "--release", "--target", WASM_TARGET, "--target-dir"]).arg(&target_dir);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
     scrub_env(&mut cmd);
     let output = cmd.output().with_context(|| format!("running {cargo:?} to build the component {package}"))?;
     if !output.status.success() {

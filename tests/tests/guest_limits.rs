@@ -109,7 +109,7 @@ const HUGE_ERROR: u64 = 3;
 
 fn guest_component() -> Vec<u8> {
     let mut resolve = wit_parser::Resolve::default();
-    let (package, _) = resolve.push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit")).expect("wit/ parses");
+    let (package, _) = resolve.push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/0.2.0")).expect("wit/0.2.0 parses");
     let world = resolve.select_world(&[package], Some("difftracker-engine")).expect("the engine world");
     let mut module = wat::parse_str(GUEST).expect("the guest module parses");
     wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8).expect("embed the world");

@@ -1,6 +1,12 @@
 //! The calls an engine starts, as the host holds them: the tenant's call-id counter and the queue
 //! a tick fills. Both the wasm store (whose imports start calls) and the native driver use them.
 //!
+//! Who numbers the calls depends on the engine: the host, from [`CallIds`], for a WIT 0.2.0
+//! component and the native engine ([`CallQueue::try_start`]); the engine itself for a 0.3.0
+//! component ([`CallQueue::try_start_numbered`]), in which case [`CallIds`] only mirrors the
+//! engine's counter (what replays and swaps compare) and an id that is not above the previous
+//! ones is refused.
+//!
 //! The queue lives outside the guest's memory limit, so it has limits of its own
 //! ([`QueueLimits`]): calls started, Events recorded and their encoded bytes per export call. An
 //! engine that goes past one is refused the call that crossed it and everything after it (the
@@ -70,6 +76,10 @@ pub enum QueueOverflow {
          max_output_bytes_per_tick)"
     )]
     Bytes { limit: usize },
+    /// A 0.3.0 engine numbered a call with an id it (or the instance it was restored from) had
+    /// already used or skipped past: it could be the id of a call in flight.
+    #[error("the engine numbered a call {id}, but its next id is {next}: call ids must increase (WIT 0.3.0)")]
+    IdReused { id: CallId, next: CallId },
 }
 
 /// What the engine started during one export call: `(id, call)` pairs in start order, and the
@@ -122,6 +132,21 @@ impl CallQueue {
         let id = self.ids.allocate();
         self.started.push((id, call));
         Ok(id)
+    }
+
+    /// Queues a call numbered `id` by the engine (WIT 0.3.0), or refuses it past a limit or when
+    /// `id` is below the counter's next id; the counter then moves past `id`.
+    pub fn try_start_numbered(&mut self, id: CallId, call: Call) -> Result<(), QueueOverflow> {
+        let next = self.ids.peek();
+        if id < next || id == 0 {
+            let refused = QueueOverflow::IdReused { id, next };
+            self.overflow.get_or_insert_with(|| refused.clone());
+            return Err(refused);
+        }
+        self.admit(self.started.len() >= self.limits.max_calls, QueueOverflow::Calls { limit: self.limits.max_calls }, &call)?;
+        self.ids.set_next(id.saturating_add(1));
+        self.started.push((id, call));
+        Ok(())
     }
 
     /// Queues an Event, or refuses it past a limit (see [`CallQueue::try_start`]).
@@ -215,6 +240,19 @@ mod tests {
         assert_eq!((started.len(), events.len()), (2, 0));
         assert_eq!(q.overflow(), None);
         assert_eq!(q.try_start(pip("d")), Ok(3));
+    }
+
+    #[test]
+    fn engine_numbered_calls_move_the_counter_and_a_reused_id_is_refused() {
+        let ids = CallIds::starting_at(10);
+        let mut q = CallQueue::new(ids.clone());
+        q.try_start_numbered(10, pip("a")).unwrap();
+        q.try_start_numbered(12, pip("b")).unwrap();
+        assert_eq!(ids.peek(), 13, "the counter mirrors the engine's");
+        assert_eq!(q.try_start_numbered(11, pip("c")), Err(QueueOverflow::IdReused { id: 11, next: 13 }));
+        assert!(q.overflow().is_some(), "the driver sees the refusal and drops the guest call");
+        assert_eq!(q.take().0.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![10, 12]);
+        assert!(q.try_start_numbered(0, pip("d")).is_err(), "0 is never an id");
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! One tenant's engine behind one trait, whether it runs as the component in wasmtime
 //! ([`WasmEngine`]) or linked natively ([`NativeEngine`], for replay and differential tests).
 //!
-//! Both allocate call ids from the tenant's [`CallIds`] counter (kept by the host, so it survives
-//! a swap of the instance) and queue what the engine started during a `tick` in a [`CallQueue`];
-//! for the same inputs they return the same [`TickResult`]s. Whatever the guest does, the host
+//! Both queue what the engine started during a `tick` in a [`CallQueue`] and, for the same
+//! inputs, return the same [`TickResult`]s. Who numbers the calls depends on the engine: the host
+//! allocates them from the tenant's [`CallIds`] counter (kept by the host, so it survives a swap
+//! of the instance) for the native engine and a WIT 0.2.0 component; a 0.3.0 component allocates
+//! them itself from the counter in its state, which its [`CallIds`] only mirrors
+//! ([`EngineDriver::numbers_own_calls`]). [`WasmEngine`] runs either generation
+//! ([`crate::wasm::instance`]). Whatever the guest does, the host
 //! sees an `anyhow` error, never a panic: a trap (or a CPU/memory limit hit) poisons the
 //! [`WasmEngine`], which then refuses every further call, and the tenant rebuilds it from a
 //! snapshot ([`restore_into`]).
 
 pub use crate::calls::{CallIds, CallQueue, QueueLimits, QueueOverflow};
 use crate::tenant::{brief_reason, one_line};
-use crate::wasm::bindings::{wit as w, wit_engine as wx, DifftrackerEngine};
-use crate::wasm::{wt, EngineComponent, HostState, Runtime, SandboxLimits, SlotGuard};
+use crate::wasm::instance::{Guest, Instance};
+use crate::wasm::{wt, EngineComponent, HostState, Runtime, SandboxLimits, SlotGuard, WitGeneration};
 use anyhow::{anyhow, bail, Context, Result};
 use difftracker_engine::io::{
     Call, CallId, Completion, EngineStatus, KubeEvent, KubeEventRecord, OperationStatus, TenantConfig, TickOutcome,
@@ -46,8 +50,21 @@ pub trait EngineDriver: Send {
     /// Every tracked operation as the engine sees it (O(operations): for inspection, not per
     /// tick).
     fn operations(&mut self) -> Result<Vec<OperationStatus>>;
-    /// The tenant's call-id counter.
+    /// The tenant's call-id counter: where the host numbers this instance's calls from, or, when
+    /// the engine numbers them itself ([`EngineDriver::numbers_own_calls`]), the mirror of the
+    /// engine's counter. Either way its `peek` is the id of the instance's next call.
     fn call_ids(&self) -> &CallIds;
+    /// Whether the engine allocates its call ids itself (a WIT 0.3.0 component): the host then
+    /// neither allocates from [`EngineDriver::call_ids`] nor rewinds it after a trap (a restored
+    /// engine has its counter back from the snapshot).
+    fn numbers_own_calls(&self) -> bool {
+        false
+    }
+    /// The WIT package the instance's component is built for (`clb:difftracker@0.3.0`); none for
+    /// the native engine.
+    fn wit_package(&self) -> Option<&'static str> {
+        None
+    }
     /// Whether an earlier failure (a trap, a limit) left this instance unusable: every further
     /// call fails, and the tenant must rebuild it from a snapshot. Engines that cannot trap keep
     /// the default.
@@ -181,6 +198,12 @@ impl<I: Intercept> EngineDriver for Intercepted<I> {
     fn call_ids(&self) -> &CallIds {
         self.inner.call_ids()
     }
+    fn numbers_own_calls(&self) -> bool {
+        self.inner.numbers_own_calls()
+    }
+    fn wit_package(&self) -> Option<&'static str> {
+        self.inner.wit_package()
+    }
     fn is_poisoned(&self) -> bool {
         self.inner.is_poisoned()
     }
@@ -188,10 +211,11 @@ impl<I: Intercept> EngineDriver for Intercepted<I> {
 
 // ------------------------------------------------------------------------ WasmEngine
 
-/// The engine component in a sandboxed wasmtime store.
+/// The engine component (of either WIT generation) in a sandboxed wasmtime store.
 pub struct WasmEngine {
     store: Store<HostState>,
-    bindings: DifftrackerEngine,
+    instance: Instance,
+    generation: WitGeneration,
     ids: CallIds,
     deadline_ticks: u64,
     /// The CPU deadline, named in the reason of a guest it interrupts.
@@ -204,7 +228,8 @@ pub struct WasmEngine {
 }
 
 impl WasmEngine {
-    /// A fresh instance of `component`, allocating call ids from `ids`.
+    /// A fresh instance of `component`, allocating call ids from `ids` (0.2.0), or mirroring the
+    /// engine's counter in it (0.3.0).
     pub fn new(component: &EngineComponent, ids: CallIds) -> Result<WasmEngine> {
         WasmEngine::with_limits(component, ids, component.runtime().limits())
     }
@@ -231,10 +256,11 @@ impl WasmEngine {
         store.limiter(|state| &mut state.limits);
         let deadline_ticks = limits.deadline_ticks();
         store.set_epoch_deadline(deadline_ticks);
-        let bindings = component.pre.instantiate(&mut store).map_err(wt)?;
+        let instance = component.pre.instantiate(&mut store).map_err(wt)?;
         Ok(WasmEngine {
             store,
-            bindings,
+            instance,
+            generation: component.generation(),
             ids,
             deadline_ticks,
             cpu_deadline: limits.cpu_deadline,
@@ -249,17 +275,18 @@ impl WasmEngine {
         self.poisoned.is_some()
     }
 
+    /// The WIT generation of the instance's component.
+    pub fn generation(&self) -> WitGeneration {
+        self.generation
+    }
+
     /// Calls one export under the CPU deadline; turns traps and guest errors into `anyhow`.
-    fn call<R>(
-        &mut self,
-        export: &str,
-        f: impl FnOnce(&DifftrackerEngine, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
-    ) -> Result<R> {
+    fn call<R>(&mut self, export: &str, f: impl FnOnce(&mut Instance, &mut Store<HostState>) -> Guest<R>) -> Result<R> {
         if let Some(reason) = &self.poisoned {
             bail!("engine instance is unusable after an earlier trap ({reason}); restore it into a fresh instance");
         }
         self.store.set_epoch_deadline(self.deadline_ticks);
-        match f(&self.bindings, &mut self.store) {
+        match f(&mut self.instance, &mut self.store) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => {
                 self.store.data_mut().queue.take();
@@ -315,13 +342,11 @@ impl EngineDriver for WasmEngine {
     }
 
     fn create(&mut self, config: &TenantConfig) -> Result<()> {
-        let config = wx::TenantConfig::from(config);
-        self.call("create", |b, s| b.clb_difftracker_engine().call_create(s, &config))
+        self.call("create", |i, s| i.create(s, config))
     }
 
     fn deliver(&mut self, now_ms: u64, events: Vec<KubeEvent>) -> Result<()> {
-        let events: Vec<w::KubeEvent> = events.into_iter().map(w::KubeEvent::from).collect();
-        self.call("deliver", |b, s| b.clb_difftracker_engine().call_deliver(s, now_ms, &events))?;
+        self.call("deliver", |i, s| i.deliver(s, now_ms, events))?;
         // `deliver` starts no call; anything queued would be a contract breach worth seeing.
         let (started, events) = self.store.data_mut().queue.take();
         if !started.is_empty() || !events.is_empty() {
@@ -331,27 +356,33 @@ impl EngineDriver for WasmEngine {
     }
 
     fn tick(&mut self, now_ms: u64, completions: Vec<Completion>) -> Result<TickResult> {
-        let completions: Vec<w::Completion> = completions.into_iter().map(w::Completion::from).collect();
-        let outcome = self.call("tick", |b, s| b.clb_difftracker_engine().call_tick(s, now_ms, &completions))?;
+        let outcome = self.call("tick", |i, s| i.tick(s, now_ms, completions))?;
         let (started, events) = self.store.data_mut().queue.take();
-        Ok(TickResult { outcome: TickOutcome::from(outcome), started, events })
+        Ok(TickResult { outcome, started, events })
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>> {
-        self.call("snapshot", |b, s| b.clb_difftracker_engine().call_snapshot(s))
+        self.call("snapshot", |i, s| i.snapshot(s))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
-        self.call("restore", |b, s| b.clb_difftracker_engine().call_restore(s, snapshot))
+        self.call("restore", |i, s| i.restore(s, snapshot))
     }
 
     fn status(&mut self) -> Result<EngineStatus> {
-        self.call("status", |b, s| b.clb_difftracker_engine().call_status(s)).map(EngineStatus::from)
+        self.call("status", |i, s| i.status(s))
     }
 
     fn operations(&mut self) -> Result<Vec<OperationStatus>> {
-        let ops = self.call("operations", |b, s| b.clb_difftracker_engine().call_operations(s))?;
-        Ok(ops.into_iter().map(OperationStatus::from).collect())
+        self.call("operations", |i, s| i.operations(s))
+    }
+
+    fn numbers_own_calls(&self) -> bool {
+        self.generation.engine_numbers_calls()
+    }
+
+    fn wit_package(&self) -> Option<&'static str> {
+        Some(self.generation.package())
     }
 
     fn call_ids(&self) -> &CallIds {

@@ -20,6 +20,9 @@
 //! - [`MISBEHAVING_WASM`]: a hostile engine component (`tests/guests/misbehaving/`, built by
 //!   `build.rs`) whose tenant name picks how it misbehaves: the hostile-component tests and the
 //!   demo's `builtin:misbehaving` tenant run it.
+//! - [`ENGINE_V0_2_WASM`]: the engine built for the previous WIT generation,
+//!   `clb:difftracker@0.2.0` (feature `wit-0-2`, built by `build.rs`): the tests that run a 0.2.0
+//!   component and swap a tenant live across generations.
 //!
 //! The `difftracker` binary (`host/cli`) wires these to its commands.
 
@@ -46,4 +49,14 @@ pub const MISBEHAVING_WASM: &[u8] = include_bytes!(env!("DIFFTRACKER_MISBEHAVING
 /// Where `host/simulation/build.rs` wrote the misbehaving engine component.
 pub fn misbehaving_wasm_path() -> &'static Path {
     Path::new(env!("DIFFTRACKER_MISBEHAVING_WASM"))
+}
+
+/// The engine component of WIT generation 0.2.0: this engine built with the feature `wit-0-2`
+/// by `host/simulation/build.rs` (`cargo build -p difftracker-engine --release --target
+/// wasm32-wasip2 --features wit-0-2`), so it stays reproducibly buildable.
+pub const ENGINE_V0_2_WASM: &[u8] = include_bytes!(env!("DIFFTRACKER_ENGINE_V0_2_WASM"));
+
+/// Where `host/simulation/build.rs` wrote the 0.2.0 engine component.
+pub fn engine_v0_2_wasm_path() -> &'static Path {
+    Path::new(env!("DIFFTRACKER_ENGINE_V0_2_WASM"))
 }

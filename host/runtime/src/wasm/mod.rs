@@ -3,17 +3,26 @@
 //! from which [`crate::driver::WasmEngine`] instances (one per tenant) are created cheaply through
 //! `InstancePre`.
 //!
-//! - [`bindings`]: `bindgen!` of the world `difftracker-engine`.
-//! - [`imports`]: the host side of the `cloud` and `kube` imports; `conversions`: every `From`
-//!   between the generated types and `difftracker_engine::io`.
+//! Two generations of the contract are served side by side, each in its own folder (bindings,
+//! the host side of its imports, the conversions it does its own way), in the manner of
+//! wasmtime's `wasi-http`:
+//!
+//! - [`v0_2`]: `clb:difftracker@0.2.0` (`wit/0.2.0/`), free functions, host-allocated call ids.
+//! - [`v0_3`]: `clb:difftracker@0.3.0` (`wit/0.3.0/`, the bundled engine's), the engine
+//!   resource, typed errors, metric kinds, engine-allocated call ids.
+//! - `domain.rs`: the conversions of the records both generations share, included by each.
+//! - [`instance`]: [`WitGeneration`] and the one instance type over both, which the driver uses.
 //! - [`cache`]: precompiled components on disk, keyed by content and engine compatibility hash.
 //! - [`sandbox`]: memory and CPU limits, the empty WASI context, the import allow-list.
+//!
+//! [`Runtime::load`] finds a component's generation from the versions of its
+//! `clb:difftracker/...` imports and exports and refuses any other version, naming both.
 
-pub mod bindings;
 pub mod cache;
-mod conversions;
-pub mod imports;
+pub mod instance;
 pub mod sandbox;
+pub mod v0_2;
+pub mod v0_3;
 
 use crate::calls::CallQueue;
 use anyhow::{bail, Context, Result};
@@ -26,6 +35,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use cache::{CacheOutcome, ComponentCache};
+pub use instance::WitGeneration;
 pub use sandbox::{check_imports, ForbiddenImports, SandboxLimits};
 
 /// The engine component built from `engine-component/` by `host/runtime/build.rs`, embedded in the binary.
@@ -52,6 +62,11 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// Queues a Kubernetes Event the guest recorded (traps past the per-tick limits).
+    pub(crate) fn queue_event(&mut self, event: difftracker_engine::io::KubeEventRecord) -> wasmtime::Result<()> {
+        self.queue.try_record_event(event).map_err(wasmtime::Error::new)
+    }
+
     pub(crate) fn new(limits: &SandboxLimits, queue: CallQueue, guest_memory: Arc<AtomicU64>) -> HostState {
         let (wasi, stderr) = sandbox::wasi_ctx();
         let limits = MeteredLimits { inner: limits.store_limits(), bytes: 0, total: guest_memory };
@@ -201,9 +216,9 @@ impl Runtime {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wt).context("linking WASI")?;
-        bindings::DifftrackerEngine::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(wt)
-            .context("linking the cloud and kube imports")?;
+        // Each generation's imports have their own versioned names: one linker serves both.
+        v0_2::add_to_linker(&mut linker).map_err(wt).context("linking the 0.2.0 cloud and kube imports")?;
+        v0_3::add_to_linker(&mut linker).map_err(wt).context("linking the 0.3.0 cloud and kube imports")?;
 
         let cache = if options.disable_cache {
             None
@@ -315,9 +330,11 @@ impl Runtime {
         let imports: Vec<String> = ty.imports(&self.inner.engine).map(|(name, _)| name.to_string()).collect();
         check_imports(imports.iter().map(String::as_str))?;
         let exports: Vec<String> = ty.exports(&self.inner.engine).map(|(name, _)| name.to_string()).collect();
-        check_wit_version(&imports, &exports)?;
+        let generation = wit_generation(&imports, &exports)?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(wt).context("linking the engine component")?;
-        let pre = bindings::DifftrackerEnginePre::new(pre).map_err(wt).context("the component does not export clb:difftracker/engine")?;
+        let pre = instance::Pre::new(generation, pre)
+            .map_err(wt)
+            .with_context(|| format!("the component does not export {} as {generation} defines it", ENGINE_EXPORT))?;
         Ok(EngineComponent { runtime: self.clone(), pre, sha256: cache::content_hash(bytes), cache, imports })
     }
 
@@ -334,35 +351,53 @@ impl Runtime {
     }
 }
 
-/// The WIT package this host links (`wit/difftracker.wit`).
-pub const WIT_PACKAGE: &str = "clb:difftracker@0.2.0";
+/// The WIT package of the bundled engine (`wit/0.3.0/`); [`WitGeneration::SUPPORTED`] lists
+/// every one this host runs, and [`EngineComponent::generation`] says which one a component is.
+pub const WIT_PACKAGE: &str = "clb:difftracker@0.3.0";
 
-/// Refuses a component built against another version of [`WIT_PACKAGE`], naming the versions and
-/// the interfaces: linking alone would only say that its first such import is missing.
-fn check_wit_version(imports: &[String], exports: &[String]) -> Result<()> {
-    let (package, host_version) = WIT_PACKAGE.split_once('@').unwrap_or((WIT_PACKAGE, ""));
+/// The interface every engine component exports.
+const ENGINE_EXPORT: &str = "clb:difftracker/engine";
+
+/// The generation a component is built for, from the versions of its `clb:difftracker/...`
+/// imports and exports. One of another version, one mixing generations, or one without the
+/// package is refused naming what it has and what this host runs: linking alone would only say
+/// that its first such import is missing.
+fn wit_generation(imports: &[String], exports: &[String]) -> Result<WitGeneration> {
+    let (package, _) = WIT_PACKAGE.split_once('@').unwrap_or((WIT_PACKAGE, ""));
     let prefix = format!("{package}/");
-    let foreign: Vec<(&str, &str)> = imports
+    let ours: Vec<(&str, &str)> = imports
         .iter()
         .chain(exports)
         .filter(|name| name.starts_with(&prefix))
         .map(|name| (name.as_str(), name.split_once('@').map(|(_, version)| version).unwrap_or("")))
-        .filter(|(_, version)| !semver_compatible(version, host_version))
         .collect();
-    if foreign.is_empty() {
-        return Ok(());
+    let supported = WitGeneration::SUPPORTED.iter().map(|g| g.package()).collect::<Vec<_>>().join(" and ");
+    let generation_of = |version: &str| WitGeneration::SUPPORTED.into_iter().find(|g| semver_compatible(version, g.version()));
+    let foreign: Vec<&(&str, &str)> = ours.iter().filter(|(_, version)| generation_of(version).is_none()).collect();
+    if !foreign.is_empty() {
+        let mut versions: Vec<String> =
+            foreign.iter().map(|(_, v)| if v.is_empty() { format!("{package} (unversioned)") } else { format!("{package}@{v}") }).collect();
+        versions.sort();
+        versions.dedup();
+        let names: Vec<&str> = foreign.iter().map(|(name, _)| *name).collect();
+        bail!(
+            "the component is built for another version of the WIT package, {} ({}); this host runs {supported} components: \
+             build it against this host's wit/0.3.0/difftracker.wit (or wit/0.2.0/)",
+            versions.join(", "),
+            names.join(", ")
+        );
     }
-    let mut versions: Vec<String> =
-        foreign.iter().map(|(_, v)| if v.is_empty() { format!("{package} (unversioned)") } else { format!("{package}@{v}") }).collect();
-    versions.sort();
-    versions.dedup();
-    let names: Vec<&str> = foreign.iter().map(|(name, _)| *name).collect();
-    bail!(
-        "the component is built for another version of the WIT package, {} ({}); this host runs {WIT_PACKAGE} components: \
-         build it against this host's wit/difftracker.wit",
-        versions.join(", "),
-        names.join(", ")
-    )
+    let mut generations: Vec<WitGeneration> = ours.iter().filter_map(|(_, version)| generation_of(version)).collect();
+    generations.sort_by_key(|g| g.version());
+    generations.dedup();
+    match generations.as_slice() {
+        [one] if exports.iter().any(|e| e.starts_with(ENGINE_EXPORT)) => Ok(*one),
+        [] | [_] => bail!("the component does not export {ENGINE_EXPORT}; this host runs {supported} components"),
+        many => bail!(
+            "the component mixes WIT generations ({}); this host runs {supported} components, each of one generation",
+            many.iter().map(|g| g.package()).collect::<Vec<_>>().join(", ")
+        ),
+    }
 }
 
 /// Whether WIT version `version` can be linked where `host` is: semver-compatible, as wasmtime's
@@ -433,7 +468,7 @@ fn spawn_epoch_ticker(engine: &wasmtime::Engine) {
 #[derive(Clone)]
 pub struct EngineComponent {
     pub(crate) runtime: Runtime,
-    pub(crate) pre: bindings::DifftrackerEnginePre<HostState>,
+    pub(crate) pre: instance::Pre,
     /// Hex SHA-256 of the component's bytes.
     pub sha256: String,
     /// Whether it came from the on-disk cache.
@@ -446,6 +481,11 @@ impl EngineComponent {
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }
+
+    /// The WIT generation the component is built for.
+    pub fn generation(&self) -> WitGeneration {
+        self.pre.generation()
+    }
 }
 
 #[cfg(test)]
@@ -453,30 +493,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_wit_package_is_the_one_the_bindings_are_generated_from() {
-        let wit = include_str!("../../../../wit/difftracker.wit");
-        assert!(wit.lines().any(|line| line == format!("package {WIT_PACKAGE};")), "wit/difftracker.wit declares another package");
+    fn each_generation_is_the_package_its_wit_folder_declares() {
+        let wits = [include_str!("../../../../wit/0.2.0/difftracker.wit"), include_str!("../../../../wit/0.3.0/difftracker.wit")];
+        for (generation, wit) in WitGeneration::SUPPORTED.into_iter().zip(wits) {
+            assert!(wit.lines().any(|line| line == format!("package {};", generation.package())), "wit/{} declares another package", generation.version());
+        }
+        assert_eq!(WIT_PACKAGE, WitGeneration::LATEST.package());
     }
 
     #[test]
-    fn components_of_an_incompatible_wit_version_are_refused_naming_the_versions() {
+    fn components_are_told_apart_by_generation_and_other_versions_refused_naming_them() {
         let names = |v: &str| {
             (vec![format!("clb:difftracker/cloud@{v}"), "wasi:io/streams@0.2.6".to_string()], vec![format!("clb:difftracker/engine@{v}")])
         };
-        for version in ["0.2.0", "0.2.7"] {
+        for (version, generation) in [("0.2.0", WitGeneration::V0_2), ("0.2.7", WitGeneration::V0_2), ("0.3.0", WitGeneration::V0_3), ("0.3.1", WitGeneration::V0_3)] {
             let (imports, exports) = names(version);
-            check_wit_version(&imports, &exports).unwrap();
+            assert_eq!(wit_generation(&imports, &exports).unwrap(), generation, "{version}");
         }
-        for version in ["0.1.0", "0.3.0", "1.0.0", "x"] {
+        for version in ["0.1.0", "0.4.0", "1.0.0", "x"] {
             let (imports, exports) = names(version);
-            let err = check_wit_version(&imports, &exports).unwrap_err().to_string();
+            let err = wit_generation(&imports, &exports).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("clb:difftracker@{version} (clb:difftracker/cloud@{version}, clb:difftracker/engine@{version})")),
                 "{err}"
             );
-            assert!(err.contains("this host runs clb:difftracker@0.2.0"), "{err}");
+            assert!(err.contains("this host runs clb:difftracker@0.2.0 and clb:difftracker@0.3.0 components"), "{err}");
         }
-        let err = check_wit_version(&["clb:difftracker/cloud".to_string()], &[]).unwrap_err().to_string();
+        let err = wit_generation(&["clb:difftracker/cloud".to_string()], &[]).unwrap_err().to_string();
         assert!(err.contains("clb:difftracker (unversioned)"), "{err}");
+        let err =
+            wit_generation(&["clb:difftracker/cloud@0.2.0".to_string()], &["clb:difftracker/engine@0.3.0".to_string()]).unwrap_err().to_string();
+        assert!(err.contains("mixes WIT generations (clb:difftracker@0.2.0, clb:difftracker@0.3.0)"), "{err}");
+        let err = wit_generation(&["clb:difftracker/cloud@0.3.0".to_string()], &[]).unwrap_err().to_string();
+        assert!(err.contains("does not export clb:difftracker/engine"), "{err}");
     }
 }

@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 wit_bindgen::generate!({
     world: "difftracker-engine",
-    path: "../../../wit",
+    path: "../../../wit/0.2.0",
 });
 
 /// The random interfaces of WASI 0.2 (the version the standard library imports), for the probe.

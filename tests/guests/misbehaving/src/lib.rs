@@ -1,6 +1,7 @@
-//! A hostile engine: a component of the same world as the real engine (`difftracker-engine` of
-//! `wit/`), built by `host/simulation/build.rs` for the hostile-component tests
-//! (`tests/tests/hostile_components.rs`) and the demo's `builtin:misbehaving` tenant. It shows
+//! A hostile engine: a component of the world the real engine had in WIT 0.2.0
+//! (`difftracker-engine` of `wit/0.2.0/`, which the host still runs), built by
+//! `host/simulation/build.rs` for the hostile-component tests (`tests/tests/hostile_components.rs`)
+//! and the demo's `builtin:misbehaving` tenant. It shows
 //! that the host contains a guest that does its worst: the sandbox's limits stop it, trap
 //! recovery rebuilds or stops its tenant with the reason, and the tenants beside it go on.
 //!

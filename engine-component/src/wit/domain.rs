@@ -1,179 +1,87 @@
-//! The thin wit-bindgen layer: exports [`Engine`] as the `engine` interface of the world
-//! `clb:difftracker/difftracker-engine` and implements [`io::Io`] on the `cloud` and `kube`
-//! imports.
-//!
-//! One component instance is one tenant, so the engine lives in a single thread-local cell.
-//! Nothing here may panic across the boundary (a panic aborts, i.e. traps the instance): every
-//! export reports misuse (`create` twice, `tick` before `create`, a bad snapshot) as `Err(String)`.
-//! The conversions are plain field-by-field copies between the generated types and [`crate::io`].
+//! The conversions between [`crate::io`] and the generated types that both WIT generations
+//! share (`super::w` is the generation this component is built for): every domain record,
+//! variant and enum is the same in 0.2.0 and 0.3.0, field for field. The calls are started by
+//! `start_cloud!` and `start_kube!`, which take the engine's id as a last argument where the
+//! imports do (0.3.0). What differs (errors, metric samples, the export itself) lives in the
+//! generation's module.
 
-use crate::engine::Engine;
+use super::w;
 use crate::io;
-use std::cell::RefCell;
 
-wit_bindgen::generate!({
-    world: "difftracker-engine",
-    path: "../wit",
-});
-
-use clb::difftracker::{cloud, kube, types as w};
-use exports::clb::difftracker::engine::{self as wx, Guest};
-
-struct Component;
-
-export!(Component);
-
-thread_local! {
-    /// The tenant's engine; `None` until `create` or `restore`.
-    static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+/// Records a Kubernetes Event through the `kube` import (the same function in both generations).
+pub(super) fn record_event(event: io::KubeEventRecord) {
+    super::kube::record_event(
+        &object_ref_out(event.target),
+        match event.kind {
+            io::ObjectKind::Service => w::ObjectKind::Service,
+            io::ObjectKind::Pod => w::ObjectKind::Pod,
+        },
+        match event.event_type {
+            io::EventType::Normal => w::EventType::Normal,
+            io::EventType::Warning => w::EventType::Warning,
+        },
+        &event.reason,
+        &event.message,
+    )
 }
 
-/// Runs `f` on the engine, or fails when there is none yet.
-fn with_engine<R>(f: impl FnOnce(&mut Engine) -> R) -> Result<R, String> {
-    ENGINE.with(|cell| {
-        let mut slot = cell.try_borrow_mut().map_err(|_| "engine re-entered".to_string())?;
-        match slot.as_mut() {
-            Some(engine) => Ok(f(engine)),
-            None => Err("no engine in this instance: call create or restore first".to_string()),
-        }
-    })
-}
-
-impl Guest for Component {
-    fn create(config: wx::TenantConfig) -> Result<(), String> {
-        ENGINE.with(|cell| {
-            let mut slot = cell.try_borrow_mut().map_err(|_| "engine re-entered".to_string())?;
-            if slot.is_some() {
-                return Err("an engine already exists in this instance".to_string());
-            }
-            *slot = Some(Engine::new(io::TenantConfig {
-                tenant: config.tenant,
-                seed: config.seed,
-                max_retry_after_ms: config.max_retry_after_ms,
-                max_request_bytes: config.max_request_bytes,
-                max_request_entries: config.max_request_entries,
-                max_operations_in_flight: config.max_operations_in_flight,
-            }));
-            Ok(())
-        })
-    }
-
-    fn deliver(now_ms: u64, events: Vec<w::KubeEvent>) -> Result<(), String> {
-        let events = events.into_iter().map(kube_event_in).collect();
-        with_engine(|engine| engine.deliver(now_ms, events))
-    }
-
-    fn tick(now_ms: u64, completions: Vec<w::Completion>) -> Result<wx::TickOutcome, String> {
-        let completions = completions.into_iter().map(completion_in).collect();
-        let outcome = with_engine(|engine| engine.tick(now_ms, completions, &mut WitIo))?;
-        Ok(wx::TickOutcome { next_wake_ms: outcome.next_wake_ms, calls_in_flight: outcome.calls_in_flight })
-    }
-
-    fn snapshot() -> Result<Vec<u8>, String> {
-        with_engine(|engine| engine.snapshot())
-    }
-
-    fn restore(snapshot: Vec<u8>) -> Result<(), String> {
-        let engine = Engine::restore(&snapshot).map_err(|e| e.to_string())?;
-        ENGINE.with(|cell| {
-            let mut slot = cell.try_borrow_mut().map_err(|_| "engine re-entered".to_string())?;
-            *slot = Some(engine);
-            Ok(())
-        })
-    }
-
-    fn status() -> Result<w::EngineStatus, String> {
-        with_engine(|engine| status_out(engine.status()))
-    }
-
-    fn operations() -> Result<Vec<w::OperationStatus>, String> {
-        with_engine(|engine| engine.operation_statuses().into_iter().map(operation_out).collect())
-    }
-}
-
-// ------------------------------------------------------------------------ io::Io on the imports
-
-/// Starts calls through the `cloud` and `kube` imports; the host allocates the ids.
-struct WitIo;
-
-impl io::Io for WitIo {
-    fn start(&mut self, call: io::Call) -> io::CallId {
-        match call {
-            io::Call::Cloud(c) => start_cloud(c),
-            io::Call::Kube(k) => start_kube(k),
-        }
-    }
-
-    fn record_event(&mut self, event: io::KubeEventRecord) {
-        kube::record_event(
-            &object_ref_out(event.target),
-            match event.kind {
-                io::ObjectKind::Service => w::ObjectKind::Service,
-                io::ObjectKind::Pod => w::ObjectKind::Pod,
-            },
-            match event.event_type {
-                io::EventType::Normal => w::EventType::Normal,
-                io::EventType::Warning => w::EventType::Warning,
-            },
-            &event.reason,
-            &event.message,
-        )
-    }
-}
-
-fn start_cloud(call: io::CloudCall) -> io::CallId {
+macro_rules! start_cloud {
+    ($call:expr $(, $id:expr)?) => {{
     use io::CloudCall as C;
-    match call {
-        C::PutPublicIp { name, version } => cloud::put_public_ip(&name, ip_version_out(version)),
-        C::DeletePublicIp { name } => cloud::delete_public_ip(&name),
-        C::ListPublicIps => cloud::list_public_ips(),
-        C::PutLoadBalancer(spec) => cloud::put_load_balancer(&lb_spec_out(spec)),
-        C::DeleteLoadBalancer { name } => cloud::delete_load_balancer(&name),
-        C::ListLoadBalancers => cloud::list_load_balancers(),
+    match $call {
+        C::PutPublicIp { name, version } => cloud::put_public_ip($($id,)? &name, ip_version_out(version)),
+        C::DeletePublicIp { name } => cloud::delete_public_ip($($id,)? &name),
+        C::ListPublicIps => cloud::list_public_ips($($id)?),
+        C::PutLoadBalancer(spec) => cloud::put_load_balancer($($id,)? &lb_spec_out(spec)),
+        C::DeleteLoadBalancer { name } => cloud::delete_load_balancer($($id,)? &name),
+        C::ListLoadBalancers => cloud::list_load_balancers($($id)?),
         C::PutNatGateway(spec) => {
-            cloud::put_nat_gateway(&w::NatGatewaySpec { name: spec.name, public_ips: spec.public_ips, public_ips_v6: spec.public_ips_v6 })
+            cloud::put_nat_gateway($($id,)? &w::NatGatewaySpec { name: spec.name, public_ips: spec.public_ips, public_ips_v6: spec.public_ips_v6 })
         }
-        C::DetachNatGateway { name, raw } => cloud::detach_nat_gateway(&name, &raw),
-        C::GetNatGateway { name } => cloud::get_nat_gateway(&name),
-        C::DeleteNatGateway { name } => cloud::delete_nat_gateway(&name),
-        C::ListNatGateways => cloud::list_nat_gateways(),
-        C::GetSgwServices => cloud::get_sgw_services(),
-        C::GetAddressLocations => cloud::get_address_locations(),
+        C::DetachNatGateway { name, raw } => cloud::detach_nat_gateway($($id,)? &name, &raw),
+        C::GetNatGateway { name } => cloud::get_nat_gateway($($id,)? &name),
+        C::DeleteNatGateway { name } => cloud::delete_nat_gateway($($id,)? &name),
+        C::ListNatGateways => cloud::list_nat_gateways($($id)?),
+        C::GetSgwServices => cloud::get_sgw_services($($id)?),
+        C::GetAddressLocations => cloud::get_address_locations($($id)?),
         C::UpdateServices(requests) => {
             let requests: Vec<w::SgwServiceRequest> = requests.into_iter().map(sgw_request_out).collect();
-            cloud::update_services(&requests)
+            cloud::update_services($($id,)? &requests)
         }
         C::UpdateAddressLocations(locations) => {
             let locations: Vec<w::LocationUpdate> = locations.into_iter().map(location_update_out).collect();
-            cloud::update_address_locations(&locations)
+            cloud::update_address_locations($($id,)? &locations)
         }
     }
+    }};
 }
 
-fn start_kube(call: io::KubeCall) -> io::CallId {
+macro_rules! start_kube {
+    ($call:expr $(, $id:expr)?) => {{
     use io::KubeCall as K;
-    match call {
-        K::AddServiceFinalizers(target) => kube::add_service_finalizers(&object_ref_out(target)),
-        K::RemoveServiceFinalizers(target) => kube::remove_service_finalizers(&object_ref_out(target)),
+    match $call {
+        K::AddServiceFinalizers(target) => kube::add_service_finalizers($($id,)? &object_ref_out(target)),
+        K::RemoveServiceFinalizers(target) => kube::remove_service_finalizers($($id,)? &object_ref_out(target)),
         K::PatchServiceIngress(target, ingress) => {
             let ingress: Vec<w::LoadBalancerIngress> = ingress.into_iter().map(ingress_out).collect();
-            kube::patch_service_ingress(&object_ref_out(target), &ingress)
+            kube::patch_service_ingress($($id,)? &object_ref_out(target), &ingress)
         }
-        K::AddPodFinalizer(target) => kube::add_pod_finalizer(&object_ref_out(target)),
-        K::RemovePodFinalizer(target) => kube::remove_pod_finalizer(&object_ref_out(target)),
+        K::AddPodFinalizer(target) => kube::add_pod_finalizer($($id,)? &object_ref_out(target)),
+        K::RemovePodFinalizer(target) => kube::remove_pod_finalizer($($id,)? &object_ref_out(target)),
     }
+    }};
 }
 
 // ------------------------------------------------------------------------ io -> WIT
 
-fn ip_version_out(v: io::IpVersion) -> w::IpVersion {
+pub(super) fn ip_version_out(v: io::IpVersion) -> w::IpVersion {
     match v {
         io::IpVersion::V4 => w::IpVersion::Ipv4,
         io::IpVersion::V6 => w::IpVersion::Ipv6,
     }
 }
 
-fn service_type_out(t: io::ServiceType) -> w::ServiceType {
+pub(super) fn service_type_out(t: io::ServiceType) -> w::ServiceType {
     match t {
         io::ServiceType::Inbound => w::ServiceType::Inbound,
         io::ServiceType::Outbound => w::ServiceType::Outbound,
@@ -181,7 +89,7 @@ fn service_type_out(t: io::ServiceType) -> w::ServiceType {
     }
 }
 
-fn lb_spec_out(spec: io::LoadBalancerSpec) -> w::LoadBalancerSpec {
+pub(super) fn lb_spec_out(spec: io::LoadBalancerSpec) -> w::LoadBalancerSpec {
     w::LoadBalancerSpec {
         name: spec.name,
         public_ip: spec.public_ip,
@@ -201,11 +109,11 @@ fn lb_spec_out(spec: io::LoadBalancerSpec) -> w::LoadBalancerSpec {
     }
 }
 
-fn backend_pool_out(p: io::BackendPool) -> w::BackendPool {
+pub(super) fn backend_pool_out(p: io::BackendPool) -> w::BackendPool {
     w::BackendPool { load_balancer: p.load_balancer, pool: p.pool }
 }
 
-fn sgw_request_out(r: io::SgwServiceRequest) -> w::SgwServiceRequest {
+pub(super) fn sgw_request_out(r: io::SgwServiceRequest) -> w::SgwServiceRequest {
     w::SgwServiceRequest {
         name: r.name,
         service_type: service_type_out(r.service_type),
@@ -220,11 +128,11 @@ fn sgw_request_out(r: io::SgwServiceRequest) -> w::SgwServiceRequest {
     }
 }
 
-fn address_update_out(a: io::AddressUpdate) -> w::AddressUpdate {
+pub(super) fn address_update_out(a: io::AddressUpdate) -> w::AddressUpdate {
     w::AddressUpdate { address: a.address, services: a.services }
 }
 
-fn location_update_out(l: io::LocationUpdate) -> w::LocationUpdate {
+pub(super) fn location_update_out(l: io::LocationUpdate) -> w::LocationUpdate {
     w::LocationUpdate {
         location: l.location,
         action: match l.action {
@@ -235,15 +143,15 @@ fn location_update_out(l: io::LocationUpdate) -> w::LocationUpdate {
     }
 }
 
-fn object_ref_out(r: io::ObjectRef) -> w::ObjectRef {
+pub(super) fn object_ref_out(r: io::ObjectRef) -> w::ObjectRef {
     w::ObjectRef { namespace: r.namespace, name: r.name, uid: r.uid }
 }
 
-fn ingress_out(i: io::LoadBalancerIngress) -> w::LoadBalancerIngress {
+pub(super) fn ingress_out(i: io::LoadBalancerIngress) -> w::LoadBalancerIngress {
     w::LoadBalancerIngress { ip: i.ip, hostname: i.hostname }
 }
 
-fn status_out(s: io::EngineStatus) -> w::EngineStatus {
+pub(super) fn status_out(s: io::EngineStatus, metric_out: fn(io::MetricSample) -> w::MetricSample) -> w::EngineStatus {
     w::EngineStatus {
         states: s.states,
         operations_in_flight: s.operations_in_flight,
@@ -264,11 +172,11 @@ fn status_out(s: io::EngineStatus) -> w::EngineStatus {
             failed_attempts: s.initialization.failed_attempts,
             error: s.initialization.error,
         },
-        metrics: s.metrics.into_iter().map(|m| w::MetricSample { name: m.name, labels: m.labels, value: m.value }).collect(),
+        metrics: s.metrics.into_iter().map(metric_out).collect(),
     }
 }
 
-fn operation_out(o: io::OperationStatus) -> w::OperationStatus {
+pub(super) fn operation_out(o: io::OperationStatus) -> w::OperationStatus {
     w::OperationStatus {
         identity: o.identity,
         kind: o.kind,
@@ -289,7 +197,7 @@ fn operation_out(o: io::OperationStatus) -> w::OperationStatus {
 
 // ------------------------------------------------------------------------ WIT -> io
 
-fn meta_in(m: w::ObjectMeta) -> io::ObjectMeta {
+pub(super) fn meta_in(m: w::ObjectMeta) -> io::ObjectMeta {
     io::ObjectMeta {
         namespace: m.namespace,
         name: m.name,
@@ -302,7 +210,7 @@ fn meta_in(m: w::ObjectMeta) -> io::ObjectMeta {
     }
 }
 
-fn service_in(s: w::Service) -> io::Service {
+pub(super) fn service_in(s: w::Service) -> io::Service {
     io::Service {
         meta: meta_in(s.meta),
         service_type: s.service_type,
@@ -328,7 +236,7 @@ fn service_in(s: w::Service) -> io::Service {
     }
 }
 
-fn slice_in(s: w::EndpointSlice) -> io::EndpointSlice {
+pub(super) fn slice_in(s: w::EndpointSlice) -> io::EndpointSlice {
     io::EndpointSlice {
         meta: meta_in(s.meta),
         owner_references: s.owner_references.into_iter().map(|o| io::OwnerReference { kind: o.kind, name: o.name, uid: o.uid }).collect(),
@@ -341,11 +249,11 @@ fn slice_in(s: w::EndpointSlice) -> io::EndpointSlice {
     }
 }
 
-fn node_in(n: w::Node) -> io::Node {
+pub(super) fn node_in(n: w::Node) -> io::Node {
     io::Node { name: n.name, uid: n.uid, internal_ips: n.internal_ips }
 }
 
-fn pod_in(p: w::Pod) -> io::Pod {
+pub(super) fn pod_in(p: w::Pod) -> io::Pod {
     io::Pod {
         meta: meta_in(p.meta),
         node_name: p.node_name,
@@ -357,7 +265,7 @@ fn pod_in(p: w::Pod) -> io::Pod {
     }
 }
 
-fn kube_event_in(e: w::KubeEvent) -> io::KubeEvent {
+pub(super) fn kube_event_in(e: w::KubeEvent) -> io::KubeEvent {
     use w::KubeEvent as E;
     match e {
         E::ServiceApplied(s) => io::KubeEvent::ServiceApplied(service_in(s)),
@@ -372,14 +280,14 @@ fn kube_event_in(e: w::KubeEvent) -> io::KubeEvent {
     }
 }
 
-fn ip_version_in(v: w::IpVersion) -> io::IpVersion {
+pub(super) fn ip_version_in(v: w::IpVersion) -> io::IpVersion {
     match v {
         w::IpVersion::Ipv4 => io::IpVersion::V4,
         w::IpVersion::Ipv6 => io::IpVersion::V6,
     }
 }
 
-fn service_type_in(t: w::ServiceType) -> io::ServiceType {
+pub(super) fn service_type_in(t: w::ServiceType) -> io::ServiceType {
     match t {
         w::ServiceType::Inbound => io::ServiceType::Inbound,
         w::ServiceType::Outbound => io::ServiceType::Outbound,
@@ -387,15 +295,15 @@ fn service_type_in(t: w::ServiceType) -> io::ServiceType {
     }
 }
 
-fn public_ip_in(p: w::PublicIpInfo) -> io::PublicIpInfo {
+pub(super) fn public_ip_in(p: w::PublicIpInfo) -> io::PublicIpInfo {
     io::PublicIpInfo { name: p.name, ip_address: p.ip_address, version: ip_version_in(p.version), attached: p.attached }
 }
 
-fn address_update_in(a: w::AddressUpdate) -> io::AddressUpdate {
+pub(super) fn address_update_in(a: w::AddressUpdate) -> io::AddressUpdate {
     io::AddressUpdate { address: a.address, services: a.services }
 }
 
-fn output_in(o: w::CallOutput) -> io::CallOutput {
+pub(super) fn output_in(o: w::CallOutput) -> io::CallOutput {
     use w::CallOutput as O;
     match o {
         O::Done => io::CallOutput::Done,
@@ -428,29 +336,4 @@ fn output_in(o: w::CallOutput) -> io::CallOutput {
                 .collect(),
         ),
     }
-}
-
-fn error_in(e: w::CallError) -> io::CallError {
-    use w::ErrorKind as K;
-    io::CallError {
-        kind: match e.kind {
-            K::Http => io::ErrorKind::Http,
-            K::Throttled => io::ErrorKind::Throttled,
-            K::Timeout => io::ErrorKind::Timeout,
-            K::Transport => io::ErrorKind::Transport,
-            K::InvalidResponse => io::ErrorKind::InvalidResponse,
-            K::OperationFailed => io::ErrorKind::OperationFailed,
-            K::NotFound => io::ErrorKind::NotFound,
-            K::Replaced => io::ErrorKind::Replaced,
-            K::Conflict => io::ErrorKind::Conflict,
-        },
-        status: e.status,
-        code: e.code,
-        message: e.message,
-        retry_after_ms: e.retry_after_ms,
-    }
-}
-
-fn completion_in(c: w::Completion) -> io::Completion {
-    io::Completion { id: c.id, outcome: c.outcome.map(output_in).map_err(error_in) }
 }

@@ -1,9 +1,11 @@
-//! Every conversion between the generated binding types ([`super::bindings::wit`]) and the
-//! engine's `difftracker_engine::io`, as `From` impls, in one place: WIT -> io for what the guest
-//! starts and reports, io -> WIT for what the host hands in.
+//! The `From` impls between `difftracker_engine::io` and the generated types that both WIT
+//! generations share, field for field: the Kubernetes objects, the cloud calls and their outputs,
+//! the status and operations, the tenant configuration. Each generation includes this file as
+//! its `conversions::domain` (`#[path]`), with `w` (its `types`) and `wx` (its `engine`
+//! interface) in scope, so one text serves two sets of generated types; what differs (errors,
+//! metric samples) is in the generation's `conversions.rs`.
 
-use super::bindings::wit as w;
-use super::bindings::wit_engine as wx;
+use super::{w, wx};
 use difftracker_engine::io;
 
 // ------------------------------------------------------------------------ WIT -> io (calls)
@@ -166,7 +168,7 @@ impl From<w::EngineStatus> for io::EngineStatus {
                 failed_attempts: s.initialization.failed_attempts,
                 error: s.initialization.error,
             },
-            metrics: s.metrics.into_iter().map(|m| io::MetricSample { name: m.name, labels: m.labels, value: m.value }).collect(),
+            metrics: s.metrics.into_iter().map(io::MetricSample::from).collect(),
         }
     }
 }
@@ -346,29 +348,6 @@ impl From<io::CallOutput> for w::CallOutput {
                     })
                     .collect(),
             ),
-        }
-    }
-}
-
-impl From<io::CallError> for w::CallError {
-    fn from(e: io::CallError) -> w::CallError {
-        use io::ErrorKind as K;
-        w::CallError {
-            kind: match e.kind {
-                K::Http => w::ErrorKind::Http,
-                K::Throttled => w::ErrorKind::Throttled,
-                K::Timeout => w::ErrorKind::Timeout,
-                K::Transport => w::ErrorKind::Transport,
-                K::InvalidResponse => w::ErrorKind::InvalidResponse,
-                K::OperationFailed => w::ErrorKind::OperationFailed,
-                K::NotFound => w::ErrorKind::NotFound,
-                K::Replaced => w::ErrorKind::Replaced,
-                K::Conflict => w::ErrorKind::Conflict,
-            },
-            status: e.status,
-            code: e.code,
-            message: e.message,
-            retry_after_ms: e.retry_after_ms,
         }
     }
 }
