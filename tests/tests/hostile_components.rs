@@ -14,7 +14,7 @@ use difftracker_engine::io::{KubeEvent, TenantConfig};
 use difftracker_runtime::driver::{CallIds, EngineDriver, WasmEngine};
 use difftracker_runtime::executor::{Backends, Executor, ManualClock};
 use difftracker_runtime::tenant::{spawn_tenant, Recovery, SnapshotPolicy, TenantHandle, TenantOptions, TenantStatus};
-use difftracker_runtime::wasm::{sandbox, EngineComponent, Runtime, RuntimeOptions, SandboxLimits};
+use difftracker_runtime::wasm::{sandbox, EngineComponent, Runtime, RuntimeOptions, SandboxLimits, WitGeneration};
 use difftracker_simulation::mock::MockWorld;
 use difftracker_tests::*;
 use std::collections::BTreeMap;
@@ -406,11 +406,15 @@ async fn every_hostile_guest_at_once_stops_on_its_own_and_the_healthy_tenant_bes
 
 // ------------------------------------------------------------------------ refused at load
 
-/// A component of the engine world whose WIT package is `clb:difftracker@<version>`: every
-/// export a stub (`wit-component`'s dummy module), which is enough for the host to check it.
-fn component_of_wit_version(version: &str) -> Vec<u8> {
-    let wit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/difftracker.wit")).expect("wit/ reads");
-    let wit = wit.replace("package clb:difftracker@0.2.0;", &format!("package clb:difftracker@{version};"));
+/// A component of the engine world whose WIT package is `clb:difftracker@<version>`, from the
+/// text of `wit/<base>/`: every export a stub (`wit-component`'s dummy module), which is enough
+/// for the host to check it.
+fn component_of_wit_version(base: &str, version: &str) -> Vec<u8> {
+    let path = format!("{}/../wit/{base}/difftracker.wit", env!("CARGO_MANIFEST_DIR"));
+    let wit = std::fs::read_to_string(&path).expect("wit/ reads");
+    let wit = wit.replace(&format!("package clb:difftracker@{base};"), &format!("package clb:difftracker@{version};"));
+    // `@since` may not name a version above the package's.
+    let wit = wit.replace(&format!("@since(version = {base})"), &format!("@since(version = {version})"));
     let mut resolve = wit_parser::Resolve::default();
     let package = resolve.push_str("difftracker.wit", &wit).expect("the changed WIT parses");
     let world = resolve.select_world(&[package], Some("difftracker-engine")).expect("the engine world");
@@ -421,12 +425,12 @@ fn component_of_wit_version(version: &str) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_component_of_another_wit_version_is_refused_at_load_naming_the_version() {
+async fn a_component_of_another_wit_version_is_refused_at_load_naming_the_versions() {
     let scene = Scene::new();
     let healthy = scene.healthy();
     let runtime = Runtime::new(RuntimeOptions { disable_cache: true, pooling: false, ..RuntimeOptions::default() }).unwrap();
-    for version in ["0.1.0", "0.3.0", "1.0.0"] {
-        let err = match runtime.load(&component_of_wit_version(version)) {
+    for (base, version) in [("0.2.0", "0.1.0"), ("0.3.0", "0.4.0"), ("0.3.0", "1.0.0")] {
+        let err = match runtime.load(&component_of_wit_version(base, version)) {
             Ok(_) => panic!("a clb:difftracker@{version} component was accepted"),
             Err(e) => format!("{e:#}"),
         };
@@ -435,10 +439,13 @@ async fn a_component_of_another_wit_version_is_refused_at_load_naming_the_versio
             err.contains("clb:difftracker/engine@") && err.contains("clb:difftracker/cloud@"),
             "names what it exports and imports: {err}"
         );
-        assert!(err.contains("this host runs clb:difftracker@0.2.0"), "names the host's version: {err}");
+        assert!(err.contains("this host runs clb:difftracker@0.2.0 and clb:difftracker@0.3.0 components"), "names the host's versions: {err}");
     }
-    // The same stub at the host's version passes the check (and loads: every export is there).
-    runtime.load(&component_of_wit_version("0.2.0")).expect("the host's own version loads");
+    // Stubs of both generations the host serves pass the check (and load: every export is there).
+    for (version, generation) in [("0.2.0", WitGeneration::V0_2), ("0.3.0", WitGeneration::V0_3)] {
+        let component = runtime.load(&component_of_wit_version(version, version)).expect("a generation the host serves loads");
+        assert_eq!(component.generation(), generation);
+    }
     healthy.still_converges().await;
 }
 

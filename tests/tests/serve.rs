@@ -262,7 +262,7 @@ async fn the_admin_api_needs_its_token_and_pauses_resumes_restarts_swaps_and_rol
     // The status page names the component each tenant runs.
     let status: Value = client.get(format!("{}/status.json", server.url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["tenants"]["one"]["component_sha256"].as_str(), Some(before.as_str()), "{status}");
-    assert_eq!(status["tenants"]["one"]["wit"], "clb:difftracker@0.2.0");
+    assert_eq!(status["tenants"]["one"]["wit"], "clb:difftracker@0.3.0", "the running instance's generation: {status}");
     // Host metrics beside the engine's: call latency by kind, the pool, guest memory.
     assert!(metrics.contains(r#"difftracker_host_call_duration_seconds_count{tenant="one",call="GET publicIPAddresses"}"#), "{metrics}");
     assert!(metrics.contains("difftracker_host_instance_slots_free "), "{metrics}");

@@ -44,7 +44,7 @@ use axum::routing::get;
 use axum::Router;
 #[cfg(test)]
 use difftracker_engine::io::Initialization;
-use difftracker_engine::io::{CallError, Completion, EngineStatus, ErrorKind, InitPhase, MetricSample, OperationStatus};
+use difftracker_engine::io::{CallError, Completion, EngineStatus, ErrorKind, InitPhase, MetricKind, MetricSample, OperationStatus};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -764,25 +764,6 @@ impl Collector for EngineSamples {
     }
 }
 
-/// Engine gauges whose names end in `_total` (everything else ending in `_total` is a counter).
-fn engine_gauges() -> BTreeSet<String> {
-    use difftracker_engine::metrics as m;
-    [
-        m::PENDING_SERVICE_OPERATIONS,
-        m::PENDING_DELETIONS,
-        m::SERVICES_BLOCKED_BY_LOCATIONS,
-        m::TRACKED_SERVICES_TOTAL,
-        m::LOCATIONS_TOTAL,
-        m::ADDRESSES_TOTAL,
-        m::SERVICEGATEWAY_ENABLED,
-        m::INITIALIZATION_DURATION_SECONDS,
-        m::PENDING_OPERATION_OLDEST_AGE_SECONDS,
-    ]
-    .iter()
-    .map(|n| format!("{}{n}", m::PREFIX))
-    .collect()
-}
-
 #[derive(Default)]
 struct HistogramSeries {
     /// `(le, cumulative count)`.
@@ -807,9 +788,10 @@ fn with_tenant(sample_labels: &[(String, String)], tenant: &str, skip_le: bool) 
 }
 
 /// Groups flat samples (histograms already expanded into `_bucket`, `_sum`, `_count`) into
-/// typed families and encodes them.
+/// typed families and encodes them. A histogram is told by its `le` buckets; every other sample
+/// is a counter or a gauge as its kind says (a 0.3.0 engine gives it; the 0.2.0 conversions
+/// derive it from the name, as the 0.2.0 hosts did).
 fn encode_engine_samples(mut encoder: DescriptorEncoder, tenants: &[(String, Vec<MetricSample>)]) -> Result<(), std::fmt::Error> {
-    let gauges = engine_gauges();
     let histograms: BTreeSet<&str> = tenants
         .iter()
         .flat_map(|(_, samples)| samples.iter())
@@ -843,7 +825,9 @@ fn encode_engine_samples(mut encoder: DescriptorEncoder, tenants: &[(String, Vec
                         h.count = s.value;
                     }
                 }
-            } else if let Some(base) = s.name.strip_suffix("_total").filter(|_| !gauges.contains(&s.name)) {
+            } else if s.kind == MetricKind::Counter {
+                // The encoder appends `_total` to a counter's name.
+                let base = s.name.strip_suffix("_total").unwrap_or(&s.name);
                 if let EngineFamily::Counter(series) =
                     families.entry(base.to_string()).or_insert_with(|| EngineFamily::Counter(BTreeMap::new()))
                 {
@@ -1018,7 +1002,8 @@ mod tests {
     use super::*;
 
     fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> MetricSample {
-        MetricSample { name: name.into(), labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), value }
+        let kind = if name.ends_with("_total") && !name.contains("tracked_services") { MetricKind::Counter } else { MetricKind::Gauge };
+        MetricSample { name: name.into(), labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), value, kind }
     }
 
     fn status(ticks: u64, metrics: Vec<MetricSample>) -> TenantStatus {

@@ -45,7 +45,7 @@ impl Observatory {
                 json!({
                     "engine": kind,
                     "component_sha256": t.component,
-                    "wit": crate::wasm::WIT_PACKAGE,
+                    "wit": s.wit,
                     "swaps": s.swaps,
                     "swaps_refused": s.swaps_refused,
                     "health": health,

@@ -151,6 +151,8 @@ pub struct TenantView {
     /// Why it is stopped or failed, or the last session's error.
     pub reason: Option<String>,
     pub component_sha256: Option<String>,
+    /// The WIT package of the running instance (`clb:difftracker@0.3.0`), else of its component.
+    pub wit: Option<String>,
     /// The component it ran before the last successful swap (what `rollback` returns to).
     pub rollback_to: Option<String>,
     pub sessions: u64,
@@ -618,6 +620,7 @@ fn view_of(slot: &Slot) -> TenantView {
         phase: phase_of(slot),
         reason,
         component_sha256: slot.component.as_ref().map(|c| c.sha256.clone()),
+        wit: tenant.wit.or_else(|| slot.component.as_ref().map(|c| c.generation().package())).map(str::to_string),
         rollback_to: slot.previous.as_ref().map(|c| c.sha256.clone()),
         sessions: state.as_ref().map_or(0, |s| s.sessions),
         failed_sessions: state.as_ref().map_or(0, |s| s.failed_sessions),

@@ -179,6 +179,9 @@ pub struct TenantStatus {
     pub quarantined: Vec<Quarantined>,
     /// Inputs quarantined since the tenant started.
     pub quarantined_total: u64,
+    /// The WIT package of the running instance's component (`clb:difftracker@0.3.0`), as of the
+    /// last tick; none for the native engine.
+    pub wit: Option<&'static str>,
     /// Swaps that replaced the engine instance.
     pub swaps: u64,
     /// Swaps refused (the old instance kept running), and the latest refusal's reason.

@@ -7,9 +7,10 @@
 //! - It keeps a **checkpoint**: the engine's last good snapshot and the call id that came next,
 //!   plus a **replay log** of every input applied since (each `deliver` and each `tick` with its
 //!   completions and `now`). The engine is deterministic, so the snapshot plus the log reproduce
-//!   the state exactly, call ids included (the tenant's [`CallIds`] is rewound to the snapshot's
-//!   next id for the replay; every replayed tick must start the calls the log recorded, or the
-//!   recovery fails). A snapshot costs far more than a tick (see [`SnapshotPolicy`]), so a new
+//!   the state exactly, call ids included (when the host numbers the calls, the tenant's
+//!   [`CallIds`] is rewound to the snapshot's next id for the replay; a WIT 0.3.0 engine, which
+//!   numbers its own, has its counter back from the snapshot; either way every replayed tick must
+//!   start the calls the log recorded, ids included, or the recovery fails). A snapshot costs far more than a tick (see [`SnapshotPolicy`]), so a new
 //!   checkpoint is taken only when replaying the log would cost a multiple of a snapshot.
 //! - When a guest call traps, the tenant builds a fresh instance with the factory of its
 //!   [`Recovery`] (same component, same call-id counter), restores the checkpoint and replays the
@@ -640,11 +641,15 @@ fn rebuild_from_checkpoint(
     checkpoint: &Checkpoint,
     log: &[LoggedInput],
 ) -> Result<Box<dyn EngineDriver>> {
-    ids.set_next(checkpoint.next_call_id);
     let mut fresh = match std::panic::catch_unwind(AssertUnwindSafe(|| factory(ids.clone()))) {
         Ok(built) => built.context("building a fresh engine instance")?,
         Err(panic) => bail!("the engine factory panicked: {}", panic_message(panic.as_ref())),
     };
+    // Only a counter the host allocates from goes back; an engine that numbers its own calls
+    // sets its mirror from the snapshot it restores.
+    if !fresh.numbers_own_calls() {
+        ids.set_next(checkpoint.next_call_id);
+    }
     guarded(&mut fresh, |d| d.restore(&checkpoint.snapshot)).map_err(|f| f.into_error().context("restoring the last good snapshot"))?;
     replay_log(&mut fresh, ids, log).map_err(|e| match e {
         ReplayError::Failed(e) => e,

@@ -6,12 +6,17 @@
 //!   base (the checkpoint and its log, copied; a snapshot when the tenant keeps no checkpoint) and
 //!   from then on also keeps every input the running instance applies (the tail). On the blocking
 //!   pool a new instance, numbering its calls from a counter of its own set to the base's next
-//!   id, restores the base and replays its log while the old instance keeps ticking. When that is
+//!   id (or, of WIT 0.3.0, from the engine's counter in the base snapshot, which its counter
+//!   mirrors), restores the base and replays its log while the old instance keeps ticking. When that is
 //!   done the loop hands it the tail in further background rounds until the tail is short, then,
 //!   at a tick boundary, replays the last few inputs and takes over. The pause is that last step.
 //!   Every replayed tick must start the calls (labels and ids) the running instance started for
 //!   the same inputs, so the new instance awaits exactly the calls in flight, which complete into
-//!   it; a new component that behaves differently is refused ([`SwapError::Divergence`]).
+//!   it; a new component that behaves differently is refused ([`SwapError::Divergence`]). This
+//!   holds across WIT generations: a 0.2.0 engine's counter follows the ids its host allocates
+//!   and is in its snapshot, so a 0.3.0 engine restored from it numbers its calls exactly where
+//!   the 0.2.0 instance's host would have, and the other way round the new 0.2.0 instance's
+//!   counter starts at the 0.3.0 engine's next id.
 //! - **Plain swap** ([`TenantHandle::swap_engine`](super::TenantHandle::swap_engine)): the loop
 //!   stops, snapshots the running instance, restores the snapshot into the fresh one, switches.
 //!   The pause is a snapshot plus a restore; `difftracker bench-swap` measures both beside each
@@ -372,6 +377,12 @@ impl GuardedEngine {
             return Ok(Err(failure.into_error().context("restoring the snapshot into the new instance")));
         }
         let bytes = snapshot.len();
+        // A fresh instance the host numbers calls for never numbers below the running one (its
+        // calls in flight keep their ids); one that numbers its own has the snapshot's counter.
+        if !fresh.numbers_own_calls() {
+            let next = fresh.call_ids().peek().max(self.driver.call_ids().peek());
+            fresh.call_ids().set_next(next);
+        }
         let next_call_id = fresh.call_ids().peek();
         self.driver = fresh;
         if let Some(recovery) = &mut self.recovery {

@@ -171,7 +171,7 @@ impl TenantLoop {
             }
             next_wake = report.tick.outcome.next_wake_ms;
             let backoff = self.back_off(now, report.last_trap.as_deref());
-            self.after_tick(now, report.tick, report.status, backoff);
+            self.after_tick(now, report.tick, report.status, backoff, engine.driver.wit_package());
         }
         self.status.send_modify(|s| s.stopped = true);
         Ok(engine.driver)
@@ -258,7 +258,7 @@ impl TenantLoop {
         });
     }
 
-    fn after_tick(&mut self, now: u64, tick: TickResult, engine: EngineStatus, backoff: Option<BackoffChange>) {
+    fn after_tick(&mut self, now: u64, tick: TickResult, engine: EngineStatus, backoff: Option<BackoffChange>, wit: Option<&'static str>) {
         for (id, call) in tick.started {
             tracing::info!(tenant = %self.name, call_id = id, label = call.label(), identity = %call_identity(&call), "call started");
             self.observe(TenantEvent::CallStarted { id, call: call.clone() });
@@ -300,6 +300,7 @@ impl TenantLoop {
             s.next_wake_ms = tick.outcome.next_wake_ms;
             s.calls_outstanding = outstanding;
             s.engine = engine;
+            s.wit = wit;
             if let Some(change) = backoff {
                 s.consecutive_traps = change.consecutive_traps;
                 s.backoff = change.backoff;

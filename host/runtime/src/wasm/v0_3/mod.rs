@@ -42,13 +42,12 @@ pub(crate) fn pre(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime:
     Pre::new(pre)
 }
 
-impl std::fmt::Display for wx::EngineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            wx::EngineError::SnapshotRefused(reason) => write!(f, "snapshot refused: {reason}"),
-            wx::EngineError::SnapshotFailed(reason) => write!(f, "snapshot failed: {reason}"),
-            wx::EngineError::Reentered => f.write_str("the engine was re-entered"),
-        }
+/// The engine's error in words (the generated `Display` is its `Debug`).
+fn describe(error: wx::EngineError) -> String {
+    match error {
+        wx::EngineError::SnapshotRefused(reason) => reason,
+        wx::EngineError::SnapshotFailed(reason) => format!("the engine could not write its snapshot: {reason}"),
+        wx::EngineError::Reentered => "the engine was re-entered".into(),
     }
 }
 
@@ -73,7 +72,7 @@ impl Instance {
         f: impl FnOnce(&wx::GuestEngine<'_>, &mut Store<HostState>, ResourceAny) -> wasmtime::Result<Result<R, wx::EngineError>>,
     ) -> Guest<R> {
         let Some(engine) = self.engine else { return Ok(Err(NO_ENGINE.into())) };
-        Ok(f(&self.bindings.clb_difftracker_engine().engine(), store, engine)?.map_err(|e| e.to_string()))
+        Ok(f(&self.bindings.clb_difftracker_engine().engine(), store, engine)?.map_err(describe))
     }
 
     /// Makes `engine` this instance's engine (dropping the one it replaces) and mirrors its call-id
@@ -112,7 +111,7 @@ impl Instance {
     pub(crate) fn restore(&mut self, store: &mut Store<HostState>, snapshot: &[u8]) -> Guest<()> {
         match self.bindings.clb_difftracker_engine().engine().call_restore(&mut *store, snapshot)? {
             Ok(engine) => self.hold(store, engine),
-            Err(e) => Ok(Err(e.to_string())),
+            Err(e) => Ok(Err(describe(e))),
         }
     }
 
