@@ -35,15 +35,33 @@ pub mod label {
     pub const UPDATE_LOCATIONS: &str = "POST updateAddressLocations";
 }
 
-/// The process's runtime and the built-in component, loaded once per test binary. The compiled
-/// component is cached next to the built `.wasm` (under the build's target directory).
+/// The process's runtime, created once per test binary. Compiled components are cached next to
+/// the built `.wasm` (under the build's target directory).
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Runtime::new(RuntimeOptions { cache_dir: Some(test_cache_dir()), ..RuntimeOptions::default() }).expect("wasmtime runtime")
+    })
+}
+
+/// The built-in component (WIT 0.3.0), loaded once per test binary.
 pub fn component() -> &'static EngineComponent {
     static COMPONENT: OnceLock<EngineComponent> = OnceLock::new();
-    COMPONENT.get_or_init(|| {
-        let runtime =
-            Runtime::new(RuntimeOptions { cache_dir: Some(test_cache_dir()), ..RuntimeOptions::default() }).expect("wasmtime runtime");
-        runtime.load_builtin().expect("the built-in engine component loads")
-    })
+    COMPONENT.get_or_init(|| runtime().load_builtin().expect("the built-in engine component loads"))
+}
+
+/// The same engine built for WIT 0.2.0 (`difftracker_simulation::ENGINE_V0_2_WASM`), loaded
+/// once per test binary in the same runtime.
+pub fn component_v0_2() -> &'static EngineComponent {
+    static COMPONENT: OnceLock<EngineComponent> = OnceLock::new();
+    COMPONENT.get_or_init(|| runtime().load(difftracker_simulation::ENGINE_V0_2_WASM).expect("the 0.2.0 engine component loads"))
+}
+
+/// A fresh instance of `component`, created with [`tenant_config`], that has received nothing.
+pub fn created_instance(component: &EngineComponent, ids: CallIds) -> Box<dyn EngineDriver> {
+    let mut engine = WasmEngine::new(component, ids).expect("instantiate the engine component");
+    engine.create(&tenant_config()).expect("create");
+    Box::new(engine)
 }
 
 /// `<target>/engine-wasm/component-cache`.
@@ -66,9 +84,7 @@ pub fn wasm_engine(ids: CallIds) -> Box<dyn EngineDriver> {
 
 /// A fresh, created engine component instance that has received nothing yet.
 pub fn wasm_engine_created(ids: CallIds) -> Box<dyn EngineDriver> {
-    let mut engine = WasmEngine::new(component(), ids).expect("instantiate the engine component");
-    engine.create(&tenant_config()).expect("create");
-    Box::new(engine)
+    created_instance(component(), ids)
 }
 
 /// The native counterpart of [`wasm_engine`].

@@ -2,14 +2,18 @@
 //! instance restores the tenant's checkpoint and replays its input log while the old one keeps
 //! ticking, then takes over; calls in flight complete into it. A swap that fails (the new
 //! instance traps, or starts other calls than the running one) changes nothing: the old instance
-//! keeps running and the refusal says why. Every wait is for a state of the tenant, not a time.
+//! keeps running and the refusal says why. A tenant swaps live between the WIT generations the
+//! host serves (the 0.2.0 fixture and the bundled 0.3.0 engine) the same way. Every wait is for a
+//! state of the tenant, not a time.
 
-use difftracker_engine::io::{CallError, CloudCall, Completion, KubeEvent};
+use difftracker_engine::io::{CallError, CloudCall, Completion, KubeEvent, Service};
 use difftracker_runtime::backend::{CallFuture, CloudBackend};
 use difftracker_runtime::driver::{CallIds, EngineDriver, Intercept, Intercepted, TickResult, WasmEngine};
 use difftracker_runtime::executor::{Backends, Executor, ManualClock};
-use difftracker_runtime::tenant::{spawn_tenant, EngineFactory, Recovery, SnapshotPolicy, SwapError, TenantHandle, TenantOptions};
-use difftracker_runtime::wasm::SandboxLimits;
+use difftracker_runtime::tenant::{
+    spawn_tenant, EngineFactory, Recovery, SnapshotPolicy, SwapError, TenantEvent, TenantHandle, TenantOptions,
+};
+use difftracker_runtime::wasm::{EngineComponent, SandboxLimits};
 use difftracker_simulation::mock::MockWorld;
 use difftracker_tests::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -194,4 +198,130 @@ async fn twenty_background_swaps_in_a_row_at_1000_services_under_the_default_lim
     assert!(bench.snapshot_bytes > 0);
     // The binary snapshot is the compact one.
     assert!(bench.binary.bytes * 5 <= bench.json.bytes, "binary {} bytes, JSON {}", bench.binary.bytes, bench.json.bytes);
+}
+
+// ------------------------------------------------------------------------ across WIT generations
+
+/// Fresh instances of `component` (either generation).
+fn factory_of(component: &'static EngineComponent) -> EngineFactory {
+    Arc::new(move |ids| Ok(Box::new(WasmEngine::new(component, ids)?) as Box<dyn EngineDriver>))
+}
+
+const GENERATION_SERVICES: usize = 6;
+const UPDATE_ROUNDS: usize = 150;
+
+fn generation_service(i: usize) -> Service {
+    sample_service("default", &format!("gen-{i}"), &format!("eeee0000-0000-4000-8000-{i:012}"))
+}
+
+/// Round `round` of the endpoint updates: every Service's one endpoint moves to a new address.
+fn endpoint_round(round: usize) -> Vec<KubeEvent> {
+    (0..GENERATION_SERVICES)
+        .map(|i| {
+            let ip = format!("10.{}.{}.{}", 100 + i, round / 250, round % 250 + 1);
+            KubeEvent::EndpointSliceApplied(sample_slice(&generation_service(i), &[(ip.as_str(), "node-1")]))
+        })
+        .collect()
+}
+
+fn initial_inputs() -> Vec<KubeEvent> {
+    let mut events = vec![KubeEvent::InitialListsComplete, KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4"))];
+    events.extend((0..GENERATION_SERVICES).map(|i| KubeEvent::ServiceApplied(generation_service(i))));
+    events.extend(endpoint_round(0));
+    events
+}
+
+/// What the engine decided, as the cloud and the cluster show it (addresses allocated by the
+/// mock in call order are left out).
+fn decisions(world: &MockWorld) -> impl PartialEq + std::fmt::Debug {
+    let inventory = world.inventory();
+    (
+        inventory.load_balancers,
+        inventory.sgw_services,
+        inventory.locations,
+        inventory.service_finalizers,
+        inventory.public_ips.into_keys().collect::<Vec<_>>(),
+        inventory.ingress.into_keys().collect::<Vec<_>>(),
+    )
+}
+
+/// A tenant starts on the 0.2.0 engine with a load balancer call of every Service held in
+/// flight, and endpoint updates arriving throughout; it is swapped live to the 0.3.0 engine, back
+/// to 0.2.0 and to 0.3.0 again. Every swap succeeds (the replay checks that the new instance
+/// starts exactly the calls, ids included, the running one did for the same inputs); the calls
+/// in flight complete into whichever instance runs (no load balancer is started twice); call ids
+/// only ever grow across both ways of numbering; and the tenant ends with the cloud a tenant on
+/// the 0.3.0 engine alone reaches for the same inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_swap_across_wit_generations_under_load_keeps_state_and_calls_in_flight() {
+    let executor = Executor::new(Arc::new(ManualClock::new(1_000)), 64);
+    let world = MockWorld::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let puts = Arc::new(AtomicUsize::new(0));
+    let cloud = Arc::new(GatedCloud { inner: world.clone(), gate: gate.clone(), puts: puts.clone() });
+    let recovery = Recovery::for_component(component_v0_2());
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let tenant = spawn_tenant(
+        &executor,
+        TenantOptions::new("generations").with_recovery(recovery),
+        created_instance(component_v0_2(), CallIds::default()),
+        Backends { cloud, kube: world.kube() },
+        Some(events_tx),
+    );
+    tenant.deliver(initial_inputs()).unwrap();
+    let status = tenant.wait_for(|s| s.state_count("creation_in_progress") == GENERATION_SERVICES as u32).await.unwrap();
+    assert_eq!(status.wit, Some("clb:difftracker@0.2.0"));
+    while puts.load(Ordering::SeqCst) < GENERATION_SERVICES {
+        tokio::task::yield_now().await;
+    }
+
+    let inputs = tenant.input_sender();
+    let feeder = tokio::spawn(async move {
+        for round in 1..=UPDATE_ROUNDS {
+            if inputs.send(endpoint_round(round)).is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    let mut swaps = 0;
+    for (target, package) in
+        [(component(), "clb:difftracker@0.3.0"), (component_v0_2(), "clb:difftracker@0.2.0"), (component(), "clb:difftracker@0.3.0")]
+    {
+        let report = tenant.hot_swap(factory_of(target)).await.unwrap_or_else(|e| panic!("the swap to {package} is refused: {e}"));
+        assert!(report.replayed_in_background > 0, "{report:?}");
+        swaps += 1;
+        let status = tenant.wait_for(|s| s.swaps == swaps && s.wit == Some(package)).await.unwrap();
+        assert_eq!(status.calls_outstanding, GENERATION_SERVICES, "the load balancer calls are still in flight");
+    }
+    feeder.await.unwrap();
+
+    gate.add_permits(1_000);
+    let status = tenant.wait_for(|s| s.is_idle() && s.state_count("created") == GENERATION_SERVICES as u32).await.unwrap();
+    assert_eq!(puts.load(Ordering::SeqCst), GENERATION_SERVICES, "the calls in flight completed into the new instances");
+    assert_eq!((status.swaps, status.swaps_refused, status.restarts), (3, 0, 0));
+    tenant.stop().await.unwrap();
+    let mut ids = Vec::new();
+    while let Ok(event) = events_rx.try_recv() {
+        if let TenantEvent::CallStarted { id, .. } = event {
+            ids.push(id);
+        }
+    }
+    assert!(ids.len() > 2 * GENERATION_SERVICES, "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "call ids only grow across the generations: {ids:?}");
+
+    // The same inputs on the 0.3.0 engine alone, without a swap, reach the same cloud.
+    let alone = MockWorld::new();
+    let reference = spawn_tenant(
+        &Executor::new(Arc::new(ManualClock::new(1_000)), 64),
+        TenantOptions::new("generations"),
+        created_instance(component(), CallIds::default()),
+        Backends { cloud: alone.cloud(), kube: alone.kube() },
+        None,
+    );
+    // One batch, so that the tenant is idle only once it has applied every round.
+    reference.deliver(initial_inputs().into_iter().chain((1..=UPDATE_ROUNDS).flat_map(endpoint_round)).collect()).unwrap();
+    reference.wait_for(|s| s.is_idle() && s.state_count("created") == GENERATION_SERVICES as u32).await.unwrap();
+    reference.stop().await.unwrap();
+    assert_eq!(decisions(&world), decisions(&alone));
 }
