@@ -2,6 +2,7 @@
 //! [`crate::testkit::Harness`]. Test names carry the scenario number as `sNNN`.
 
 mod batching;
+mod call_ids;
 mod common;
 mod create;
 mod delete;
