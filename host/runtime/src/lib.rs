@@ -7,12 +7,15 @@
 //!
 //! - [`wasm`]: wasmtime. One [`wasm::Runtime`] per process (engine, linker, epoch ticker,
 //!   on-disk cache of compiled components); [`wasm::Runtime::load`] checks a component's
-//!   imports, compiles it once and pre-links it; [`wasm::sandbox`] holds the per-tenant limits
-//!   and the empty WASI context; [`wasm::bindings`] is the `bindgen!` of `wit/`.
+//!   imports, finds its WIT generation, compiles it once and pre-links it; [`wasm::sandbox`]
+//!   holds the per-tenant limits and the empty WASI context; [`wasm::v0_2`] and [`wasm::v0_3`]
+//!   are the `bindgen!`s of `wit/0.2.0/` and `wit/0.3.0/`, [`wasm::instance`] one instance type
+//!   over both.
 //! - [`driver`]: the [`driver::EngineDriver`] trait, one tenant's engine as the host drives it
 //!   (`create`, `deliver`, `tick`, `snapshot`, `restore`, `status`), implemented by
 //!   [`driver::WasmEngine`] (the component) and [`driver::NativeEngine`] (the engine crate linked
-//!   in). Both turn the engine's started calls into `(call id, call)` pairs.
+//!   in). Both turn the engine's started calls into `(call id, call)` pairs, numbered by the host
+//!   or (a 0.3.0 component) by the engine.
 //! - [`tenant`]: one tenant's tick loop on tokio: sleep until an event, a completion or the
 //!   engine's next wake-up, tick, and hand every started call to the executor.
 //! - [`executor`]: performs calls as tasks through a [`backend::CloudBackend`] and a
