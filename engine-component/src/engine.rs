@@ -17,8 +17,8 @@ use crate::egress::{Egress, PendingPods};
 use crate::endpoints::EndpointCache;
 use crate::identity::Identity;
 use crate::io::{
-    Call, CallId, Completion, EngineStatus, EventType, InitPhase, Io, KubeEvent, KubeEventRecord, NumberedIo, ObjectKind, ObjectRef, Service,
-    TenantConfig, TickOutcome,
+    Call, CallId, Completion, EngineStatus, EventType, InitPhase, Io, KubeEvent, KubeEventRecord, NumberedIo, ObjectKind, ObjectRef,
+    Service, TenantConfig, TickOutcome,
 };
 use crate::locations::LocationsUpdater;
 use crate::metrics::{self, Metrics};

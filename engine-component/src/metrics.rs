@@ -167,7 +167,12 @@ impl Metrics {
             }
         }
         for s in self.counters.values() {
-            out.push(MetricSample { name: format!("{PREFIX}{}", s.name), labels: s.labels.clone(), value: s.value as f64, kind: MetricKind::Counter });
+            out.push(MetricSample {
+                name: format!("{PREFIX}{}", s.name),
+                labels: s.labels.clone(),
+                value: s.value as f64,
+                kind: MetricKind::Counter,
+            });
         }
         for h in self.histograms.values() {
             let mut cumulative = 0u64;
@@ -180,7 +185,12 @@ impl Metrics {
                 };
                 let mut labels = h.labels.clone();
                 labels.push(("le".into(), le));
-                out.push(MetricSample { name: format!("{PREFIX}{}_bucket", h.name), labels, value: cumulative as f64, kind: MetricKind::Counter });
+                out.push(MetricSample {
+                    name: format!("{PREFIX}{}_bucket", h.name),
+                    labels,
+                    value: cumulative as f64,
+                    kind: MetricKind::Counter,
+                });
             }
             out.push(MetricSample {
                 name: format!("{PREFIX}{}_sum", h.name),

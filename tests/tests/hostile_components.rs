@@ -439,7 +439,10 @@ async fn a_component_of_another_wit_version_is_refused_at_load_naming_the_versio
             err.contains("clb:difftracker/engine@") && err.contains("clb:difftracker/cloud@"),
             "names what it exports and imports: {err}"
         );
-        assert!(err.contains("this host runs clb:difftracker@0.2.0 and clb:difftracker@0.3.0 components"), "names the host's versions: {err}");
+        assert!(
+            err.contains("this host runs clb:difftracker@0.2.0 and clb:difftracker@0.3.0 components"),
+            "names the host's versions: {err}"
+        );
     }
     // Stubs of both generations the host serves pass the check (and load: every export is there).
     for (version, generation) in [("0.2.0", WitGeneration::V0_2), ("0.3.0", WitGeneration::V0_3)] {

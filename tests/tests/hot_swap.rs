@@ -284,14 +284,12 @@ async fn a_live_swap_across_wit_generations_under_load_keeps_state_and_calls_in_
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     });
-    let mut swaps = 0;
-    for (target, package) in
-        [(component(), "clb:difftracker@0.3.0"), (component_v0_2(), "clb:difftracker@0.2.0"), (component(), "clb:difftracker@0.3.0")]
-    {
+    let targets =
+        [(component(), "clb:difftracker@0.3.0"), (component_v0_2(), "clb:difftracker@0.2.0"), (component(), "clb:difftracker@0.3.0")];
+    for (done, (target, package)) in (1..).zip(targets) {
         let report = tenant.hot_swap(factory_of(target)).await.unwrap_or_else(|e| panic!("the swap to {package} is refused: {e}"));
         assert!(report.replayed_in_background > 0, "{report:?}");
-        swaps += 1;
-        let status = tenant.wait_for(|s| s.swaps == swaps && s.wit == Some(package)).await.unwrap();
+        let status = tenant.wait_for(|s| s.swaps == done && s.wit == Some(package)).await.unwrap();
         assert_eq!(status.calls_outstanding, GENERATION_SERVICES, "the load balancer calls are still in flight");
     }
     feeder.await.unwrap();

@@ -60,10 +60,13 @@ fn both_generations_make_the_same_calls_with_the_same_ids_and_report_the_same_me
         // A failure of each kind the variant carries differently: an HTTP error with a status
         // and one without a response.
         h.script.fail(label::PUT_LB, 1, 500, "InternalServerError");
-        h.script.then(label::PUT_PIP, difftracker_tests::Behavior::Fail(difftracker_engine::io::CallError::of_kind(
-            difftracker_engine::io::ErrorKind::Timeout,
-            "no answer",
-        )));
+        h.script.then(
+            label::PUT_PIP,
+            difftracker_tests::Behavior::Fail(difftracker_engine::io::CallError::of_kind(
+                difftracker_engine::io::ErrorKind::Timeout,
+                "no answer",
+            )),
+        );
         converge_one_service(h, B, "10.244.1.8");
     }
     assert!(!started(&new).is_empty());

@@ -496,7 +496,11 @@ mod tests {
     fn each_generation_is_the_package_its_wit_folder_declares() {
         let wits = [include_str!("../../../../wit/0.2.0/difftracker.wit"), include_str!("../../../../wit/0.3.0/difftracker.wit")];
         for (generation, wit) in WitGeneration::SUPPORTED.into_iter().zip(wits) {
-            assert!(wit.lines().any(|line| line == format!("package {};", generation.package())), "wit/{} declares another package", generation.version());
+            assert!(
+                wit.lines().any(|line| line == format!("package {};", generation.package())),
+                "wit/{} declares another package",
+                generation.version()
+            );
         }
         assert_eq!(WIT_PACKAGE, WitGeneration::LATEST.package());
     }
@@ -506,7 +510,9 @@ mod tests {
         let names = |v: &str| {
             (vec![format!("clb:difftracker/cloud@{v}"), "wasi:io/streams@0.2.6".to_string()], vec![format!("clb:difftracker/engine@{v}")])
         };
-        for (version, generation) in [("0.2.0", WitGeneration::V0_2), ("0.2.7", WitGeneration::V0_2), ("0.3.0", WitGeneration::V0_3), ("0.3.1", WitGeneration::V0_3)] {
+        for (version, generation) in
+            [("0.2.0", WitGeneration::V0_2), ("0.2.7", WitGeneration::V0_2), ("0.3.0", WitGeneration::V0_3), ("0.3.1", WitGeneration::V0_3)]
+        {
             let (imports, exports) = names(version);
             assert_eq!(wit_generation(&imports, &exports).unwrap(), generation, "{version}");
         }
@@ -521,8 +527,9 @@ mod tests {
         }
         let err = wit_generation(&["clb:difftracker/cloud".to_string()], &[]).unwrap_err().to_string();
         assert!(err.contains("clb:difftracker (unversioned)"), "{err}");
-        let err =
-            wit_generation(&["clb:difftracker/cloud@0.2.0".to_string()], &["clb:difftracker/engine@0.3.0".to_string()]).unwrap_err().to_string();
+        let err = wit_generation(&["clb:difftracker/cloud@0.2.0".to_string()], &["clb:difftracker/engine@0.3.0".to_string()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mixes WIT generations (clb:difftracker@0.2.0, clb:difftracker@0.3.0)"), "{err}");
         let err = wit_generation(&["clb:difftracker/cloud@0.3.0".to_string()], &[]).unwrap_err().to_string();
         assert!(err.contains("does not export clb:difftracker/engine"), "{err}");

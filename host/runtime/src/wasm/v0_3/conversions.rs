@@ -5,6 +5,9 @@
 use super::{w, wx};
 use difftracker_engine::io;
 
+// The same text over this generation's own generated types (which are distinct Rust types even
+// where the WIT is identical): included once per generation on purpose.
+#[allow(clippy::duplicate_mod)]
 #[path = "../domain.rs"]
 mod domain;
 
