@@ -654,7 +654,11 @@ impl Observatory {
                 (None, false) if s.is_idle() => "running, settled".to_string(),
                 (None, false) => "running, busy".to_string(),
             };
-            let _ = writeln!(out, "tenant {name} ({kind} engine): {state}");
+            match s.wit {
+                Some(wit) => writeln!(out, "tenant {name} ({kind} engine, {wit}): {state}"),
+                None => writeln!(out, "tenant {name} ({kind} engine): {state}"),
+            }
+            .ok();
             if let Some(warning) = &s.warning {
                 let _ = writeln!(out, "  WARNING: {warning}");
             }
@@ -1008,6 +1012,21 @@ mod tests {
 
     fn status(ticks: u64, metrics: Vec<MetricSample>) -> TenantStatus {
         TenantStatus { ticks, engine: EngineStatus { metrics, ..EngineStatus::default() }, ..TenantStatus::default() }
+    }
+
+    #[tokio::test]
+    async fn the_status_pages_name_the_running_instances_wit_package() {
+        let obs = Observatory::new();
+        let (_tx, rx) = watch::channel(TenantStatus { wit: Some("clb:difftracker@0.2.0"), ..status(1, vec![]) });
+        obs.watch_tenant("old", rx);
+        let (_tx2, rx2) = watch::channel(status(1, vec![]));
+        obs.watch_tenant("native", rx2);
+        let text = obs.status_page();
+        assert!(text.contains("tenant old (? engine, clb:difftracker@0.2.0): "), "{text}");
+        assert!(text.contains("tenant native (? engine): "), "{text}");
+        let json = obs.status_json();
+        assert_eq!(json["tenants"]["old"]["wit"], "clb:difftracker@0.2.0", "{json}");
+        assert!(json["tenants"]["native"]["wit"].is_null(), "{json}");
     }
 
     #[tokio::test]

@@ -112,7 +112,7 @@ function tenants(s){
   document.getElementById('summary').setAttribute('data-ready',s.readiness.ready);
   names.forEach(function(n){
     var t=s.tenants[n],tr=el('tr');tr.setAttribute('data-tenant',n);
-    [n,t.engine,t.health+(t.warning?' · WARNING: '+t.warning:''),t.init_phase+(t.init_failed_attempts?' ('+t.init_failed_attempts+' failed lists)':''),t.ticks,t.restarts,t.quarantined_total,t.states_line,t.operations_in_flight,t.calls_in_flight,t.pending_deletions,(t.component_sha256?t.component_sha256.slice(0,12)+' · ':'')+t.wit,t.swaps+(t.swaps_refused?' ('+t.swaps_refused+' refused)':'')].forEach(function(v,i){
+    [n,t.engine,t.health+(t.warning?' · WARNING: '+t.warning:''),t.init_phase+(t.init_failed_attempts?' ('+t.init_failed_attempts+' failed lists)':''),t.ticks,t.restarts,t.quarantined_total,t.states_line,t.operations_in_flight,t.calls_in_flight,t.pending_deletions,(t.component_sha256?t.component_sha256.slice(0,12)+' · ':'')+(t.wit||''),t.swaps+(t.swaps_refused?' ('+t.swaps_refused+' refused)':'')].forEach(function(v,i){
       var td=el('td',v);if(i===2&&(t.warning||t.health.indexOf('running')!==0))td.className='bad';tr.appendChild(td);});
     body.appendChild(tr);
   });
