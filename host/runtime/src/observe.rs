@@ -654,11 +654,10 @@ impl Observatory {
                 (None, false) if s.is_idle() => "running, settled".to_string(),
                 (None, false) => "running, busy".to_string(),
             };
-            match s.wit {
-                Some(wit) => writeln!(out, "tenant {name} ({kind} engine, {wit}): {state}"),
-                None => writeln!(out, "tenant {name} ({kind} engine): {state}"),
+            let _ = writeln!(out, "tenant {name} ({kind} engine): {state}");
+            if let Some(wit) = s.wit {
+                let _ = writeln!(out, "  component: {wit}");
             }
-            .ok();
             if let Some(warning) = &s.warning {
                 let _ = writeln!(out, "  WARNING: {warning}");
             }
@@ -1022,8 +1021,8 @@ mod tests {
         let (_tx2, rx2) = watch::channel(status(1, vec![]));
         obs.watch_tenant("native", rx2);
         let text = obs.status_page();
-        assert!(text.contains("tenant old (? engine, clb:difftracker@0.2.0): "), "{text}");
-        assert!(text.contains("tenant native (? engine): "), "{text}");
+        assert!(text.contains("tenant old (? engine): running, busy\n  component: clb:difftracker@0.2.0\n"), "{text}");
+        assert!(text.contains("tenant native (? engine): running, busy\n  ticks"), "{text}");
         let json = obs.status_json();
         assert_eq!(json["tenants"]["old"]["wit"], "clb:difftracker@0.2.0", "{json}");
         assert!(json["tenants"]["native"]["wit"].is_null(), "{json}");
