@@ -5,8 +5,20 @@
 //! imports do (0.3.0). What differs (errors, metric samples, the export itself) lives in the
 //! generation's module.
 
-use super::w;
+use super::{w, wx};
 use crate::io;
+
+/// The tenant configuration a host creates the engine with (the same record in both).
+pub(super) fn config_in(c: wx::TenantConfig) -> io::TenantConfig {
+    io::TenantConfig {
+        tenant: c.tenant,
+        seed: c.seed,
+        max_retry_after_ms: c.max_retry_after_ms,
+        max_request_bytes: c.max_request_bytes,
+        max_request_entries: c.max_request_entries,
+        max_operations_in_flight: c.max_operations_in_flight,
+    }
+}
 
 /// Records a Kubernetes Event through the `kube` import (the same function in both generations).
 pub(super) fn record_event(event: io::KubeEventRecord) {

@@ -19,9 +19,9 @@ mod domain;
 #[cfg(feature = "wit-0-2")]
 mod v0_2;
 #[cfg(feature = "wit-0-2")]
-use v0_2::{kube, w};
+use v0_2::{kube, w, wx};
 
 #[cfg(not(feature = "wit-0-2"))]
 mod v0_3;
 #[cfg(not(feature = "wit-0-2"))]
-use v0_3::{kube, w};
+use v0_3::{kube, w, wx};

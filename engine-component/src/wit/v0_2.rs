@@ -17,7 +17,8 @@ wit_bindgen::generate!({
 });
 
 pub(super) use clb::difftracker::{cloud, kube, types as w};
-use exports::clb::difftracker::engine::{self as wx, Guest};
+pub(super) use exports::clb::difftracker::engine as wx;
+use exports::clb::difftracker::engine::Guest;
 
 struct Component;
 
@@ -46,14 +47,7 @@ impl Guest for Component {
             if slot.is_some() {
                 return Err("an engine already exists in this instance".to_string());
             }
-            *slot = Some(Engine::new(io::TenantConfig {
-                tenant: config.tenant,
-                seed: config.seed,
-                max_retry_after_ms: config.max_retry_after_ms,
-                max_request_bytes: config.max_request_bytes,
-                max_request_entries: config.max_request_entries,
-                max_operations_in_flight: config.max_operations_in_flight,
-            }));
+            *slot = Some(Engine::new(config_in(config)));
             Ok(())
         })
     }

@@ -16,7 +16,8 @@ wit_bindgen::generate!({
 });
 
 pub(super) use clb::difftracker::{cloud, kube, types as w};
-use exports::clb::difftracker::engine::{self as wx, EngineError, Guest, GuestEngine};
+pub(super) use exports::clb::difftracker::engine as wx;
+use exports::clb::difftracker::engine::{EngineError, Guest, GuestEngine};
 
 struct Component;
 
@@ -38,14 +39,7 @@ impl EngineResource {
 
 impl GuestEngine for EngineResource {
     fn new(config: wx::TenantConfig) -> EngineResource {
-        EngineResource(RefCell::new(Engine::new(io::TenantConfig {
-            tenant: config.tenant,
-            seed: config.seed,
-            max_retry_after_ms: config.max_retry_after_ms,
-            max_request_bytes: config.max_request_bytes,
-            max_request_entries: config.max_request_entries,
-            max_operations_in_flight: config.max_operations_in_flight,
-        })))
+        EngineResource(RefCell::new(Engine::new(config_in(config))))
     }
 
     fn restore(snapshot: Vec<u8>) -> Result<wx::Engine, EngineError> {
