@@ -386,9 +386,9 @@ fn a_runtime_refuses_an_instance_past_its_slots_with_a_clear_error_and_frees_the
     assert_eq!(runtime.free_slots(), 1);
     WasmEngine::new(&component, CallIds::default()).expect("a slot is free again");
     // A tenant's own limits live within the runtime's: more guest memory than a slot holds is refused.
-    let big = SandboxLimits { memory_bytes: 512 << 20, ..SandboxLimits::default() };
+    let big = SandboxLimits { memory_bytes: 1024 << 20, ..SandboxLimits::default() };
     let e = WasmEngine::with_limits(&component, CallIds::default(), &big).err().expect("too big").to_string();
-    assert!(e.contains("above the runtime's 256 MiB"), "{e}");
+    assert!(e.contains("above the runtime's 512 MiB"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

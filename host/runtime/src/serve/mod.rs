@@ -219,7 +219,7 @@ struct Inner {
 impl TenantHost {
     /// Starts every tenant of `config` (one that cannot start is `Failed`, the others run).
     pub async fn start(config: ServeConfig, provisioner: Arc<dyn Provisioner>, observatory: Observatory) -> Result<TenantHost> {
-        // The pool's slots are as large as the largest guest memory configured (256 MiB at least,
+        // The pool's slots are as large as the largest guest memory configured (the default at least,
         // so that a reload can add a tenant with the default limits).
         let memory =
             config.tenants.iter().map(|t| t.limits.sandbox.memory_bytes).max().unwrap_or(0).max(SandboxLimits::default().memory_bytes);
