@@ -746,13 +746,25 @@ impl Engine {
         let desired_eg: BTreeSet<Identity> = objs.pods.values().filter_map(desired_egress_identity).collect();
         self.startup.k8s_services = desired_in.len() as u64;
         let uids = objs.services.iter().map(|(key, s)| (Identity::new(&s.meta.uid), key.clone())).collect();
+        let azure_lbs: BTreeSet<Identity> = listed.load_balancers.iter().map(|n| Identity::new(n)).collect();
+        let pips: BTreeMap<String, PublicIpInfo> = listed.public_ips.into_iter().map(|p| (p.name.to_ascii_lowercase(), p)).collect();
+        let nrp_lbs = self.nrp.load_balancers().clone();
+        // A desired Service registered in NRP whose load balancer or public IP is gone (a delete
+        // that failed at the unregistration, then a crash) is created again rather than adopted:
+        // its adoption re-PUT would reference a public IP that no longer exists, forever. The
+        // create re-sends the registration, which NRP takes as a no-op.
+        for id in nrp_lbs.iter().filter(|id| desired_in.contains(*id)) {
+            if !azure_lbs.contains(id) || !pips.contains_key(&id.pip_name()) {
+                self.set_nrp_load_balancer(id, false);
+            }
+        }
         self.startup.pass = Some(Pass {
             stage: PassStage::Nodes,
-            nrp_lbs: self.nrp.load_balancers().clone(),
+            nrp_lbs,
             nrp_nats: self.nrp.nat_gateways().clone(),
-            azure_lbs: listed.load_balancers.iter().map(|n| Identity::new(n)).collect(),
+            azure_lbs,
             azure_nats: listed.nat_gateways.iter().map(|n| Identity::new(n)).collect(),
-            pips: listed.public_ips.into_iter().map(|p| (p.name.to_ascii_lowercase(), p)).collect(),
+            pips,
             desired_in,
             desired_eg,
             uids,

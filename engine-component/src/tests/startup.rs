@@ -964,6 +964,36 @@ fn a_big_start_up_pass_runs_in_slices_and_starts_nothing_until_it_is_through() {
     assert_eq!(restored.log, h.log, "a snapshot in the middle of the pass changes no decision");
 }
 
+/// A registration whose load balancer and public IP are gone (a delete that failed at the
+/// unregistration, deleted the public IP as 6.4 does, and was cut short by a crash) for a
+/// Service that wants a load balancer again: the restarted engine creates it again instead of
+/// adopting it, whose re-PUT of the load balancer would reference the missing public IP and fail
+/// forever (found by the crash property test, seed 1091). Nothing half-gone is adopted either:
+/// a registration with its load balancer but not its public IP is recreated too.
+#[test]
+fn a_registration_whose_load_balancer_or_public_ip_is_gone_is_created_again_not_adopted() {
+    let mut cloud = Cloud::default().inbound(U2, "20.7.0.2").lb(U3);
+    cloud.services.push(sgw(U1, ServiceType::Inbound));
+    cloud.services.push(sgw(U3, ServiceType::Inbound));
+    let mut initial = nodes();
+    for uid in [U1, U2, U3] {
+        initial.push(KubeEvent::ServiceApplied(with_finalizer(lb_service(uid, &[80]))));
+    }
+    let (mut h, _) = boot(&cloud, initial);
+    assert_eq!(state(&h, U1), Some(ResourceState::CreationInProgress), "an addition, not an adoption");
+    assert_eq!(state(&h, U3), Some(ResourceState::CreationInProgress), "its load balancer lacks its public IP");
+    assert_eq!(state(&h, U2), Some(ResourceState::UpdateInProgress), "a whole registration is adopted");
+    assert!(h.run_ok(100));
+    for uid in [U1, U3] {
+        let pip = format!("{uid}-pip");
+        let puts = names_in_log(&h, &pip);
+        assert!(puts.contains(&"PUT publicIPAddresses"), "{uid}: the public IP is created again: {puts:?}");
+        assert_eq!(state(&h, uid), Some(ResourceState::Created));
+    }
+    assert!(!names_in_log(&h, &format!("{U2}-pip")).contains(&"PUT publicIPAddresses"), "the adopted one keeps its public IP");
+    inv(&h);
+}
+
 #[test]
 fn a_list_that_never_answers_times_out_and_is_retried() {
     let mut h = Harness::starting(5);

@@ -151,6 +151,8 @@ pub(super) struct TickReport {
     pub(super) traps: u64,
     /// The last of them, on one line.
     pub(super) last_trap: Option<String>,
+    /// The size of the checkpoint taken in this tick, if one was.
+    pub(super) checkpoint_bytes: Option<usize>,
 }
 
 impl TickReport {
@@ -502,6 +504,7 @@ impl GuardedEngine {
         match guarded(&mut self.driver, |d| d.snapshot()) {
             Ok(snapshot) => {
                 recovery.snapshot_cost = began.elapsed();
+                out.checkpoint_bytes = Some(snapshot.len());
                 recovery.start_over(Checkpoint { snapshot, next_call_id: self.driver.call_ids().peek() });
                 Ok(())
             }
