@@ -23,7 +23,7 @@
 //! A failed swap changes nothing: the old instance keeps running, the caller gets a typed
 //! [`SwapError`], the tenant logs a warning and counts the refusal ([`super::TenantStatus`]).
 
-use super::recovery::{guarded, replay_log, Checkpoint, EngineFactory, GuardedEngine, GuestFailure, LoggedInput, ReplayError, TickReport};
+use super::recovery::{guarded, replay_log, Checkpoint, EngineFactory, GuardedEngine, GuestFailure, LogEntry, ReplayError, TickReport};
 use crate::driver::{CallIds, EngineDriver};
 use anyhow::{anyhow, Result};
 use std::panic::AssertUnwindSafe;
@@ -155,7 +155,7 @@ fn replay_error(e: ReplayError) -> SwapError {
 }
 
 /// Replays `log` into `fresh` on the blocking pool.
-fn spawn_round(mut fresh: Box<dyn EngineDriver>, ids: CallIds, log: Vec<LoggedInput>) -> JoinHandle<Round> {
+fn spawn_round(mut fresh: Box<dyn EngineDriver>, ids: CallIds, log: Vec<LogEntry>) -> JoinHandle<Round> {
     tokio::task::spawn_blocking(move || match replay_log(&mut fresh, &ids, &log) {
         Ok(()) => (Some(fresh), Ok(log.len())),
         Err(e) => (None, Err(replay_error(e))),
@@ -468,7 +468,7 @@ impl GuardedEngine {
                 recovery.options.factory = factory;
             }
             // The log belonged to the old instance's checkpoint: start over from this snapshot.
-            recovery.start_over(Checkpoint { snapshot, next_call_id });
+            recovery.start_over(Checkpoint { snapshot: snapshot.into(), next_call_id });
         }
         Ok(Ok(bytes))
     }
