@@ -627,9 +627,8 @@ impl Engine {
             return;
         }
         if self.startup.phase == InitPhase::Listing {
-            let due = self.startup.pass.is_none()
-                && self.startup.lists.is_empty()
-                && self.startup.retry_at_ms.is_none_or(|t| t <= self.now_ms);
+            let due =
+                self.startup.pass.is_none() && self.startup.lists.is_empty() && self.startup.retry_at_ms.is_none_or(|t| t <= self.now_ms);
             if due {
                 self.startup.retry_at_ms = None;
                 let deadline = self.now_ms.saturating_add(OPERATION_TIMEOUT_MS);

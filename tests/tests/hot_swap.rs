@@ -8,7 +8,9 @@ use difftracker_engine::io::{CallError, CloudCall, Completion, KubeEvent};
 use difftracker_runtime::backend::{CallFuture, CloudBackend};
 use difftracker_runtime::driver::{CallIds, EngineDriver, Intercept, Intercepted, TickResult, WasmEngine};
 use difftracker_runtime::executor::{Backends, Executor, ManualClock};
-use difftracker_runtime::tenant::{spawn_tenant, EngineFactory, Recovery, SnapshotPolicy, SwapError, SwapOptions, TenantHandle, TenantOptions};
+use difftracker_runtime::tenant::{
+    spawn_tenant, EngineFactory, Recovery, SnapshotPolicy, SwapError, SwapOptions, TenantHandle, TenantOptions,
+};
 use difftracker_runtime::wasm::SandboxLimits;
 use difftracker_simulation::mock::MockWorld;
 use difftracker_tests::*;

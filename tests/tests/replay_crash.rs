@@ -206,16 +206,8 @@ fn a_crash_between_the_public_ip_deletion_and_the_status_clearing_leaves_no_addr
 /// every attempt.
 #[test]
 fn a_crash_after_a_failed_lb_delete_of_a_reclassed_service_leaves_no_address_of_ours() {
-    let c = Case {
-        seed: 745,
-        services: 14,
-        nodes: 2,
-        egress: 0,
-        churn: Churn::High,
-        faults: true,
-        crash_at_ms: vec![151_560],
-        downtime_ms: 0,
-    };
+    let c =
+        Case { seed: 745, services: 14, nodes: 2, egress: 0, churn: Churn::High, faults: true, crash_at_ms: vec![151_560], downtime_ms: 0 };
     check_crash_run(&run_case(&c), 1).unwrap();
 }
 
@@ -228,16 +220,7 @@ fn a_crash_after_a_failed_lb_delete_of_a_reclassed_service_leaves_no_address_of_
 #[test]
 fn a_registration_left_without_its_public_ip_by_a_crash_is_created_again() {
     for c in [
-        Case {
-            seed: 1091,
-            services: 10,
-            nodes: 4,
-            egress: 2,
-            churn: Churn::Low,
-            faults: true,
-            crash_at_ms: vec![98_912],
-            downtime_ms: 0,
-        },
+        Case { seed: 1091, services: 10, nodes: 4, egress: 2, churn: Churn::Low, faults: true, crash_at_ms: vec![98_912], downtime_ms: 0 },
         Case {
             seed: 2087,
             services: 13,

@@ -906,7 +906,11 @@ fn big_cluster(n: usize) -> (Cloud, Vec<KubeEvent>) {
             &format!("10.{}.{}.{}", 100 + (i >> 16 & 3), i >> 8 & 255, i & 255),
             &[&uid],
         );
-        initial.push(KubeEvent::EndpointSliceApplied(slice(&format!("s{i}"), &uid, &[(&format!("10.{}.{}.{}", 100 + (i >> 16 & 3), i >> 8 & 255, i & 255), "n1")])));
+        initial.push(KubeEvent::EndpointSliceApplied(slice(
+            &format!("s{i}"),
+            &uid,
+            &[(&format!("10.{}.{}.{}", 100 + (i >> 16 & 3), i >> 8 & 255, i & 255), "n1")],
+        )));
         initial.push(KubeEvent::ServiceApplied(with_finalizer(lb_service(&uid, &[80]))));
     }
     (cloud, initial)
