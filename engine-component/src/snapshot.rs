@@ -41,8 +41,8 @@ pub const MAGIC: [u8; 4] = *b"DTSN";
 
 const HEADER_BYTES: usize = 12;
 
-/// The largest uncompressed state a binary snapshot may declare: the guest's default memory
-/// limit (256 MiB) could not hold more next to the engine it describes.
+/// The largest uncompressed state a binary snapshot may declare: half the guest's default memory
+/// limit (512 MiB), which could not hold more next to the engine it describes and its decoding.
 pub const MAX_STATE_BYTES: usize = 256 << 20;
 
 /// LZ4 encodes at most 255 output bytes per input byte (a run's length costs one byte per 255).

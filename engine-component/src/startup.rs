@@ -9,8 +9,10 @@
 //!    or a malformed page into an `invalid-response` error) fails the attempt loudly (status,
 //!    `initialization_failures_total{call}`), and the five lists are retried with backoff. Nothing
 //!    runs meanwhile: the engine never works from a partial view.
-//! 2. **The pass** (steps 3-10), once the lists and the marker are in: the NRP mirror is seeded;
-//!    the initial Nodes and EndpointSlices fill the caches; stuck Service finalizers are recovered
+//! 2. **The pass** (steps 3-10), once the lists and the marker are in, [`STARTUP_SLICE`] objects
+//!    per tick, so that no tick's work grows with the cluster (the phase stays `listing` and
+//!    nothing starts until the pass is through, so the slices decide what one uncut pass would).
+//!    The NRP mirror is seeded; the initial Nodes and EndpointSlices fill the caches; stuck Service finalizers are recovered
 //!    (step 5: with an Azure trace the diff or the orphan path finishes the Service, without one
 //!    the finalizers are removed at once); the initial Services go through the ordinary entry
 //!    points, which adopt what NRP holds (one load balancer re-PUT each), create what is missing
@@ -50,12 +52,16 @@ use crate::timers::{Timer, TimerTable};
 use crate::workers::merged_ingress;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
 
 /// Start-up calls (finalizer recoveries, backfills, sweeps) in flight at once: upstream's
 /// orphan sweep worker pool.
 pub const STARTUP_CONCURRENCY: usize = 10;
 /// Attempts of one start-up Kubernetes write or sweep deletion before it is given up.
 pub const STARTUP_TASK_ATTEMPTS: u32 = 5;
+/// Initial objects (Nodes, EndpointSlices, Services, registrations, Pods) the pass takes per
+/// tick: a tick's work stays bounded (a guest call has a CPU deadline) however big the cluster.
+pub const STARTUP_SLICE: usize = 1_000;
 
 /// The five list calls of step 3, in the order they start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -187,6 +193,76 @@ impl InitialObjects {
     }
 }
 
+/// The pass of steps 4-10 between ticks: the initial cluster, what the lists showed, and how
+/// far it got.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pass {
+    pub stage: PassStage,
+    pub objs: InitialObjects,
+    /// Step 2: the inbound and egress identities Kubernetes wants.
+    pub desired_in: BTreeSet<Identity>,
+    pub desired_eg: BTreeSet<Identity>,
+    /// Every initial Service's key, by UID.
+    pub uids: BTreeMap<Identity, String>,
+    /// Step 3: what NRP registers and what Azure holds, public IPs by lower-cased name.
+    pub nrp_lbs: BTreeSet<Identity>,
+    pub nrp_nats: BTreeSet<Identity>,
+    pub azure_lbs: BTreeSet<Identity>,
+    pub azure_nats: BTreeSet<Identity>,
+    pub pips: BTreeMap<String, PublicIpInfo>,
+}
+
+/// Where the pass is, in its order; a cursor is the last key a stage took.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PassStage {
+    Nodes,
+    Slices,
+    Finalizers(Option<String>),
+    Services(Option<String>),
+    LoadBalancerRemovals(Option<Identity>),
+    NatGatewayRemovals(Option<Identity>),
+    Pods,
+}
+
+impl Pass {
+    fn wanted(&self, id: &Identity) -> bool {
+        self.desired_in.contains(id) || self.desired_eg.contains(id)
+    }
+
+    /// Step 5's test: NRP, Azure or a public IP by name still knows `id`.
+    fn has_azure_trace(&self, id: &Identity) -> bool {
+        self.nrp_lbs.contains(id)
+            || self.nrp_nats.contains(id)
+            || self.azure_lbs.contains(id)
+            || self.azure_nats.contains(id)
+            || self.pips.contains_key(&id.pip_name())
+    }
+}
+
+/// An ordered collection walked a key at a time.
+trait KeysAfter<K> {
+    /// The first key after `after` (the first of all without one).
+    fn first_after(&self, after: Option<&K>) -> Option<K>;
+}
+
+impl<K: Ord + Clone, V> KeysAfter<K> for BTreeMap<K, V> {
+    fn first_after(&self, after: Option<&K>) -> Option<K> {
+        match after {
+            Some(k) => self.range((Bound::Excluded(k), Bound::Unbounded)).next().map(|(k, _)| k.clone()),
+            None => self.keys().next().cloned(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> KeysAfter<K> for BTreeSet<K> {
+    fn first_after(&self, after: Option<&K>) -> Option<K> {
+        match after {
+            Some(k) => self.range((Bound::Excluded(k), Bound::Unbounded)).next().cloned(),
+            None => self.first().cloned(),
+        }
+    }
+}
+
 fn service_key(s: &Service) -> String {
     format!("{}/{}", s.meta.namespace, s.meta.name)
 }
@@ -211,8 +287,11 @@ pub struct Startup {
     pub retry_at_ms: Option<u64>,
     /// Why the latest attempt failed.
     pub error: Option<String>,
-    /// The initial cluster, until the pass consumes it.
+    /// The initial cluster, until the pass takes it.
     pub initial: InitialObjects,
+    /// The pass under way, between the lists and `reconciling`.
+    #[serde(default)]
+    pub pass: Option<Pass>,
     /// Watch events delivered after the marker, applied once Ready.
     pub held: Vec<KubeEvent>,
     /// `K8sResources.Services`: inbound identities desired at start-up.
@@ -248,6 +327,7 @@ impl Startup {
             retry_at_ms: None,
             error: None,
             initial: InitialObjects::default(),
+            pass: None,
             held: Vec::new(),
             k8s_services: 0,
             calls: BTreeMap::new(),
@@ -442,6 +522,7 @@ impl Engine {
         let s = &self.startup;
         match s.phase {
             InitPhase::Ready => false,
+            InitPhase::Listing if s.pass.is_some() => true,
             InitPhase::Listing if s.lists.is_empty() && s.retry_at_ms.is_none_or(|t| t <= self.now_ms) => true,
             _ => !s.queue.is_empty() && s.calls.len() < STARTUP_CONCURRENCY,
         }
@@ -546,7 +627,8 @@ impl Engine {
             return;
         }
         if self.startup.phase == InitPhase::Listing {
-            let due = self.startup.lists.is_empty() && self.startup.retry_at_ms.is_none_or(|t| t <= self.now_ms);
+            let due =
+                self.startup.pass.is_none() && self.startup.lists.is_empty() && self.startup.retry_at_ms.is_none_or(|t| t <= self.now_ms);
             if due {
                 self.startup.retry_at_ms = None;
                 let deadline = self.now_ms.saturating_add(OPERATION_TIMEOUT_MS);
@@ -557,10 +639,14 @@ impl Engine {
                 }
             }
             if self.startup.marker && self.startup.all_listed() {
-                self.startup_pass();
+                self.begin_pass();
             }
+            self.run_pass_slice();
         }
-        self.start_startup_tasks(io);
+        // Calls the pass queued wait for its end, so no answer lands in the middle of it.
+        if self.startup.pass.is_none() {
+            self.start_startup_tasks(io);
+        }
         self.arm_startup_timers();
     }
 
@@ -629,8 +715,9 @@ impl Engine {
         }
     }
 
-    /// Steps 2-10 on the listed cloud and the initial cluster.
-    fn startup_pass(&mut self) {
+    /// Steps 2-3 once the lists and the marker are in: the NRP mirror is seeded and the pass is
+    /// set up; [`Engine::run_pass_slice`] then takes it on, a slice per tick.
+    fn begin_pass(&mut self) {
         let mut listed = Listed { services: vec![], locations: vec![], load_balancers: vec![], nat_gateways: vec![], public_ips: vec![] };
         for (kind, state) in std::mem::take(&mut self.startup.lists) {
             match (kind, state) {
@@ -642,21 +729,11 @@ impl Engine {
                 _ => {}
             }
         }
-        self.startup.phase = InitPhase::Reconciling;
         self.startup.error = None;
         let objs = std::mem::take(&mut self.startup.initial);
-        self.startup_pass_with(listed, objs);
-    }
 
-    fn startup_pass_with(&mut self, listed: Listed, objs: InitialObjects) {
         // Step 3: the NRP mirror.
         self.seed_nrp(&listed.services, &listed.locations);
-        let nrp_lbs: BTreeSet<Identity> = self.nrp.load_balancers().clone();
-        let nrp_nats: BTreeSet<Identity> = self.nrp.nat_gateways().clone();
-        let azure_lbs: BTreeSet<Identity> = listed.load_balancers.iter().map(|n| Identity::new(n)).collect();
-        let azure_nats: BTreeSet<Identity> = listed.nat_gateways.iter().map(|n| Identity::new(n)).collect();
-        let pips: BTreeMap<String, &PublicIpInfo> = listed.public_ips.iter().map(|p| (p.name.to_ascii_lowercase(), p)).collect();
-
         // Step 2: what Kubernetes wants.
         let desired_in: BTreeSet<Identity> = objs
             .services
@@ -667,68 +744,139 @@ impl Engine {
             .collect();
         let desired_eg: BTreeSet<Identity> = objs.pods.values().filter_map(desired_egress_identity).collect();
         self.startup.k8s_services = desired_in.len() as u64;
-        let by_uid: BTreeMap<Identity, &Service> = objs.services.values().map(|s| (Identity::new(&s.meta.uid), s)).collect();
+        let uids = objs.services.iter().map(|(key, s)| (Identity::new(&s.meta.uid), key.clone())).collect();
+        let azure_lbs: BTreeSet<Identity> = listed.load_balancers.iter().map(|n| Identity::new(n)).collect();
+        let pips: BTreeMap<String, PublicIpInfo> = listed.public_ips.into_iter().map(|p| (p.name.to_ascii_lowercase(), p)).collect();
+        let nrp_lbs = self.nrp.load_balancers().clone();
+        // A desired Service registered in NRP whose load balancer or public IP is gone (a delete
+        // that failed at the unregistration, then a crash) is created again rather than adopted:
+        // its adoption re-PUT would reference a public IP that no longer exists, forever. The
+        // create re-sends the registration, which NRP takes as a no-op.
+        for id in nrp_lbs.iter().filter(|id| desired_in.contains(*id)) {
+            if !azure_lbs.contains(id) || !pips.contains_key(&id.pip_name()) {
+                self.set_nrp_load_balancer(id, false);
+            }
+        }
+        self.startup.pass = Some(Pass {
+            stage: PassStage::Nodes,
+            nrp_lbs,
+            nrp_nats: self.nrp.nat_gateways().clone(),
+            azure_lbs,
+            azure_nats: listed.nat_gateways.iter().map(|n| Identity::new(n)).collect(),
+            pips,
+            desired_in,
+            desired_eg,
+            uids,
+            objs,
+        });
+    }
 
-        // Step 4: the caches.
-        for n in objs.nodes.values() {
-            self.handle_kube_event(KubeEvent::NodeApplied(n.clone()));
+    /// Runs the pass (steps 4-10) for at most [`STARTUP_SLICE`] objects; once it is through, the
+    /// engine moves on to `reconciling`. Nothing starts meanwhile (the phase stays `listing`),
+    /// so a pass cut into slices decides exactly what one uncut pass would.
+    fn run_pass_slice(&mut self) {
+        let Some(mut pass) = self.startup.pass.take() else { return };
+        let mut budget = STARTUP_SLICE;
+        while budget > 0 {
+            match pass.stage.clone() {
+                // Step 4: the caches.
+                PassStage::Nodes => match pass.objs.nodes.pop_first() {
+                    Some((_, n)) => self.handle_kube_event(KubeEvent::NodeApplied(n)),
+                    None => pass.stage = PassStage::Slices,
+                },
+                PassStage::Slices => match pass.objs.slices.pop_first() {
+                    Some((_, s)) => self.handle_kube_event(KubeEvent::EndpointSliceApplied(s)),
+                    None => pass.stage = PassStage::Finalizers(None),
+                },
+                // Step 5: stuck Service finalizers (keyed on the finalizer, not on the type).
+                PassStage::Finalizers(after) => match pass.objs.services.first_after(after.as_ref()) {
+                    Some(key) => {
+                        self.recover_service_finalizer(&pass, &key);
+                        pass.stage = PassStage::Finalizers(Some(key));
+                    }
+                    None => pass.stage = PassStage::Services(None),
+                },
+                // Steps 6-8: the initial Services through the ordinary entry points (adopt what
+                // NRP holds, create what is missing, delete what is no longer wanted) ...
+                PassStage::Services(after) => match pass.objs.services.first_after(after.as_ref()) {
+                    Some(key) => {
+                        self.handle_kube_event(KubeEvent::ServiceApplied(pass.objs.services[&key].clone()));
+                        pass.stage = PassStage::Services(Some(key));
+                    }
+                    None => pass.stage = PassStage::LoadBalancerRemovals(None),
+                },
+                // ... and the registrations no Service or pod explains (5.1, removals).
+                PassStage::LoadBalancerRemovals(after) => match pass.nrp_lbs.first_after(after.as_ref()) {
+                    Some(id) => {
+                        if !pass.wanted(&id) {
+                            self.delete_service(&id, true, false);
+                        }
+                        pass.stage = PassStage::LoadBalancerRemovals(Some(id));
+                    }
+                    None => pass.stage = PassStage::NatGatewayRemovals(None),
+                },
+                PassStage::NatGatewayRemovals(after) => match pass.nrp_nats.first_after(after.as_ref()) {
+                    Some(id) => {
+                        if !pass.wanted(&id) {
+                            self.delete_service(&id, false, false);
+                        }
+                        pass.stage = PassStage::NatGatewayRemovals(Some(id));
+                    }
+                    None => pass.stage = PassStage::Pods,
+                },
+                // Egress pods: terminating ones recover their drain records (never last-pod: the
+                // NAT gateway's removal comes from the diff), the others are registered at once.
+                PassStage::Pods => match pass.objs.pods.pop_first() {
+                    Some((key, pod)) => {
+                        if pod.meta.deletion_timestamp.is_none() {
+                            self.startup_admit_pod(&pod);
+                        } else if has_pod_finalizer(&pod) {
+                            self.egress.pod_objects.insert(key, pod.clone());
+                            self.recover_pod_finalizer(&pod);
+                        }
+                    }
+                    None => {
+                        // Steps 9 and 10, and what the finishing steps will need: linear in the
+                        // cloud's size but cheap per object, so they take one slice.
+                        self.finish_pass(&pass);
+                        return;
+                    }
+                },
+            }
+            budget -= 1;
         }
-        for s in objs.slices.values() {
-            self.handle_kube_event(KubeEvent::EndpointSliceApplied(s.clone()));
-        }
+        self.startup.pass = Some(pass);
+    }
 
-        // Step 5: stuck Service finalizers (keyed on the finalizer, not on the type).
-        let trace = |id: &Identity| {
-            nrp_lbs.contains(id)
-                || nrp_nats.contains(id)
-                || azure_lbs.contains(id)
-                || azure_nats.contains(id)
-                || pips.contains_key(&id.pip_name())
-        };
-        for svc in objs.services.values() {
-            let id = Identity::new(&svc.meta.uid);
-            if id.is_empty() || needs_load_balancer(svc) || !svc.meta.finalizers.iter().any(|f| f == SERVICE_CLEANUP_FINALIZER) {
-                continue;
-            }
-            if trace(&id) {
-                self.startup.recovered_services.insert(id);
-                self.metrics.inc(metrics::FINALIZERS_RECOVERY_SCHEDULED_TOTAL, &[]);
-                continue;
-            }
-            let target = svc.meta.object_ref();
-            if svc.meta.deletion_timestamp.is_none() && svc.load_balancer_class.is_none() {
-                let want = ingress_without_ours(&svc.ingress, None, service_family(svc), false);
-                if want != svc.ingress {
-                    self.startup_task(TaskKind::ClearIngress, Call::Kube(KubeCall::PatchServiceIngress(target.clone(), want)));
-                }
-            }
-            self.startup_task(TaskKind::RecoverFinalizers(id), Call::Kube(KubeCall::RemoveServiceFinalizers(target)));
+    /// Step 5 for one initial Service: one we no longer serve but whose cleanup finalizer is
+    /// still on it. With an Azure trace the diff or the orphan path finishes it; without one its
+    /// finalizers are removed (and its ingress cleared of our entries) at once.
+    fn recover_service_finalizer(&mut self, pass: &Pass, key: &str) {
+        let svc = &pass.objs.services[key];
+        let id = Identity::new(&svc.meta.uid);
+        if id.is_empty() || needs_load_balancer(svc) || !svc.meta.finalizers.iter().any(|f| f == SERVICE_CLEANUP_FINALIZER) {
+            return;
         }
+        if pass.has_azure_trace(&id) {
+            self.startup.recovered_services.insert(id);
+            self.metrics.inc(metrics::FINALIZERS_RECOVERY_SCHEDULED_TOTAL, &[]);
+            return;
+        }
+        let target = svc.meta.object_ref();
+        if svc.meta.deletion_timestamp.is_none() && svc.load_balancer_class.is_none() {
+            let want = ingress_without_ours(&svc.ingress, None, service_family(svc), false);
+            if want != svc.ingress {
+                self.startup_task(TaskKind::ClearIngress, Call::Kube(KubeCall::PatchServiceIngress(target.clone(), want)));
+            }
+        }
+        self.startup_task(TaskKind::RecoverFinalizers(id), Call::Kube(KubeCall::RemoveServiceFinalizers(target)));
+    }
 
-        // Steps 6-8: the initial Services through the ordinary entry points (adopt what NRP
-        // holds, create what is missing, delete what is no longer wanted) ...
-        for svc in objs.services.values() {
-            self.handle_kube_event(KubeEvent::ServiceApplied(svc.clone()));
-        }
-        // ... and the registrations no Service or pod explains (5.1, removals).
-        for id in nrp_lbs.iter().filter(|id| !desired_in.contains(*id) && !desired_eg.contains(*id)) {
-            self.delete_service(id, true, false);
-        }
-        for id in nrp_nats.iter().filter(|id| !desired_eg.contains(*id) && !desired_in.contains(*id)) {
-            self.delete_service(id, false, false);
-        }
-        // Egress pods: terminating ones recover their drain records (never last-pod: the NAT
-        // gateway's removal comes from the diff), the others are registered at once.
-        for pod in objs.pods.values() {
-            if pod.meta.deletion_timestamp.is_some() {
-                if has_pod_finalizer(pod) {
-                    self.egress.pod_objects.insert(pod_key(pod), pod.clone());
-                    self.recover_pod_finalizer(pod);
-                }
-                continue;
-            }
-            self.startup_admit_pod(pod);
-        }
+    /// The pass's last slice: IPv6 widening of adopted NAT gateways, orphans (step 9), the public
+    /// IPs the list knows, the finishing steps' tasks (12 and 13) and the first location sync
+    /// (step 10). Then `reconciling` begins.
+    fn finish_pass(&mut self, pass: &Pass) {
+        let Pass { nrp_lbs, nrp_nats, azure_lbs, azure_nats, pips, objs, .. } = pass;
         // A NAT gateway left IPv4-only in a cluster that has IPv6 (its widening, 2.6, was lost
         // with the instance that started it) is widened now.
         let families = self.outbound_ip_families();
@@ -742,17 +890,16 @@ impl Engine {
 
         // Step 9: orphans carrying our naming that nothing explains, in dependency order (each
         // delete unregisters, then deletes the LB or NAT gateway, then its public IPs).
-        let wanted = |id: &Identity| desired_in.contains(id) || desired_eg.contains(id);
         let mut orphan_lbs = BTreeSet::new();
-        for id in &azure_lbs {
-            if is_uuid(id.as_str()) && !id.is_reserved() && !wanted(id) && !nrp_lbs.contains(id) && !self.ops.contains(id) {
-                self.schedule_orphan(id, true, &by_uid);
+        for id in azure_lbs {
+            if is_uuid(id.as_str()) && !id.is_reserved() && !pass.wanted(id) && !nrp_lbs.contains(id) && !self.ops.contains(id) {
+                self.schedule_orphan(id, true, pass);
                 orphan_lbs.insert(id.clone());
             }
         }
-        for id in &azure_nats {
-            if is_our_naming(id) && !wanted(id) && !nrp_nats.contains(id) && !self.ops.contains(id) {
-                self.schedule_orphan(id, false, &by_uid);
+        for id in azure_nats {
+            if is_our_naming(id) && !pass.wanted(id) && !nrp_nats.contains(id) && !self.ops.contains(id) {
+                self.schedule_orphan(id, false, pass);
             }
         }
         for name in pips.keys() {
@@ -761,11 +908,11 @@ impl Engine {
             if is_uuid(id.as_str())
                 && !id.is_reserved()
                 && !anywhere
-                && !wanted(&id)
+                && !pass.wanted(&id)
                 && !orphan_lbs.contains(&id)
                 && !self.ops.contains(&id)
             {
-                self.schedule_orphan(&id, true, &by_uid);
+                self.schedule_orphan(&id, true, pass);
             }
         }
 
@@ -796,9 +943,9 @@ impl Engine {
             }
         }
         // Step 13, prepared: unattached public IPs of our naming that nothing explains.
-        for (name, pip) in &pips {
+        for (name, pip) in pips {
             let Some(id) = public_ip_identity(name) else { continue };
-            if pip.attached || !is_our_naming(&id) || wanted(&id) || nrp_lbs.contains(&id) || nrp_nats.contains(&id) {
+            if pip.attached || !is_our_naming(&id) || pass.wanted(&id) || nrp_lbs.contains(&id) || nrp_nats.contains(&id) {
                 continue;
             }
             // A delete scheduled above removes its own public IPs.
@@ -815,6 +962,7 @@ impl Engine {
 
         // Step 10.
         self.trigger_location_sync();
+        self.startup.phase = InitPhase::Reconciling;
     }
 
     fn startup_task(&mut self, kind: TaskKind, call: Call) {
@@ -823,10 +971,10 @@ impl Engine {
 
     /// `DeleteService(id, inbound, isOrphan=true)`, with the Service object when one exists
     /// (its finalizers are released and its ingress cleared by the delete).
-    fn schedule_orphan(&mut self, id: &Identity, inbound: bool, by_uid: &BTreeMap<Identity, &Service>) {
+    fn schedule_orphan(&mut self, id: &Identity, inbound: bool, pass: &Pass) {
         if inbound {
-            if let Some(svc) = by_uid.get(id) {
-                self.services.insert(id.clone(), (*svc).clone());
+            if let Some(svc) = pass.uids.get(id).and_then(|key| pass.objs.services.get(key)) {
+                self.services.insert(id.clone(), svc.clone());
             }
         }
         self.delete_service(id, inbound, true);
@@ -911,10 +1059,12 @@ impl Engine {
         if s.phase != InitPhase::Listing && (!s.lists.is_empty() || !s.initial.services.is_empty() || !s.initial.pods.is_empty()) {
             return Err("start-up lists or initial objects kept after the pass".into());
         }
-        if s.phase == InitPhase::Listing
-            && (self.ops.iter().next().is_some() || self.dispatcher.in_flight() > 0 || self.locations_updater.in_flight.is_some())
-        {
-            return Err("an operation runs before the start-up pass".into());
+        let started = self.dispatcher.in_flight() > 0 || self.locations_updater.in_flight.is_some();
+        if s.phase == InitPhase::Listing && (started || (s.pass.is_none() && self.ops.iter().next().is_some())) {
+            return Err("an operation runs before the start-up pass is through".into());
+        }
+        if s.pass.is_some() && (s.phase != InitPhase::Listing || s.calls.values().any(|c| matches!(c.purpose, Purpose::Task(_)))) {
+            return Err("a start-up call runs in the middle of the pass".into());
         }
         if s.phase == InitPhase::Ready && (!s.held.is_empty() || !s.calls.is_empty() || !s.queue.is_empty() || !s.finish.is_empty()) {
             return Err("start-up work left after Ready".into());

@@ -328,9 +328,12 @@ impl Engine {
     /// of a Service that no longer wants a load balancer from us loses our entry; then the
     /// public IP goes. A crash between the two leaves a trace (the public IP) that sends the
     /// restarted engine down this path again, never a status entry of ours nobody can identify.
+    /// This holds when an earlier step failed too: the public IP is deleted all the same (6.4),
+    /// and a restarted engine that finds the load balancer but not the public IP could not tell
+    /// our address from another controller's on a Service with a `loadBalancerClass`.
     fn clear_ingress_or_delete_pip(&mut self, id: &Identity) -> Next {
         if let Some(a) = self.dispatcher.active.get(id) {
-            if a.last_err.is_none() && !a.config.object.name.is_empty() {
+            if !a.config.object.name.is_empty() {
                 let object = a.config.object.clone();
                 if let Some(want) = self.ingress_to_clear(id, &object) {
                     return Next::Call(Step::ClearIngressFirst, Call::Kube(KubeCall::PatchServiceIngress(object, want)));

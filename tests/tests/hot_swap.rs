@@ -11,7 +11,7 @@ use difftracker_runtime::backend::{CallFuture, CloudBackend};
 use difftracker_runtime::driver::{CallIds, EngineDriver, Intercept, Intercepted, TickResult, WasmEngine};
 use difftracker_runtime::executor::{Backends, Executor, ManualClock};
 use difftracker_runtime::tenant::{
-    spawn_tenant, EngineFactory, Recovery, SnapshotPolicy, SwapError, TenantEvent, TenantHandle, TenantOptions,
+    spawn_tenant, EngineFactory, Recovery, SnapshotPolicy, SwapError, SwapOptions, TenantEvent, TenantHandle, TenantOptions,
 };
 use difftracker_runtime::wasm::{EngineComponent, SandboxLimits};
 use difftracker_simulation::mock::MockWorld;
@@ -66,6 +66,18 @@ impl Intercept for StartsNothing {
     fn tick(&mut self, inner: &mut dyn EngineDriver, now_ms: u64, completions: Vec<Completion>) -> anyhow::Result<TickResult> {
         let mut result = inner.tick(now_ms, completions)?;
         result.started.clear();
+        Ok(result)
+    }
+}
+
+/// A deliberate change of behaviour that stays correct: the calls of a tick are reported (and
+/// so performed) in the reverse order.
+struct ReversesCalls;
+
+impl Intercept for ReversesCalls {
+    fn tick(&mut self, inner: &mut dyn EngineDriver, now_ms: u64, completions: Vec<Completion>) -> anyhow::Result<TickResult> {
+        let mut result = inner.tick(now_ms, completions)?;
+        result.started.reverse();
         Ok(result)
     }
 }
@@ -176,6 +188,36 @@ async fn a_swap_to_an_instance_that_starts_other_calls_is_refused_as_a_divergenc
     // The first differing input and both instances' calls, readably.
     assert!(text.contains("diverged: it started []") && text.contains("the log has [("), "{text}");
     old_instance_keeps_running(w).await;
+}
+
+/// The shadow gate refuses a component whose calls differ from the running one's; with
+/// `allow_divergence` the same component is swapped in all the same (from a snapshot at a tick
+/// boundary), the report and the status say where it diverged, the call in flight completes
+/// into it and it takes new work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverging_component_is_refused_then_swapped_in_with_allow_divergence() {
+    let w = tenant_with_a_call_in_flight().await;
+    let error = w.tenant.hot_swap(factory_with(|| ReversesCalls)).await.expect_err("refused by default");
+    assert!(matches!(error, SwapError::Divergence(_)), "{error:?}");
+    w.tenant.wait_for(|s| s.swaps_refused == 1).await.unwrap();
+
+    let forced = SwapOptions { allow_divergence: true };
+    let report = w.tenant.hot_swap_with(factory_with(|| ReversesCalls), forced).await.expect("the swap is forced");
+    let diff = report.divergence.clone().expect("the report records where it diverged");
+    assert!(diff.contains("diverged: it started [("), "the first differing calls, readably: {diff}");
+    assert!(report.snapshot_bytes > 0, "taken over from a snapshot: {report:?}");
+    let status = w.tenant.wait_for(|s| s.swaps_forced == 1).await.unwrap();
+    assert_eq!(status.swaps, 1);
+    assert_eq!(status.last_swap_divergence.as_deref(), Some(diff.as_str()));
+
+    w.gate.add_permits(16);
+    w.tenant.wait_for(|s| s.is_idle() && s.state_count("created") == 1).await.unwrap();
+    assert_eq!(w.puts.load(Ordering::SeqCst), 1, "the call in flight completed into the new instance");
+    let svc2 = sample_service("default", "web2", "dddd0000-0000-4000-8000-000000000002");
+    w.tenant.deliver(vec![KubeEvent::ServiceApplied(svc2)]).unwrap();
+    w.tenant.wait_for(|s| s.is_idle() && s.state_count("created") == 2).await.unwrap();
+    assert_eq!(w.world.inventory().load_balancers.len(), 2);
+    w.tenant.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,6 +197,45 @@ fn a_crash_between_the_public_ip_deletion_and_the_status_clearing_leaves_no_addr
     check_crash_run(&run_case(&c), 2).unwrap();
 }
 
+/// Regression (found by the property test, `CRASH_PROPS_SEED=3 PROPTEST_CASES=1000`): a
+/// Service gained another `loadBalancerClass`; its load balancer's deletion failed, the delete
+/// went on to the public IP as upstream's does (scenario 37), but skipped the status clearing
+/// that precedes it after a failed step; the host crashed, and the restarted engine, finding the
+/// load balancer but no public IP, could not tell our address from the other controller's and
+/// left `20.40.0.15` on `batch/web-4`. The status is now cleared before the public IP goes in
+/// every attempt.
+#[test]
+fn a_crash_after_a_failed_lb_delete_of_a_reclassed_service_leaves_no_address_of_ours() {
+    let c =
+        Case { seed: 745, services: 14, nodes: 2, egress: 0, churn: Churn::High, faults: true, crash_at_ms: vec![151_560], downtime_ms: 0 };
+    check_crash_run(&run_case(&c), 1).unwrap();
+}
+
+/// Regressions (found by the property test, `CRASH_PROPS_SEED=3` and `=4` with
+/// `PROPTEST_CASES=1000`): a delete whose unregistration failed deleted the public IP (as
+/// scenario 37 wants) and the host crashed before the retry; the Service wanted a load balancer
+/// again, and the restarted engine adopted the registration it found, re-PUTting a load balancer
+/// that referenced the deleted public IP, `400 InvalidResourceReference` for six hours. A
+/// registration without its load balancer or public IP is now created again.
+#[test]
+fn a_registration_left_without_its_public_ip_by_a_crash_is_created_again() {
+    for c in [
+        Case { seed: 1091, services: 10, nodes: 4, egress: 2, churn: Churn::Low, faults: true, crash_at_ms: vec![98_912], downtime_ms: 0 },
+        Case {
+            seed: 2087,
+            services: 13,
+            nodes: 3,
+            egress: 0,
+            churn: Churn::High,
+            faults: true,
+            crash_at_ms: vec![29_759, 108_397],
+            downtime_ms: 0,
+        },
+    ] {
+        check_crash_run(&run_case(&c), c.crash_at_ms.len()).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    }
+}
+
 /// A crash while calls are in flight (latencies of seconds) loses their answers; the new host
 /// re-PUTs what they had created, idempotently, and the run still settles to the oracle.
 #[test]

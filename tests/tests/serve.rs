@@ -259,6 +259,13 @@ async fn the_admin_api_needs_its_token_and_pauses_resumes_restarts_swaps_and_rol
     let metrics = client.get(format!("{}/metrics", server.url())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="ok"} 2"#), "the swap and the rollback: {metrics}");
     assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="refused"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"difftracker_host_engine_swaps_total{tenant="one",result="forced"} 0"#), "{metrics}");
+    assert!(metrics.contains(r#"difftracker_host_engine_rollbacks_total{tenant="one"} 1"#), "{metrics}");
+    let checkpoint = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"difftracker_host_checkpoint_bytes{tenant="one"} "#))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(checkpoint.is_some_and(|b| b > 0), "the tenant's checkpoint size: {metrics}");
     // The status page names the component each tenant runs.
     let status: Value = client.get(format!("{}/status.json", server.url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["tenants"]["one"]["component_sha256"].as_str(), Some(before.as_str()), "{status}");
@@ -386,9 +393,9 @@ fn a_runtime_refuses_an_instance_past_its_slots_with_a_clear_error_and_frees_the
     assert_eq!(runtime.free_slots(), 1);
     WasmEngine::new(&component, CallIds::default()).expect("a slot is free again");
     // A tenant's own limits live within the runtime's: more guest memory than a slot holds is refused.
-    let big = SandboxLimits { memory_bytes: 512 << 20, ..SandboxLimits::default() };
+    let big = SandboxLimits { memory_bytes: 1024 << 20, ..SandboxLimits::default() };
     let e = WasmEngine::with_limits(&component, CallIds::default(), &big).err().expect("too big").to_string();
-    assert!(e.contains("above the runtime's 256 MiB"), "{e}");
+    assert!(e.contains("above the runtime's 512 MiB"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

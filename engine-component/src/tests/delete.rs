@@ -371,6 +371,42 @@ fn s037_lb_delete_failure_fails_the_delete_even_if_pip_delete_succeeds() {
     assert_eq!(metric(&h, "service_operations_total", &[("operation", "delete"), ("result", "error"), ("error_code", "conflict")]), 1.0);
 }
 
+/// Scenario 37 on a Service another controller now owns (it gained a `loadBalancerClass`):
+/// the public IP is still deleted after the load balancer's deletion failed, but our address
+/// leaves the status first, while the engine knows it. Found by the crash property test: the
+/// engine used to skip the early clearing after a failed step, and a host that crashed once the
+/// public IP was gone restarted into an engine that could no longer tell our address from the
+/// other controller's, and left it on the Service.
+#[test]
+fn s037_a_failed_lb_delete_still_clears_our_address_before_the_public_ip_goes() {
+    let mut h = harness();
+    create(&mut h, UID, &[80]);
+    let ours = h.engine.operation(&id(UID)).unwrap().public_ip.clone().unwrap();
+    let mut classed = lb_service(UID, &[80]);
+    classed.load_balancer_class = Some("example.com/other-lb".into());
+    classed.ingress = vec![LoadBalancerIngress { ip: ours.clone(), ..Default::default() }];
+    h.deliver(vec![KubeEvent::ServiceApplied(classed)]);
+    h.tick();
+    let c = h.find("POST updateServices").unwrap();
+    h.ok(c);
+    let c = h.find("DELETE loadBalancers").unwrap();
+    h.fail(c, CallError::http(409, "Conflict", "LB busy"));
+    let c = h.find_by(|c| is_unregister(c, UID)).unwrap();
+    h.ok(c);
+    assert!(h.find("DELETE publicIPAddresses").is_none(), "the status first: {:?}", h.labels());
+    let c = h.find("patch-service-ingress").expect("our address is cleared before the public IP goes");
+    match &h.outstanding[&c] {
+        Call::Kube(KubeCall::PatchServiceIngress(_, want)) => assert!(want.iter().all(|e| e.ip != ours), "{want:?}"),
+        other => panic!("{other:?}"),
+    }
+    h.ok(c);
+    let c = h.find("DELETE publicIPAddresses").unwrap();
+    h.ok(c);
+    assert!(h.find("remove-service-finalizers").is_none(), "the failed step fails the attempt");
+    assert!(h.engine.is_service_tracked(&id(UID)));
+    inv(&h);
+}
+
 #[test]
 fn s038_finalizer_removal_failure_keeps_tracking() {
     let mut h = harness();

@@ -10,14 +10,16 @@
 //! - `GET /admin/tenants/{name}`, `GET /admin/tenants/{name}/quarantined`.
 //! - `POST /admin/tenants/{name}/pause|resume|restart`.
 //! - `POST /admin/tenants/{name}/swap` with `{"component": "/path/to.wasm"}`: a hot swap
-//!   ([`crate::tenant::TenantHandle::hot_swap`]); `POST /admin/tenants/{name}/rollback` swaps
-//!   back to the component that ran before the last successful swap.
+//!   ([`crate::tenant::TenantHandle::hot_swap`]), refused if the new component's calls diverge
+//!   from the running one's; with `"allow_divergence": true` it swaps anyway and the answer's
+//!   `divergence` says where they differed. `POST /admin/tenants/{name}/rollback` swaps back to
+//!   the component that ran before the last successful swap.
 //! - `POST /admin/reload`: re-reads the configuration file, as SIGHUP does.
 //!
 //! `difftracker admin --url URL --token-file FILE ...` is its client.
 
 use crate::serve::{TenantError, TenantHost};
-use crate::tenant::SwapReport;
+use crate::tenant::{SwapOptions, SwapReport};
 use anyhow::{Context, Result};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -42,6 +44,9 @@ pub struct Admin {
 #[serde(deny_unknown_fields)]
 struct SwapRequest {
     component: std::path::PathBuf,
+    /// Swap even if the new component's calls diverge from the running one's.
+    #[serde(default)]
+    allow_divergence: bool,
 }
 
 /// Equal in time independent of where the first difference is.
@@ -69,6 +74,7 @@ fn report_json(report: &SwapReport, sha256: &str) -> serde_json::Value {
         "snapshot_bytes": report.snapshot_bytes,
         "replayed_in_background": report.replayed_in_background,
         "replayed_in_pause": report.replayed_in_pause,
+        "divergence": report.divergence,
     })
 }
 
@@ -183,9 +189,16 @@ async fn act(
         "swap" => {
             let request: SwapRequest = match serde_json::from_slice(&body) {
                 Ok(r) => r,
-                Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("expected {{\"component\": PATH}}: {e}")),
+                Err(e) => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        &format!("expected {{\"component\": PATH, \"allow_divergence\": BOOL}}: {e}"),
+                    )
+                }
             };
-            host.swap(&name, &request.component).await.map(|(r, sha)| Json(report_json(&r, &sha)).into_response())
+            let options = SwapOptions { allow_divergence: request.allow_divergence };
+            host.swap(&name, &request.component, options).await.map(|(r, sha)| Json(report_json(&r, &sha)).into_response())
         }
         other => {
             return json_error(

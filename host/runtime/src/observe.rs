@@ -13,7 +13,8 @@
 //!   call}`, `difftracker_host_calls_completed_total{tenant,call,result}`,
 //!   `difftracker_host_calls_in_flight{tenant}`, `difftracker_host_ticks_total{tenant}`,
 //!   `difftracker_host_tick_duration_seconds{tenant}` (histogram),
-//!   `difftracker_host_engine_swaps_total{tenant,result}`,
+//!   `difftracker_host_engine_swaps_total{tenant,result}` (`ok`, `forced`, `refused`),
+//!   `difftracker_host_engine_rollbacks_total{tenant}`, `difftracker_host_checkpoint_bytes{tenant}`,
 //!   `difftracker_host_engine_restarts_total{tenant}`, `difftracker_host_engine_traps_total{tenant}`,
 //!   `difftracker_host_tenant_backoff_seconds{tenant}` (the delay a trapping tenant waits before
 //!   its next tick, 0 when none), `difftracker_host_tenant_up{tenant}`.
@@ -112,6 +113,8 @@ struct HostMetrics {
     quarantined: Family<Labels, Counter>,
     traps: Family<Labels, Counter>,
     backoff: Family<Labels, Gauge<f64, AtomicU64>>,
+    rollbacks: Family<Labels, Counter>,
+    checkpoint_bytes: Family<Labels, Gauge>,
     tenant_up: Family<Labels, Gauge>,
     instance_slots: Gauge,
     instance_slots_free: Gauge,
@@ -146,6 +149,8 @@ impl HostMetrics {
             quarantined: Family::default(),
             traps: Family::default(),
             backoff: Family::default(),
+            rollbacks: Family::default(),
+            checkpoint_bytes: Family::default(),
             tenant_up: Family::default(),
             instance_slots: Gauge::default(),
             instance_slots_free: Gauge::default(),
@@ -176,8 +181,14 @@ impl HostMetrics {
         );
         registry.register(
             "difftracker_host_engine_swaps",
-            "Engine swaps, by result (ok, or refused: the old instance kept running)",
+            "Engine swaps, by result (ok; forced: swapped although the new instance's calls diverged; refused: the old instance kept running)",
             self.swaps.clone(),
+        );
+        registry.register("difftracker_host_engine_rollbacks", "Swaps back to the component a tenant ran before", self.rollbacks.clone());
+        registry.register(
+            "difftracker_host_checkpoint_bytes",
+            "Size of a tenant's latest checkpoint (the engine snapshot trap recovery and hot swap start from)",
+            self.checkpoint_bytes.clone(),
         );
         registry.register(
             "difftracker_host_engine_restarts",
@@ -391,6 +402,11 @@ impl Observatory {
         }
     }
 
+    /// Counts a rollback (a swap back to the previous component, also counted as a swap).
+    pub fn record_rollback(&self, tenant: &str) {
+        self.inner.host.rollbacks.get_or_create(&labels(&[("tenant", tenant)])).inc();
+    }
+
     /// Counts a swap refused before it reached the tenant (its component did not load).
     pub fn record_swap_refused(&self, tenant: &str) {
         self.inner.host.swaps.get_or_create(&labels(&[("tenant", tenant), ("result", "refused")])).inc();
@@ -512,26 +528,35 @@ impl Observatory {
             let backoff = this.inner.host.backoff.get_or_create(&tenant_labels).clone();
             let swapped = this.inner.host.swaps.get_or_create(&labels(&[("tenant", &tenant), ("result", "ok")])).clone();
             let refused = this.inner.host.swaps.get_or_create(&labels(&[("tenant", &tenant), ("result", "refused")])).clone();
+            let forced = this.inner.host.swaps.get_or_create(&labels(&[("tenant", &tenant), ("result", "forced")])).clone();
+            let checkpoint = this.inner.host.checkpoint_bytes.get_or_create(&tenant_labels).clone();
+            let mut forced_seen = 0u64;
             let mut restarts_seen = 0u64;
             let mut quarantined_seen = 0u64;
             let mut traps_seen = 0u64;
             let (mut swaps_seen, mut refused_seen) = (0u64, 0u64);
             loop {
-                let (count, stopped, restarts, quarantined_total, swaps, swaps_refused, traps_total, backoff_s) = {
+                let (count, stopped, restarts, quarantined_total, swaps, swaps_forced, swaps_refused, traps_total, backoff_s) = {
                     let s = rx.borrow_and_update();
+                    checkpoint.set(s.checkpoint_bytes.min(i64::MAX as u64) as i64);
                     (
                         s.ticks,
                         s.stopped,
                         s.restarts,
                         s.quarantined_total,
                         s.swaps,
+                        s.swaps_forced,
                         s.swaps_refused,
                         s.traps,
                         s.backoff.map_or(0.0, |d| d.as_secs_f64()),
                     )
                 };
-                swapped.inc_by(swaps.saturating_sub(swaps_seen));
-                swaps_seen = swaps_seen.max(swaps);
+                // `swaps` counts the forced ones too; the metric keeps them apart.
+                let plain = swaps.saturating_sub(swaps_forced);
+                swapped.inc_by(plain.saturating_sub(swaps_seen));
+                swaps_seen = swaps_seen.max(plain);
+                forced.inc_by(swaps_forced.saturating_sub(forced_seen));
+                forced_seen = forced_seen.max(swaps_forced);
                 refused.inc_by(swaps_refused.saturating_sub(refused_seen));
                 refused_seen = refused_seen.max(swaps_refused);
                 quarantined.inc_by(quarantined_total.saturating_sub(quarantined_seen));

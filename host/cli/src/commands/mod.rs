@@ -33,7 +33,7 @@ use std::time::Duration;
 pub struct SandboxArgs {
     /// The guest's linear memory limit, in MiB: an input that needs more traps the guest and is
     /// quarantined.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub guest_memory_mib: u32,
     /// CPU time one call into the guest may take, in milliseconds, before it is interrupted.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=600_000))]

@@ -103,10 +103,23 @@ pub enum AdminAction {
     Restart { name: String },
     /// The inputs a tenant's engine trapped on and dropped.
     Quarantined { name: String },
-    /// Hot-swap a tenant to another component file.
-    Swap { name: String, component: PathBuf },
+    /// Hot-swap a tenant to another component file, in the background; refused if the new
+    /// component's calls diverge from the running one's for the same inputs.
+    Swap {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_name = "FILE")]
+        component: PathBuf,
+        /// Swap even if the calls diverge (a deliberate change of behaviour); the answer says
+        /// where they first differed.
+        #[arg(long)]
+        allow_divergence: bool,
+    },
     /// Swap a tenant back to the component it ran before its last swap.
-    Rollback { name: String },
+    Rollback {
+        #[arg(long)]
+        tenant: String,
+    },
     /// Re-read the configuration file (as SIGHUP does).
     Reload,
 }
@@ -123,10 +136,11 @@ impl AdminArgs {
             AdminAction::Pause { name } => (false, format!("/admin/tenants/{name}/pause"), None),
             AdminAction::Resume { name } => (false, format!("/admin/tenants/{name}/resume"), None),
             AdminAction::Restart { name } => (false, format!("/admin/tenants/{name}/restart"), None),
-            AdminAction::Rollback { name } => (false, format!("/admin/tenants/{name}/rollback"), None),
-            AdminAction::Swap { name, component } => {
+            AdminAction::Rollback { tenant } => (false, format!("/admin/tenants/{tenant}/rollback"), None),
+            AdminAction::Swap { tenant, component, allow_divergence } => {
                 let component = std::path::absolute(component).with_context(|| format!("resolving {}", component.display()))?;
-                (false, format!("/admin/tenants/{name}/swap"), Some(serde_json::json!({ "component": component })))
+                let body = serde_json::json!({ "component": component, "allow_divergence": allow_divergence });
+                (false, format!("/admin/tenants/{tenant}/swap"), Some(body))
             }
             AdminAction::Reload => (false, "/admin/reload".to_string(), None),
         };

@@ -34,7 +34,7 @@ use crate::driver::{CallIds, EngineKind};
 use crate::executor::{Backends, Executor, SystemClock, DEFAULT_GLOBAL_CAP};
 use crate::k8s::{kube, ClusterWatch, KubeClientBackend, KubeClientOptions, WatchOptions, WatchStats};
 use crate::observe::Observatory;
-use crate::tenant::{EngineFactory, Recovery, SwapError, SwapReport, TenantHandle, TenantOptions, TenantStatus};
+use crate::tenant::{EngineFactory, Recovery, SwapError, SwapOptions, SwapReport, TenantHandle, TenantOptions, TenantStatus};
 use crate::transport::{ArmTransport, AzureIdentityTokens, NoAuth, TenantAzureConfig, TokenSource, TransportOptions};
 use crate::wasm::SandboxLimits;
 use anyhow::{anyhow, Context, Result};
@@ -158,12 +158,12 @@ impl ControllerHandle {
     /// Hot-swaps the running session's engine to instances `factory` builds
     /// ([`TenantHandle::hot_swap`]); on success later sessions use `factory` too. Refused with
     /// [`SwapError::NotRunning`] while no session runs (a standby, a backoff).
-    pub async fn hot_swap(&self, factory: EngineFactory) -> std::result::Result<SwapReport, SwapError> {
+    pub async fn hot_swap(&self, factory: EngineFactory, options: SwapOptions) -> std::result::Result<SwapReport, SwapError> {
         if self.state.borrow().tenant.is_none() {
             return Err(SwapError::NotRunning);
         }
         let (tx, rx) = oneshot::channel();
-        self.swaps.send((factory, tx)).map_err(|_| SwapError::NotRunning)?;
+        self.swaps.send((factory, options, tx)).map_err(|_| SwapError::NotRunning)?;
         rx.await.map_err(|_| SwapError::NotRunning)?
     }
 
@@ -215,7 +215,7 @@ pub fn start(client: kube::Client, options: ControllerOptions, observatory: Obse
 }
 
 /// A hot swap asked of the controller, and where its answer goes.
-type SwapRequest = (EngineFactory, oneshot::Sender<std::result::Result<SwapReport, SwapError>>);
+type SwapRequest = (EngineFactory, SwapOptions, oneshot::Sender<std::result::Result<SwapReport, SwapError>>);
 
 struct Controller {
     /// What builds the engine's instances; a successful hot swap replaces it.
@@ -360,7 +360,7 @@ impl Controller {
 
     /// Refuses swaps asked while no session runs.
     fn refuse_swaps(&mut self) {
-        while let Ok((_, reply)) = self.swaps.try_recv() {
+        while let Ok((_, _, reply)) = self.swaps.try_recv() {
             let _ = reply.send(Err(SwapError::NotRunning));
         }
     }
@@ -403,12 +403,12 @@ impl Controller {
                     let _ = r;
                     return SessionEnd::LostLease;
                 }
-                Some((factory, reply)) = self.swaps.recv() => {
+                Some((factory, options, reply)) = self.swaps.recv() => {
                     // The swap runs in the tenant's loop; the watch keeps being fed meanwhile.
                     // Its instances are timed like the session's first one.
                     let (observatory, name, inner) = (self.observatory.clone(), self.options.tenant.tenant.clone(), factory.clone());
                     let timed: EngineFactory = Arc::new(move |ids| inner(ids).map(|d| observatory.instrument(&name, d)));
-                    let swap = tenant.hot_swap(timed);
+                    let swap = tenant.hot_swap_with(timed, options);
                     let current = self.factory.clone();
                     tokio::spawn(async move {
                         let result = swap.await;

@@ -35,7 +35,7 @@ use crate::executor::{Executor, SystemClock};
 use crate::k8s::kube;
 use crate::observe::Observatory;
 use crate::server::ServerHandle;
-use crate::tenant::{EngineFactory, Quarantined, SwapError, SwapReport, TenantStatus};
+use crate::tenant::{EngineFactory, Quarantined, SwapError, SwapOptions, SwapReport, TenantStatus};
 use crate::transport::{AzureIdentityTokens, BearerToken, StaticToken, TenantAzureConfig, TokenSource, TransportOptions};
 use crate::wasm::{EngineComponent, Runtime, RuntimeOptions, SandboxLimits};
 use anyhow::{anyhow, Context, Result};
@@ -221,7 +221,7 @@ struct Inner {
 impl TenantHost {
     /// Starts every tenant of `config` (one that cannot start is `Failed`, the others run).
     pub async fn start(config: ServeConfig, provisioner: Arc<dyn Provisioner>, observatory: Observatory) -> Result<TenantHost> {
-        // The pool's slots are as large as the largest guest memory configured (256 MiB at least,
+        // The pool's slots are as large as the largest guest memory configured (the default at least,
         // so that a reload can add a tenant with the default limits).
         let memory =
             config.tenants.iter().map(|t| t.limits.sandbox.memory_bytes).max().unwrap_or(0).max(SandboxLimits::default().memory_bytes);
@@ -443,7 +443,7 @@ impl TenantHost {
 
     /// Hot-swaps a running tenant to the component at `path`; on success the old one becomes
     /// the rollback target. A refusal changes nothing.
-    pub async fn swap(&self, name: &str, path: &Path) -> Result<(SwapReport, String), TenantError> {
+    pub async fn swap(&self, name: &str, path: &Path, options: SwapOptions) -> Result<(SwapReport, String), TenantError> {
         let component = match self.load_component(&ComponentSource::File(path.to_path_buf())).await {
             Ok(c) => c,
             Err(e) => {
@@ -452,7 +452,7 @@ impl TenantHost {
                 return Err(SwapError::Build(format!("{e:#}")).into());
             }
         };
-        self.swap_to(name, component, false).await
+        self.swap_to(name, component, options, false).await
     }
 
     /// Swaps a tenant back to the component it ran before its last successful swap.
@@ -467,23 +467,32 @@ impl TenantHost {
             phase: TenantPhase::Running,
             what: "it has no previous component to roll back to",
         })?;
-        self.swap_to(name, previous, true).await
+        self.swap_to(name, previous, SwapOptions::default(), true).await
     }
 
-    async fn swap_to(&self, name: &str, component: EngineComponent, rollback: bool) -> Result<(SwapReport, String), TenantError> {
+    async fn swap_to(
+        &self,
+        name: &str,
+        component: EngineComponent,
+        options: SwapOptions,
+        rollback: bool,
+    ) -> Result<(SwapReport, String), TenantError> {
         let mut tenants = self.inner.tenants.lock().await;
         let slot = tenants.get_mut(name).ok_or_else(|| TenantError::Unknown(name.into()))?;
         let Run::Running { controller, .. } = &slot.run else {
             return Err(TenantError::WrongPhase { name: name.into(), phase: phase_of(slot), what: "only a running tenant can be swapped" });
         };
-        let report = controller.hot_swap(factory_of(&component, &slot.spec.limits.sandbox)).await;
+        let report = controller.hot_swap(factory_of(&component, &slot.spec.limits.sandbox), options).await;
         match report {
             Ok(report) => {
                 let sha = component.sha256.clone();
                 self.inner.observatory.set_component(name, &sha);
                 let old = slot.component.replace(component);
                 slot.previous = if rollback { None } else { old };
-                tracing::info!(tenant = %name, component = %sha, rollback, "swapped");
+                tracing::info!(tenant = %name, component = %sha, rollback, diverged = report.divergence.is_some(), "swapped");
+                if rollback {
+                    self.inner.observatory.record_rollback(name);
+                }
                 Ok((report, sha))
             }
             Err(e) => {

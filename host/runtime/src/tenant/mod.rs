@@ -34,7 +34,7 @@ mod tick_loop;
 
 pub use recovery::{EngineFactory, RecoveredTick, RecoveringEngine, Recovery, SnapshotPolicy};
 pub use summary::{brief_reason, completion_summary, event_summary, one_line, quarantine_warning, short, REASON_INPUT_QUARANTINED};
-pub use swap::{SwapError, SwapReport, CATCH_UP_INPUTS};
+pub use swap::{SwapError, SwapOptions, SwapReport, CATCH_UP_INPUTS};
 
 use crate::driver::EngineDriver;
 use crate::executor::{Backends, CallRunner, Executor, DEFAULT_TENANT_CAP};
@@ -55,7 +55,7 @@ enum Control {
     /// instances with this factory when one is given (a new component).
     Swap(Box<dyn EngineDriver>, Option<EngineFactory>, oneshot::Sender<Result<SwapReport>>),
     /// Swap in the background to an instance this factory builds (see `swap`).
-    HotSwap(EngineFactory, oneshot::Sender<std::result::Result<SwapReport, SwapError>>),
+    HotSwap(EngineFactory, SwapOptions, oneshot::Sender<std::result::Result<SwapReport, SwapError>>),
 }
 
 /// How a tenant runs.
@@ -182,8 +182,14 @@ pub struct TenantStatus {
     /// The WIT package of the running instance's component (`clb:difftracker@0.3.0`), as of the
     /// last tick; none for the native engine.
     pub wit: Option<&'static str>,
+    /// Bytes of the latest checkpoint (the snapshot trap recovery and hot swap start from).
+    pub checkpoint_bytes: u64,
     /// Swaps that replaced the engine instance.
     pub swaps: u64,
+    /// Of those, swaps forced past a divergence of the shadow gate ([`SwapOptions`]), and the
+    /// latest one's first difference.
+    pub swaps_forced: u64,
+    pub last_swap_divergence: Option<String>,
     /// Swaps refused (the old instance kept running), and the latest refusal's reason.
     pub swaps_refused: u64,
     pub last_swap_error: Option<String>,
@@ -291,8 +297,20 @@ impl TenantHandle {
     /// The request is queued at once; the future only waits for the answer, so it may outlive
     /// the borrow of the handle.
     pub fn hot_swap(&self, factory: EngineFactory) -> impl Future<Output = std::result::Result<SwapReport, SwapError>> + Send + 'static {
+        self.hot_swap_with(factory, SwapOptions::default())
+    }
+
+    /// [`TenantHandle::hot_swap`] with options: with `allow_divergence`, a new instance whose
+    /// calls diverge from the running one's is swapped in all the same (a deliberate change of
+    /// behaviour), from a snapshot taken at that tick boundary, and the report says where it
+    /// diverged.
+    pub fn hot_swap_with(
+        &self,
+        factory: EngineFactory,
+        options: SwapOptions,
+    ) -> impl Future<Output = std::result::Result<SwapReport, SwapError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let sent = self.control.send(Control::HotSwap(factory, tx)).is_ok();
+        let sent = self.control.send(Control::HotSwap(factory, options, tx)).is_ok();
         async move {
             if !sent {
                 return Err(SwapError::NotRunning);

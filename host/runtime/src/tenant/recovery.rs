@@ -152,6 +152,8 @@ pub(super) struct TickReport {
     pub(super) traps: u64,
     /// The last of them, on one line.
     pub(super) last_trap: Option<String>,
+    /// The size of the checkpoint taken in this tick, if one was.
+    pub(super) checkpoint_bytes: Option<usize>,
 }
 
 impl TickReport {
@@ -238,17 +240,21 @@ impl LoggedInput {
     }
 }
 
+/// A logged input, shared: a background swap takes the checkpoint's log as its base without
+/// copying it (at 10,000 Services that copy was most of the swap's pause).
+pub(super) type LogEntry = Arc<LoggedInput>;
+
 /// Where a background swap's new instance starts: a snapshot, the call id that came next, and the
 /// inputs applied since.
 pub(super) struct SwapBase {
-    pub(super) snapshot: Vec<u8>,
+    pub(super) snapshot: Arc<[u8]>,
     pub(super) next_call_id: CallId,
-    pub(super) log: Vec<LoggedInput>,
+    pub(super) log: Vec<LogEntry>,
 }
 
 /// The last good snapshot.
 pub(super) struct Checkpoint {
-    pub(super) snapshot: Vec<u8>,
+    pub(super) snapshot: Arc<[u8]>,
     /// The call id the engine's next call would get when the snapshot was taken.
     pub(super) next_call_id: CallId,
 }
@@ -257,7 +263,7 @@ pub(super) struct Checkpoint {
 /// input the running instance applied since the swap took its base.
 #[derive(Default)]
 pub(super) struct SwapTail {
-    pub(super) log: Vec<LoggedInput>,
+    pub(super) log: Vec<LogEntry>,
     /// Set when the running instance was rebuilt meanwhile (a trap): the tail no longer
     /// describes one history, and the swap is refused.
     pub(super) interrupted: Option<String>,
@@ -276,7 +282,7 @@ pub(super) struct RecoveryState {
     pub(super) options: Recovery,
     checkpoint: Option<Checkpoint>,
     /// Inputs applied since the checkpoint.
-    log: Vec<LoggedInput>,
+    log: Vec<LogEntry>,
     log_inputs: usize,
     /// Time the logged inputs took to apply (about what replaying them costs).
     guest_time: Duration,
@@ -287,7 +293,7 @@ pub(super) struct RecoveryState {
 }
 
 impl RecoveryState {
-    fn record(&mut self, entry: LoggedInput, took: Duration) {
+    fn record(&mut self, entry: LogEntry, took: Duration) {
         if self.checkpoint.is_none() {
             return;
         }
@@ -304,8 +310,8 @@ impl RecoveryState {
     fn truncate(&mut self, mark: LogPosition) -> Vec<KubeEvent> {
         let mut events = Vec::new();
         for entry in self.log.drain(mark.len.min(self.log.len())..) {
-            if let LoggedInput::Deliver { events: delivered, .. } = entry {
-                events.extend(delivered);
+            if let LoggedInput::Deliver { events: delivered, .. } = &*entry {
+                events.extend(delivered.iter().cloned());
             }
         }
         self.log_inputs = mark.inputs;
@@ -435,6 +441,7 @@ impl GuardedEngine {
     }
 
     fn record(&mut self, entry: LoggedInput, took: Duration) {
+        let entry = Arc::new(entry);
         match (&mut self.recovery, &mut self.swap_tail) {
             (Some(recovery), Some(tail)) => {
                 tail.log.push(entry.clone());
@@ -484,11 +491,11 @@ impl GuardedEngine {
     pub(super) fn begin_swap(&mut self) -> std::result::Result<SwapBase, GuestFailure> {
         let base = match self.recovery.as_ref().and_then(|r| r.checkpoint.as_ref().map(|c| (c, &r.log))) {
             Some((checkpoint, log)) => {
-                SwapBase { snapshot: checkpoint.snapshot.clone(), next_call_id: checkpoint.next_call_id, log: log.clone() }
+                SwapBase { snapshot: Arc::clone(&checkpoint.snapshot), next_call_id: checkpoint.next_call_id, log: log.clone() }
             }
             None => {
                 let snapshot = guarded(&mut self.driver, |d| d.snapshot())?;
-                SwapBase { snapshot, next_call_id: self.driver.call_ids().peek(), log: Vec::new() }
+                SwapBase { snapshot: snapshot.into(), next_call_id: self.driver.call_ids().peek(), log: Vec::new() }
             }
         };
         self.swap_tail = Some(SwapTail::default());
@@ -503,7 +510,8 @@ impl GuardedEngine {
         match guarded(&mut self.driver, |d| d.snapshot()) {
             Ok(snapshot) => {
                 recovery.snapshot_cost = began.elapsed();
-                recovery.start_over(Checkpoint { snapshot, next_call_id: self.driver.call_ids().peek() });
+                out.checkpoint_bytes = Some(snapshot.len());
+                recovery.start_over(Checkpoint { snapshot: snapshot.into(), next_call_id: self.driver.call_ids().peek() });
                 Ok(())
             }
             Err(GuestFailure::Refused(e)) => {
@@ -639,7 +647,7 @@ fn rebuild_from_checkpoint(
     factory: &EngineFactory,
     ids: &CallIds,
     checkpoint: &Checkpoint,
-    log: &[LoggedInput],
+    log: &[LogEntry],
 ) -> Result<Box<dyn EngineDriver>> {
     let mut fresh = match std::panic::catch_unwind(AssertUnwindSafe(|| factory(ids.clone()))) {
         Ok(built) => built.context("building a fresh engine instance")?,
@@ -670,9 +678,9 @@ pub(super) enum ReplayError {
 
 /// Applies `log` to `fresh` (whose calls are numbered by `ids`), checking that every tick starts
 /// exactly the calls the log recorded.
-pub(super) fn replay_log(fresh: &mut Box<dyn EngineDriver>, ids: &CallIds, log: &[LoggedInput]) -> std::result::Result<(), ReplayError> {
+pub(super) fn replay_log(fresh: &mut Box<dyn EngineDriver>, ids: &CallIds, log: &[LogEntry]) -> std::result::Result<(), ReplayError> {
     for (i, entry) in log.iter().enumerate() {
-        match entry {
+        match &**entry {
             LoggedInput::Deliver { now_ms, events } => guarded(fresh, |d| d.deliver(*now_ms, events.clone()))
                 .map_err(|f| ReplayError::Failed(f.into_error().context(format!("replaying input {i} (a deliver)"))))?,
             LoggedInput::Tick { now_ms, completions, started, next_call_id } => {

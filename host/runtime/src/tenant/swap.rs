@@ -12,11 +12,14 @@
 //!   at a tick boundary, replays the last few inputs and takes over. The pause is that last step.
 //!   Every replayed tick must start the calls (labels and ids) the running instance started for
 //!   the same inputs, so the new instance awaits exactly the calls in flight, which complete into
-//!   it; a new component that behaves differently is refused ([`SwapError::Divergence`]). This
-//!   holds across WIT generations: a 0.2.0 engine's counter follows the ids its host allocates
-//!   and is in its snapshot, so a 0.3.0 engine restored from it numbers its calls exactly where
-//!   the 0.2.0 instance's host would have, and the other way round the new 0.2.0 instance's
-//!   counter starts at the 0.3.0 engine's next id.
+//!   it; a new component that behaves differently is refused ([`SwapError::Divergence`]), or,
+//!   with [`SwapOptions::allow_divergence`] (a deliberate change of behaviour), swapped in from a
+//!   snapshot taken at that tick boundary (a plain swap's pause), the first difference recorded
+//!   in the report, the tenant's status and a warning. This holds across WIT generations: a
+//!   0.2.0 engine's counter follows the ids its host allocates and is in its snapshot, so a 0.3.0
+//!   engine restored from it numbers its calls exactly where the 0.2.0 instance's host would
+//!   have, and the other way round the new 0.2.0 instance's counter starts at the 0.3.0 engine's
+//!   next id.
 //! - **Plain swap** ([`TenantHandle::swap_engine`](super::TenantHandle::swap_engine)): the loop
 //!   stops, snapshots the running instance, restores the snapshot into the fresh one, switches.
 //!   The pause is a snapshot plus a restore; `difftracker bench-swap` measures both beside each
@@ -25,7 +28,7 @@
 //! A failed swap changes nothing: the old instance keeps running, the caller gets a typed
 //! [`SwapError`], the tenant logs a warning and counts the refusal ([`super::TenantStatus`]).
 
-use super::recovery::{guarded, replay_log, Checkpoint, EngineFactory, GuardedEngine, GuestFailure, LoggedInput, ReplayError, TickReport};
+use super::recovery::{guarded, replay_log, Checkpoint, EngineFactory, GuardedEngine, GuestFailure, LogEntry, ReplayError, TickReport};
 use crate::driver::{CallIds, EngineDriver};
 use anyhow::{anyhow, Result};
 use std::panic::AssertUnwindSafe;
@@ -85,6 +88,15 @@ impl SwapError {
     }
 }
 
+/// How a background swap treats the shadow gate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapOptions {
+    /// Swap even when the new instance starts other calls than the running one for the same
+    /// inputs: the background instance is dropped and the new component takes over from a
+    /// snapshot of the running one (so it awaits exactly the calls in flight).
+    pub allow_divergence: bool,
+}
+
 /// What one successful swap cost.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SwapReport {
@@ -99,6 +111,8 @@ pub struct SwapReport {
     pub replayed_in_background: usize,
     /// Inputs it replayed at the tick boundary, during the pause.
     pub replayed_in_pause: usize,
+    /// A swap forced past the shadow gate: where the new instance diverged.
+    pub divergence: Option<String>,
 }
 
 /// What a background replay round hands back.
@@ -114,6 +128,7 @@ pub(super) struct PendingSwap {
     began: Instant,
     report: SwapReport,
     rounds: u32,
+    options: SwapOptions,
 }
 
 impl PendingSwap {
@@ -145,7 +160,7 @@ fn replay_error(e: ReplayError) -> SwapError {
 }
 
 /// Replays `log` into `fresh` on the blocking pool.
-fn spawn_round(mut fresh: Box<dyn EngineDriver>, ids: CallIds, log: Vec<LoggedInput>) -> JoinHandle<Round> {
+fn spawn_round(mut fresh: Box<dyn EngineDriver>, ids: CallIds, log: Vec<LogEntry>) -> JoinHandle<Round> {
     tokio::task::spawn_blocking(move || match replay_log(&mut fresh, &ids, &log) {
         Ok(()) => (Some(fresh), Ok(log.len())),
         Err(e) => (None, Err(replay_error(e))),
@@ -158,6 +173,7 @@ fn spawn_round(mut fresh: Box<dyn EngineDriver>, ids: CallIds, log: Vec<LoggedIn
 pub(super) async fn begin(
     engine: GuardedEngine,
     factory: EngineFactory,
+    options: SwapOptions,
     reply: oneshot::Sender<std::result::Result<SwapReport, SwapError>>,
 ) -> (Option<GuardedEngine>, std::result::Result<PendingSwap, SwapError>) {
     let began = Instant::now();
@@ -196,7 +212,7 @@ pub(super) async fn begin(
             Err(e) => (None, Err(e)),
         })
     };
-    (Some(engine), Ok(PendingSwap { job, factory, ids, reply, began, report, rounds: 0 }))
+    (Some(engine), Ok(PendingSwap { job, factory, ids, reply, began, report, rounds: 0, options }))
 }
 
 /// What the loop does when a background round ends.
@@ -205,6 +221,8 @@ pub(super) enum Next {
     Again(PendingSwap),
     /// Take over at this tick boundary with this instance.
     TakeOver(PendingSwap, Box<dyn EngineDriver>),
+    /// The new instance diverged and the swap allows it: force it at this tick boundary.
+    Force(PendingSwap, String),
     /// The swap is refused (the reply is sent).
     Refused(SwapError),
 }
@@ -213,6 +231,11 @@ pub(super) enum Next {
 pub(super) fn after_round(engine: &mut GuardedEngine, mut swap: PendingSwap, round: Round) -> Next {
     let fresh = match round {
         (Some(fresh), Ok(_)) => fresh,
+        (fresh, Err(SwapError::Divergence(diff))) if swap.options.allow_divergence => {
+            drop(fresh);
+            engine.swap_tail = None;
+            return Next::Force(swap, diff);
+        }
         (fresh, result) => {
             let error = result.err().unwrap_or_else(|| SwapError::Replay("the replay lost the new instance".into()));
             drop(fresh);
@@ -233,25 +256,33 @@ pub(super) fn after_round(engine: &mut GuardedEngine, mut swap: PendingSwap, rou
     Next::TakeOver(swap, fresh)
 }
 
+/// How taking over ended.
+pub(super) enum TakeOver {
+    /// Swapped, or refused (the reply is sent).
+    Done(std::result::Result<(), SwapError>),
+    /// The last inputs diverged and the swap allows it: force it ([`force`]).
+    Force(PendingSwap, String),
+}
+
 /// Replays the rest of the tail into `fresh` and switches, at a tick boundary, on the blocking
 /// pool. Returns the engine (switched or not; none if the task failed) and how the swap ended.
-pub(super) async fn take_over(
-    engine: GuardedEngine,
-    swap: PendingSwap,
-    fresh: Box<dyn EngineDriver>,
-) -> (Option<GuardedEngine>, std::result::Result<(), SwapError>) {
-    let PendingSwap { factory, ids, reply, began, mut report, .. } = swap;
+pub(super) async fn take_over(engine: GuardedEngine, swap: PendingSwap, fresh: Box<dyn EngineDriver>) -> (Option<GuardedEngine>, TakeOver) {
     let paused = Instant::now();
+    let (factory, ids) = (swap.factory.clone(), swap.ids.clone());
     let work = tokio::task::spawn_blocking(move || {
         let mut engine = engine;
         let result = engine.switch_to(fresh, &ids, factory);
         (engine, result)
     });
     match work.await {
+        Ok((engine, Err(SwapError::Divergence(diff)))) if swap.options.allow_divergence => (Some(engine), TakeOver::Force(swap, diff)),
         Ok((engine, result)) => {
+            let PendingSwap { reply, began, mut report, .. } = swap;
+            let mut retired = None;
             let reply_with = match result {
-                Ok(replayed) => {
+                Ok((replayed, old)) => {
                     report.pause += paused.elapsed();
+                    retired = Some(old);
                     report.total = began.elapsed();
                     report.replayed_in_pause = replayed;
                     tracing::info!(
@@ -270,12 +301,69 @@ pub(super) async fn take_over(
             };
             let outcome = reply_with.as_ref().map(|_| ()).map_err(Clone::clone);
             let _ = reply.send(reply_with);
-            (Some(engine), outcome)
+            // Freeing the old instance returns its memory to the pool page by page (hundreds of
+            // MiB at 10,000 Services): off the tenant's path, after the pause.
+            if let Some(old) = retired {
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            (Some(engine), TakeOver::Done(outcome))
+        }
+        Err(e) => {
+            let error = SwapError::Replay(format!("the swap task failed: {e}"));
+            let _ = swap.reply.send(Err(error.clone()));
+            (None, TakeOver::Done(Err(error)))
+        }
+    }
+}
+
+/// A swap forced past the shadow gate: a fresh instance of the new component restores a
+/// snapshot of the running one at this tick boundary (a plain swap, so it awaits exactly the
+/// calls in flight) and takes over; the report carries `diff`. Returns what
+/// [`swap_blocking`] does, with the swap's own outcome.
+pub(super) async fn force(
+    engine: GuardedEngine,
+    swap: PendingSwap,
+    diff: String,
+    tick_no: u64,
+) -> (Option<GuardedEngine>, TickReport, Result<()>, std::result::Result<(), SwapError>) {
+    let PendingSwap { factory, reply, began, mut report, .. } = swap;
+    tracing::warn!(tenant = %engine.name, divergence = %diff, "the new instance diverges from the running one; swapping anyway (divergence allowed)");
+    let paused = Instant::now();
+    let work = tokio::task::spawn_blocking(move || {
+        let mut engine = engine;
+        let mut out = TickReport::default();
+        let ids = engine.driver.call_ids().clone();
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| factory(ids))) {
+            Ok(Ok(fresh)) => engine.swap(tick_no, fresh, Some(factory), &mut out),
+            Ok(Err(e)) => Ok(Err(e.context("building the new instance"))),
+            Err(_) => Ok(Err(anyhow!("the engine factory panicked"))),
+        };
+        (engine, out, result)
+    });
+    match work.await {
+        Ok((engine, out, Ok(Ok(bytes)))) => {
+            report.pause += paused.elapsed();
+            report.total = began.elapsed();
+            report.snapshot_bytes = bytes;
+            report.divergence = Some(diff);
+            let _ = reply.send(Ok(report));
+            (Some(engine), out, Ok(()), Ok(()))
+        }
+        Ok((engine, out, Ok(Err(e)))) => {
+            let error = SwapError::Restore(format!("forcing the swap past a divergence ({diff}): {e:#}"));
+            refused(&engine.name, &error);
+            let _ = reply.send(Err(error.clone()));
+            (Some(engine), out, Ok(()), Err(error))
+        }
+        Ok((engine, out, Err(fatal))) => {
+            let error = SwapError::Interrupted(format!("the running instance could not be recovered: {fatal:#}"));
+            let _ = reply.send(Err(error.clone()));
+            (Some(engine), out, Err(fatal), Err(error))
         }
         Err(e) => {
             let error = SwapError::Replay(format!("the swap task failed: {e}"));
             let _ = reply.send(Err(error.clone()));
-            (None, Err(error))
+            (None, TickReport::default(), Err(anyhow!("the swap task failed: {e}")), Err(error))
         }
     }
 }
@@ -288,13 +376,14 @@ impl GuardedEngine {
     /// The last step of a background swap: `fresh` applies the inputs left in the tail and
     /// becomes the running instance, its counter numbering the tenant's calls from now on, and
     /// `factory` building the tenant's instances after a trap. The checkpoint and its log stay:
-    /// they describe the same state, which the new instance reproduced from them.
+    /// they describe the same state, which the new instance reproduced from them. Returns the
+    /// inputs replayed and the retired instance, for the caller to free after the pause.
     fn switch_to(
         &mut self,
         mut fresh: Box<dyn EngineDriver>,
         ids: &CallIds,
         factory: EngineFactory,
-    ) -> std::result::Result<usize, SwapError> {
+    ) -> std::result::Result<(usize, Box<dyn EngineDriver>), SwapError> {
         let Some(tail) = self.swap_tail.take() else { return Err(SwapError::Interrupted("the swap's log was dropped".into())) };
         if let Some(reason) = tail.interrupted {
             return Err(SwapError::Interrupted(reason));
@@ -306,11 +395,11 @@ impl GuardedEngine {
                 "after the replay the new instance's next call id is {new_next}, the running one's {old_next}"
             )));
         }
-        self.driver = fresh;
+        let old = std::mem::replace(&mut self.driver, fresh);
         if let Some(recovery) = &mut self.recovery {
             recovery.options.factory = factory;
         }
-        Ok(tail.log.len())
+        Ok((tail.log.len(), old))
     }
 }
 
@@ -390,7 +479,7 @@ impl GuardedEngine {
                 recovery.options.factory = factory;
             }
             // The log belonged to the old instance's checkpoint: start over from this snapshot.
-            recovery.start_over(Checkpoint { snapshot, next_call_id });
+            recovery.start_over(Checkpoint { snapshot: snapshot.into(), next_call_id });
         }
         Ok(Ok(bytes))
     }

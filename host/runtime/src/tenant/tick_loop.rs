@@ -3,7 +3,7 @@
 
 use super::recovery::{GuardedEngine, Input, TickReport};
 use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning, short};
-use super::swap::{self, swap_blocking, Next, PendingSwap, SwapError};
+use super::swap::{self, swap_blocking, Next, PendingSwap, SwapError, TakeOver};
 use super::{BackoffPolicy, Control, Quarantined, QuarantinedKind, TenantEvent, TenantStatus};
 use crate::driver::{EngineDriver, TickResult};
 use crate::executor::{call_identity, CallRunner, Executor};
@@ -75,13 +75,13 @@ impl TenantLoop {
                             }
                             // Tick the new instance at once: it may have work due.
                         }
-                        Control::HotSwap(_, reply) if pending.is_some() => {
+                        Control::HotSwap(_, _, reply) if pending.is_some() => {
                             let _ = reply.send(Err(SwapError::Busy));
                             self.count_swap(Err(SwapError::Busy.to_string()));
                             continue;
                         }
-                        Control::HotSwap(factory, reply) => {
-                            let (returned, started) = swap::begin(engine, factory, reply).await;
+                        Control::HotSwap(factory, options, reply) => {
+                            let (returned, started) = swap::begin(engine, factory, options, reply).await;
                             let Some(returned) = returned else {
                                 return Err(self.fail(anyhow!("tenant {}: the engine was lost in a swap", self.name)));
                             };
@@ -95,7 +95,7 @@ impl TenantLoop {
                     },
                     round = async { pending.as_mut().expect("guarded").round().await }, if pending.is_some() => {
                         let swap = pending.take().expect("guarded");
-                        match swap::after_round(&mut engine, swap, round) {
+                        let forced = match swap::after_round(&mut engine, swap, round) {
                             Next::Again(swap) => {
                                 pending = Some(swap);
                                 continue;
@@ -104,20 +104,46 @@ impl TenantLoop {
                                 self.count_swap(Err(error.to_string()));
                                 continue;
                             }
+                            Next::Force(swap, diff) => Some((swap, diff)),
                             Next::TakeOver(swap, fresh) => {
                                 let (returned, outcome) = swap::take_over(engine, swap, fresh).await;
                                 let Some(returned) = returned else {
                                     return Err(self.fail(anyhow!("tenant {}: the engine was lost in a swap", self.name)));
                                 };
                                 engine = returned;
-                                let failed = outcome.is_err();
-                                self.count_swap(outcome.map_err(|e| e.to_string()));
-                                if failed {
-                                    continue;
+                                match outcome {
+                                    TakeOver::Force(swap, diff) => Some((swap, diff)),
+                                    TakeOver::Done(outcome) => {
+                                        let failed = outcome.is_err();
+                                        self.count_swap(outcome.map_err(|e| e.to_string()));
+                                        if failed {
+                                            continue;
+                                        }
+                                        None
+                                    }
                                 }
-                                // Tick the new instance at once: it may have work due.
                             }
+                        };
+                        if let Some((swap, diff)) = forced {
+                            let tick_no = self.status.borrow().ticks + 1;
+                            let (returned, report, result, outcome) = swap::force(engine, swap, diff.clone(), tick_no).await;
+                            self.record_recovery(tick_no, clock.now_ms(), &report);
+                            let failed = outcome.is_err();
+                            self.count_swap(outcome.map_err(|e| e.to_string()));
+                            match (returned, result) {
+                                (Some(returned), Ok(())) => engine = returned,
+                                (_, Err(e)) => return Err(self.fail(e)),
+                                (None, Ok(())) => return Err(self.fail(anyhow!("tenant {}: the engine was lost in a swap", self.name))),
+                            }
+                            if failed {
+                                continue;
+                            }
+                            self.status.send_modify(|s| {
+                                s.swaps_forced += 1;
+                                s.last_swap_divergence = Some(diff);
+                            });
                         }
+                        // Tick the new instance at once: it may have work due.
                     }
                     Some(completion) = self.completions.recv() => completions.push(completion),
                     _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {}
@@ -226,6 +252,9 @@ impl TenantLoop {
 
     /// Publishes the traps, restarts and quarantined inputs of one tick.
     fn record_recovery(&mut self, tick_no: u64, now: u64, report: &TickReport) {
+        if let Some(bytes) = report.checkpoint_bytes {
+            self.status.send_modify(|s| s.checkpoint_bytes = bytes as u64);
+        }
         if report.traps > 0 {
             self.status.send_modify(|s| s.traps += report.traps);
         }
