@@ -201,3 +201,65 @@ async fn readiness_follows_the_tenants() {
     );
     server.shutdown().await;
 }
+
+/// The main job serves the admin API's swap and rollback with `--admin-token-file`, under the
+/// same token rule as `serve`: a hot swap to a component file while the trace plays, a rollback,
+/// and the run still converges with the oracle holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_main_job_hot_swaps_and_rolls_back_over_its_admin_api() {
+    let dir = std::env::temp_dir().join(format!("difftracker-main-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("admin.token");
+    let mut options = LiveOptions::for_trace(small_trace(3), EngineKind::Wasm);
+    options.speed = 20.0;
+    options.timeout = PATIENCE;
+    options.admin_token_file = Some(token_file.clone());
+    let run = live::start(options).await.expect("the main job starts");
+    let url = run.observe_url();
+    let client = reqwest::Client::new();
+    let token = std::fs::read_to_string(&token_file).expect("the token file was created").trim().to_string();
+    wait_for_status(&client, &format!("{url}/readyz"), 200).await;
+
+    let post = |path: String, body: Option<Value>, token: Option<String>| {
+        let client = client.clone();
+        async move {
+            let mut request = client.post(path);
+            if let Some(t) = token {
+                request = request.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                request = request.json(&b);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let base = format!("{url}/admin/tenants");
+    let wasm = difftracker_runtime::engine_wasm_path();
+    let body = serde_json::json!({ "component": wasm });
+    assert_eq!(post(format!("{base}/{TENANT}/swap"), Some(body.clone()), None).await.0, 401, "no token, no swap");
+    assert_eq!(post(format!("{base}/{TENANT}/swap"), Some(body.clone()), Some("wrong".into())).await.0, 401);
+
+    let listed: Value = client.get(&base).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let bundled = listed[0]["component_sha256"].as_str().expect("the bundled component's hash").to_string();
+    assert_eq!(listed[0]["name"], TENANT);
+    let (status, swapped) = post(format!("{base}/{TENANT}/swap"), Some(body), Some(token.clone())).await;
+    assert_eq!(status, 200, "{swapped}");
+    assert_eq!(swapped["component_sha256"].as_str(), Some(bundled.as_str()), "the same engine, from its file");
+    assert!(swapped["pause_ms"].as_f64().is_some(), "{swapped}");
+    let (status, rolled) = post(format!("{base}/{TENANT}/rollback"), None, Some(token.clone())).await;
+    assert_eq!(status, 200, "{rolled}");
+    let (status, again) = post(format!("{base}/{TENANT}/rollback"), None, Some(token.clone())).await;
+    assert_eq!((status, again["reason"].as_str()), (409, Some("wrong_phase")), "nothing left to roll back to: {again}");
+    let (status, pause) = post(format!("{base}/{TENANT}/pause"), None, Some(token.clone())).await;
+    assert_eq!((status, pause["reason"].as_str()), (404, Some("unknown_action")), "{pause}");
+
+    let finished = run.finish().await.expect("the main job ends");
+    assert!(finished.summary.ok(), "{}", finished.summary.table());
+    let (_, metrics) = get(&client, &format!("{url}/metrics")).await;
+    assert!(metrics.contains(&format!("difftracker_host_engine_swaps_total{{tenant=\"{TENANT}\",result=\"ok\"}} 2")), "{metrics}");
+    finished.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,7 @@
 
 use crate::serve::{TenantError, TenantHost};
 use crate::tenant::{SwapOptions, SwapReport};
+use crate::wasm::{EngineComponent, Runtime, SandboxLimits};
 use anyhow::{Context, Result};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -221,6 +222,147 @@ async fn reload(State(admin): State<Admin>, headers: HeaderMap) -> Response {
             tracing::error!(error = %e, "reload refused; the running configuration keeps running");
             json_error(StatusCode::BAD_REQUEST, "invalid_configuration", &e)
         }
+    }
+}
+
+// ---------------------------------------------------------------- one controller
+
+/// The same admin API for one controller (the main job, `difftracker live --admin-token-file`):
+/// the same token rule, routes and answers for the tenant it runs, limited to what a single
+/// controller has. `GET /admin/tenants` lists it, `GET /admin/tenants/{name}` shows it, and
+/// `swap` and `rollback` work as on `serve`; the rest (pause, resume, restart, quarantined,
+/// reload) is `serve`'s and answers 404 `unknown_action`.
+#[derive(Clone)]
+pub struct ControllerAdmin {
+    token: Arc<Vec<u8>>,
+    tenant: String,
+    swapper: crate::controller::Swapper,
+    runtime: Runtime,
+    limits: SandboxLimits,
+    /// The component running (none for the native engine) and the one before the last swap.
+    components: Arc<tokio::sync::Mutex<(Option<EngineComponent>, Option<EngineComponent>)>>,
+}
+
+impl ControllerAdmin {
+    /// The admin API of the controller behind `swapper`, which runs `tenant` with `running` (the
+    /// bundled component, or none for the native engine) in sandboxes of `limits`.
+    pub fn new(
+        token_file: &std::path::Path,
+        tenant: &str,
+        swapper: crate::controller::Swapper,
+        limits: SandboxLimits,
+        running: Option<EngineComponent>,
+    ) -> Result<ControllerAdmin> {
+        Ok(ControllerAdmin {
+            token: Arc::new(load_or_create_token(token_file)?),
+            tenant: tenant.to_string(),
+            swapper,
+            runtime: Runtime::with_limits(&limits)?,
+            limits,
+            components: Arc::new(tokio::sync::Mutex::new((running, None))),
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/admin/tenants", get(controller_list))
+            .route("/admin/tenants/{name}", get(controller_show))
+            .route("/admin/tenants/{name}/{action}", post(controller_act))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self.clone())
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        given.is_some_and(|t| constant_time_eq(t.trim().as_bytes(), &self.token))
+    }
+
+    async fn view(&self) -> serde_json::Value {
+        let components = self.components.lock().await;
+        serde_json::json!({
+            "name": self.tenant,
+            "component_sha256": components.0.as_ref().map(|c| c.sha256.clone()),
+            "rollback_to": components.1.as_ref().map(|c| c.sha256.clone()),
+        })
+    }
+
+    /// Swaps to `component`; on success it runs and the one before becomes the rollback target
+    /// (a rollback leaves none).
+    async fn swap_to(&self, component: EngineComponent, options: SwapOptions, rollback: bool) -> Response {
+        let mut components = self.components.lock().await;
+        match self.swapper.hot_swap(crate::serve::factory_of(&component, &self.limits), options).await {
+            Ok(report) => {
+                let sha = component.sha256.clone();
+                tracing::info!(tenant = %self.tenant, component = %sha, rollback, diverged = report.divergence.is_some(), "swapped");
+                let old = components.0.replace(component);
+                components.1 = if rollback { None } else { old };
+                Json(report_json(&report, &sha)).into_response()
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, reason = e.reason(), error = %e, "swap refused; the tenant keeps its component");
+                tenant_error(TenantError::Swap(e))
+            }
+        }
+    }
+}
+
+async fn controller_list(State(admin): State<ControllerAdmin>, headers: HeaderMap) -> Response {
+    if !admin.authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    Json(vec![admin.view().await]).into_response()
+}
+
+async fn controller_show(State(admin): State<ControllerAdmin>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if !admin.authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if name != admin.tenant {
+        return tenant_error(TenantError::Unknown(name));
+    }
+    Json(admin.view().await).into_response()
+}
+
+async fn controller_act(
+    State(admin): State<ControllerAdmin>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !admin.authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if name != admin.tenant {
+        return tenant_error(TenantError::Unknown(name));
+    }
+    match action.as_str() {
+        "swap" => {
+            let request: SwapRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &format!("expected {{\"component\": PATH}}: {e}")),
+            };
+            let (runtime, path) = (admin.runtime.clone(), request.component.clone());
+            let loaded = tokio::task::spawn_blocking(move || runtime.load_file(&path)).await.map_err(|e| anyhow::anyhow!("{e}"));
+            match loaded.and_then(|r| r) {
+                Ok(component) => admin.swap_to(component, SwapOptions { allow_divergence: request.allow_divergence }, false).await,
+                Err(e) => {
+                    tracing::warn!(tenant = %admin.tenant, error = %format!("{e:#}"), "swap refused: the component does not load");
+                    tenant_error(TenantError::Swap(crate::tenant::SwapError::Build(format!("{e:#}"))))
+                }
+            }
+        }
+        "rollback" => {
+            let previous = admin.components.lock().await.1.clone();
+            match previous {
+                Some(previous) => admin.swap_to(previous, SwapOptions::default(), true).await,
+                None => json_error(StatusCode::CONFLICT, "wrong_phase", "nothing to roll back to: no swap since the last rollback"),
+            }
+        }
+        other => json_error(
+            StatusCode::NOT_FOUND,
+            "unknown_action",
+            &format!("no action {other:?} on the main job: swap or rollback (pause, resume, restart and reload are `serve`'s)"),
+        ),
     }
 }
 

@@ -29,13 +29,15 @@ use crate::replay::{parse_trace, Trace};
 use crate::samples::{SAMPLE_TRACE, SAMPLE_TRACE_NAME};
 use anyhow::{anyhow, bail, Context, Result};
 use difftracker_engine::io::TenantConfig;
+use difftracker_runtime::admin::ControllerAdmin;
 use difftracker_runtime::controller::{self, ControllerHandle, ControllerOptions, ControllerState};
 use difftracker_runtime::driver::EngineKind;
 use difftracker_runtime::k8s::kube;
 use difftracker_runtime::observe::{self, CallCounts, Observatory, ObserveHandle};
+use difftracker_runtime::server::ServerHandle;
 use difftracker_runtime::tenant::TenantStatus;
 use difftracker_runtime::transport::TransportOptions;
-use difftracker_runtime::wasm::SandboxLimits;
+use difftracker_runtime::wasm::{Runtime, SandboxLimits};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -75,6 +77,9 @@ pub struct LiveOptions {
     /// Where to write the API server's kubeconfig; a file in a fresh temporary directory when
     /// `None`.
     pub kubeconfig_out: Option<PathBuf>,
+    /// Serve the admin API's swap and rollback beside `/metrics`, guarded by the token in this
+    /// file (created when missing), as `serve` does (`--admin-token-file FILE`).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl LiveOptions {
@@ -105,6 +110,7 @@ impl LiveOptions {
             max_request_entries: None,
             cloud_state: None,
             kubeconfig_out: None,
+            admin_token_file: None,
         }
     }
 }
@@ -457,7 +463,6 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
     }
 
     let observatory = Observatory::new();
-    let observe = observe::bind(options.listen, observatory.clone()).await?;
     let tenant = TenantConfig {
         tenant: TENANT.into(),
         seed: options.seed,
@@ -472,6 +477,18 @@ pub async fn start(options: LiveOptions) -> Result<LiveRun> {
         ..ControllerOptions::new(tenant, emulator.tenant_config())
     };
     let controller = controller::start(client()?, controller_options, observatory.clone())?;
+    let mut app = observe::router(observatory.clone());
+    if let Some(token_file) = &options.admin_token_file {
+        let running = match options.engine {
+            EngineKind::Wasm => Some(Runtime::with_limits(&options.sandbox)?.load_builtin()?),
+            EngineKind::Native => None,
+        };
+        let admin = ControllerAdmin::new(token_file, TENANT, controller.swapper(), options.sandbox.clone(), running)?;
+        app = app.merge(admin.router());
+    }
+    let listener =
+        tokio::net::TcpListener::bind(options.listen).await.with_context(|| format!("cannot listen on {} for /metrics", options.listen))?;
+    let observe = ServerHandle::spawn(listener, app, "observability")?;
     let startup = begun.elapsed();
 
     if options.print_progress {

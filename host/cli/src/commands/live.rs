@@ -58,6 +58,10 @@ pub struct LiveArgs {
     /// start), for `kubectl --kubeconfig FILE get svc -w` while the run goes on.
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,
+    /// Serve the admin API's swap and rollback beside /metrics (`difftracker admin swap
+    /// --tenant live ...`), guarded by the token in this file (created when missing).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl LiveArgs {
@@ -83,6 +87,7 @@ impl LiveArgs {
             max_request_entries: self.max_request_entries,
             cloud_state: self.cloud_state.as_deref().map(CloudState::load).transpose().map_err(anyhow::Error::msg)?,
             kubeconfig_out: self.kubeconfig_out.clone(),
+            admin_token_file: self.admin_token_file.clone(),
         })
     }
 

@@ -136,6 +136,25 @@ pub struct ControllerHandle {
     task: JoinHandle<Result<()>>,
 }
 
+/// Asks a running controller for hot swaps ([`ControllerHandle::swapper`]); cheap to clone.
+#[derive(Clone)]
+pub struct Swapper {
+    swaps: mpsc::UnboundedSender<SwapRequest>,
+    state: watch::Receiver<ControllerState>,
+}
+
+impl Swapper {
+    /// [`ControllerHandle::hot_swap`].
+    pub async fn hot_swap(&self, factory: EngineFactory, options: SwapOptions) -> std::result::Result<SwapReport, SwapError> {
+        if self.state.borrow().tenant.is_none() {
+            return Err(SwapError::NotRunning);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.swaps.send((factory, options, tx)).map_err(|_| SwapError::NotRunning)?;
+        rx.await.map_err(|_| SwapError::NotRunning)?
+    }
+}
+
 impl ControllerHandle {
     pub fn state(&self) -> ControllerState {
         self.state.borrow().clone()
@@ -159,12 +178,12 @@ impl ControllerHandle {
     /// ([`TenantHandle::hot_swap`]); on success later sessions use `factory` too. Refused with
     /// [`SwapError::NotRunning`] while no session runs (a standby, a backoff).
     pub async fn hot_swap(&self, factory: EngineFactory, options: SwapOptions) -> std::result::Result<SwapReport, SwapError> {
-        if self.state.borrow().tenant.is_none() {
-            return Err(SwapError::NotRunning);
-        }
-        let (tx, rx) = oneshot::channel();
-        self.swaps.send((factory, options, tx)).map_err(|_| SwapError::NotRunning)?;
-        rx.await.map_err(|_| SwapError::NotRunning)?
+        self.swapper().hot_swap(factory, options).await
+    }
+
+    /// A handle that asks this controller for hot swaps, for an admin API.
+    pub fn swapper(&self) -> Swapper {
+        Swapper { swaps: self.swaps.clone(), state: self.state.clone() }
     }
 
     /// Stops the engine after its current tick, then releases the Lease.

@@ -600,7 +600,7 @@ impl TenantHost {
 }
 
 /// Fresh instances of `component`, each in a sandbox of `limits`.
-fn factory_of(component: &EngineComponent, limits: &SandboxLimits) -> EngineFactory {
+pub(crate) fn factory_of(component: &EngineComponent, limits: &SandboxLimits) -> EngineFactory {
     let (component, limits) = (component.clone(), limits.clone());
     Arc::new(move |ids| Ok(Box::new(WasmEngine::with_limits(&component, ids, &limits)?) as Box<dyn EngineDriver>))
 }
