@@ -338,7 +338,9 @@ async fn a_clean_shutdown_releases_the_lease() {
     a.wait_for(|s| s.leading).await.unwrap();
     let (b, _) = start(&api.url(), options(&cloud, Some(lease("b"))));
     a.shutdown().await.unwrap();
-    assert_eq!(holder(&api), "", "released on shutdown");
+    // Released: empty, unless the standby's next try already took it.
+    let after = holder(&api);
+    assert!(after.is_empty() || after == "b", "released on shutdown, not still a's: {after:?}");
     b.wait_for(|s| s.leading).await.unwrap();
     assert_eq!(holder(&api), "b");
     b.shutdown().await.unwrap();

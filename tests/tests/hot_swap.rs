@@ -9,7 +9,7 @@
 use difftracker_engine::io::{CallError, CloudCall, Completion, KubeEvent, Service};
 use difftracker_runtime::backend::{CallFuture, CloudBackend};
 use difftracker_runtime::driver::{CallIds, EngineDriver, Intercept, Intercepted, TickResult, WasmEngine};
-use difftracker_runtime::executor::{Backends, Executor, ManualClock};
+use difftracker_runtime::executor::{Backends, Executor, ManualClock, SystemClock};
 use difftracker_runtime::tenant::{
     spawn_tenant, EngineFactory, Recovery, SnapshotPolicy, SwapError, SwapOptions, TenantEvent, TenantHandle, TenantOptions,
 };
@@ -364,4 +364,75 @@ async fn a_live_swap_across_wit_generations_under_load_keeps_state_and_calls_in_
     reference.wait_for(|s| s.is_idle() && s.state_count("created") == GENERATION_SERVICES as u32).await.unwrap();
     reference.stop().await.unwrap();
     assert_eq!(decisions(&world), decisions(&alone));
+}
+
+/// A running instance that traps once, when told to.
+struct TrapsWhenTold(Arc<std::sync::atomic::AtomicBool>);
+
+impl Intercept for TrapsWhenTold {
+    fn tick(&mut self, inner: &mut dyn EngineDriver, now_ms: u64, completions: Vec<Completion>) -> anyhow::Result<TickResult> {
+        if self.0.swap(false, Ordering::SeqCst) {
+            panic!("unreachable executed (injected trap)");
+        }
+        inner.tick(now_ms, completions)
+    }
+}
+
+/// A swap during trap recovery: the running instance traps while the new one replays in the
+/// background; the tenant recovers (rebuilt from its checkpoint and log), the swap is refused as
+/// interrupted, since the log it replays no longer describes one history, and a second swap then
+/// succeeds and the tenant converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_during_trap_recovery_is_refused_as_interrupted_and_the_next_one_succeeds() {
+    // A real clock: the recovered tenant is backed off for 100 ms after its trap.
+    let executor = Executor::new(Arc::new(SystemClock), 16);
+    let world = MockWorld::new();
+    let recovery = Recovery::for_component(component()).with_snapshots(SnapshotPolicy::every_inputs(usize::MAX));
+    let options = TenantOptions::new("recovering").with_recovery(recovery);
+    let trap = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running: Box<dyn EngineDriver> = Box::new(Intercepted::new(wasm_engine_created(CallIds::default()), TrapsWhenTold(trap.clone())));
+    let tenant = spawn_tenant(&executor, options, running, Backends { cloud: Arc::new(world.clone()), kube: world.kube() }, None);
+    let svc = sample_service("default", "web", "eeee0000-0000-4000-8000-000000000001");
+    tenant
+        .deliver(vec![
+            KubeEvent::InitialListsComplete,
+            KubeEvent::NodeApplied(sample_node("node-1", "10.0.0.4")),
+            KubeEvent::ServiceApplied(svc.clone()),
+            KubeEvent::EndpointSliceApplied(sample_slice(&svc, &[("10.244.1.7", "node-1")])),
+        ])
+        .unwrap();
+    tenant.wait_for(|s| s.is_idle() && s.state_count("created") == 1).await.unwrap();
+
+    // The new instance waits to be built until the running one has trapped and recovered; the
+    // trap is armed once the swap has begun (its factory is called).
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (began, begun) = tokio::sync::oneshot::channel::<()>();
+    let (wait, began) = (Arc::new(std::sync::Mutex::new(wait)), Arc::new(std::sync::Mutex::new(Some(began))));
+    let held: EngineFactory = Arc::new(move |ids| {
+        if let Some(began) = began.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = began.send(());
+        }
+        let _ = wait.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        Ok(Box::new(WasmEngine::new(component(), ids)?) as Box<dyn EngineDriver>)
+    });
+    let swap = tenant.hot_swap(held);
+    begun.await.expect("the swap began");
+    trap.store(true, Ordering::SeqCst);
+    let svc2 = sample_service("default", "web2", "eeee0000-0000-4000-8000-000000000002");
+    tenant.deliver(vec![KubeEvent::ServiceApplied(svc2)]).unwrap();
+    tenant.wait_for(|s| s.restarts == 1).await.unwrap();
+    go.send(()).unwrap();
+    let error = swap.await.expect_err("the swap is refused");
+    assert!(matches!(error, SwapError::Interrupted(_)), "{error:?}");
+    assert_eq!(error.reason(), "interrupted");
+    let status = tenant.wait_for(|s| s.swaps_refused == 1).await.unwrap();
+    assert_eq!(status.swaps, 0);
+
+    // The recovered tenant goes on, and swaps the next time.
+    tenant.wait_for(|s| s.is_idle() && s.state_count("created") == 2).await.unwrap();
+    let report = tenant.hot_swap(factory_with(|| CountTicks(Arc::new(AtomicUsize::new(0))))).await.expect("the next swap succeeds");
+    assert!(report.replayed_in_background > 0, "{report:?}");
+    tenant.wait_for(|s| s.swaps == 1).await.unwrap();
+    assert_eq!(world.inventory().load_balancers.len(), 2, "one load balancer per Service");
+    tenant.stop().await.unwrap();
 }
