@@ -50,6 +50,12 @@ struct SwapRequest {
     allow_divergence: bool,
 }
 
+/// Whether the request carries `Authorization: Bearer <token>`.
+fn bearer_matches(headers: &HeaderMap, token: &[u8]) -> bool {
+    let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token))
+}
+
 /// Equal in time independent of where the first difference is.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -134,8 +140,7 @@ impl Admin {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        given.is_some_and(|t| constant_time_eq(t.trim().as_bytes(), &self.token))
+        bearer_matches(headers, &self.token)
     }
 }
 
@@ -273,8 +278,7 @@ impl ControllerAdmin {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        given.is_some_and(|t| constant_time_eq(t.trim().as_bytes(), &self.token))
+        bearer_matches(headers, &self.token)
     }
 
     async fn view(&self) -> serde_json::Value {
