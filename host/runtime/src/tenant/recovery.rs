@@ -56,30 +56,38 @@ pub type EngineFactory = Arc<dyn Fn(CallIds) -> Result<Box<dyn EngineDriver>> + 
 /// since the last snapshot took `cost_ratio` times as long to apply as that snapshot took, or once
 /// the log holds `max_logged_inputs` inputs. Snapshots then cost about 1/`cost_ratio` of the
 /// guest's time, and a recovery replays at most about `cost_ratio` snapshots' worth of work.
+///
+/// The log's cap grows with the state: `max_logged_inputs`, or `logged_inputs_per_snapshot_kib`
+/// per KiB of the last snapshot when that is more. A fixed cap would snapshot a big tenant every
+/// few thousand inputs however long each snapshot takes, which makes the snapshots' share of the
+/// time grow with the tenant (at 10,000 Services they took half the replay's time); scaled, the
+/// log stays within a small multiple of the state's own size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotPolicy {
     /// Snapshot when applying the logged inputs took this many times the last snapshot's time.
     pub cost_ratio: u32,
     /// Snapshot at the latest when the log holds this many inputs (each tick counts one, plus one
-    /// per event and per completion).
+    /// per event and per completion)...
     pub max_logged_inputs: usize,
+    /// ...or this many per KiB of the last snapshot, when that is more.
+    pub logged_inputs_per_snapshot_kib: usize,
 }
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
-        SnapshotPolicy { cost_ratio: 20, max_logged_inputs: 4096 }
+        SnapshotPolicy { cost_ratio: 20, max_logged_inputs: 4096, logged_inputs_per_snapshot_kib: 16 }
     }
 }
 
 impl SnapshotPolicy {
     /// A snapshot after every tick (no replay log to speak of).
     pub fn every_tick() -> Self {
-        SnapshotPolicy { cost_ratio: 0, max_logged_inputs: 0 }
+        SnapshotPolicy { cost_ratio: 0, max_logged_inputs: 0, logged_inputs_per_snapshot_kib: 0 }
     }
 
     /// A snapshot whenever the log holds `inputs` inputs, whatever the timing (deterministic).
     pub fn every_inputs(inputs: usize) -> Self {
-        SnapshotPolicy { cost_ratio: u32::MAX, max_logged_inputs: inputs }
+        SnapshotPolicy { cost_ratio: u32::MAX, max_logged_inputs: inputs, logged_inputs_per_snapshot_kib: 0 }
     }
 }
 
@@ -333,12 +341,19 @@ impl RecoveryState {
         self.guest_time = Duration::ZERO;
     }
 
+    /// How many inputs the log may hold before a snapshot is due ([`SnapshotPolicy`]).
+    fn log_cap(&self) -> usize {
+        let policy = &self.options.snapshots;
+        let kib = self.checkpoint.as_ref().map_or(0, |c| c.snapshot.len() / 1024);
+        policy.max_logged_inputs.max(kib.saturating_mul(policy.logged_inputs_per_snapshot_kib))
+    }
+
     fn snapshot_due(&self) -> bool {
         if self.checkpoint.is_none() {
             return true;
         }
         !self.log.is_empty()
-            && (self.log_inputs >= self.options.snapshots.max_logged_inputs
+            && (self.log_inputs >= self.log_cap()
                 || self.guest_time >= self.snapshot_cost.saturating_mul(self.options.snapshots.cost_ratio))
     }
 }

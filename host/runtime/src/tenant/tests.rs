@@ -170,6 +170,30 @@ fn snapshots_follow_the_policy() {
     assert!(k.recovery.as_ref().unwrap().log_len() == 0);
 }
 
+/// The log's cap grows with the snapshot: a tenant whose snapshot is some KiB big logs that
+/// many times `logged_inputs_per_snapshot_kib` inputs before the next snapshot, not the floor.
+#[test]
+fn the_log_cap_grows_with_the_snapshot() {
+    let floor = SnapshotPolicy { cost_ratio: u32::MAX, max_logged_inputs: 3, logged_inputs_per_snapshot_kib: 0 };
+    let scaled = SnapshotPolicy { logged_inputs_per_snapshot_kib: 1_000, ..floor };
+    let logged_after = |policy| {
+        let mut k = engine(None, policy);
+        let mut out = TickReport::default();
+        // Enough Services for a snapshot of some KiB; the first iterate takes the checkpoint.
+        let services: Vec<KubeEvent> = (0..200).map(|i| service(&format!("svc-{i}"), i)).collect();
+        k.iterate(1, 1_000, services, vec![], &mut out).unwrap();
+        k.iterate(2, 1_500, vec![], vec![], &mut out).unwrap();
+        assert!(out.checkpoint_bytes.unwrap_or(0) >= 1024, "the snapshot is at least a KiB");
+        for t in 3..10 {
+            k.iterate(t, 1_000 * t, vec![], vec![], &mut out).unwrap();
+        }
+        k.recovery.as_ref().unwrap().log_len()
+    };
+    // With the floor alone a snapshot comes every 3 inputs; scaled, the 8 ticks stay logged.
+    assert!(logged_after(floor) < 3);
+    assert_eq!(logged_after(scaled), 8);
+}
+
 #[test]
 fn reasons_are_one_line_without_the_wasm_backtrace() {
     let reason = "guest failed in `deliver`: error while executing at wasm backtrace:\n    0: 0x121810 - e.wasm!sbrk\n    1: 0x1222ee - e.wasm!dlmalloc\n\nCaused by:\n    forcing trap when growing memory to 17956864 bytes\n";
