@@ -24,6 +24,7 @@ use crate::locations::LocationsUpdater;
 use crate::metrics::{self, Metrics};
 use crate::nrp::NrpMirror;
 use crate::readiness::is_ready;
+use crate::registrar::Registrar;
 use crate::startup::Startup;
 use crate::state::{OpTable, Operation, ResourceState, STATE_LABELS};
 use crate::timers::{Timer, TimerTable};
@@ -83,6 +84,9 @@ pub struct Engine {
     /// The LocationsUpdater.
     #[serde(rename = "lu")]
     pub(crate) locations_updater: LocationsUpdater,
+    /// The workers' `updateServices` requests, batched; empty in snapshots that predate it.
+    #[serde(default, rename = "sr", skip_serializing_if = "Registrar::is_idle")]
+    pub(crate) registrar: Registrar,
     pub(crate) metrics: Metrics,
     /// The start-up pass (ENGINE.md 9); `Ready` in snapshots that predate it.
     #[serde(default)]
@@ -138,6 +142,7 @@ impl Engine {
             dirty: BTreeSet::new(),
             dispatcher: Dispatcher::default(),
             locations_updater: LocationsUpdater::default(),
+            registrar: Registrar::default(),
             metrics: Metrics::default(),
             startup: Startup::default(),
             queued_events: Vec::new(),
@@ -211,6 +216,7 @@ impl Engine {
             self.run_deferred_pod_events();
             self.run_locations(io);
             self.dispatch(io);
+            self.run_registrations(io);
             self.start_pod_calls(io);
             if !self.locations_updater.pass_due(self.now_ms) && self.egress.calls.released.is_empty() {
                 break;
@@ -241,6 +247,7 @@ impl Engine {
     fn highest_awaited_call(&self) -> Option<CallId> {
         [
             self.locations_updater.in_flight.as_ref().map(|f| f.call),
+            self.registrar.in_flight.as_ref().map(|b| b.call),
             self.egress.calls.in_flight.keys().next_back().copied(),
             self.dispatcher.calls.keys().next_back().copied(),
             self.startup.calls.keys().next_back().copied(),
@@ -324,6 +331,7 @@ impl Engine {
     /// completion is ignored).
     pub fn awaits(&self, id: CallId) -> bool {
         self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == id)
+            || self.awaits_registration(id)
             || self.egress.calls.in_flight.contains_key(&id)
             || self.dispatcher.calls.contains_key(&id)
             || self.awaits_startup_call(id)
@@ -331,6 +339,7 @@ impl Engine {
     pub fn calls_in_flight(&self) -> usize {
         self.dispatcher.awaited_calls()
             + usize::from(self.locations_updater.in_flight.is_some())
+            + usize::from(self.registrar.in_flight.is_some())
             + self.egress.calls.in_flight.len()
             + self.startup.calls.len()
     }
@@ -347,6 +356,7 @@ impl Engine {
             && self.egress.calls.queue.is_empty()
             && self.egress.calls.deferred.is_empty()
             && self.locations_updater.is_idle()
+            && self.registrar.is_idle()
     }
 
     /// Checks internal consistency (indexes equal a rebuild, bounds, cross references). Meant
@@ -377,6 +387,7 @@ impl Engine {
         if buffered != self.buffered_deltas {
             return Err("buffered delta count drifted".into());
         }
+        self.check_registrar_invariants()?;
         self.check_egress_invariants()?;
         self.check_startup_invariants()?;
         if self.timers != self.expected_timers() {
@@ -429,6 +440,7 @@ impl Engine {
         self.fire_operation_timeouts();
         self.fire_pod_call_timeouts();
         self.fire_location_timeout();
+        self.fire_registration_timeout();
         self.fire_retry_timers();
     }
 
@@ -437,6 +449,7 @@ impl Engine {
         let mut timers = TimerTable::default();
         self.dispatcher.rearm(&mut timers);
         self.locations_updater.rearm(&mut timers);
+        self.registrar.rearm(&mut timers);
         for (id, c) in &self.egress.calls.in_flight {
             timers.set(Timer::PodCallTimeout(*id), c.deadline_ms);
         }
@@ -448,7 +461,8 @@ impl Engine {
         let mut wake = self.timers.next_timeout();
         let sync_due =
             self.locations_updater.pass_due(self.now_ms) || !self.egress.calls.queue.is_empty() || !self.egress.calls.released.is_empty();
-        let dispatch_due = self.dispatcher.has_runnable() && self.dispatcher.in_flight() < self.config.operations_cap();
+        let dispatch_due =
+            (self.dispatcher.has_runnable() && self.dispatcher.in_flight() < self.config.operations_cap()) || self.registrar.batch_due();
         let startup_due = self.startup_due();
         let work_due = self.startup.phase != InitPhase::Listing && (sync_due || dispatch_due);
         if work_due || startup_due {
@@ -464,6 +478,10 @@ impl Engine {
         }
         if self.locations_updater.in_flight.as_ref().is_some_and(|f| f.call == c.id) {
             self.complete_location_sync(c.outcome);
+            return;
+        }
+        if self.awaits_registration(c.id) {
+            self.complete_registration(c.outcome, io);
             return;
         }
         if self.complete_pod_call(c.id, &c.outcome) {

@@ -13,7 +13,8 @@
 //! - `state`, `config`: operation records and desired configs; `desired`, `nrp`: the two
 //!   address models; `readiness`, `diff`: what may be published and what differs.
 //! - `dispatcher`, `workers`: the ServiceUpdater and its inbound step machines; `locations`: the
-//!   LocationsUpdater; `backoff`: retry timing and the jitter generator.
+//!   LocationsUpdater; `registrar`: the workers' `updateServices` requests, batched;
+//!   `backoff`: retry timing and the jitter generator.
 //! - `timers`: the one table of every deadline; its earliest is the next wake-up.
 //! - `egress`: the egress half (pod buffers, pod deletion records, pod finalizer calls, the pod
 //!   informer, the outbound step machines).
@@ -46,6 +47,7 @@ pub mod metrics;
 pub mod names;
 mod nrp;
 mod readiness;
+mod registrar;
 pub mod snapshot;
 mod startup;
 mod state;

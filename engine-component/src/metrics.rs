@@ -25,6 +25,11 @@ pub const LOCATION_SYNC_ABANDONED_TOTAL: &str = "location_sync_abandoned_total";
 /// Not upstream: `updateAddressLocations` requests sent, one per batch of a location sync
 /// (ENGINE.md 5.5); more than the syncs when a diff exceeds the request budget.
 pub const LOCATION_SYNC_BATCHES_TOTAL: &str = "location_sync_batches_total";
+/// Not upstream: `updateServices` requests the workers' registration changes went out in, one
+/// per batch (ENGINE.md 5.5); fewer than the changes when several wait together.
+pub const SERVICE_UPDATE_BATCHES_TOTAL: &str = "service_update_batches_total";
+/// Not upstream: batches refused for one of their services and sent again one service per call.
+pub const SERVICE_UPDATE_BATCH_SPLITS_TOTAL: &str = "service_update_batch_splits_total";
 pub const DELETE_SUBSTEP_FAILURES_TOTAL: &str = "delete_substep_failures_total";
 pub const SERVICE_EXTERNAL_IP_RECOVERY_FAILED_TOTAL: &str = "service_external_ip_recovery_failed_total";
 /// Not upstream: completions whose call id the engine no longer awaits (late, duplicate, junk).

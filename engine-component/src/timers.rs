@@ -23,6 +23,8 @@ pub(crate) enum Timer {
     /// The backoff before the LocationsUpdater retries a failed pass (7). Not fired: the next
     /// pass starts once it is due.
     LocationSyncRetry,
+    /// The 5-minute deadline of the registrar's `updateServices` batch in flight (5.5).
+    RegistrationTimeout,
     /// The 5-minute deadline of a pod finalizer call in flight (8.3).
     PodCallTimeout(CallId),
     /// The 5-minute deadline of a start-up call in flight (a list call, a finalizer recovery,

@@ -515,6 +515,13 @@ impl Engine {
     /// Starts the next call or finishes the worker.
     fn follow(&mut self, id: &Identity, next: Next, io: &mut dyn Io) {
         match next {
+            Next::Call(step, Call::Cloud(CloudCall::UpdateServices(mut requests))) if requests.len() == 1 => {
+                // Registration changes go out batched (registrar.rs); the worker waits here.
+                if let (Some(a), Some(request)) = (self.dispatcher.active.get_mut(id), requests.pop()) {
+                    a.step = step;
+                    self.queue_registration(id, request);
+                }
+            }
             Next::Call(step, call) => {
                 let call_id = io.start(call);
                 if let Some(a) = self.dispatcher.active.get_mut(id) {
@@ -530,6 +537,7 @@ impl Engine {
     /// Ends a worker: releases its slot, reports the result, re-queues the identity.
     pub(crate) fn finish_worker(&mut self, id: &Identity, result: WorkerResult) {
         let Some(active) = self.dispatcher.remove_active(&mut self.timers, id) else { return };
+        self.registrar.forget(id);
         if let Some((key, _)) = &active.finalizer_target {
             // A timed-out worker no longer awaits its pod call.
             self.release_pod_key(key);

@@ -354,3 +354,24 @@ fn a_nat_gateway_adopted_after_a_crash_is_widened_when_the_cluster_gains_ipv6() 
     let pips = report["inventory"]["public_ips"].as_object().unwrap();
     assert!(pips.contains_key("egress-0-pip-v6"), "{:?}", pips.keys().collect::<Vec<_>>());
 }
+
+/// Regression (found by the property test when registrations were first batched): a Service's
+/// finalizers were removed while its ServiceGateway registration still existed.
+#[test]
+fn a_batched_unregistration_across_crashes_keeps_the_finalizers_until_it_landed() {
+    let c = Case {
+        seed: 4659,
+        services: 9,
+        nodes: 4,
+        egress: 0,
+        churn: Churn::Medium,
+        faults: true,
+        crash_at_ms: vec![31_419, 59_355],
+        downtime_ms: 13_170,
+    };
+    let report = run_case(&c);
+    if let Ok(path) = std::env::var("DUMP_REPORT") {
+        std::fs::write(path, to_bytes(&report)).unwrap();
+    }
+    check_crash_run(&report, 2).unwrap();
+}

@@ -158,8 +158,18 @@ fn at_most_ten_operations_start_at_once() {
         h.engine.delete_service(&id(&uid(i + 100)), true, true);
     }
     let s = h.tick();
-    assert_eq!(s.len(), 10, "the semaphore bounds the started operations");
-    assert_eq!(h.engine.status().operations_in_flight, 10);
+    assert_eq!(h.engine.status().operations_in_flight, 10, "the semaphore bounds the started operations");
+    // Five creates add their finalizers; five deletes detach their pools, in one batched call.
+    let labels = started_labels(&s);
+    assert_eq!(labels.iter().filter(|l| **l == "add-service-finalizers").count(), 5, "{labels:?}");
+    let detached: usize = s
+        .iter()
+        .map(|(_, c)| match c {
+            Call::Cloud(CloudCall::UpdateServices(r)) => r.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!((labels.len(), detached), (6, 5), "{labels:?}");
 }
 
 /// A tenant's own cap on operations in flight replaces the upstream 10.

@@ -17,6 +17,7 @@ mod misc;
 mod pod_finalizers;
 mod props;
 mod props_egress;
+mod registrations;
 mod retry;
 mod scale;
 mod startup;

@@ -306,8 +306,9 @@ impl ArmTransport {
                     return Ok(CallOutput::Done);
                 }
                 let body = wire::update_services_body(cfg, reqs).map_err(ne)?;
-                // 404 on an unregistration means "already unregistered" (AZURE-WIRE.md §3.13.4).
-                let not_found_ok = reqs.iter().all(|r| r.is_delete);
+                // 404 on an unregistration means "already unregistered" (AZURE-WIRE.md §3.13.4); on
+                // a batch it only says one of its services is, so the engine splits it (ENGINE.md 5.5).
+                let not_found_ok = matches!(reqs.as_slice(), [r] if r.is_delete);
                 self.post_sgw(&cfg.sgw_path(SgwOperation::UpdateServices), &body, not_found_ok).await?;
                 Ok(CallOutput::Done)
             }

@@ -535,7 +535,7 @@ async fn server_errors_beyond_the_retries_carry_status_and_code() {
 #[tokio::test]
 async fn not_found_is_success_on_deletes_and_unregistration_only() {
     let nf = || canned(404, r#"{"error":{"code":"ResourceNotFound","message":"gone"}}"#);
-    let s = ScriptedServer::start(vec![nf(), nf(), nf(), nf(), nf()]).await;
+    let s = ScriptedServer::start(vec![nf(), nf(), nf(), nf(), nf(), nf()]).await;
     let t = s.transport();
     assert_eq!(t.perform(CloudCall::DeletePublicIp { name: "p".into() }).await.unwrap(), CallOutput::Done);
     assert_eq!(t.perform(CloudCall::GetNatGateway { name: "n".into() }).await.unwrap(), CallOutput::NatGateway(None));
@@ -548,6 +548,10 @@ async fn not_found_is_success_on_deletes_and_unregistration_only() {
         is_default: None,
     };
     assert_eq!(t.perform(CloudCall::UpdateServices(vec![unregister.clone()])).await.unwrap(), CallOutput::Done);
+    // A batch's 404 says only that one of its services is gone: the others were not unregistered.
+    let other = SgwServiceRequest { name: "v".into(), ..unregister.clone() };
+    let e = t.perform(CloudCall::UpdateServices(vec![unregister.clone(), other])).await.unwrap_err();
+    assert_eq!((e.kind, e.status), (ErrorKind::Http, 404));
     let register = SgwServiceRequest { is_delete: false, ..unregister };
     let e = t.perform(CloudCall::UpdateServices(vec![register])).await.unwrap_err();
     assert_eq!((e.kind, e.status, e.code.as_str()), (ErrorKind::Http, 404, "ResourceNotFound"));

@@ -176,9 +176,10 @@ impl EmulatorBackend {
                         Ok(CallOutput::Done)
                     }
                     CloudCall::GetNatGateway { .. } => Ok(CallOutput::NatGateway(None)),
-                    CloudCall::UpdateServices(reqs) if reqs.iter().all(|r| r.is_delete) => Ok(CallOutput::Done),
+                    // Of a batch, a 404 names one service only: the engine splits it (ENGINE.md 5.5).
+                    CloudCall::UpdateServices(reqs) if matches!(reqs.as_slice(), [r] if r.is_delete) => Ok(CallOutput::Done),
                     _ => Err(arm_to_call_error(label, e, None)),
-                }
+                };
             }
             Err(e) => return Err(arm_to_call_error(label, e, None)),
         };
