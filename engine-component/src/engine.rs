@@ -85,7 +85,7 @@ pub struct Engine {
     #[serde(rename = "lu")]
     pub(crate) locations_updater: LocationsUpdater,
     /// The workers' `updateServices` requests, batched; empty in snapshots that predate it.
-    #[serde(default, rename = "sr", skip_serializing_if = "Registrar::is_idle")]
+    #[serde(default, rename = "sr", skip_serializing_if = "Registrar::is_unused")]
     pub(crate) registrar: Registrar,
     pub(crate) metrics: Metrics,
     /// The start-up pass (ENGINE.md 9); `Ready` in snapshots that predate it.
@@ -440,6 +440,7 @@ impl Engine {
         self.fire_operation_timeouts();
         self.fire_pod_call_timeouts();
         self.fire_location_timeout();
+        self.fire_location_pace();
         self.fire_registration_timeout();
         self.fire_retry_timers();
     }
@@ -462,7 +463,7 @@ impl Engine {
         let sync_due =
             self.locations_updater.pass_due(self.now_ms) || !self.egress.calls.queue.is_empty() || !self.egress.calls.released.is_empty();
         let dispatch_due =
-            (self.dispatcher.has_runnable() && self.dispatcher.in_flight() < self.config.operations_cap()) || self.registrar.batch_due();
+            (self.dispatcher.has_runnable() && self.dispatcher.in_flight() < self.config.operations_cap()) || self.registration_due();
         let startup_due = self.startup_due();
         let work_due = self.startup.phase != InitPhase::Listing && (sync_due || dispatch_due);
         if work_due || startup_due {

@@ -425,6 +425,11 @@ pub struct Completion {
 /// The default cap on a server's `Retry-After`: 5 minutes, the park cooldown (ENGINE.md 4.3).
 pub const DEFAULT_MAX_RETRY_AFTER_MS: u64 = 5 * 60 * 1_000;
 
+/// The default least time between the starts of two ServiceGateway POSTs of a kind: two
+/// seconds, about two `updateAddressLocations` at NRP, so a fast NRP is not sent one request per
+/// event, and registrations that arrive one by one share a call.
+pub const DEFAULT_SGW_POST_INTERVAL_MS: u64 = 2_000;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantConfig {
     pub tenant: String,
@@ -448,6 +453,12 @@ pub struct TenantConfig {
     /// [`crate::dispatcher::MAX_CONCURRENT_OPERATIONS`], as upstream. Held to 1..=1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_operations_in_flight: Option<u32>,
+    /// The least time between the starts of two ServiceGateway POSTs of a kind: two location
+    /// syncs a trigger asks for (ENGINE.md 7), two `updateServices` batches (5.5); `None` means
+    /// [`DEFAULT_SGW_POST_INTERVAL_MS`], 0 starts each at once, as upstream (WIT
+    /// `tenant-config.sgw-post-interval-ms`, 0.3.0; a 0.2.0 component posts at once, as it did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sgw_post_interval_ms: Option<u64>,
 }
 
 impl TenantConfig {
@@ -459,6 +470,11 @@ impl TenantConfig {
     /// The cap on operations in flight in force.
     pub fn operations_cap(&self) -> usize {
         self.max_operations_in_flight.map_or(crate::dispatcher::MAX_CONCURRENT_OPERATIONS, |n| n.clamp(1, 1000) as usize)
+    }
+
+    /// The ServiceGateway POST interval in force.
+    pub fn sgw_post_interval_ms(&self) -> u64 {
+        self.sgw_post_interval_ms.unwrap_or(DEFAULT_SGW_POST_INTERVAL_MS)
     }
 
     /// The request budget in force.

@@ -51,6 +51,12 @@ pub struct LocationsUpdater {
     /// A server's `Retry-After` (capped): no pass starts before this, triggers included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
+    /// The tenant's sync interval after the last pass started: a triggered pass waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paced_until_ms: Option<u64>,
+    /// The next pass sends the next batch of a split sync: it goes at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continuation: bool,
 }
 
 impl LocationsUpdater {
@@ -60,7 +66,12 @@ impl LocationsUpdater {
 
     /// A trigger asks for a pass that may start now (none in flight, no server hold).
     pub(crate) fn pass_due(&self, now_ms: u64) -> bool {
-        self.triggered && self.in_flight.is_none() && self.not_before_ms.is_none_or(|t| now_ms >= t)
+        self.triggered && self.in_flight.is_none() && self.not_before_ms.is_none_or(|t| now_ms >= t) && !self.paced(now_ms)
+    }
+
+    /// A triggered pass waits for the sync interval.
+    fn paced(&self, now_ms: u64) -> bool {
+        !self.continuation && self.paced_until_ms.is_some_and(|t| now_ms < t)
     }
 
     fn begin_pass(&mut self, timers: &mut TimerTable, sync: InFlightSync) {
@@ -85,10 +96,14 @@ impl LocationsUpdater {
     pub(crate) fn rearm(&self, timers: &mut TimerTable) {
         timers.stop(&Timer::LocationSyncTimeout);
         timers.stop(&Timer::LocationSyncRetry);
+        timers.stop(&Timer::LocationSyncPace);
         match (&self.in_flight, self.retry_at_ms) {
             (Some(f), _) => timers.set(Timer::LocationSyncTimeout, f.deadline_ms),
             (None, Some(at)) => timers.set(Timer::LocationSyncRetry, at),
             (None, None) => {}
+        }
+        if let (None, Some(at), true, false) = (&self.in_flight, self.paced_until_ms, self.triggered, self.continuation) {
+            timers.set(Timer::LocationSyncPace, at);
         }
     }
 }
@@ -107,7 +122,18 @@ fn is_terminal_status(e: &CallError) -> bool {
 impl Engine {
     /// The LocationsUpdater trigger: asks for a location sync pass.
     pub(crate) fn trigger_location_sync(&mut self) {
-        self.locations_updater.triggered = true;
+        if !self.locations_updater.triggered {
+            self.locations_updater.triggered = true;
+            self.locations_updater.rearm(&mut self.timers);
+        }
+    }
+
+    /// The sync interval is over: a triggered pass may start.
+    pub(crate) fn fire_location_pace(&mut self) {
+        if self.timers.is_expired(&Timer::LocationSyncPace, self.now_ms) {
+            self.locations_updater.paced_until_ms = None;
+            self.locations_updater.rearm(&mut self.timers);
+        }
     }
 
     /// Starts a pass if one is due and none is in flight.
@@ -116,10 +142,11 @@ impl Engine {
             return;
         }
         let retry_due = self.timers.is_expired(&Timer::LocationSyncRetry, self.now_ms);
-        if !self.locations_updater.triggered && !retry_due {
+        if !retry_due && (!self.locations_updater.triggered || self.locations_updater.paced(self.now_ms)) {
             return;
         }
         self.locations_updater.triggered = false;
+        self.locations_updater.continuation = false;
         self.locations_updater.not_before_ms = None;
         self.locations_updater.set_retry(&mut self.timers, None);
         let keys = std::mem::take(&mut self.dirty);
@@ -145,6 +172,8 @@ impl Engine {
             keys
         };
         self.metrics.inc(metrics::LOCATION_SYNC_BATCHES_TOTAL, &[]);
+        let interval = self.config.sgw_post_interval_ms();
+        self.locations_updater.paced_until_ms = (interval > 0).then(|| self.now_ms.saturating_add(interval));
         let call = io.start(Call::Cloud(CloudCall::UpdateAddressLocations(diff.to_wire())));
         let identities = diff.identities();
         let sync = InFlightSync { call, diff, keys, identities, deadline_ms: self.now_ms.saturating_add(OPERATION_TIMEOUT_MS), more };
@@ -212,8 +241,10 @@ impl Engine {
                 self.locations_updater.failures = 0;
                 self.locations_updater.abandoned_reported = false;
                 if more {
-                    // The next batch of the same sync.
+                    // The next batch of the same sync, at once.
+                    self.locations_updater.continuation = true;
                     self.trigger_location_sync();
+                    self.locations_updater.rearm(&mut self.timers);
                 }
             }
             SyncOutcome::Terminal => {

@@ -16,6 +16,11 @@
 //! reaches only the worker it belongs to. Answers that say nothing about one service
 //! (throttling, 5xx, a timeout, a transport failure) are every member's own answer.
 //!
+//! Batches are paced like location syncs: one starts no sooner than the tenant's ServiceGateway
+//! POST interval after the previous one started, so registrations that arrive one by one share
+//! a call; but when every running worker waits for the registrar and more work waits for a
+//! slot, the batch goes at once (waiting would only hold the backlog up).
+//!
 //! Ordering (5.5) is per service and is kept by the step machines: a member's next step starts
 //! only from its completion, exactly as before.
 
@@ -58,27 +63,37 @@ pub struct Registrar {
     /// Waiting requests, oldest first; one per identity (one worker per identity).
     pub queue: VecDeque<Queued>,
     pub in_flight: Option<InFlightBatch>,
+    /// The POST interval after the last batch started: the next waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paced_until_ms: Option<u64>,
 }
 
 impl Registrar {
+    /// Nothing queued or in flight.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.in_flight.is_none()
     }
 
-    /// Whether a batch may start now.
-    pub(crate) fn batch_due(&self) -> bool {
-        self.in_flight.is_none() && !self.queue.is_empty()
+    /// Nothing a snapshot must carry (snapshots of an engine that never batched stay as they were).
+    pub fn is_unused(&self) -> bool {
+        self.is_idle() && self.paced_until_ms.is_none()
     }
 
     /// Drops `id`'s waiting request (its worker ended while it waited).
-    pub(crate) fn forget(&mut self, id: &Identity) {
+    pub(crate) fn forget(&mut self, id: &Identity, timers: &mut TimerTable) {
         self.queue.retain(|q| &q.id != id);
+        self.rearm(timers);
     }
 
+    /// Arms the table from this state: the batch's deadline while one is in flight, else the
+    /// end of the interval while requests wait for it.
     pub(crate) fn rearm(&self, timers: &mut TimerTable) {
-        match &self.in_flight {
-            Some(b) => timers.set(Timer::RegistrationTimeout, b.deadline_ms),
-            None => timers.stop(&Timer::RegistrationTimeout),
+        timers.stop(&Timer::RegistrationTimeout);
+        timers.stop(&Timer::RegistrationPace);
+        match (&self.in_flight, self.paced_until_ms) {
+            (Some(b), _) => timers.set(Timer::RegistrationTimeout, b.deadline_ms),
+            (None, Some(at)) if !self.queue.is_empty() => timers.set(Timer::RegistrationPace, at),
+            (None, _) => {}
         }
     }
 
@@ -126,15 +141,30 @@ fn is_per_service_refusal(e: &CallError) -> bool {
 impl Engine {
     /// Queues worker `id`'s registration request; the worker waits at its step without a call.
     pub(crate) fn queue_registration(&mut self, id: &Identity, request: SgwServiceRequest) {
-        self.registrar.forget(id);
+        self.registrar.queue.retain(|q| &q.id != id);
         self.registrar.queue.push_back(Queued { id: id.clone(), request });
+        self.registrar.rearm(&mut self.timers);
     }
 
-    /// Starts a batch if requests wait and none is in flight.
+    /// Whether a batch may start now: requests wait, none is in flight, and the interval is over
+    /// or every running worker waits here while more work waits for a slot.
+    pub(crate) fn registration_due(&self) -> bool {
+        let r = &self.registrar;
+        if r.in_flight.is_some() || r.queue.is_empty() {
+            return false;
+        }
+        let interval_over = r.paced_until_ms.is_none_or(|t| self.now_ms >= t);
+        let backlog = r.queue.len() >= self.dispatcher.in_flight() && self.dispatcher.has_runnable();
+        interval_over || backlog
+    }
+
+    /// Starts a batch if one is due.
     pub(crate) fn run_registrations(&mut self, io: &mut dyn Io) {
-        if !self.registrar.batch_due() {
+        if !self.registration_due() {
             return;
         }
+        let interval = self.config.sgw_post_interval_ms();
+        self.registrar.paced_until_ms = (interval > 0).then(|| self.now_ms.saturating_add(interval));
         let members = self.registrar.take_batch(&self.config.request_budget());
         let call = io.start(Call::Cloud(CloudCall::UpdateServices(members.iter().map(|m| m.request.clone()).collect())));
         self.metrics.inc(metrics::SERVICE_UPDATE_BATCHES_TOTAL, &[]);
@@ -182,6 +212,10 @@ impl Engine {
     pub(crate) fn fire_registration_timeout(&mut self) {
         if self.timers.is_expired(&Timer::RegistrationTimeout, self.now_ms) {
             self.registrar.in_flight = None;
+            self.registrar.rearm(&mut self.timers);
+        }
+        if self.timers.is_expired(&Timer::RegistrationPace, self.now_ms) {
+            self.registrar.paced_until_ms = None;
             self.registrar.rearm(&mut self.timers);
         }
     }

@@ -158,7 +158,7 @@ impl Default for Harness {
 impl Harness {
     /// An engine that skips the start-up pass (initialized, empty view of the cloud).
     pub fn new(seed: u64) -> Harness {
-        Harness::with_engine(Engine::initialized(TenantConfig { tenant: "test".into(), seed, ..TenantConfig::default() }))
+        Harness::with_engine(Engine::initialized(TenantConfig { tenant: "test".into(), seed, ..TenantConfig::unpaced() }))
     }
 
     /// An initialized engine with this tenant configuration.
@@ -168,7 +168,7 @@ impl Harness {
 
     /// A new engine as hosts create it: it starts with the start-up pass.
     pub fn starting(seed: u64) -> Harness {
-        Harness::with_engine(Engine::new(TenantConfig { tenant: "test".into(), seed, ..TenantConfig::default() }))
+        Harness::with_engine(Engine::new(TenantConfig { tenant: "test".into(), seed, ..TenantConfig::unpaced() }))
     }
 
     pub fn with_engine(engine: Engine) -> Harness {
@@ -267,5 +267,12 @@ impl Harness {
             self.tick_with(completions);
         }
         self.engine.is_settled()
+    }
+}
+
+impl TenantConfig {
+    /// A configuration with upstream's timing: every triggered location sync starts at once.
+    pub fn unpaced() -> TenantConfig {
+        TenantConfig { sgw_post_interval_ms: Some(0), ..TenantConfig::default() }
     }
 }

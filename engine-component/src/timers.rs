@@ -23,8 +23,14 @@ pub(crate) enum Timer {
     /// The backoff before the LocationsUpdater retries a failed pass (7). Not fired: the next
     /// pass starts once it is due.
     LocationSyncRetry,
+    /// The end of the interval a triggered location sync waits for after the previous one
+    /// started (7); fired, it lets the pass start.
+    LocationSyncPace,
     /// The 5-minute deadline of the registrar's `updateServices` batch in flight (5.5).
     RegistrationTimeout,
+    /// The end of the interval queued registrations wait for after the last batch started
+    /// (5.5); fired, it lets the next batch start.
+    RegistrationPace,
     /// The 5-minute deadline of a pod finalizer call in flight (8.3).
     PodCallTimeout(CallId),
     /// The 5-minute deadline of a start-up call in flight (a list call, a finalizer recovery,

@@ -537,7 +537,7 @@ impl Engine {
     /// Ends a worker: releases its slot, reports the result, re-queues the identity.
     pub(crate) fn finish_worker(&mut self, id: &Identity, result: WorkerResult) {
         let Some(active) = self.dispatcher.remove_active(&mut self.timers, id) else { return };
-        self.registrar.forget(id);
+        self.registrar.forget(id, &mut self.timers);
         if let Some((key, _)) = &active.finalizer_target {
             // A timed-out worker no longer awaits its pod call.
             self.release_pod_key(key);

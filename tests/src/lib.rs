@@ -70,8 +70,11 @@ pub fn test_cache_dir() -> std::path::PathBuf {
     wasm.ancestors().nth(3).unwrap_or_else(|| std::path::Path::new(".")).join("component-cache")
 }
 
+///
+/// With upstream's timing (no ServiceGateway POST interval): these tests drive the clock call by
+/// call; the interval has its own scenarios (159, 160).
 pub fn tenant_config() -> TenantConfig {
-    TenantConfig { tenant: "test-tenant".into(), seed: 1234, ..TenantConfig::default() }
+    TenantConfig { tenant: "test-tenant".into(), seed: 1234, sgw_post_interval_ms: Some(0), ..TenantConfig::default() }
 }
 
 /// A fresh, created engine component instance whose initial lists were empty: it has received

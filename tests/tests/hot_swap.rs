@@ -317,24 +317,33 @@ async fn a_live_swap_across_wit_generations_under_load_keeps_state_and_calls_in_
         tokio::task::yield_now().await;
     }
 
+    // Endpoint rounds keep arriving while each swap prepares its instance (so the swap has
+    // inputs to replay in the background), the rest after the swaps.
     let inputs = tenant.input_sender();
-    let feeder = tokio::spawn(async move {
-        for round in 1..=UPDATE_ROUNDS {
-            if inputs.send(endpoint_round(round)).is_err() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    });
+    let mut rounds = 1..=UPDATE_ROUNDS;
     let targets =
         [(component(), "clb:difftracker@0.3.0"), (component_v0_2(), "clb:difftracker@0.2.0"), (component(), "clb:difftracker@0.3.0")];
     for (done, (target, package)) in (1..).zip(targets) {
-        let report = tenant.hot_swap(factory_of(target)).await.unwrap_or_else(|e| panic!("the swap to {package} is refused: {e}"));
+        let swap = tenant.hot_swap(factory_of(target));
+        tokio::pin!(swap);
+        let report = loop {
+            tokio::select! {
+                report = &mut swap => break report,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {
+                    if let Some(round) = rounds.next() {
+                        inputs.send(endpoint_round(round)).unwrap();
+                    }
+                }
+            }
+        };
+        let report = report.unwrap_or_else(|e| panic!("the swap to {package} is refused: {e}"));
         assert!(report.replayed_in_background > 0, "{report:?}");
         let status = tenant.wait_for(|s| s.swaps == done && s.wit == Some(package)).await.unwrap();
         assert_eq!(status.calls_outstanding, GENERATION_SERVICES, "the load balancer calls are still in flight");
     }
-    feeder.await.unwrap();
+    for round in rounds {
+        inputs.send(endpoint_round(round)).unwrap();
+    }
 
     gate.add_permits(1_000);
     let status = tenant.wait_for(|s| s.is_idle() && s.state_count("created") == GENERATION_SERVICES as u32).await.unwrap();

@@ -16,7 +16,7 @@ fn budget_harness(bytes: u64, entries: u32) -> Harness {
         seed: 7,
         max_request_bytes: Some(bytes),
         max_request_entries: Some(entries),
-        ..TenantConfig::default()
+        ..TenantConfig::unpaced()
     });
     h.deliver(vec![KubeEvent::NodeApplied(node("n1", &["10.0.0.1"])), KubeEvent::NodeApplied(node("n2", &["10.0.0.2"]))]);
     h

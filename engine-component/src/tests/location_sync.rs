@@ -265,3 +265,41 @@ fn readiness_flip_marks_addresses_dirty() {
     assert_eq!(h.engine.pending_location_diff(), h.engine.full_location_diff());
     assert!(location_sync_triggered(&h));
 }
+
+/// Scenario 159: the default sync interval. A triggered sync starts at once when none started in
+/// the last second; changes within that second wait and go out together at its end; the next
+/// batch of a split sync and the retry after a failure are not held by it.
+#[test]
+fn s159_triggered_syncs_are_paced_by_the_interval_and_changes_within_it_go_together() {
+    let mut h = Harness::with_config(TenantConfig { tenant: "t".into(), seed: 7, ..TenantConfig::default() });
+    assert_eq!(TenantConfig::default().sgw_post_interval_ms(), DEFAULT_SGW_POST_INTERVAL_MS);
+    h.deliver(vec![KubeEvent::NodeApplied(node("n1", &["10.0.0.1"]))]);
+    h.deliver(vec![KubeEvent::EndpointSliceApplied(slice("s", UID, &[("10.1.0.1", "n1")]))]);
+    create(&mut h, UID, &[80]);
+    let first = sync_ok(&mut h).expect("the first sync starts at once");
+    assert_eq!(first[0].addresses.len(), 1);
+    // Three changes within the interval: no sync until it ends, then one with all three.
+    for (i, ms) in [(2, 100u64), (3, 300), (4, 200)] {
+        let eps: Vec<(String, &str)> = (1..=i).map(|k| (format!("10.1.0.{k}"), "n1")).collect();
+        let refs: Vec<(&str, &str)> = eps.iter().map(|(a, n)| (a.as_str(), *n)).collect();
+        h.deliver(vec![KubeEvent::EndpointSliceApplied(slice("s", UID, &refs))]);
+        h.advance(ms);
+        assert!(sync_call(&h).is_none(), "held by the interval at +{ms} ms");
+    }
+    assert_eq!(h.last.next_wake_ms, Some(1_000_000 + DEFAULT_SGW_POST_INTERVAL_MS), "the engine asks to be woken at its end");
+    h.wake();
+    let body = sync_ok(&mut h).expect("the interval is over");
+    let addrs: Vec<&str> = body[0].addresses.iter().map(|a| a.address.as_str()).collect();
+    assert_eq!(addrs, vec!["10.1.0.2", "10.1.0.3", "10.1.0.4"], "one request for the three changes");
+    assert_eq!(metric(&h, "location_sync_batches_total", &[]), 2.0);
+    // A failed pass retries after its backoff, which the interval does not lengthen.
+    h.deliver(vec![KubeEvent::EndpointSliceApplied(slice("s", UID, &[("10.1.0.9", "n1")]))]);
+    h.advance(DEFAULT_SGW_POST_INTERVAL_MS);
+    let c = sync_call(&h).unwrap();
+    h.fail(c, CallError::http(500, "InternalServerError", "down"));
+    let retry_at = h.last.next_wake_ms.unwrap();
+    assert!(retry_at - h.now <= 1_200, "backoff of about a second, then the retry");
+    h.wake();
+    assert!(sync_call(&h).is_some(), "the retry starts when its backoff ends");
+    inv(&h);
+}

@@ -182,7 +182,7 @@ fn s156_unregistrations_batch_and_a_404_in_a_batch_is_success_for_its_own_servic
 
 #[test]
 fn s157_a_batch_holds_no_more_than_the_request_budget() {
-    let mut h = Harness::with_config(TenantConfig { tenant: "t".into(), seed: 7, max_request_entries: Some(2), ..TenantConfig::default() });
+    let mut h = Harness::with_config(TenantConfig { tenant: "t".into(), seed: 7, max_request_entries: Some(2), ..TenantConfig::unpaced() });
     h.deliver(vec![KubeEvent::NodeApplied(node("n1", &["10.0.0.1"]))]);
     let uids = creates_up_to_registration(&mut h, 5);
     let mut sent = Vec::new();
@@ -226,4 +226,45 @@ fn s158_a_worker_that_times_out_while_queued_leaves_the_queue_and_the_batch_surv
     // The retries register both, together.
     assert!(h.run_ok(200));
     assert!(h.engine.nrp().has_load_balancer(&id(&first[0])) && h.engine.nrp().has_load_balancer(&id(&second)));
+}
+
+#[test]
+fn s160_batches_are_paced_by_the_interval_unless_the_backlog_waits_on_them() {
+    let cap = 3;
+    let mut h =
+        Harness::with_config(TenantConfig { tenant: "t".into(), seed: 7, max_operations_in_flight: Some(cap), ..TenantConfig::default() });
+    h.deliver(vec![KubeEvent::NodeApplied(node("n1", &["10.0.0.1"]))]);
+    // The first registration goes at once.
+    let first = creates_up_to_registration(&mut h, 1);
+    let (c, r) = service_calls(&h)[0].clone();
+    assert_eq!(names(&r), first);
+    h.ok(c);
+    complete_all(&mut h, "patch-service-ingress");
+    // Two more within the interval wait for its end, then share one call.
+    let two: Vec<String> = (0..2).map(|i| format!("4000000{i}-0000-4000-8000-00000000000{i}")).collect();
+    h.deliver(two.iter().map(|u| KubeEvent::ServiceApplied(lb_service(u, &[80]))).collect());
+    h.advance(100);
+    for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers"] {
+        complete_all(&mut h, label);
+    }
+    assert!(service_calls(&h).is_empty(), "held by the interval");
+    assert_eq!(h.last.next_wake_ms, Some(1_000_000 + DEFAULT_SGW_POST_INTERVAL_MS), "woken at its end");
+    h.wake();
+    let calls = service_calls(&h);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].1.len(), 2, "one call for both");
+    h.ok(calls[0].0);
+    complete_all(&mut h, "patch-service-ingress");
+    // A backlog: every slot's worker waits at its registration and more Services wait for a
+    // slot; the batch goes at once, interval or not.
+    let many: Vec<String> = (0..5).map(|i| format!("5000000{i}-0000-4000-8000-00000000000{i}")).collect();
+    h.deliver(many.iter().map(|u| KubeEvent::ServiceApplied(lb_service(u, &[80]))).collect());
+    h.advance(10);
+    for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers"] {
+        complete_all(&mut h, label);
+    }
+    let calls = service_calls(&h);
+    assert_eq!(calls.len(), 1, "not held: the backlog waits on it");
+    assert_eq!(calls[0].1.len(), cap as usize);
+    inv(&h);
 }

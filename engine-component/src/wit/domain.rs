@@ -8,7 +8,7 @@
 use super::{w, wx};
 use crate::io;
 
-/// The tenant configuration a host creates the engine with (the same record in both).
+/// The tenant configuration a host creates the engine with (0.3.0 adds the POST interval).
 pub(super) fn config_in(c: wx::TenantConfig) -> io::TenantConfig {
     io::TenantConfig {
         tenant: c.tenant,
@@ -17,6 +17,11 @@ pub(super) fn config_in(c: wx::TenantConfig) -> io::TenantConfig {
         max_request_bytes: c.max_request_bytes,
         max_request_entries: c.max_request_entries,
         max_operations_in_flight: c.max_operations_in_flight,
+        #[cfg(not(feature = "wit-0-2"))]
+        sgw_post_interval_ms: c.sgw_post_interval_ms,
+        // 0.2.0 has no such field: its hosts get what 0.2.0 engines always did, each POST at once.
+        #[cfg(feature = "wit-0-2")]
+        sgw_post_interval_ms: Some(0),
     }
 }
 

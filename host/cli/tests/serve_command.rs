@@ -116,8 +116,9 @@ fn serve_runs_the_bundled_example_reloads_on_sighup_and_stops_on_sigterm() {
     std::fs::write(&config, text.replace("name = \"late\"", "name = \"Late!\"")).unwrap();
     signal(&child, libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    let tenants = eventually_tenants(port, &token_file, "the four tenants still run", |t| t.len() == 4);
-    assert!(converged(tenant(&tenants, "late")) && converged(tenant(&tenants, "shop")));
+    eventually_tenants(port, &token_file, "the four tenants still run, converged", |t| {
+        t.len() == 4 && converged(tenant(t, "late")) && converged(tenant(t, "shop"))
+    });
 
     signal(&child, libc::SIGTERM);
     let out = child.wait_with_output().unwrap();

@@ -17,7 +17,9 @@
 //!   `difftracker_host_engine_rollbacks_total{tenant}`, `difftracker_host_checkpoint_bytes{tenant}`,
 //!   `difftracker_host_engine_restarts_total{tenant}`, `difftracker_host_engine_traps_total{tenant}`,
 //!   `difftracker_host_tenant_backoff_seconds{tenant}` (the delay a trapping tenant waits before
-//!   its next tick, 0 when none), `difftracker_host_tenant_up{tenant}`.
+//!   its next tick, 0 when none), `difftracker_host_tenant_up{tenant}`,
+//!   `difftracker_host_arm_remaining_subscription_writes{subscription}` (ARM's count of the
+//!   subscription's writes left, from its last answer; see `transport::pacing`).
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 once every tenant has ticked at least once, finished its start-up pass
 //!   and none has stopped on an error (a poisoned engine stops its tenant); 503 otherwise, with
@@ -122,6 +124,7 @@ struct HostMetrics {
     call_duration: Family<Labels, Histogram, fn() -> Histogram>,
     watch_relists: Family<Labels, Counter>,
     watch_errors: Family<Labels, Counter>,
+    arm_remaining_writes: Family<Labels, Gauge>,
 }
 
 fn tick_histogram() -> Histogram {
@@ -158,6 +161,7 @@ impl HostMetrics {
             call_duration: Family::new_with_constructor(call_histogram as fn() -> Histogram),
             watch_relists: Family::default(),
             watch_errors: Family::default(),
+            arm_remaining_writes: Family::default(),
         }
     }
 
@@ -240,6 +244,11 @@ impl HostMetrics {
             "difftracker_host_watch_errors",
             "Errors the cluster watch reported (each followed by a backoff), by tenant and kind",
             self.watch_errors.clone(),
+        );
+        registry.register(
+            "difftracker_host_arm_remaining_subscription_writes",
+            "Writes ARM said the subscription had left (x-ms-ratelimit-remaining-subscription-writes of its last answer), by subscription",
+            self.arm_remaining_writes.clone(),
         );
     }
 }
@@ -641,6 +650,9 @@ impl Observatory {
 
     /// The OpenMetrics text of `/metrics`.
     pub fn render_metrics(&self) -> String {
+        for (subscription, left) in crate::transport::pacing::remaining_writes() {
+            self.inner.host.arm_remaining_writes.get_or_create(&vec![("subscription".to_string(), subscription)]).set(i64::from(left));
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
             tracing::warn!(error = %e, "encoding metrics failed");

@@ -72,7 +72,12 @@ pub(crate) fn settle(engine: &mut dyn EngineDriver, now: &mut u64) -> Result<()>
         let result = engine.tick(*now, std::mem::take(&mut completions))?;
         completions = result.started.iter().map(|(id, call)| respond(*id, call)).collect();
         if completions.is_empty() {
-            return Ok(());
+            // A paced POST waits for its interval: jump there (virtual time costs nothing).
+            match result.outcome.next_wake_ms.filter(|_| !engine.status().is_ok_and(|s| s.settled)) {
+                Some(w) if w > *now => *now = w,
+                _ => return Ok(()),
+            }
+            continue;
         }
         *now += 1;
     }

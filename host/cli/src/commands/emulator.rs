@@ -1,6 +1,7 @@
 //! `difftracker emulator`.
 
 use anyhow::Result;
+use difftracker_simulation::emulator::throttle::RateLimits;
 use difftracker_simulation::emulator::{run_emulator, CloudState, EmulatorAuth, EmulatorOptions, LroMode, PollingOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,11 @@ pub struct EmulatorArgs {
     /// `GET /_emulator/inventory` prints (see the README).
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// Enforce ARM's per-subscription budgets: WRITES[,READS], each CAPACITY/REFILL_PER_SECOND
+    /// (token buckets; 429 with Retry-After beyond them). Without a value, ARM's defaults
+    /// (200/10,250/25).
+    #[arg(long, num_args = 0..=1, default_missing_value = RateLimits::DEFAULT_TEXT, value_parser = RateLimits::parse)]
+    pub rate_limits: Option<RateLimits>,
 }
 
 impl EmulatorArgs {
@@ -48,6 +54,7 @@ impl EmulatorArgs {
             seed_default_natgw: !self.no_default_natgw,
             auth,
             public_url: self.public_url,
+            rate_limits: self.rate_limits,
             ..EmulatorOptions::default()
         };
         let state = self.state.as_deref().map(CloudState::load).transpose().map_err(anyhow::Error::msg)?;

@@ -4,6 +4,7 @@ use super::progress::Progress as Bar;
 use super::{EngineArg, SandboxArgs};
 use anyhow::{bail, Context, Result};
 use difftracker_runtime::driver::EngineKind;
+use difftracker_simulation::emulator::throttle::{Budget, RateLimits};
 use difftracker_simulation::emulator::{CloudState, FaultPlan};
 use difftracker_simulation::replay::gen::{write_trace, Churn, GenOptions};
 use difftracker_simulation::replay::{html, oracle, read_trace, replay, report, CrashPlan, Progress, ReplayOptions, DEFAULT_UNTIL_MS};
@@ -46,6 +47,9 @@ pub struct ReplayArgs {
     /// 10,000).
     #[arg(long)]
     pub max_request_entries: Option<u32>,
+    /// Operations the engine runs at once (default 10, as upstream; 1..=1000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub operations_in_flight: Option<u32>,
     /// Kill the host at these virtual times (ms, comma-separated): the engine, its snapshot and
     /// the answers of its calls in flight are lost; a fresh host starts from the cloud and the
     /// cluster.
@@ -65,6 +69,29 @@ pub struct ReplayArgs {
     /// For --html: virtual time between two samples of every operation's state (ms).
     #[arg(long, default_value_t = 1000, requires = "html", value_parser = clap::value_parser!(u64).range(1..))]
     pub html_sample_ms: u64,
+    /// The emulator enforces ARM's per-subscription budgets: WRITES[,READS], each
+    /// CAPACITY/REFILL_PER_SECOND (429 with Retry-After beyond them). Without a value, ARM's
+    /// defaults (200/10,250/25). The host then paces its writes under the write budget.
+    #[arg(long, num_args = 0..=1, default_missing_value = RateLimits::DEFAULT_TEXT, value_parser = RateLimits::parse)]
+    pub rate_limits: Option<RateLimits>,
+    /// The write budget the host paces under (CAPACITY/REFILL_PER_SECOND, or `off`); by default
+    /// the emulator's write budget when --rate-limits is given, else none.
+    #[arg(long, value_parser = parse_write_budget)]
+    pub write_budget: Option<WriteBudgetArg>,
+}
+
+/// `--write-budget`: a budget, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub enum WriteBudgetArg {
+    Off,
+    Budget(Budget),
+}
+
+fn parse_write_budget(s: &str) -> Result<WriteBudgetArg, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(WriteBudgetArg::Off);
+    }
+    Budget::parse(s).map(WriteBudgetArg::Budget)
 }
 
 impl ReplayArgs {
@@ -92,10 +119,17 @@ fn run_replay(args: ReplayArgs) -> Result<()> {
         faults,
         max_request_bytes: args.max_request_bytes,
         max_request_entries: args.max_request_entries,
+        max_operations_in_flight: args.operations_in_flight,
         sandbox: args.sandbox.limits(),
         crashes: CrashPlan { at_ms: args.crash_at_ms.clone(), downtime_ms: args.downtime_ms },
         cloud_state,
         timeline: args.html.as_ref().map(|_| args.html_sample_ms),
+        rate_limits: args.rate_limits,
+        write_budget: match args.write_budget {
+            Some(WriteBudgetArg::Off) => None,
+            Some(WriteBudgetArg::Budget(b)) => Some(b),
+            None => args.rate_limits.map(|l| l.writes),
+        },
         ..ReplayOptions::default()
     };
     let bar = Arc::new(Bar::new("replay: trace events", Some(trace.events.len() as u64)));

@@ -6,6 +6,7 @@
 
 use super::auth::{NoAuth, TokenSource};
 use super::config::{NameError, ResourceKind, SgwOperation, TenantAzureConfig};
+use super::pacing;
 use super::wire;
 use crate::backend::{CallFuture, CloudBackend};
 use difftracker_engine::io::{CallError, CallOutput, CloudCall, ErrorKind};
@@ -49,6 +50,10 @@ pub struct TransportOptions {
     /// character boundary and marked.
     pub max_error_text_bytes: usize,
     pub user_agent: String,
+    /// The subscription's write budget the host paces its writes under ([`pacing`]), shared by
+    /// every tenant writing to the subscription; ARM's default (200, refilled at 10 per second)
+    /// unless set, none (unpaced) when `None`.
+    pub write_budget: Option<pacing::Budget>,
 }
 
 impl Default for TransportOptions {
@@ -68,6 +73,7 @@ impl Default for TransportOptions {
             max_response_bytes: 16 << 20,
             max_error_text_bytes: 4096,
             user_agent: concat!("difftracker/", env!("CARGO_PKG_VERSION")).into(),
+            write_budget: Some(pacing::Budget::default()),
         }
     }
 }
@@ -167,6 +173,7 @@ struct Inner {
     http: reqwest::Client,
     tokens: Arc<dyn TokenSource>,
     origin: String,
+    pacer: Option<Arc<pacing::WritePacer>>,
 }
 
 /// `scheme://host[:port]`, lower-cased, of an absolute URL.
@@ -197,7 +204,8 @@ impl ArmTransport {
             .map_err(|e| NameError::Endpoint { value: config.arm_endpoint.clone(), reason: format!("HTTP client: {e}") })?;
         let origin = origin_of(config.endpoint())
             .ok_or_else(|| NameError::Endpoint { value: config.arm_endpoint.clone(), reason: "has no host".into() })?;
-        Ok(ArmTransport { inner: Arc::new(Inner { config, options, http, tokens, origin }) })
+        let pacer = options.write_budget.map(|b| pacing::shared(&origin, config.network_subscription(), b));
+        Ok(ArmTransport { inner: Arc::new(Inner { config, options, http, tokens, origin, pacer }) })
     }
 
     /// A transport without authentication (the emulator).
@@ -373,10 +381,24 @@ impl ArmTransport {
             if let Some(p) = &payload {
                 req = req.header(CONTENT_TYPE, "application/json").body(p.clone());
             }
+            let pacer = self.inner.pacer.as_ref().filter(|_| !matches!(verb, Verb::Get));
+            if let Some(p) = pacer {
+                p.acquire().await;
+            }
             let outcome = match req.send().await {
                 Ok(rsp) => {
                     let status = rsp.status().as_u16();
                     let headers = rsp.headers().clone();
+                    if let Some(p) = pacer {
+                        let remaining =
+                            headers.get(pacing::REMAINING_WRITES_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+                        if let Some(n) = remaining {
+                            p.observe(n);
+                        }
+                        if status == 429 {
+                            p.hold_now(retry_after(&headers).unwrap_or(Duration::from_secs(1)));
+                        }
+                    }
                     match read_body(rsp, o.max_response_bytes).await {
                         Ok(body) => Ok(Resp { status, headers, body }),
                         // Not retried: the same answer would be as large again.

@@ -7,10 +7,12 @@
 //! - [`wire`]: request bodies and response decoding (shared with the in-process emulator).
 //! - [`auth`]: [`TokenSource`]: none for the emulator, Azure identity credentials for Azure.
 //! - [`client`]: [`ArmTransport`], the [`CloudBackend`](crate::backend::CloudBackend).
+//! - [`pacing`]: the per-subscription write pacer every tenant of a subscription shares.
 
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod pacing;
 pub mod wire;
 
 pub use auth::{AuthError, AzureCredentialConfig, AzureIdentityTokens, BearerToken, NoAuth, StaticToken, TokenSource};

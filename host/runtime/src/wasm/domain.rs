@@ -1,9 +1,9 @@
 //! The `From` impls between `difftracker_engine::io` and the generated types that both WIT
 //! generations share, field for field: the Kubernetes objects, the cloud calls and their outputs,
-//! the status and operations, the tenant configuration. Each generation includes this file as
+//! the status and operations. Each generation includes this file as
 //! its `conversions::domain` (`#[path]`), with `w` (its `types`) and `wx` (its `engine`
 //! interface) in scope, so one text serves two sets of generated types; what differs (errors,
-//! metric samples) is in the generation's `conversions.rs`.
+//! metric samples, the tenant configuration) is in the generation's `conversions.rs`.
 
 use super::{w, wx};
 use difftracker_engine::io;
@@ -174,19 +174,6 @@ impl From<w::EngineStatus> for io::EngineStatus {
 }
 
 // ------------------------------------------------------------------------ io -> WIT (inputs)
-
-impl From<&io::TenantConfig> for wx::TenantConfig {
-    fn from(c: &io::TenantConfig) -> wx::TenantConfig {
-        wx::TenantConfig {
-            tenant: c.tenant.clone(),
-            seed: c.seed,
-            max_retry_after_ms: c.max_retry_after_ms,
-            max_request_bytes: c.max_request_bytes,
-            max_request_entries: c.max_request_entries,
-            max_operations_in_flight: c.max_operations_in_flight,
-        }
-    }
-}
 
 impl From<io::ObjectMeta> for w::ObjectMeta {
     fn from(m: io::ObjectMeta) -> w::ObjectMeta {

@@ -27,6 +27,9 @@ pub struct Decided {
     /// Whether a fault rule decided the outcome (an injected error or a failed operation): the
     /// emulator's state was not consulted.
     pub injected: bool,
+    /// What the subscription's budget said of the call (when the emulator enforces budgets):
+    /// the `x-ms-ratelimit-remaining-subscription-*` header of its answer.
+    pub admission: Option<super::throttle::Admission>,
 }
 
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -48,6 +51,16 @@ fn arm_to_call_error(label: &str, e: ArmError, retry_after_s: Option<u64>) -> Ca
         message: format!("{label}: {}", e.message),
         retry_after_ms: retry_after_s.map(|s| s.saturating_mul(1000)),
     }
+}
+
+/// ARM's answer to a request over its subscription's budget.
+pub(super) fn throttled(write: bool, retry_after_s: u64) -> ArmError {
+    let what = if write { "write" } else { "read" };
+    ArmError::new(
+        429,
+        "TooManyRequests",
+        format!("The subscription's {what} budget is spent: the request was throttled. Retry after {retry_after_s} seconds."),
+    )
 }
 
 impl EmulatorBackend {
@@ -79,20 +92,26 @@ impl EmulatorBackend {
         let label = call.label();
         let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
         if let Err(e) = self.emulator.authorize(authorization.as_deref(), Some(self.config.network_subscription())) {
-            return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)), injected: false };
+            return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)), injected: false, admission: None };
+        }
+        // The subscription's budget, as at ARM's front door: after the token, before anything else.
+        let admission = self.emulator.admit(self.config.network_subscription(), !label.starts_with("GET "), now_ms);
+        if let Some(retry_after_s) = admission.and_then(|a| a.retry_after_s) {
+            let e = throttled(admission.is_some_and(|a| a.write), retry_after_s);
+            return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, Some(retry_after_s))), injected: false, admission };
         }
         // The body as the transport would send it, held to the HTTP face's size limit.
         let request = self.request_of(call);
         if let Ok((_, _, Some(body))) = &request {
             if let Err(e) = self.emulator.options().limits.check_body(body) {
-                return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)), injected: false };
+                return Decided { latency_ms: 0, outcome: Err(arm_to_call_error(label, e, None)), injected: false, admission };
             }
         }
         let faults = self.emulator.decide_faults(label, now_ms);
         let latency_ms = faults.latency_ms;
         if let Some(e) = faults.error {
             let err = ArmError::new(e.status, &e.code, e.message);
-            return Decided { latency_ms, outcome: Err(arm_to_call_error(label, err, e.retry_after_s)), injected: true };
+            return Decided { latency_ms, outcome: Err(arm_to_call_error(label, err, e.retry_after_s)), injected: true, admission };
         }
         let scope = ScopeKey::new(self.config.network_subscription(), &self.config.resource_group);
         let injected = faults.lro_fail.is_some();
@@ -115,7 +134,7 @@ impl EmulatorBackend {
             let reply = self.emulator.apply(&scope, method, &target, body.as_ref(), &Conditions::NONE);
             self.output_of(call, reply)
         });
-        Decided { latency_ms, outcome, injected }
+        Decided { latency_ms, outcome, injected, admission }
     }
 
     fn request_of(&self, call: &CloudCall) -> Result<(Method, Target, Option<Value>), CallError> {

@@ -319,20 +319,45 @@ async fn answer(
     }
     // As at ARM's front door: the token first (for the subscription the path names), then the route.
     let subscription = match &route {
-        Ok(Route::Poll { subscription, .. }) => Some(subscription.as_str()),
-        Ok(Route::Arm { scope, .. }) => Some(scope.subscription.as_str()),
+        Ok(Route::Poll { subscription, .. }) => Some(subscription.clone()),
+        Ok(Route::Arm { scope, .. }) => Some(scope.subscription.clone()),
         _ => None,
     };
-    if let Err(e) = server.emulator.authorize(header_text(&headers, "authorization").as_deref(), subscription) {
+    if let Err(e) = server.emulator.authorize(header_text(&headers, "authorization").as_deref(), subscription.as_deref()) {
         return error_response(&e);
     }
     let route = match route {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
+    // The subscription's budget, then the request; the answer says what is left (ARM's headers).
+    let admission = subscription.and_then(|sub| server.emulator.admit(&sub, method != HttpMethod::GET, server.now_ms()));
+    if let Some(a) = admission {
+        let mut r = match a.retry_after_s {
+            Some(s) => {
+                let mut r = error_response(&super::backend::throttled(a.write, s));
+                set_header(&mut r, "retry-after", &s.to_string());
+                r
+            }
+            None => route_answer(&server, method, route, &uri, &headers, &body).await,
+        };
+        set_header(&mut r, a.header(), &a.remaining.to_string());
+        return r;
+    }
+    route_answer(&server, method, route, &uri, &headers, &body).await
+}
+
+async fn route_answer(
+    server: &Arc<Server>,
+    method: HttpMethod,
+    route: Route,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Result<Bytes, ArmError>,
+) -> Response {
     match route {
         Route::Poll { subscription, op, location_style } if method == HttpMethod::GET => {
-            server.poll(&subscription, op, location_style, &uri)
+            server.poll(&subscription, op, location_style, uri)
         }
         Route::Arm { scope, target } => {
             let m = match method {
@@ -342,7 +367,7 @@ async fn answer(
                 HttpMethod::POST => Method::Post,
                 _ => return error_response(&ArmError::new(405, "HttpMethodNotAllowed", format!("{method} is not supported."))),
             };
-            match query_param(&uri, "api-version") {
+            match query_param(uri, "api-version") {
                 None => {
                     return error_response(&ArmError::new(
                         400,
@@ -359,8 +384,8 @@ async fn answer(
                 }
                 Some(_) => {}
             }
-            let cond = Conditions { if_match: header_text(&headers, "if-match"), if_none_match: header_text(&headers, "if-none-match") };
-            server.arm(m, &scope, target, &uri, &body, &cond).await
+            let cond = Conditions { if_match: header_text(headers, "if-match"), if_none_match: header_text(headers, "if-none-match") };
+            server.arm(m, &scope, target, uri, body, &cond).await
         }
         _ => error_response(&ArmError::new(405, "HttpMethodNotAllowed", format!("{method} is not supported here."))),
     }

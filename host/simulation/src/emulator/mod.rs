@@ -4,6 +4,8 @@
 //!   each resource group served, Azure's referential rules and error codes), callable in-process
 //!   without HTTP.
 //! - [`faults`]: seeded fault injection from a JSON fault file.
+//! - [`throttle`]: ARM's per-subscription write and read budgets (token buckets, the
+//!   `x-ms-ratelimit-remaining-subscription-*` headers, 429 with `Retry-After`).
 //! - [`http`]: the axum server: all 14 calls of AZURE-WIRE.md section 0, the polling URLs it
 //!   hands out, `GET /_emulator/inventory`; [`serve`] runs it on a listener.
 //! - [`backend`]: [`EmulatorBackend`], a [`CloudBackend`](difftracker_runtime::backend::CloudBackend) that
@@ -17,6 +19,7 @@ pub mod cloud_state;
 pub mod faults;
 pub mod http;
 pub mod state;
+pub mod throttle;
 
 pub use backend::{Decided, EmulatorBackend};
 pub use cloud_state::CloudState;
@@ -261,6 +264,8 @@ pub struct EmulatorOptions {
     pub overlay_lag: u32,
     /// What one request may carry (2 MiB of body by default), on both faces.
     pub limits: RequestLimits,
+    /// Per-subscription request budgets ([`throttle`]); none (unlimited) by default.
+    pub rate_limits: Option<throttle::RateLimits>,
 }
 
 impl EmulatorOptions {
@@ -284,6 +289,7 @@ impl Default for EmulatorOptions {
             faults: None,
             overlay_lag: 0,
             limits: RequestLimits::default(),
+            rate_limits: None,
         }
     }
 }
@@ -293,6 +299,7 @@ impl Default for EmulatorOptions {
 pub struct Emulator {
     state: Mutex<EmulatorState>,
     faults: Mutex<Option<Arc<FaultInjector>>>,
+    throttle: Option<throttle::Throttle>,
     options: EmulatorOptions,
     /// The latest HTTP requests, oldest first (at most [`MAX_RECORDED_REQUESTS`]).
     requests: Mutex<std::collections::VecDeque<RequestRecord>>,
@@ -326,7 +333,8 @@ impl Emulator {
             }
         }
         let faults = options.faults.clone().map(|p| Arc::new(FaultInjector::new(p)));
-        Arc::new(Emulator { state: Mutex::new(state), faults: Mutex::new(faults), options, requests: Mutex::default() })
+        let throttle = options.rate_limits.map(throttle::Throttle::new);
+        Arc::new(Emulator { state: Mutex::new(state), faults: Mutex::new(faults), throttle, options, requests: Mutex::default() })
     }
 
     pub fn options(&self) -> &EmulatorOptions {
@@ -370,6 +378,12 @@ impl Emulator {
     /// into `subscription`.
     pub fn authorize(&self, authorization: Option<&str>, subscription: Option<&str>) -> Result<(), ArmError> {
         self.options.auth.check(authorization, subscription)
+    }
+
+    /// Takes one token of `subscription`'s write or read budget at `now_ms` (`None` when the
+    /// emulator enforces no budgets).
+    pub fn admit(&self, subscription: &str, write: bool, now_ms: u64) -> Option<throttle::Admission> {
+        self.throttle.as_ref().map(|t| t.admit(subscription, write, now_ms))
     }
 
     /// The faults of the next call of `label` at `now_ms` (none without a fault plan).

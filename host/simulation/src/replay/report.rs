@@ -17,7 +17,7 @@
 //!                  "calls": {"calls": n, "failed": n, "last_call": {..}|null, "last_error": {..}|null}}},
 //!  "oracle": {"differences": ["..."], "matches": bool},
 //!  "replay": {"calls_in_flight": n, "cloud_state": bool, "crash_at_ms": [n], "downtime_ms": n, "faults": bool, "seed": n, "stale_wakes": n, "ticks": n,
-//!             "trace_events_left": n, "until_ms": n},
+//!             "trace_events_left": n, "until_ms": n, "writes_paced": n (when paced)},
 //!  "restarts": [{"crashed_at_ms": n, "completions_lost": n, "started_at_ms": n, "startup_ms": n|null,
 //!                "startup_cloud_calls": n, "startup_list_calls": n, "startup_kube_writes": n}],
 //!  "startup": {"started_at_ms": n, "startup_ms": n|null, "startup_cloud_calls": n, ...},
@@ -81,7 +81,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         *objects.entry(key.kind).or_insert(0) += 1;
     }
     let cs = i.cluster.stats();
-    json!({
+    let mut report = json!({
         "cloud_calls": i.stats.cloud_calls,
         "cloud_errors": i.stats.cloud_errors,
         "converged": i.converged,
@@ -133,7 +133,11 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             "skipped": i.trace.skipped,
         },
         "virtual_ms": i.virtual_ms,
-    })
+    });
+    if i.options.write_budget.is_some() {
+        report["replay"]["writes_paced"] = json!(i.stats.writes_paced);
+    }
+    report
 }
 
 /// The `operations` section: every identity the engine tracks at the end or made a call for,

@@ -41,17 +41,21 @@ use super::oracle;
 use super::report::{self, Report};
 use super::timeline::{self, CallSummary, Timeline};
 use super::trace::Trace;
-use crate::emulator::{CloudState, Emulator, EmulatorBackend, EmulatorOptions, FaultPlan, ScopeKey};
+use crate::emulator::throttle::{Budget, RateLimits};
+use crate::emulator::{CloudState, Decided, Emulator, EmulatorBackend, EmulatorOptions, FaultPlan, ScopeKey};
 use anyhow::{Context, Result};
-use difftracker_engine::io::{Call, CallId, CloudCall, Completion, EngineStatus, InitPhase, KubeCall, KubeEvent, Pod, TenantConfig};
+use difftracker_engine::io::{
+    Call, CallError, CallId, CallOutput, CloudCall, Completion, EngineStatus, InitPhase, KubeCall, KubeEvent, Pod, TenantConfig,
+};
 use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use difftracker_runtime::k8s::{KubeObject, EGRESS_LABEL};
 use difftracker_runtime::tenant::{Quarantined, RecoveringEngine, Recovery};
 use difftracker_runtime::transport::config::ResourceKind;
+use difftracker_runtime::transport::pacing::WritePacer;
 use difftracker_runtime::wasm::SandboxLimits;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,6 +103,9 @@ pub struct ReplayOptions {
     /// the defaults when `None`.
     pub max_request_bytes: Option<u64>,
     pub max_request_entries: Option<u32>,
+    /// Operations the engine runs at once (`TenantConfig::max_operations_in_flight`; 10 when
+    /// `None`, as upstream).
+    pub max_operations_in_flight: Option<u32>,
     /// The component's sandbox (guest memory, CPU deadline; `--engine wasm`).
     pub sandbox: SandboxLimits,
     /// Host crashes and restarts.
@@ -110,6 +117,11 @@ pub struct ReplayOptions {
     pub timeline: Option<u64>,
     /// Told now and then how far the replay is, for a progress bar.
     pub progress: Option<Progress>,
+    /// The per-subscription budgets the emulator enforces (`429` beyond them); none by default.
+    pub rate_limits: Option<RateLimits>,
+    /// The write budget the host paces its writes under, in virtual time, as a live host does
+    /// (`transport::pacing`); none (unpaced) by default.
+    pub write_budget: Option<Budget>,
 }
 
 /// A progress callback: `(virtual now ms, trace events applied, trace events in all)`.
@@ -135,9 +147,12 @@ impl Default for ReplayOptions {
             tenant: "replay".into(),
             max_request_bytes: None,
             max_request_entries: None,
+            max_operations_in_flight: None,
             sandbox: SandboxLimits::default(),
             crashes: CrashPlan::default(),
             cloud_state: None,
+            rate_limits: None,
+            write_budget: None,
             timeline: None,
             progress: None,
         }
@@ -217,6 +232,8 @@ pub struct LoopStats {
     pub quarantined: Vec<Quarantined>,
     /// The calls made for each identity (the report's `operations`).
     pub calls_by_identity: BTreeMap<String, CallSummary>,
+    /// Writes the host's pacer held until the subscription's budget had a token for them.
+    pub writes_paced: u64,
 }
 
 /// Replays `trace` with a fresh engine of `options.engine`.
@@ -248,6 +265,113 @@ fn is_list(call: &CloudCall) -> bool {
     )
 }
 
+/// Whether a call spends the subscription's write budget (everything but a GET).
+fn is_write(call: &CloudCall) -> bool {
+    !call.label().starts_with("GET ")
+}
+
+/// A write the host holds until the pacer has a token for it.
+struct PacedCall {
+    id: CallId,
+    call: CloudCall,
+    subjects: Vec<String>,
+    marked: Option<Call>,
+    /// Started during a restarted host's start-up pass.
+    starting: bool,
+}
+
+/// The emulator as the replay's calls reach it.
+struct CloudSide<'a> {
+    backend: &'a EmulatorBackend,
+    emulator: &'a Arc<Emulator>,
+    scope: &'a ScopeKey,
+}
+
+impl CloudSide<'_> {
+    /// Performs `c` at `now`: its outcome, when the answer arrives, and the resource a PUT
+    /// writes. Counts errors and idempotent re-creations; tells the pacer what ARM said of the
+    /// budget.
+    fn perform(
+        &self,
+        now: u64,
+        c: &CloudCall,
+        tally: Tally<'_>,
+        starting: bool,
+        pacer: Option<&WritePacer>,
+    ) -> (u64, Result<CallOutput, CallError>, Option<PutTarget>) {
+        let Tally { errors, duplicates, lost_puts } = tally;
+        let label = c.label();
+        let target = put_target(c);
+        let existed = target.as_ref().filter(|(kind, name)| self.emulator.state().has_resource(self.scope, *kind, name)).cloned();
+        let decided: Decided = self.backend.perform_at(now, c);
+        if let (Some(p), Some(a)) = (pacer, decided.admission.filter(|a| a.write)) {
+            p.observe(a.remaining);
+            if let Some(s) = a.retry_after_s {
+                p.hold(now, s.saturating_mul(1000));
+            }
+        }
+        if let Err(e) = &decided.outcome {
+            let key = if e.code.is_empty() { format!("{label} {}", e.status) } else { format!("{label} {} {}", e.status, e.code) };
+            *errors.entry(key).or_insert(0) += 1;
+        }
+        if let Some(t) = existed {
+            let crash_caused = lost_puts.remove(&t);
+            if crash_caused {
+                duplicates.after_lost_completion += 1;
+                *duplicates.by_call.entry(label.to_string()).or_insert(0) += 1;
+            } else if starting {
+                duplicates.adoption += 1;
+            }
+            if (crash_caused || starting) && !decided.injected && matches!(&decided.outcome, Err(e) if e.status == 409 || e.status == 412) {
+                duplicates.rejected += 1;
+            }
+        } else if let Some(t) = &target {
+            lost_puts.remove(t);
+        }
+        (now.saturating_add(decided.latency_ms), decided.outcome, target)
+    }
+}
+
+/// What the replay counts of the calls it performs.
+struct Tally<'a> {
+    errors: &'a mut BTreeMap<String, u64>,
+    duplicates: &'a mut Duplicates,
+    /// PUT targets whose answer a crash swallowed.
+    lost_puts: &'a mut BTreeSet<PutTarget>,
+}
+
+/// A call whose outcome is decided, on its way back to the engine.
+struct Landed {
+    id: CallId,
+    label: &'static str,
+    subjects: Vec<String>,
+    marked: Option<Call>,
+    at: u64,
+    outcome: Result<CallOutput, CallError>,
+    target: Option<PutTarget>,
+}
+
+/// Records a call started at `now` (per identity, on the timeline) and holds its completion
+/// until its time.
+fn land(
+    now: u64,
+    l: Landed,
+    calls_by_identity: &mut BTreeMap<String, CallSummary>,
+    timeline: Option<&mut Timeline>,
+    in_flight: &mut BTreeMap<(u64, CallId), (Completion, Option<PutTarget>)>,
+) {
+    if !l.subjects.is_empty() {
+        let record = timeline::call_record(now, l.at, l.label, &l.outcome);
+        for s in l.subjects {
+            calls_by_identity.entry(s).or_default().record(&record);
+        }
+    }
+    if let (Some(t), Some(call @ Call::Cloud(_))) = (timeline, l.marked.as_ref()) {
+        t.mark(now, call, &l.outcome);
+    }
+    in_flight.insert((l.at, l.id), (Completion { id: l.id, outcome: l.outcome }, l.target));
+}
+
 /// The host's live part: what a crash loses.
 struct Host {
     /// The engine, rebuilt from its last good snapshot when it traps (the input it traps on
@@ -257,6 +381,11 @@ struct Host {
     initial: Option<Vec<KubeEvent>>,
     /// By `(completion time, call id)`: the completion and, for a PUT, the resource it writes.
     in_flight: BTreeMap<(u64, CallId), (Completion, Option<PutTarget>)>,
+    /// Writes waiting for the pacer, oldest first, and when the first may go.
+    paced: VecDeque<PacedCall>,
+    paced_next_ms: u64,
+    /// The host's model of the subscription's write budget (a restarted host starts a new one).
+    pacer: Option<WritePacer>,
     wake: Option<u64>,
     must_tick: bool,
     /// Whether the start-up pass reached `ready`.
@@ -267,7 +396,8 @@ struct Host {
 /// Replays `trace` with the given (not yet created) engine; the hosts that restart after a crash
 /// get a fresh engine of `options.engine`.
 pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn EngineDriver>) -> Result<ReplayOutcome> {
-    let emulator_options = EmulatorOptions { faults: options.faults.clone(), ..EmulatorOptions::default() };
+    let emulator_options =
+        EmulatorOptions { faults: options.faults.clone(), rate_limits: options.rate_limits, ..EmulatorOptions::default() };
     let scope = emulator_options.scope.clone();
     let scope_key = scope.key();
     let emulator: Arc<Emulator> = Emulator::new(emulator_options);
@@ -279,6 +409,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
     let backend = EmulatorBackend::new(emulator.clone(), scope.tenant_config("http://emulator.replay.invalid"))
         // The CloudBackend side is not used: every call goes through `perform_at(now)`.
         .with_clock(Arc::new(|| 0));
+    let cloud = CloudSide { backend: &backend, emulator: &emulator, scope: &scope_key };
     let mut cluster = Cluster::new();
     let mut stats = LoopStats::default();
     let tenant_config = TenantConfig {
@@ -286,6 +417,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         seed: options.seed,
         max_request_bytes: options.max_request_bytes,
         max_request_entries: options.max_request_entries,
+        max_operations_in_flight: options.max_operations_in_flight,
         ..TenantConfig::default()
     };
     let crash_times = options.crashes.times();
@@ -304,7 +436,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         cluster.apply(now, e.event_type, e.object.clone());
         next_event += 1;
     }
-    let mut host: Option<Host> = Some(start_host(driver, options, &tenant_config, &mut cluster)?);
+    let mut host: Option<Host> = Some(start_host(driver, options, &tenant_config, &mut cluster, now)?);
     stats.starts.push(StartRecord { started_at_ms: now, ..StartRecord::default() });
     // When the host that is down comes back.
     let mut restart_at: Option<u64> = None;
@@ -332,7 +464,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                 lost_puts.extend(dead.in_flight.values().filter_map(|(_, t)| t.clone()));
                 let record = StartRecord {
                     crashed_at_ms: Some(now),
-                    completions_lost: Some(dead.in_flight.len() as u64),
+                    completions_lost: Some((dead.in_flight.len() + dead.paced.len()) as u64),
                     started_at_ms: now.saturating_add(options.crashes.downtime_ms),
                     ..StartRecord::default()
                 };
@@ -360,7 +492,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                         break;
                     }
                 };
-                match start_host(driver, options, &tenant_config, &mut cluster) {
+                match start_host(driver, options, &tenant_config, &mut cluster, now) {
                     Ok(h) => {
                         host = Some(h);
                         if let Some(t) = timeline.as_mut() {
@@ -391,6 +523,28 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
             kube_events = initial;
         }
         let delivered = !kube_events.is_empty();
+        // The paced writes whose turn came (each takes its token now).
+        while h.paced.front().is_some() && now >= h.paced_next_ms {
+            match h.pacer.as_ref().and_then(|p| p.wait_at(now)) {
+                Some(w) => {
+                    h.paced_next_ms = now.saturating_add(w);
+                    break;
+                }
+                None => {
+                    let Some(p) = h.paced.pop_front() else { break };
+                    let label = p.call.label();
+                    let (at, outcome, target) = cloud.perform(
+                        now,
+                        &p.call,
+                        Tally { errors: &mut stats.cloud_errors, duplicates: &mut stats.duplicates, lost_puts: &mut lost_puts },
+                        p.starting,
+                        h.pacer.as_ref(),
+                    );
+                    let landed = Landed { id: p.id, label, subjects: p.subjects, marked: p.marked, at, outcome, target };
+                    land(now, landed, &mut stats.calls_by_identity, timeline.as_mut(), &mut h.in_flight);
+                }
+            }
+        }
         let mut due = Vec::new();
         while let Some(entry) = h.in_flight.first_entry() {
             if entry.key().0 > now {
@@ -435,36 +589,27 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                             r.startup_cloud_calls += 1;
                             r.startup_list_calls += u64::from(is_list(&c));
                         }
-                        let target = put_target(&c);
-                        let existed =
-                            target.as_ref().filter(|(kind, name)| emulator.state().has_resource(&scope_key, *kind, name)).cloned();
-                        let decided = backend.perform_at(now, &c);
-                        if let Err(e) = &decided.outcome {
-                            let key = if e.code.is_empty() {
-                                format!("{label} {}", e.status)
-                            } else {
-                                format!("{label} {} {}", e.status, e.code)
-                            };
-                            *stats.cloud_errors.entry(key).or_insert(0) += 1;
-                        }
-                        if let Some(t) = existed {
-                            let crash_caused = lost_puts.remove(&t);
-                            if crash_caused {
-                                stats.duplicates.after_lost_completion += 1;
-                                *stats.duplicates.by_call.entry(label.to_string()).or_insert(0) += 1;
-                            } else if restarted && record.is_some() {
-                                stats.duplicates.adoption += 1;
+                        let starting = restarted && record.is_some();
+                        if let Some(pacer) = h.pacer.as_ref().filter(|_| is_write(&c)) {
+                            // Behind the writes already waiting, or until the budget has a token.
+                            let wait = if h.paced.is_empty() { pacer.wait_at(now) } else { Some(0) };
+                            if let Some(w) = wait {
+                                if h.paced.is_empty() {
+                                    h.paced_next_ms = now.saturating_add(w);
+                                }
+                                stats.writes_paced += 1;
+                                h.paced.push_back(PacedCall { id, call: c, subjects, marked, starting });
+                                continue;
                             }
-                            if (crash_caused || (restarted && record.is_some()))
-                                && !decided.injected
-                                && matches!(&decided.outcome, Err(e) if e.status == 409 || e.status == 412)
-                            {
-                                stats.duplicates.rejected += 1;
-                            }
-                        } else if let Some(t) = &target {
-                            lost_puts.remove(t);
                         }
-                        (now.saturating_add(decided.latency_ms), decided.outcome, target)
+                        let (at, outcome, target) = cloud.perform(
+                            now,
+                            &c,
+                            Tally { errors: &mut stats.cloud_errors, duplicates: &mut stats.duplicates, lost_puts: &mut lost_puts },
+                            starting,
+                            h.pacer.as_ref(),
+                        );
+                        (at, outcome, target)
                     }
                     Call::Kube(k) => {
                         if let Some(r) = record.as_deref_mut() {
@@ -474,16 +619,13 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                         (now, cluster.perform(now, &k), None)
                     }
                 };
-                if !subjects.is_empty() {
-                    let record = timeline::call_record(now, at, label, &outcome);
-                    for s in subjects {
-                        stats.calls_by_identity.entry(s).or_default().record(&record);
-                    }
-                }
-                if let (Some(t), Some(call @ Call::Cloud(_))) = (timeline.as_mut(), marked.as_ref()) {
-                    t.mark(now, call, &outcome);
-                }
-                h.in_flight.insert((at, id), (Completion { id, outcome }, target));
+                land(
+                    now,
+                    Landed { id, label, subjects, marked, at, outcome, target },
+                    &mut stats.calls_by_identity,
+                    timeline.as_mut(),
+                    &mut h.in_flight,
+                );
             }
             if let Some(t) = timeline.as_mut() {
                 t.point(now, &step.status, h.in_flight.len());
@@ -517,7 +659,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         // Nothing more at `now`.
         let next_trace = events.get(next_event).map(|e| e.at_ms);
         let crash = crash_times.get(next_crash).copied().filter(|t| *t <= options.until_ms);
-        if next_trace.is_none() && h.in_flight.is_empty() && !cluster.has_events() && crash.is_none() {
+        if next_trace.is_none() && h.in_flight.is_empty() && h.paced.is_empty() && !cluster.has_events() && crash.is_none() {
             let status = match h.driver.status() {
                 Ok(status) => status,
                 Err(e) => {
@@ -536,7 +678,8 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                 break;
             }
         }
-        let next = [next_trace, h.in_flight.keys().next().map(|k| k.0), h.wake, crash].into_iter().flatten().min();
+        let paced = h.paced.front().map(|_| h.paced_next_ms);
+        let next = [next_trace, h.in_flight.keys().next().map(|k| k.0), paced, h.wake, crash].into_iter().flatten().min();
         match next {
             None => {
                 converged = false;
@@ -601,7 +744,13 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
 
 /// A host starting at `now`: `driver` created, the cluster's objects delivered as its initial
 /// lists, then the marker; its first tick (which starts the start-up lists) is due.
-fn start_host(mut driver: Box<dyn EngineDriver>, options: &ReplayOptions, config: &TenantConfig, cluster: &mut Cluster) -> Result<Host> {
+fn start_host(
+    mut driver: Box<dyn EngineDriver>,
+    options: &ReplayOptions,
+    config: &TenantConfig,
+    cluster: &mut Cluster,
+    now: u64,
+) -> Result<Host> {
     let started_wall = Instant::now();
     driver.create(config).context("creating the engine")?;
     let (engine, sandbox) = (options.engine, options.sandbox.clone());
@@ -610,6 +759,9 @@ fn start_host(mut driver: Box<dyn EngineDriver>, options: &ReplayOptions, config
         driver: RecoveringEngine::new(&options.tenant, driver, recovery),
         initial: Some(cluster.initial_lists()),
         in_flight: BTreeMap::new(),
+        paced: VecDeque::new(),
+        paced_next_ms: 0,
+        pacer: options.write_budget.map(|b| WritePacer::new(b, now)),
         wake: None,
         must_tick: true,
         ready: false,

@@ -1,4 +1,4 @@
-//! What 0.2.0 converts its own way: a call error is one record (`status = 0`: no response), and
+//! What 0.2.0 converts its own way: a call error is one record (`status = 0`: no response),
 //! metric samples carry no kind, so the host tells gauges from counters by name, as every host
 //! of 0.2.0 did. The rest is the shared `domain`.
 
@@ -57,6 +57,20 @@ fn legacy_kind(name: &str) -> io::MetricKind {
         io::MetricKind::Counter
     } else {
         io::MetricKind::Gauge
+    }
+}
+
+/// The tenant configuration, field by field (0.2.0's record has no POST interval: a 0.2.0 component posts at once, as it always did.)
+impl From<&io::TenantConfig> for wx::TenantConfig {
+    fn from(c: &io::TenantConfig) -> wx::TenantConfig {
+        wx::TenantConfig {
+            tenant: c.tenant.clone(),
+            seed: c.seed,
+            max_retry_after_ms: c.max_retry_after_ms,
+            max_request_bytes: c.max_request_bytes,
+            max_request_entries: c.max_request_entries,
+            max_operations_in_flight: c.max_operations_in_flight,
+        }
     }
 }
 

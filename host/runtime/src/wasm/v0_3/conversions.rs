@@ -45,3 +45,18 @@ impl From<w::MetricSample> for io::MetricSample {
         io::MetricSample { name: m.name, labels: m.labels, value: m.value, kind }
     }
 }
+
+/// The tenant configuration, field by field (0.3.0 carries the ServiceGateway POST interval too.)
+impl From<&io::TenantConfig> for wx::TenantConfig {
+    fn from(c: &io::TenantConfig) -> wx::TenantConfig {
+        wx::TenantConfig {
+            tenant: c.tenant.clone(),
+            seed: c.seed,
+            max_retry_after_ms: c.max_retry_after_ms,
+            max_request_bytes: c.max_request_bytes,
+            max_request_entries: c.max_request_entries,
+            max_operations_in_flight: c.max_operations_in_flight,
+            sgw_post_interval_ms: c.sgw_post_interval_ms,
+        }
+    }
+}
