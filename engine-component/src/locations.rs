@@ -1,6 +1,8 @@
 //! The LocationsUpdater (ENGINE.md 7): publishes the location diff to NRP.
 //!
-//! Triggers coalesce into one flag; at most one `updateAddressLocations` is in flight. A pass
+//! Triggers coalesce into one flag; at most one `updateAddressLocations` is in flight, and a
+//! triggered pass starts no sooner than the tenant's ServiceGateway POST interval after the
+//! previous one started (what changes meanwhile goes in the same request). A pass
 //! takes the dirty key set, computes the diff over it and sends as much of it as fits one
 //! request of the tenant's budget (ENGINE.md 5.5); the keys of the rest go back to the dirty set
 //! and the next pass, started as soon as this one succeeds, sends the next batch. On success the
@@ -51,7 +53,7 @@ pub struct LocationsUpdater {
     /// A server's `Retry-After` (capped): no pass starts before this, triggers included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
-    /// The tenant's sync interval after the last pass started: a triggered pass waits for it.
+    /// The tenant's POST interval after the last pass started: a triggered pass waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paced_until_ms: Option<u64>,
     /// The next pass sends the next batch of a split sync: it goes at once.
@@ -69,7 +71,7 @@ impl LocationsUpdater {
         self.triggered && self.in_flight.is_none() && self.not_before_ms.is_none_or(|t| now_ms >= t) && !self.paced(now_ms)
     }
 
-    /// A triggered pass waits for the sync interval.
+    /// A triggered pass waits for the POST interval.
     fn paced(&self, now_ms: u64) -> bool {
         !self.continuation && self.paced_until_ms.is_some_and(|t| now_ms < t)
     }
@@ -128,7 +130,7 @@ impl Engine {
         }
     }
 
-    /// The sync interval is over: a triggered pass may start.
+    /// The POST interval is over: a triggered pass may start.
     pub(crate) fn fire_location_pace(&mut self) {
         if self.timers.is_expired(&Timer::LocationSyncPace, self.now_ms) {
             self.locations_updater.paced_until_ms = None;

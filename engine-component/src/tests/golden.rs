@@ -165,7 +165,7 @@ fn golden_snapshot_of_schema_2_still_restores() {
     assert!(v2.starts_with(br#"{"schema_version":2,"#));
     let mut old = Engine::restore(&v2).unwrap();
     old.check_invariants().unwrap();
-    // The harness runs with upstream's timing (no sync interval); the old snapshot has the default.
+    // The harness runs with upstream's timing (no POST interval); the old snapshot has the default.
     old.config.sgw_post_interval_ms = Some(0);
     assert!(old.is_initialized());
     let mut h = scenario();

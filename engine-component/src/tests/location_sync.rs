@@ -266,9 +266,9 @@ fn readiness_flip_marks_addresses_dirty() {
     assert!(location_sync_triggered(&h));
 }
 
-/// Scenario 159: the default sync interval. A triggered sync starts at once when none started in
-/// the last second; changes within that second wait and go out together at its end; the next
-/// batch of a split sync and the retry after a failure are not held by it.
+/// Scenario 159: the default ServiceGateway POST interval. A triggered sync starts at once when
+/// none started within the interval; changes within it wait and go out together at its end; the
+/// retry after a failure is not held by it.
 #[test]
 fn s159_triggered_syncs_are_paced_by_the_interval_and_changes_within_it_go_together() {
     let mut h = Harness::with_config(TenantConfig { tenant: "t".into(), seed: 7, ..TenantConfig::default() });

@@ -8,6 +8,11 @@
 
 mod commands;
 
+/// mimalloc: glibc's allocator spent a third of a 10,000-Service replay consolidating and
+/// unlinking chunks of its fragmented heap (BENCHMARKS.md, "Scale").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
