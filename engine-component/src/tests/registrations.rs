@@ -30,14 +30,20 @@ fn complete_all(h: &mut Harness, label: &str) {
     h.tick_with(done);
 }
 
+/// Completes the steps before registration (finalizers, public IP, load balancer) of every
+/// create outstanding, one step at a time.
+fn to_registration(h: &mut Harness) {
+    for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers"] {
+        complete_all(h, label);
+    }
+}
+
 /// `n` creates driven together up to their registration.
 fn creates_up_to_registration(h: &mut Harness, n: usize) -> Vec<String> {
     let uids: Vec<String> = (0..n).map(|i| format!("0000000{i}-0000-4000-8000-00000000000{i}")).collect();
     h.deliver(uids.iter().map(|u| KubeEvent::ServiceApplied(lb_service(u, &[80]))).collect());
     h.tick();
-    for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers"] {
-        complete_all(h, label);
-    }
+    to_registration(h);
     uids
 }
 
@@ -71,9 +77,7 @@ fn s153_one_batch_in_flight_and_the_next_carries_what_waited_meanwhile() {
     let later: Vec<String> = (0..3).map(|i| format!("1000000{i}-0000-4000-8000-00000000000{i}")).collect();
     h.deliver(later.iter().map(|u| KubeEvent::ServiceApplied(lb_service(u, &[80]))).collect());
     h.tick();
-    for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers"] {
-        complete_all(&mut h, label);
-    }
+    to_registration(&mut h);
     assert_eq!(service_calls(&h).len(), 1, "the three wait for the batch in flight");
     assert!(later.iter().all(|u| h.engine.active_operation(&id(u)).is_some_and(|a| a.call.is_none())), "waiting without a call");
     h.ok(batch1);
@@ -132,9 +136,7 @@ fn s155_a_batch_throttled_or_failing_fails_every_member_with_its_retry_after() {
     // The retry waits for the server's Retry-After, then the three register together again.
     assert_eq!(started_labels(&h.advance(19_000)), Vec::<&str>::new(), "nothing before the Retry-After");
     h.advance(10_000);
-    for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers"] {
-        complete_all(&mut h, label);
-    }
+    to_registration(&mut h);
     let calls = service_calls(&h);
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].1.len(), 3);
@@ -244,9 +246,7 @@ fn s160_batches_are_paced_by_the_interval_unless_the_backlog_waits_on_them() {
     let two: Vec<String> = (0..2).map(|i| format!("4000000{i}-0000-4000-8000-00000000000{i}")).collect();
     h.deliver(two.iter().map(|u| KubeEvent::ServiceApplied(lb_service(u, &[80]))).collect());
     h.advance(100);
-    for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers"] {
-        complete_all(&mut h, label);
-    }
+    to_registration(&mut h);
     assert!(service_calls(&h).is_empty(), "held by the interval");
     assert_eq!(h.last.next_wake_ms, Some(1_000_000 + DEFAULT_SGW_POST_INTERVAL_MS), "woken at its end");
     h.wake();
@@ -260,9 +260,7 @@ fn s160_batches_are_paced_by_the_interval_unless_the_backlog_waits_on_them() {
     let many: Vec<String> = (0..5).map(|i| format!("5000000{i}-0000-4000-8000-00000000000{i}")).collect();
     h.deliver(many.iter().map(|u| KubeEvent::ServiceApplied(lb_service(u, &[80]))).collect());
     h.advance(10);
-    for label in ["add-service-finalizers", "PUT publicIPAddresses", "PUT loadBalancers"] {
-        complete_all(&mut h, label);
-    }
+    to_registration(&mut h);
     let calls = service_calls(&h);
     assert_eq!(calls.len(), 1, "not held: the backlog waits on it");
     assert_eq!(calls[0].1.len(), cap as usize);

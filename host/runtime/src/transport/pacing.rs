@@ -60,8 +60,6 @@ struct Model {
     hold_until_ms: u64,
     /// The last remaining-writes header seen.
     remaining: Option<u32>,
-    /// Writes that had to wait for a token.
-    waited: u64,
 }
 
 /// One subscription's write pacer. Times are milliseconds of the caller's clock.
@@ -75,7 +73,7 @@ pub struct WritePacer {
 impl WritePacer {
     /// A pacer whose bucket is full at `now_ms`.
     pub fn new(budget: Budget, now_ms: u64) -> WritePacer {
-        let model = Model { budget, milli: u64::from(budget.capacity) * 1000, at_ms: now_ms, hold_until_ms: 0, remaining: None, waited: 0 };
+        let model = Model { budget, milli: u64::from(budget.capacity) * 1000, at_ms: now_ms, hold_until_ms: 0, remaining: None };
         WritePacer { model: Mutex::new(model), epoch: Instant::now() }
     }
 
@@ -134,11 +132,6 @@ impl WritePacer {
         self.lock().remaining
     }
 
-    /// Writes that waited for a token.
-    pub fn waited(&self) -> u64 {
-        self.lock().waited
-    }
-
     /// The wall clock as the model reads it: [`WALL_MARGIN_MS`] behind, so a token the model
     /// grants has been refilled at ARM too, whatever the two clocks' rounding.
     fn wall_ms(&self) -> u64 {
@@ -147,12 +140,7 @@ impl WritePacer {
 
     /// Waits (wall time) until a write may go, then takes its token.
     pub async fn acquire(&self) {
-        let mut counted = false;
         while let Some(wait) = self.wait_at(self.wall_ms()) {
-            if !counted {
-                self.lock().waited += 1;
-                counted = true;
-            }
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     }
