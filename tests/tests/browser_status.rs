@@ -86,6 +86,13 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let answer = self.try_call(method, path, body).await;
+        assert!(answer.get("error").is_none(), "{path}: {answer}");
+        answer
+    }
+
+    /// The command's `value`, which names an `error` when ChromeDriver refused it.
+    async fn try_call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         // ChromeDriver refuses a GET that carries a body.
         let request = match method {
@@ -93,7 +100,6 @@ impl Browser {
             _ => self.client.request(method, &url).json(&body),
         };
         let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        assert!(answer["value"].get("error").is_none(), "{path}: {answer}");
         answer["value"].clone()
     }
 
@@ -123,9 +129,19 @@ impl Browser {
         v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_string()
     }
 
+    /// Clicks what `css` selects. The page re-renders its rows when an answer changes, so an
+    /// element found just before a re-render is stale: find it again, as a reader would.
     async fn click(&self, css: &str) {
-        let id = self.element(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), json!({})).await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let id = self.element(css).await;
+            let answer = self.try_call(reqwest::Method::POST, &format!("/element/{id}/click"), json!({})).await;
+            match answer["error"].as_str() {
+                None => return,
+                Some("stale element reference") if tokio::time::Instant::now() < deadline => continue,
+                Some(_) => panic!("click {css}: {answer}"),
+            }
+        }
     }
 
     async fn type_into(&self, css: &str, text: &str) {

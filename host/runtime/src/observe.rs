@@ -125,6 +125,9 @@ struct HostMetrics {
     watch_relists: Family<Labels, Counter>,
     watch_errors: Family<Labels, Counter>,
     arm_remaining_writes: Family<Labels, Gauge>,
+    shard_lease_events: Family<Labels, Counter>,
+    shard_tenants_owned: Gauge,
+    shard_replicas_live: Gauge,
 }
 
 fn tick_histogram() -> Histogram {
@@ -162,6 +165,9 @@ impl HostMetrics {
             watch_relists: Family::default(),
             watch_errors: Family::default(),
             arm_remaining_writes: Family::default(),
+            shard_lease_events: Family::default(),
+            shard_tenants_owned: Gauge::default(),
+            shard_replicas_live: Gauge::default(),
         }
     }
 
@@ -250,6 +256,17 @@ impl HostMetrics {
             "Writes ARM said the subscription had left (x-ms-ratelimit-remaining-subscription-writes of its last answer), by subscription",
             self.arm_remaining_writes.clone(),
         );
+        registry.register(
+            "difftracker_host_shard_lease_events",
+            "Tenant shard Leases this replica acquired, lost, released, and Lease requests that failed, by event",
+            self.shard_lease_events.clone(),
+        );
+        registry.register("difftracker_host_shard_tenants_owned", "Tenants whose shard Lease this replica holds", self.shard_tenants_owned.clone());
+        registry.register(
+            "difftracker_host_shard_replicas_live",
+            "Replicas of the shard this replica sees live, itself included",
+            self.shard_replicas_live.clone(),
+        );
     }
 }
 
@@ -312,6 +329,8 @@ struct Shared {
     note: Mutex<String>,
     /// Why this replica runs no engine on purpose (a standby of leader election).
     standby: Mutex<Option<String>>,
+    /// The shard as this replica last saw it ([`crate::serve::shard::ShardView`]), when sharded.
+    shard: Mutex<Option<serde_json::Value>>,
 }
 
 struct Inner {
@@ -349,6 +368,7 @@ impl Observatory {
             started: Instant::now(),
             note: Mutex::new(String::new()),
             standby: Mutex::new(None),
+            shard: Mutex::new(None),
         });
         let host = HostMetrics::new();
         let mut registry = Registry::default();
@@ -369,6 +389,25 @@ impl Observatory {
     /// Marks this replica a standby (not ready, with this reason) or, with `None`, an active one.
     pub fn set_standby(&self, reason: Option<String>) {
         *lock(&self.inner.shared.standby) = reason;
+    }
+
+    /// The shard view shown on the status page (`shard` in `/status.json`).
+    pub fn set_shard(&self, view: serde_json::Value) {
+        *lock(&self.inner.shared.shard) = Some(view);
+    }
+
+    pub(crate) fn shard_json(&self) -> Option<serde_json::Value> {
+        lock(&self.inner.shared.shard).clone()
+    }
+
+    /// Counts one shard Lease event: `acquired`, `lost`, `released` or `error`.
+    pub fn record_shard_lease(&self, event: &str) {
+        self.inner.host.shard_lease_events.get_or_create(&labels(&[("event", event)])).inc();
+    }
+
+    pub fn set_shard_counts(&self, owned: usize, replicas: usize) {
+        self.inner.host.shard_tenants_owned.set(owned as i64);
+        self.inner.host.shard_replicas_live.set(replicas as i64);
     }
 
     /// The instance slots of the runtime the tenants run in, and how many are free.

@@ -108,19 +108,19 @@ pub struct LeaderArgs {
     pub leader_elect_retry_period_ms: u64,
 }
 
+/// A replica's identity in a Lease when none is given: its host name and process id.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "difftracker".to_string() } else { host };
+    format!("{host}_{}", std::process::id())
+}
+
 impl LeaderArgs {
     pub fn options(&self) -> Result<Option<LeaseOptions>> {
         if !self.leader_elect {
             return Ok(None);
         }
-        let identity = match &self.leader_elect_identity {
-            Some(id) => id.clone(),
-            None => {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-                let host = if host.is_empty() { "difftracker".to_string() } else { host };
-                format!("{host}_{}", std::process::id())
-            }
-        };
+        let identity = self.leader_elect_identity.clone().unwrap_or_else(default_identity);
         let options = LeaseOptions {
             lease_duration: Duration::from_secs(self.leader_elect_lease_duration),
             renew_deadline: Duration::from_secs(self.leader_elect_renew_deadline),

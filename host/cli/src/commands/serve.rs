@@ -4,10 +4,12 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use difftracker_runtime::observe::Observatory;
+use difftracker_runtime::serve::shard::ShardOptions;
 use difftracker_runtime::serve::{ServeConfig, TenantHost};
 use difftracker_simulation::serve::SimulationProvisioner;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Run many tenants from a TOML configuration (see examples/tenants.toml) until Ctrl-C or SIGTERM; SIGHUP reloads it.
 #[derive(Clone, Debug, clap::Args)]
@@ -19,16 +21,76 @@ pub struct ServeArgs {
     /// the system's temporary directory).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+}
+
+/// Run as one of several replicas sharing the tenants, each tenant owned through its own Lease.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ShardArgs {
+    /// Shard the tenants over the replicas through `coordination.k8s.io/v1` Leases in this
+    /// namespace of the management cluster.
+    #[arg(long, value_name = "NS")]
+    pub shard_lease_namespace: Option<String>,
+    /// The management cluster's kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "FILE", requires = "shard_lease_namespace")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This replica's identity in the Leases (default: host name and process id).
+    #[arg(long, requires = "shard_lease_namespace")]
+    pub shard_identity: Option<String>,
+    /// Seconds a tenant's Lease that stops being renewed keeps the other replicas away.
+    #[arg(long, default_value_t = 15)]
+    pub shard_lease_duration: u64,
+    /// Seconds after its last renew at which a replica that cannot renew stops a tenant's calls.
+    #[arg(long, default_value_t = 10)]
+    pub shard_renew_deadline: u64,
+    /// Milliseconds between two rounds of renewing, acquiring and rebalancing.
+    #[arg(long, default_value_t = 2000)]
+    pub shard_retry_period_ms: u64,
+    /// Tenants a replica hands over at most per round when replicas join.
+    #[arg(long, default_value_t = 1)]
+    pub shard_max_moves: usize,
+}
+
+impl ShardArgs {
+    fn options(&self) -> Result<Option<ShardOptions>> {
+        let Some(namespace) = &self.shard_lease_namespace else { return Ok(None) };
+        let identity = self.shard_identity.clone().unwrap_or_else(super::run::default_identity);
+        let options = ShardOptions {
+            lease_duration: Duration::from_secs(self.shard_lease_duration),
+            renew_deadline: Duration::from_secs(self.shard_renew_deadline),
+            retry_period: Duration::from_millis(self.shard_retry_period_ms),
+            max_moves: self.shard_max_moves,
+            ..ShardOptions::new(namespace, identity)
+        };
+        options.validate().map_err(anyhow::Error::msg)?;
+        Ok(Some(options))
+    }
 }
 
 impl ServeArgs {
     pub async fn run(self) -> Result<()> {
         let config = ServeConfig::load(&self.config).map_err(anyhow::Error::msg)?;
+        let shard = self.shard.options()?;
         let state_dir =
             self.state_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("difftracker-serve-{}", std::process::id())));
         let provisioner = Arc::new(SimulationProvisioner::start(state_dir.clone()).await?);
         let emulator_url = provisioner.emulator_url();
-        let host = TenantHost::start(config, provisioner, Observatory::new()).await?;
+        let host = match &shard {
+            None => TenantHost::start(config, provisioner, Observatory::new()).await?,
+            Some(options) => {
+                let management = difftracker_runtime::k8s::client_from_kubeconfig(self.shard.kubeconfig.as_deref())
+                    .await
+                    .context("the management cluster (--kubeconfig)")?;
+                TenantHost::start_sharded(config, provisioner, Observatory::new(), management, options.clone()).await?
+            }
+        };
+        if let Some(o) = &shard {
+            eprintln!(
+                "difftracker serve: replica {} sharding the tenants through Leases in namespace {} (lease {:?}, renew deadline {:?})",
+                o.identity, o.namespace, o.lease_duration, o.renew_deadline
+            );
+        }
         let server = match host.bind().await {
             Ok(server) => server,
             Err(e) => {

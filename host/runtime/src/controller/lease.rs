@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -81,15 +82,34 @@ impl LeaseOptions {
     }
 }
 
-/// Whether this replica may start calls now. Cheap to clone and to check.
+/// Whether this replica may start calls now, and the calls it let through. Cheap to clone and
+/// to check.
 #[derive(Clone, Debug)]
 pub struct Fence {
     valid_until: Arc<Mutex<Option<Instant>>>,
+    /// Calls started through [`Fence::admit`] and not yet finished.
+    in_flight: Arc<AtomicUsize>,
+    /// How long after the fence came down a call still running is abandoned; `None`: never.
+    /// The lease duration less the renew deadline, so that a call of a replica that lost its
+    /// Lease is over before any other replica may take the Lease.
+    grace: Option<Duration>,
 }
 
 impl Fence {
-    fn until(at: Option<Instant>) -> Fence {
-        Fence { valid_until: Arc::new(Mutex::new(at)) }
+    pub(crate) fn until(at: Option<Instant>) -> Fence {
+        Fence { valid_until: Arc::new(Mutex::new(at)), in_flight: Arc::default(), grace: None }
+    }
+
+    /// This fence, cutting calls still running `grace` after it came down.
+    pub(crate) fn with_grace(mut self, grace: Duration) -> Fence {
+        self.grace = Some(grace);
+        self
+    }
+
+    /// When a call admitted now must be over: `None` when calls are never cut.
+    pub fn cutoff(&self) -> Option<Instant> {
+        let grace = self.grace?;
+        Some(self.valid_until().map_or_else(Instant::now, |t| t + grace))
     }
 
     /// A fence that always leads (no leader election).
@@ -97,12 +117,54 @@ impl Fence {
         Fence::until(Some(Instant::now() + Duration::from_secs(100 * 365 * 86_400)))
     }
 
-    fn set(&self, at: Option<Instant>) {
+    pub(crate) fn set(&self, at: Option<Instant>) {
         *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
 
+    /// The instant this replica stops leading unless it renews first.
+    pub fn valid_until(&self) -> Option<Instant> {
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn is_leading(&self) -> bool {
-        self.valid_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| Instant::now() < t)
+        self.valid_until().is_some_and(|t| Instant::now() < t)
+    }
+
+    /// A call about to start: `None` when this replica no longer leads; else a token that
+    /// counts the call in [`Fence::in_flight`] until it is dropped.
+    pub fn admit(&self) -> Option<Admitted> {
+        if !self.is_leading() {
+            return None;
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Some(Admitted(self.in_flight.clone()))
+    }
+
+    /// Calls admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every admitted call has finished, or `bound` passed; true when drained.
+    pub async fn drained(&self, bound: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.in_flight() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+/// One call a [`Fence`] let through; it counts as in flight until dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -152,7 +214,8 @@ impl LeaderElector {
     pub fn new(client: Client, options: LeaseOptions) -> Result<LeaderElector, String> {
         options.validate()?;
         let api = Api::namespaced(client, &options.namespace);
-        Ok(LeaderElector { api, options, fence: Fence::until(None), observed: None, stats: watch::channel(LeaseStats::default()).0 })
+        let fence = Fence::until(None).with_grace(options.lease_duration - options.renew_deadline);
+        Ok(LeaderElector { api, options, fence, observed: None, stats: watch::channel(LeaseStats::default()).0 })
     }
 
     pub fn options(&self) -> &LeaseOptions {

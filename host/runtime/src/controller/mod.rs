@@ -59,6 +59,9 @@ pub struct ControllerOptions {
     pub kube_writes: KubeClientOptions,
     /// Leader election; `None` leads from the start.
     pub leader_election: Option<LeaseOptions>,
+    /// Fencing by an owner outside the controller (a shard's tenant Lease, [`crate::serve::shard`]):
+    /// calls start only while it is up. Used when `leader_election` is `None`.
+    pub fence: Option<Fence>,
     /// Calls of the tenant in flight at once.
     pub max_calls_in_flight: usize,
     /// Builds the engine instances instead of `engine` and `sandbox` (a tenant of a
@@ -83,6 +86,7 @@ impl ControllerOptions {
             watch: WatchOptions::default(),
             kube_writes: KubeClientOptions::default(),
             leader_election: None,
+            fence: None,
             max_calls_in_flight: crate::executor::DEFAULT_TENANT_CAP,
             factory: None,
             executor: None,
@@ -269,7 +273,7 @@ impl Controller {
     async fn run(mut self, elector: Option<LeaderElector>) -> Result<()> {
         let (leading_tx, mut leading) = watch::channel(elector.is_none());
         let (release_tx, release_rx) = watch::channel(false);
-        let fence = elector.as_ref().map_or_else(Fence::always, LeaderElector::fence);
+        let fence = elector.as_ref().map(LeaderElector::fence).or_else(|| self.options.fence.clone()).unwrap_or_else(Fence::always);
         // `leading_tx` lives as long as this loop: a closed channel would read as a lost lease.
         let elector_task = elector.map(|e| {
             let stats = e.stats();
@@ -330,7 +334,12 @@ impl Controller {
                 }
             }
         };
-        // The engine is stopped: now the Lease may go.
+        // The engine is stopped; its calls in flight finish (or are cut at the fence's cutoff)
+        // before the Lease goes, so the next leader's calls never overlap them.
+        let grace = fence.cutoff().map_or(Duration::ZERO, |c| c.saturating_duration_since(std::time::Instant::now()));
+        if !fence.drained(grace.max(Duration::from_millis(1))).await {
+            tracing::warn!(tenant = %self.options.tenant.tenant, calls = fence.in_flight(), "calls still in flight when the Lease goes");
+        }
         let _ = release_tx.send(true);
         if let Some(task) = elector_task {
             let _ = task.await;
@@ -500,6 +509,30 @@ fn not_leading() -> CallError {
     CallError::of_kind(ErrorKind::Transport, "not started: this replica no longer holds the leader lease")
 }
 
+/// A call admitted by `fence`: it counts as in flight until it ends, and is abandoned (its
+/// future dropped) once the fence's cutoff passes without a renewal moving it.
+fn fenced(fence: &Fence, call: CallFuture) -> CallFuture {
+    let Some(admitted) = fence.admit() else {
+        return Box::pin(async { Err::<CallOutput, _>(not_leading()) });
+    };
+    let fence = fence.clone();
+    Box::pin(async move {
+        let _admitted = admitted;
+        let mut call = call;
+        loop {
+            let Some(cutoff) = fence.cutoff() else { return call.await };
+            tokio::select! {
+                done = &mut call => return done,
+                _ = tokio::time::sleep_until(cutoff.into()) => {
+                    if fence.cutoff().is_some_and(|c| c <= std::time::Instant::now()) {
+                        return Err(CallError::of_kind(ErrorKind::Transport, "abandoned: this replica's lease ran out while the call was in flight"));
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// ARM calls, started only while the fence is up.
 struct FencedCloud {
     inner: Arc<dyn CloudBackend>,
@@ -511,7 +544,7 @@ impl CloudBackend for FencedCloud {
         if !self.fence.is_leading() {
             return Box::pin(async { Err::<CallOutput, _>(not_leading()) });
         }
-        self.inner.call(call)
+        fenced(&self.fence, self.inner.call(call))
     }
 }
 
@@ -526,7 +559,7 @@ impl KubeBackend for FencedKube {
         if !self.fence.is_leading() {
             return Box::pin(async { Err::<CallOutput, _>(not_leading()) });
         }
-        KubeBackend::call(&self.inner, call)
+        fenced(&self.fence, KubeBackend::call(&self.inner, call))
     }
 
     fn record_event(&self, event: KubeEventRecord) {

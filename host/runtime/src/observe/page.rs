@@ -78,6 +78,7 @@ impl Observatory {
             "up_s": self.inner.shared.started.elapsed().as_secs_f64(),
             "note": lock(&self.inner.shared.note).clone(),
             "readiness": readiness,
+            "shard": self.shard_json(),
             "tenants": out,
         })
     }
@@ -94,6 +95,7 @@ th,td{border:1px solid #ccc;padding:2px 6px;text-align:left}th{background:#f3f3f
 </style></head><body>
 <h1>difftracker status</h1>
 <p id="summary">loading…</p>
+<p id="shard"></p>
 <table id="tenants"><thead><tr><th>tenant</th><th>engine</th><th>health</th><th>start-up</th><th>ticks</th><th>restarts</th><th>quarantined</th><th>operations by state</th><th>ops in flight</th><th>calls in flight</th><th>pending deletions</th><th>component</th><th>swaps</th></tr></thead><tbody></tbody></table>
 <div id="detail"></div>
 <h2>Services and egress identities</h2>
@@ -102,7 +104,7 @@ th,td{border:1px solid #ccc;padding:2px 6px;text-align:left}th{background:#f3f3f
 <table id="operations"><thead><tr><th>tenant</th><th>Service / identity</th><th>kind</th><th>state</th><th>attempt</th><th>next retry (ms)</th><th>waiting for</th></tr></thead><tbody></tbody></table>
 <script>
 (function(){
-var PAGE=50,offset=0,filter='',POLL=__POLL_MS__;
+var PAGE=50,offset=0,filter='',latest=0,POLL=__POLL_MS__;
 function el(tag,text,cls){var e=document.createElement(tag);if(text!==undefined&&text!==null)e.textContent=String(text);if(cls)e.className=cls;return e;}
 function get(url){return fetch(url,{cache:'no-store'}).then(function(r){if(!r.ok)throw new Error(url+': '+r.status);return r.json();});}
 function tenants(s){
@@ -110,6 +112,10 @@ function tenants(s){
   var names=Object.keys(s.tenants);
   document.getElementById('summary').textContent='difftracker '+s.version+' · up '+s.up_s.toFixed(0)+' s · '+(s.readiness.ready?'ready':'NOT READY: '+s.readiness.detail)+(s.note?' · '+s.note:'');
   document.getElementById('summary').setAttribute('data-ready',s.readiness.ready);
+  var sh=s.shard,line=document.getElementById('shard');
+  if(sh){var held=Object.keys(sh.holders).map(function(t){return t+' → '+(sh.holders[t]||'free');}).join(', ');
+    line.textContent='shard '+sh.namespace+' · replica '+sh.identity+' · live replicas: '+sh.replicas.join(', ')+' · owns '+sh.owned.length+' of '+Object.keys(sh.holders).length+' (share '+sh.share+') · acquired '+sh.acquired+', lost '+sh.lost+', released '+sh.released+', lease errors '+sh.errors+(sh.last_error?' (last: '+sh.last_error+')':'')+' · leases: '+held;
+    line.setAttribute('data-owned',sh.owned.join(' '));}
   names.forEach(function(n){
     var t=s.tenants[n],tr=el('tr');tr.setAttribute('data-tenant',n);
     [n,t.engine,t.health+(t.warning?' · WARNING: '+t.warning:''),t.init_phase+(t.init_failed_attempts?' ('+t.init_failed_attempts+' failed lists)':''),t.ticks,t.restarts,t.quarantined_total,t.states_line,t.operations_in_flight,t.calls_in_flight,t.pending_deletions,(t.component_sha256?t.component_sha256.slice(0,12)+' · ':'')+(t.wit||''),t.swaps+(t.swaps_refused?' ('+t.swaps_refused+' refused)':'')].forEach(function(v,i){
@@ -117,7 +123,10 @@ function tenants(s){
     body.appendChild(tr);
   });
 }
+// Rows are rebuilt only when the answer changed, so a reader's click is not lost to a poll.
+var shown='';
 function operations(o){
+  var key=offset+' '+JSON.stringify(o);if(key===shown)return;shown=key;
   var body=document.querySelector('#operations tbody');body.textContent='';var n=0;
   Object.keys(o).forEach(function(tenant){
     Object.keys(o[tenant]).forEach(function(id){
@@ -151,7 +160,9 @@ function detail(){
 }
 function poll(){
   get('status.json').then(tenants).catch(function(e){document.getElementById('summary').textContent='cannot reach the host: '+e.message;});
-  get('operations?offset='+offset+'&limit='+PAGE+'&q='+encodeURIComponent(filter)).then(operations).catch(function(){});
+  // Only the newest request renders: answers to an older filter or page arrive late.
+  var asked=++latest;
+  get('operations?offset='+offset+'&limit='+PAGE+'&q='+encodeURIComponent(filter)).then(function(o){if(asked===latest)operations(o);}).catch(function(){});
   if(location.hash)detail();
 }
 document.getElementById('filter').addEventListener('input',function(e){filter=e.target.value;offset=0;poll();});

@@ -20,16 +20,21 @@
 //!   in flight finish on the wire and are logged as abandoned), changed ones restart, added ones
 //!   start, unchanged ones are not touched.
 //!
+//! - **Sharding** ([`shard`], `--shard-lease-namespace`): several replicas share the tenants
+//!   through one Lease per tenant in a management cluster; a tenant this replica does not own
+//!   waits as [`TenantPhase::Standby`], and one it owns runs fenced by its Lease.
+//!
 //! What the configuration cannot say by itself (a kube client for a tenant's cluster, its ARM
 //! endpoint and tokens, a bundled component by name) comes from a [`Provisioner`]: the
 //! [`KubeconfigProvisioner`] here serves kubeconfig clusters and real ARM endpoints; the
 //! simulation kit's adds the embedded emulator and in-repo API servers.
 
 pub mod config;
+pub mod shard;
 
 pub use config::{ClusterSource, ComponentSource, HostSettings, ServeConfig, TenantLimits, TenantSpec};
 
-use crate::controller::{self, ControllerHandle, ControllerOptions, ControllerState};
+use crate::controller::{self, ControllerHandle, ControllerOptions, ControllerState, Fence};
 use crate::driver::{EngineDriver, WasmEngine};
 use crate::executor::{Executor, SystemClock};
 use crate::k8s::kube;
@@ -141,6 +146,8 @@ pub enum TenantPhase {
     Stopped,
     /// It could not be started (component refused, cluster unreachable, no instance slot).
     Failed,
+    /// Sharded, and this replica does not hold its Lease: another replica runs it, or will.
+    Standby,
 }
 
 /// One tenant as the admin API lists it.
@@ -191,6 +198,8 @@ pub enum TenantError {
 struct Slot {
     spec: TenantSpec,
     run: Run,
+    /// The tenant's shard Lease fence while this replica owns it (sharded hosts only).
+    fence: Option<Fence>,
     component: Option<EngineComponent>,
     previous: Option<EngineComponent>,
 }
@@ -199,6 +208,8 @@ enum Run {
     Running { controller: ControllerHandle, _guard: Box<dyn Any + Send + Sync> },
     Paused,
     Failed(String),
+    /// Not owned here (sharded): nothing runs.
+    Standby,
 }
 
 /// The multi-tenant host. Cheap to clone.
@@ -216,11 +227,39 @@ struct Inner {
     config: std::sync::Mutex<ServeConfig>,
     /// One admin action or reload at a time changes the tenants.
     tenants: Mutex<BTreeMap<String, Slot>>,
+    /// This replica's identity when the tenants are sharded.
+    replica: Option<String>,
+    sharder: Mutex<Option<shard::Sharder>>,
 }
 
 impl TenantHost {
     /// Starts every tenant of `config` (one that cannot start is `Failed`, the others run).
     pub async fn start(config: ServeConfig, provisioner: Arc<dyn Provisioner>, observatory: Observatory) -> Result<TenantHost> {
+        TenantHost::start_inner(config, provisioner, observatory, None).await
+    }
+
+    /// Starts as one replica of several: every tenant waits as [`TenantPhase::Standby`] until
+    /// this replica holds its Lease in `options.namespace` of `management` ([`shard`]).
+    pub async fn start_sharded(
+        config: ServeConfig,
+        provisioner: Arc<dyn Provisioner>,
+        observatory: Observatory,
+        management: kube::Client,
+        options: shard::ShardOptions,
+    ) -> Result<TenantHost> {
+        options.validate().map_err(anyhow::Error::msg)?;
+        let host = TenantHost::start_inner(config, provisioner, observatory, Some(options.identity.clone())).await?;
+        let sharder = shard::Sharder::start(host.clone(), management, options);
+        *host.inner.sharder.lock().await = Some(sharder);
+        Ok(host)
+    }
+
+    async fn start_inner(
+        config: ServeConfig,
+        provisioner: Arc<dyn Provisioner>,
+        observatory: Observatory,
+        replica: Option<String>,
+    ) -> Result<TenantHost> {
         // The pool's slots are as large as the largest guest memory configured (the default at least,
         // so that a reload can add a tenant with the default limits).
         let memory =
@@ -239,12 +278,14 @@ impl TenantHost {
                 provisioner,
                 config: std::sync::Mutex::new(config.clone()),
                 tenants: Mutex::new(BTreeMap::new()),
+                replica,
+                sharder: Mutex::new(None),
             }),
         };
         {
             let mut tenants = host.inner.tenants.lock().await;
             for spec in config.tenants {
-                let slot = host.start_slot(spec, None).await;
+                let slot = host.start_slot(spec, None, None).await;
                 tenants.insert(slot.spec.name.clone(), slot);
             }
         }
@@ -299,14 +340,18 @@ impl TenantHost {
     }
 
     /// Starts one tenant; what fails is kept as the slot's reason. `component` overrides the
-    /// configured one (a restart after a swap keeps the swapped-in component).
-    async fn start_slot(&self, spec: TenantSpec, component: Option<EngineComponent>) -> Slot {
+    /// configured one (a restart after a swap keeps the swapped-in component). On a sharded
+    /// host a tenant starts only with its Lease's `fence`; without it, it stays a standby.
+    async fn start_slot(&self, spec: TenantSpec, component: Option<EngineComponent>, fence: Option<Fence>) -> Slot {
         let name = spec.name.clone();
-        match self.start_controller(&spec, component).await {
+        if self.inner.replica.is_some() && !fence.as_ref().is_some_and(Fence::is_leading) {
+            return Slot { spec, run: Run::Standby, fence: None, component, previous: None };
+        }
+        match self.start_controller(&spec, component, fence.clone()).await {
             Ok((controller, guard, component)) => {
                 tracing::info!(tenant = %name, component = %component.sha256, "tenant started");
                 self.inner.observatory.set_component(&name, &component.sha256);
-                Slot { spec, run: Run::Running { controller, _guard: guard }, component: Some(component), previous: None }
+                Slot { spec, run: Run::Running { controller, _guard: guard }, fence, component: Some(component), previous: None }
             }
             Err(e) => {
                 let reason = format!("{e:#}");
@@ -314,7 +359,7 @@ impl TenantHost {
                 // Loud on /readyz, the status page and `difftracker_host_tenant_up`, as a stopped tenant is.
                 let failed = TenantStatus { error: Some(reason.clone()), stopped: true, ..TenantStatus::default() };
                 self.inner.observatory.watch_tenant(&name, tokio::sync::watch::channel(failed).1);
-                Slot { spec, run: Run::Failed(reason), component: None, previous: None }
+                Slot { spec, run: Run::Failed(reason), fence, component: None, previous: None }
             }
         }
     }
@@ -323,6 +368,7 @@ impl TenantHost {
         &self,
         spec: &TenantSpec,
         component: Option<EngineComponent>,
+        fence: Option<Fence>,
     ) -> Result<(ControllerHandle, Box<dyn Any + Send + Sync>, EngineComponent)> {
         let component = match component {
             Some(c) => c,
@@ -332,7 +378,11 @@ impl TenantHost {
         if self.inner.runtime.free_slots() == 0 {
             return Err(crate::wasm::NoFreeSlot { max: self.inner.runtime.instance_slots() }.into());
         }
-        let provisioned = self.inner.provisioner.provision(spec).await.context("preparing the tenant's cluster and cloud")?;
+        let mut provisioned = self.inner.provisioner.provision(spec).await.context("preparing the tenant's cluster and cloud")?;
+        if let Some(replica) = &self.inner.replica {
+            // ARM (and the emulator's request log) can tell which replica called.
+            provisioned.transport.user_agent = format!("{} replica/{replica}", provisioned.transport.user_agent);
+        }
         let tenant = TenantConfig {
             tenant: spec.name.clone(),
             seed: spec.seed,
@@ -346,6 +396,7 @@ impl TenantHost {
             factory: Some(factory_of(&component, &spec.limits.sandbox)),
             executor: Some(self.inner.executor.clone()),
             max_failed_sessions: Some(MAX_FAILED_SESSIONS),
+            fence,
             ..ControllerOptions::new(tenant, provisioned.azure)
         };
         let controller = controller::start(provisioned.client, options, self.inner.observatory.clone())?;
@@ -433,8 +484,9 @@ impl TenantHost {
     }
 
     async fn restart_slot(&self, slot: &mut Slot) {
-        let fresh = self.start_slot(slot.spec.clone(), slot.component.clone()).await;
+        let fresh = self.start_slot(slot.spec.clone(), slot.component.clone(), slot.fence.clone()).await;
         slot.run = fresh.run;
+        slot.fence = fresh.fence;
         if fresh.component.is_some() {
             slot.component = fresh.component;
         }
@@ -553,11 +605,11 @@ impl TenantHost {
                 Some(slot) if slot.spec == *spec => report.unchanged.push(spec.name.clone()),
                 Some(slot) => {
                     self.stop_slot(slot, "tenant changed by a reload; restarting").await;
-                    *slot = self.start_slot(spec.clone(), None).await;
+                    *slot = self.start_slot(spec.clone(), None, slot.fence.clone()).await;
                     report.restarted.push(spec.name.clone());
                 }
                 None => {
-                    let slot = self.start_slot(spec.clone(), None).await;
+                    let slot = self.start_slot(spec.clone(), None, None).await;
                     tenants.insert(spec.name.clone(), slot);
                     report.added.push(spec.name.clone());
                 }
@@ -590,8 +642,43 @@ impl TenantHost {
         Ok(ServerHandle::spawn(listener, app, "serve")?)
     }
 
-    /// Stops every tenant.
+    /// Starts a tenant whose shard Lease this replica just acquired (a running one is restarted
+    /// under the new fence). Nothing starts once the fence is down again.
+    pub(crate) async fn claim(&self, name: &str, fence: Fence) {
+        let mut tenants = self.inner.tenants.lock().await;
+        let Some(slot) = tenants.get_mut(name) else { return };
+        if !fence.is_leading() {
+            return;
+        }
+        self.stop_slot(slot, "tenant restarting under a new shard lease").await;
+        slot.fence = Some(fence);
+        self.restart_slot(slot).await;
+    }
+
+    /// Stops a tenant whose shard Lease this replica gives up or lost; its controller lets the
+    /// calls in flight finish (or cuts them at the fence's cutoff) before this returns.
+    pub(crate) async fn disown(&self, name: &str) {
+        let mut tenants = self.inner.tenants.lock().await;
+        let Some(slot) = tenants.get_mut(name) else { return };
+        // The fence stays up meanwhile (unless the Lease was lost): the engine starts nothing
+        // more once stopped, and its calls in flight may finish.
+        self.stop_slot(slot, "tenant handed to another replica").await;
+        if let Some(fence) = slot.fence.take() {
+            fence.set(None);
+        }
+        slot.run = Run::Standby;
+    }
+
+    /// What the sharder last saw of the shard (`None`: not sharded).
+    pub async fn shard(&self) -> Option<shard::ShardView> {
+        self.inner.sharder.lock().await.as_ref().map(shard::Sharder::view)
+    }
+
+    /// Stops every tenant (a sharded host hands its Leases over first).
     pub async fn shutdown(&self) {
+        if let Some(sharder) = self.inner.sharder.lock().await.take() {
+            sharder.stop().await;
+        }
         let mut tenants = self.inner.tenants.lock().await;
         for slot in tenants.values_mut() {
             self.stop_slot(slot, "host shutting down").await;
@@ -611,6 +698,7 @@ fn phase_of(slot: &Slot) -> TenantPhase {
         Run::Running { .. } => TenantPhase::Running,
         Run::Paused => TenantPhase::Paused,
         Run::Failed(_) => TenantPhase::Failed,
+        Run::Standby => TenantPhase::Standby,
     }
 }
 
