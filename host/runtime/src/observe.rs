@@ -261,7 +261,11 @@ impl HostMetrics {
             "Tenant shard Leases this replica acquired, lost, released, and Lease requests that failed, by event",
             self.shard_lease_events.clone(),
         );
-        registry.register("difftracker_host_shard_tenants_owned", "Tenants whose shard Lease this replica holds", self.shard_tenants_owned.clone());
+        registry.register(
+            "difftracker_host_shard_tenants_owned",
+            "Tenants whose shard Lease this replica holds",
+            self.shard_tenants_owned.clone(),
+        );
         registry.register(
             "difftracker_host_shard_replicas_live",
             "Replicas of the shard this replica sees live, itself included",

@@ -205,7 +205,10 @@ struct Slot {
 }
 
 enum Run {
-    Running { controller: ControllerHandle, _guard: Box<dyn Any + Send + Sync> },
+    Running {
+        controller: ControllerHandle,
+        _guard: Box<dyn Any + Send + Sync>,
+    },
     Paused,
     Failed(String),
     /// Not owned here (sharded): nothing runs.

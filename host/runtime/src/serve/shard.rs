@@ -238,11 +238,8 @@ pub struct Sharder {
 impl Sharder {
     pub fn start(host: TenantHost, client: Client, options: ShardOptions) -> Sharder {
         let (stop, stop_rx) = watch::channel(false);
-        let (view_tx, view) = watch::channel(ShardView {
-            identity: options.identity.clone(),
-            namespace: options.namespace.clone(),
-            ..ShardView::default()
-        });
+        let (view_tx, view) =
+            watch::channel(ShardView { identity: options.identity.clone(), namespace: options.namespace.clone(), ..ShardView::default() });
         let round = Round {
             api: Api::namespaced(client, &options.namespace),
             host,
@@ -409,7 +406,8 @@ impl Round {
     fn observe(&mut self, name: &str, lease: &Lease, now: Instant) {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let duration = spec.lease_duration_seconds.filter(|s| *s > 0).map_or(self.options.lease_duration, |s| Duration::from_secs(s as u64));
+        let duration =
+            spec.lease_duration_seconds.filter(|s| *s > 0).map_or(self.options.lease_duration, |s| Duration::from_secs(s as u64));
         match self.seen.get_mut(name) {
             Some(s) if s.holder == holder && s.renew == spec.renew_time => s.duration = duration,
             _ => {
@@ -509,7 +507,9 @@ impl Round {
                 Err(WriteError::Conflict) => {
                     // Written by someone else since: ours only if it still names us.
                     match self.api.get_opt(&tenant_lease(&tenant)).await {
-                        Ok(Some(lease)) if lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(&self.options.identity) => {
+                        Ok(Some(lease))
+                            if lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(&self.options.identity) =>
+                        {
                             owned.lease = lease
                         }
                         Ok(_) => {

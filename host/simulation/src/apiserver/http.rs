@@ -211,6 +211,7 @@ fn not_found(path: &str) -> Response {
 }
 
 async fn handle(State(api): State<Arc<ApiServer>>, req: Request) -> Response {
+    api.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = req.uri().path().to_string();
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     match route(&path, &host) {

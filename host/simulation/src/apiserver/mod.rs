@@ -87,6 +87,8 @@ pub struct ApiServer {
     options: ApiServerOptions,
     started: Instant,
     watchers: AtomicUsize,
+    /// HTTP requests served, of every kind.
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl ApiServer {
@@ -105,7 +107,13 @@ impl ApiServer {
             options,
             started: Instant::now(),
             watchers: AtomicUsize::new(0),
+            requests: Default::default(),
         })
+    }
+
+    /// HTTP requests served so far (what a benchmark of the server's load counts).
+    pub fn requests_served(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn options(&self) -> &ApiServerOptions {

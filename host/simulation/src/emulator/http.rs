@@ -283,6 +283,8 @@ async fn handle(state: axum::extract::State<Arc<Server>>, method: HttpMethod, ur
     let client_id = header_text(&headers, "x-ms-client-request-id").filter(|v| !v.is_empty() && v.len() <= 128);
     let request_id = client_id.clone().unwrap_or_else(|| format!("emulator-{:016x}", state.next_request.fetch_add(1, Ordering::Relaxed)));
     let (m, path) = (method.to_string(), uri.path().to_string());
+    let user_agent = header_text(&headers, "user-agent").map(|v| v.chars().take(256).collect());
+    let received = std::time::Instant::now();
     let server = state.0.clone();
     let mut response = answer(state, method, uri, headers, body).await;
     let status = response.status().as_u16();
@@ -293,7 +295,16 @@ async fn handle(state: axum::extract::State<Arc<Server>>, method: HttpMethod, ur
         }
     }
     tracing::info!(request_id = %request_id, method = %m, path = %path, status, "emulator answered");
-    server.emulator.record_request(super::RequestRecord { client_request_id: client_id, request_id, method: m, path, status });
+    server.emulator.record_request(super::RequestRecord {
+        client_request_id: client_id,
+        request_id,
+        method: m,
+        path,
+        status,
+        user_agent,
+        received,
+        answered: std::time::Instant::now(),
+    });
     response
 }
 

@@ -318,6 +318,11 @@ pub struct RequestRecord {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// The caller's `User-Agent` (a sharded host's names its replica).
+    pub user_agent: Option<String>,
+    /// When the request arrived and when it was answered.
+    pub received: std::time::Instant,
+    pub answered: std::time::Instant,
 }
 
 impl Emulator {
