@@ -16,8 +16,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{
-    AdminArgs, ApiServerArgs, BenchArgs, BenchSwapArgs, BenchTenantsArgs, DemoArgs, EmulatorArgs, ExplainArgs, GenTraceArgs, LiveArgs,
-    ReplayArgs, RunArgs, ServeArgs, SnapshotArgs,
+    AdminArgs, ApiServerArgs, BenchArgs, BenchShardArgs, BenchSwapArgs, BenchTenantsArgs, DemoArgs, EmulatorArgs, ExplainArgs,
+    GenTraceArgs, LiveArgs, ReplayArgs, RunArgs, ServeArgs, SnapshotArgs,
 };
 
 #[derive(Parser)]
@@ -66,6 +66,8 @@ enum Command {
     BenchSwap(BenchSwapArgs),
     /// Many tenants in one process: memory per tenant, and fair share beside misbehaving tenants (--misbehaving K).
     BenchTenants(BenchTenantsArgs),
+    /// Tenants sharded over replicas: Lease load on the management API server, and takeover time of a dead replica.
+    BenchShard(BenchShardArgs),
     /// Print an engine snapshot (binary or JSON) as JSON: `snapshot --dump FILE`.
     Snapshot(SnapshotArgs),
     /// Say why a Service or egress identity is where it is, from a replay report or a running host.
@@ -106,6 +108,7 @@ fn main() -> Result<()> {
             Command::BenchEngine(args) => args.run(),
             Command::BenchSwap(args) => args.run().await,
             Command::BenchTenants(args) => args.run().await,
+            Command::BenchShard(args) => args.run().await,
             Command::Snapshot(args) => args.run(),
             Command::Explain(args) => args.run().await,
         }

@@ -394,6 +394,14 @@ async fn a_killed_replicas_tenants_resume_on_the_others_and_no_tenant_ever_runs_
     let status = fleet.eventually_status(1).await;
     assert_eq!(status["shard"]["identity"], "r1");
     assert_eq!(status["shard"]["replicas"], json!(["r0", "r1", "r2"]), "{status}");
+    let owned = fleet.owned_by(1);
+    assert_eq!(status["shard"]["owned"], json!(owned), "{status}");
+    let base = format!("http://127.0.0.1:{}", fleet.ports[1]);
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("difftracker_host_shard_tenants_owned 2\n"), "{metrics}");
+    assert!(metrics.contains("difftracker_host_shard_replicas_live 3\n"), "{metrics}");
+    let page = reqwest::get(format!("{base}/")).await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("shard difftracker: replica r1, live replicas [r0, r1, r2], owns [{}]", owned.join(", "))), "{page}");
 
     let orphans = fleet.owned_by(0);
     assert_eq!(orphans.len(), 2);

@@ -720,6 +720,19 @@ impl Observatory {
                 Err(e) => format!("NOT READY: {}", e.replace('\n', "; ")),
             }
         );
+        if let Some(shard) = self.shard_json() {
+            let list = |v: &serde_json::Value| v.as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "));
+            let _ = writeln!(
+                out,
+                "shard {}: replica {}, live replicas [{}], owns [{}] (share {}), lease errors {}",
+                shard["namespace"].as_str().unwrap_or(""),
+                shard["identity"].as_str().unwrap_or(""),
+                list(&shard["replicas"]).unwrap_or_default(),
+                list(&shard["owned"]).unwrap_or_default(),
+                shard["share"],
+                shard["errors"]
+            );
+        }
         let tenants = lock(&self.inner.shared.tenants);
         for (name, t) in tenants.iter() {
             let _ = writeln!(out);

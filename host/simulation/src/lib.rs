@@ -28,6 +28,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod bench_shard;
 pub mod bench_swap;
 pub mod bench_tenants;
 pub mod demo;

@@ -100,3 +100,51 @@ impl BenchTenantsArgs {
         Ok(())
     }
 }
+
+/// Tenants sharded over replicas through Leases: the management API server's load and how
+/// long a dead replica's tenants wait for a new owner (no engine runs: only the Leases).
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchShardArgs {
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub tenants: u64,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=16))]
+    pub replicas: u64,
+    /// Seconds of steady state the request rate is counted over.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub seconds: u64,
+    /// Lease duration, renew deadline (seconds) and round period (milliseconds), as `serve` takes them.
+    #[arg(long, default_value_t = 15)]
+    pub shard_lease_duration: u64,
+    #[arg(long, default_value_t = 10)]
+    pub shard_renew_deadline: u64,
+    #[arg(long, default_value_t = 2000)]
+    pub shard_retry_period_ms: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchShardArgs {
+    pub async fn run(self) -> Result<()> {
+        use difftracker_simulation::bench_shard::{measure, render, ShardBenchOptions};
+        let options = ShardBenchOptions {
+            tenants: self.tenants as usize,
+            replicas: self.replicas as usize,
+            measure_for: Duration::from_secs(self.seconds),
+            lease_duration: Duration::from_secs(self.shard_lease_duration),
+            renew_deadline: Duration::from_secs(self.shard_renew_deadline),
+            retry_period: Duration::from_millis(self.shard_retry_period_ms),
+        };
+        eprintln!(
+            "bench-shard: {} tenants over {} replicas; this takes a lease duration or two beyond --seconds",
+            self.tenants, self.replicas
+        );
+        let report = measure(options).await?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", render(&report));
+        }
+        Ok(())
+    }
+}

@@ -14,7 +14,7 @@ mod serve;
 mod swap;
 
 pub use apiserver::ApiServerArgs;
-pub use bench::{BenchArgs, BenchTenantsArgs};
+pub use bench::{BenchArgs, BenchShardArgs, BenchTenantsArgs};
 pub use demo::DemoArgs;
 pub use emulator::EmulatorArgs;
 pub use explain::ExplainArgs;

@@ -48,7 +48,7 @@ pub struct ShardArgs {
     #[arg(long, default_value_t = 2000)]
     pub shard_retry_period_ms: u64,
     /// Tenants a replica hands over at most per round when replicas join.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 10)]
     pub shard_max_moves: usize,
 }
 

@@ -677,6 +677,14 @@ impl TenantHost {
         self.inner.sharder.lock().await.as_ref().map(shard::Sharder::view)
     }
 
+    /// Stops the sharder without handing anything over, as a crash of this replica would (its
+    /// Leases expire; what runs keeps running, its fences down once their deadline passes).
+    pub async fn abandon_shard(&self) {
+        if let Some(sharder) = self.inner.sharder.lock().await.take() {
+            sharder.abandon();
+        }
+    }
+
     /// Stops every tenant (a sharded host hands its Leases over first).
     pub async fn shutdown(&self) {
         if let Some(sharder) = self.inner.sharder.lock().await.take() {

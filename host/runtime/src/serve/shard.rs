@@ -5,9 +5,11 @@
 //! Lease `difftracker-replica-<identity>` (its membership). Every [`ShardOptions::retry_period`]
 //! a replica runs one **round**:
 //!
-//! 1. it lists the namespace's Leases (one request) and renews its own membership;
-//! 2. it renews each tenant Lease it owns, guarded by the resourceVersion it last wrote, and
-//!    moves that tenant's [`Fence`] to `send time + renew_deadline`. A tenant whose Lease is
+//! 1. it lists the namespace's Leases (one request) and renews its own membership (a replica
+//!    takes no tenant in its first round, so that replicas started together see each other);
+//! 2. it renews each tenant Lease it owns that is due (every `renew_deadline / 3`, at least a
+//!    round apart), guarded by the resourceVersion it last wrote, and moves that tenant's
+//!    [`Fence`] to `send time + renew_deadline`. A tenant whose Lease is
 //!    taken, or whose fence came down because renewals kept failing, is stopped here;
 //! 3. it plans ([`plan`]): with `n` live replicas and `T` tenants a replica takes free or
 //!    expired Leases until it owns `ceil(T / n)` (more only when no other replica has room), and
@@ -62,7 +64,8 @@ pub struct ShardOptions {
     pub renew_deadline: Duration,
     /// Time between two rounds (2 s).
     pub retry_period: Duration,
-    /// Tenants handed over at most per round when rebalancing (1).
+    /// Tenants handed over at most per round when rebalancing (10): each move costs the
+    /// tenant a start-up pass on its new owner.
     pub max_moves: usize,
 }
 
@@ -74,7 +77,7 @@ impl ShardOptions {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
-            max_moves: 1,
+            max_moves: 10,
         }
     }
 
@@ -92,6 +95,12 @@ impl ShardOptions {
             return Err("sharding: the rebalancing cap must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// How often an owned tenant's Lease is renewed: three tries fit into the renew deadline
+    /// (as a node's Lease is renewed at a quarter of its duration), never more often than a round.
+    fn renew_interval(&self) -> Duration {
+        (self.renew_deadline / 3).max(self.retry_period)
     }
 
     /// How long after the fence came down a call still running is cut.
@@ -226,6 +235,8 @@ struct Owned {
     fence: Fence,
     /// The Lease as last written (its resourceVersion guards the next renew).
     lease: Lease,
+    /// When the last successful write of it was sent.
+    renewed: Instant,
 }
 
 /// The running sharder of a [`TenantHost`].
@@ -260,6 +271,11 @@ impl Sharder {
 
     pub fn subscribe(&self) -> watch::Receiver<ShardView> {
         self.view.clone()
+    }
+
+    /// Stops renewing and hands nothing over, as a crash would: its Leases expire.
+    pub fn abandon(self) {
+        self.task.abort();
     }
 
     /// Stops every tenant this replica owns, hands their Leases over, and leaves the shard.
@@ -340,10 +356,13 @@ impl Round {
             let present: BTreeSet<&String> = leases.keys().collect();
             self.seen.retain(|name, _| present.contains(name));
         }
+        // A member since an earlier round: replicas started together have seen each other.
+        let was_member = self.membership.is_some();
         self.renew_membership(leases.get(&replica_lease(&me)).cloned()).await;
         self.renew_owned().await;
-        // Without a fresh list, or before this replica is a member, renewing is all a round does.
-        if !listed_ok || self.membership.is_none() {
+        // Without a fresh list, or before this replica has been a member for a round, renewing
+        // is all a round does.
+        if !listed_ok || !was_member || self.membership.is_none() {
             return;
         }
         let live: BTreeSet<String> = self
@@ -486,7 +505,9 @@ impl Round {
     /// Renews every owned tenant's Lease; stops the tenants whose Lease is gone or whose fence
     /// came down.
     async fn renew_owned(&mut self) {
-        let renewals: Vec<(String, Lease)> = self.owned.iter().map(|(t, o)| (t.clone(), o.lease.clone())).collect();
+        let due = self.options.renew_interval();
+        let renewals: Vec<(String, Lease)> =
+            self.owned.iter().filter(|(_, o)| o.renewed.elapsed() >= due).map(|(t, o)| (t.clone(), o.lease.clone())).collect();
         let (api, options) = (&self.api, &self.options);
         let results: Vec<(String, Instant, Result<Lease, WriteError>)> = stream::iter(renewals)
             .map(|(tenant, lease)| async move {
@@ -503,6 +524,7 @@ impl Round {
                 Ok(lease) => {
                     owned.fence.set(Some(sent + self.options.renew_deadline));
                     owned.lease = lease;
+                    owned.renewed = sent;
                 }
                 Err(WriteError::Conflict) => {
                     // Written by someone else since: ours only if it still names us.
@@ -547,7 +569,7 @@ impl Round {
             Ok(lease) => {
                 let fence = Fence::until(Some(sent + self.options.renew_deadline)).with_grace(self.options.grace());
                 tracing::info!(tenant, identity = %self.options.identity, "acquired the tenant's shard lease");
-                self.owned.insert(tenant.to_string(), Owned { fence: fence.clone(), lease });
+                self.owned.insert(tenant.to_string(), Owned { fence: fence.clone(), lease, renewed: sent });
                 self.host.observatory().record_shard_lease("acquired");
                 self.record(|v| v.acquired += 1);
                 let (host, tenant) = (self.host.clone(), tenant.to_string());
