@@ -337,7 +337,20 @@ impl Fleet {
         let last_of_old = requests.iter().filter(|(c, _)| c == from).map(|(_, r)| r.answered).max();
         let last_of_old = last_of_old.unwrap_or_else(|| panic!("{from} never called for {t}"));
         let first_of_new = requests.iter().filter(|(c, r)| c != from && r.received > at).map(|(c, r)| (r.received, c)).min();
-        let (first_of_new, new_owner) = first_of_new.unwrap_or_else(|| panic!("nobody called for {t} after {from} went"));
+        let (first_of_new, new_owner) = first_of_new.unwrap_or_else(|| {
+            let seen: Vec<String> = requests
+                .iter()
+                .map(|(c, r)| {
+                    format!(
+                        "{c} {} {} at {:?}",
+                        r.method,
+                        r.path.rsplit('/').next().unwrap_or(""),
+                        r.received.saturating_duration_since(at)
+                    )
+                })
+                .collect();
+            panic!("nobody called for {t} after {from} went; Leases {:?}; its calls: {seen:#?}", self.holders())
+        });
         assert!(
             last_of_old <= first_of_new,
             "{t}: {from}'s last call ended {:?} after {new_owner}'s first one began",
@@ -430,10 +443,11 @@ async fn a_partitioned_replica_stops_its_tenants_before_another_starts_them_and_
     let cut_off = fleet.owned_by(2);
     fleet.proxies[2].set_cut(true);
     let cut = Instant::now();
+    fleet.eventually("r2's tenants held by r0 and r1", |f| f.balanced_over(&[0, 1])).await;
+    // Work only their new owners can do: r2's fences are down by now.
     for t in &cut_off {
         fleet.add_service(index_of(t));
     }
-    fleet.eventually("r2's tenants held by r0 and r1", |f| f.balanced_over(&[0, 1])).await;
     fleet.eventually("every tenant converged without r2", |f| f.oracle().is_empty()).await;
     eprintln!("takeover from a partitioned replica: converged {:?} after the cut", cut.elapsed());
     // r2 still runs and still reaches the cloud, yet it started nothing more for them.
