@@ -401,3 +401,45 @@ impl LeaderElector {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_counts_the_calls_it_admitted_until_they_end() {
+        let fence = Fence::until(Some(Instant::now() + Duration::from_secs(60)));
+        let a = fence.admit().expect("leading");
+        let b = fence.admit().expect("leading");
+        assert_eq!(fence.in_flight(), 2);
+        drop(a);
+        assert_eq!(fence.in_flight(), 1);
+        fence.set(None);
+        assert!(fence.admit().is_none(), "no call starts once the fence is down");
+        drop(b);
+        assert_eq!(fence.in_flight(), 0);
+    }
+
+    #[test]
+    fn calls_are_cut_a_grace_after_the_fence_comes_down_and_never_without_a_grace() {
+        let until = Instant::now() + Duration::from_secs(10);
+        assert_eq!(Fence::until(Some(until)).cutoff(), None, "leader election off: calls are never cut");
+        let fence = Fence::until(Some(until)).with_grace(Duration::from_secs(5));
+        assert_eq!(fence.cutoff(), Some(until + Duration::from_secs(5)));
+        // Released or lost: whatever still runs is cut now.
+        fence.set(None);
+        assert!(fence.cutoff().is_some_and(|c| c <= Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn drained_waits_for_the_last_call_or_gives_up_at_its_bound() {
+        let fence = Fence::always();
+        let call = fence.admit().unwrap();
+        assert!(!fence.drained(Duration::from_millis(50)).await, "a call still runs");
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(call);
+        });
+        assert!(fence.drained(Duration::from_secs(30)).await);
+    }
+}
