@@ -105,20 +105,17 @@ impl BenchTenantsArgs {
 /// long a dead replica's tenants wait for a new owner (no engine runs: only the Leases).
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchShardArgs {
+    /// Tenants in the configuration every replica shares.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub tenants: u64,
+    /// Sharded hosts in the process, as that many replicas would run.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=16))]
     pub replicas: u64,
     /// Seconds of steady state the request rate is counted over.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub seconds: u64,
-    /// Lease duration, renew deadline (seconds) and round period (milliseconds), as `serve` takes them.
-    #[arg(long, default_value_t = 15)]
-    pub shard_lease_duration: u64,
-    #[arg(long, default_value_t = 10)]
-    pub shard_renew_deadline: u64,
-    #[arg(long, default_value_t = 2000)]
-    pub shard_retry_period_ms: u64,
+    #[command(flatten)]
+    pub timing: super::serve::ShardTimingArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -127,13 +124,14 @@ pub struct BenchShardArgs {
 impl BenchShardArgs {
     pub async fn run(self) -> Result<()> {
         use difftracker_simulation::bench_shard::{measure, render, ShardBenchOptions};
+        let timing = self.timing.apply(difftracker_runtime::serve::shard::ShardOptions::new("", ""));
         let options = ShardBenchOptions {
             tenants: self.tenants as usize,
             replicas: self.replicas as usize,
             measure_for: Duration::from_secs(self.seconds),
-            lease_duration: Duration::from_secs(self.shard_lease_duration),
-            renew_deadline: Duration::from_secs(self.shard_renew_deadline),
-            retry_period: Duration::from_millis(self.shard_retry_period_ms),
+            lease_duration: timing.lease_duration,
+            renew_deadline: timing.renew_deadline,
+            retry_period: timing.retry_period,
         };
         eprintln!(
             "bench-shard: {} tenants over {} replicas; this takes a lease duration or two beyond --seconds",

@@ -38,6 +38,16 @@ pub struct ShardArgs {
     /// This replica's identity in the Leases (default: host name and process id).
     #[arg(long, requires = "shard_lease_namespace")]
     pub shard_identity: Option<String>,
+    #[command(flatten)]
+    pub timing: ShardTimingArgs,
+    /// Tenants a replica hands over at most per round when replicas join.
+    #[arg(long, default_value_t = 10)]
+    pub shard_max_moves: usize,
+}
+
+/// The timing of the shard's Leases (`serve` and `bench-shard`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ShardTimingArgs {
     /// Seconds a tenant's Lease that stops being renewed keeps the other replicas away.
     #[arg(long, default_value_t = 15)]
     pub shard_lease_duration: u64,
@@ -47,22 +57,25 @@ pub struct ShardArgs {
     /// Milliseconds between two rounds of renewing, acquiring and rebalancing.
     #[arg(long, default_value_t = 2000)]
     pub shard_retry_period_ms: u64,
-    /// Tenants a replica hands over at most per round when replicas join.
-    #[arg(long, default_value_t = 10)]
-    pub shard_max_moves: usize,
+}
+
+impl ShardTimingArgs {
+    /// `options` with this timing.
+    pub fn apply(&self, options: ShardOptions) -> ShardOptions {
+        ShardOptions {
+            lease_duration: Duration::from_secs(self.shard_lease_duration),
+            renew_deadline: Duration::from_secs(self.shard_renew_deadline),
+            retry_period: Duration::from_millis(self.shard_retry_period_ms),
+            ..options
+        }
+    }
 }
 
 impl ShardArgs {
     fn options(&self) -> Result<Option<ShardOptions>> {
         let Some(namespace) = &self.shard_lease_namespace else { return Ok(None) };
         let identity = self.shard_identity.clone().unwrap_or_else(super::run::default_identity);
-        let options = ShardOptions {
-            lease_duration: Duration::from_secs(self.shard_lease_duration),
-            renew_deadline: Duration::from_secs(self.shard_renew_deadline),
-            retry_period: Duration::from_millis(self.shard_retry_period_ms),
-            max_moves: self.shard_max_moves,
-            ..ShardOptions::new(namespace, identity)
-        };
+        let options = ShardOptions { max_moves: self.shard_max_moves, ..self.timing.apply(ShardOptions::new(namespace, identity)) };
         options.validate().map_err(anyhow::Error::msg)?;
         Ok(Some(options))
     }
