@@ -23,6 +23,7 @@
 //! - [`metrics`], `snapshot`: observability and persistence; [`names`]: the Kubernetes names
 //!   (label, finalizers, annotations, event reasons) hosts share with the engine.
 //! - `testkit` (tests only): a recording `Io`, object builders and a tick-by-tick harness.
+//! - `memcmp`: a word-at-a-time `memcmp` the wasm build links instead of libc's byte loop.
 //! - `wit` (wasm32 only): the thin wit-bindgen layer that exports the engine as a component, of
 //!   WIT 0.3.0 by default or 0.2.0 with the feature `wit-0-2`.
 //!
@@ -43,6 +44,8 @@ mod identity;
 mod inspect;
 pub mod io;
 mod locations;
+#[cfg(any(target_arch = "wasm32", test))]
+mod memcmp;
 pub mod metrics;
 pub mod names;
 mod nrp;

@@ -32,7 +32,7 @@ mod swap;
 mod tests;
 mod tick_loop;
 
-pub use recovery::{EngineFactory, RecoveredTick, RecoveringEngine, Recovery, SnapshotPolicy};
+pub use recovery::{EngineFactory, RecoveredTick, RecoveringEngine, Recovery, SnapshotPolicy, StatusRead};
 pub use summary::{brief_reason, completion_summary, event_summary, one_line, quarantine_warning, short, REASON_INPUT_QUARANTINED};
 pub use swap::{SwapError, SwapOptions, SwapReport, CATCH_UP_INPUTS};
 

@@ -148,12 +148,22 @@ impl Recovery {
 /// Quarantined inputs rebuilt around in one recovery before the tenant gives up.
 const MAX_QUARANTINED_PER_RECOVERY: usize = 16;
 
+/// Whether a tick reads the engine's status after it. The status carries every engine metric
+/// sample, formatted in the guest and lifted across the component boundary: read after every tick
+/// it was a third of a wasm replay's time, so a loop that does not look at it each tick skips it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusRead {
+    AfterTick,
+    Skip,
+}
+
 /// What one tick of the loop produced.
 #[derive(Default)]
 pub(super) struct TickReport {
     /// Every call started and Event recorded; the outcome of the last engine tick.
     pub(super) tick: TickResult,
-    pub(super) status: EngineStatus,
+    /// The engine's status after the tick, when it was asked for ([`StatusRead`]).
+    pub(super) status: Option<EngineStatus>,
     pub(super) restarts: u64,
     pub(super) quarantined: Vec<QuarantinedInput>,
     /// Guest calls that trapped or hit a sandbox limit, recovered from or not.
@@ -382,14 +392,14 @@ impl GuardedEngine {
         GuardedEngine { name, driver, recovery, swap_tail: None }
     }
 
-    /// One tick of the loop: deliver the events, tick with the completions, read the status,
-    /// checkpoint when due. Recovers from traps when it can; an error stops the tenant.
+    /// One tick of the loop: deliver the events, tick with the completions, read the status if
+    /// asked, checkpoint when due. Recovers from traps when it can; an error stops the tenant.
     pub(super) fn iterate(
         &mut self,
         tick_no: u64,
         now: u64,
-        events: Vec<KubeEvent>,
-        completions: Vec<Completion>,
+        (events, completions): (Vec<KubeEvent>, Vec<Completion>),
+        read: StatusRead,
         out: &mut TickReport,
     ) -> Result<()> {
         if self.recovery.as_ref().is_some_and(|r| r.checkpoint.is_none()) {
@@ -416,15 +426,17 @@ impl GuardedEngine {
             self.restart(tick_no, &reason, out)?;
             self.apply_one_by_one(now, events, completions, out)?;
         }
-        out.status = match guarded(&mut self.driver, |d| d.status()) {
-            Ok(status) => status,
-            Err(failure) => {
-                let reason = self.poison(failure)?;
-                self.restart(tick_no, &reason, out)?;
-                guarded(&mut self.driver, |d| d.status())
-                    .map_err(|f| f.into_error().context("the engine traps reading its status on a fresh instance too"))?
-            }
-        };
+        if read == StatusRead::AfterTick {
+            out.status = Some(match guarded(&mut self.driver, |d| d.status()) {
+                Ok(status) => status,
+                Err(failure) => {
+                    let reason = self.poison(failure)?;
+                    self.restart(tick_no, &reason, out)?;
+                    guarded(&mut self.driver, |d| d.status())
+                        .map_err(|f| f.into_error().context("the engine traps reading its status on a fresh instance too"))?
+                }
+            });
+        }
         if self.recovery.as_ref().is_some_and(RecoveryState::snapshot_due) {
             self.checkpoint(tick_no, out)?;
         }
@@ -730,7 +742,8 @@ pub struct RecoveringEngine {
 pub struct RecoveredTick {
     /// Every call started and Event recorded, and the outcome of the engine's last tick.
     pub tick: TickResult,
-    pub status: EngineStatus,
+    /// The status after the step, if it was asked for.
+    pub status: Option<EngineStatus>,
     /// Instances rebuilt during the step.
     pub restarts: u64,
     /// Inputs dropped during the step, and for those that name an object the Warning Event to
@@ -744,19 +757,20 @@ impl RecoveringEngine {
         RecoveringEngine { guarded: GuardedEngine::new(name.to_string(), driver, Some(recovery)), ticks: 0 }
     }
 
-    /// Delivers `events` (if any), then ticks with `completions`; an input the engine traps on
-    /// twice is quarantined. `label` names the call of a quarantined completion. An error means
-    /// the engine cannot go on (restarts exhausted, no good snapshot).
+    /// Delivers `events` (if any), then ticks with `completions`, then reads the status if `read`
+    /// asks; an input the engine traps on twice is quarantined. `label` names the call of a
+    /// quarantined completion. An error means the engine cannot go on (restarts exhausted, no good
+    /// snapshot).
     pub fn step(
         &mut self,
         now: u64,
-        events: Vec<KubeEvent>,
-        completions: Vec<Completion>,
+        inputs: (Vec<KubeEvent>, Vec<Completion>),
+        read: StatusRead,
         label: impl Fn(CallId) -> Option<&'static str>,
     ) -> Result<RecoveredTick> {
         self.ticks += 1;
         let mut out = TickReport::default();
-        self.guarded.iterate(self.ticks, now, events, completions, &mut out)?;
+        self.guarded.iterate(self.ticks, now, inputs, read, &mut out)?;
         let quarantined = out
             .quarantined
             .iter()

@@ -43,12 +43,12 @@ fn engine(bad_call: Option<CallId>, snapshots: SnapshotPolicy) -> GuardedEngine 
 fn booted(bad_call: Option<CallId>, snapshots: SnapshotPolicy) -> GuardedEngine {
     let mut k = engine(bad_call, snapshots);
     let mut out = TickReport::default();
-    k.iterate(0, 500, vec![KubeEvent::InitialListsComplete], vec![], &mut out).unwrap();
+    k.iterate(0, 500, (vec![KubeEvent::InitialListsComplete], vec![]), StatusRead::AfterTick, &mut out).unwrap();
     let lists: Vec<Completion> = out.tick.started.iter().map(|(id, call)| Completion { id: *id, outcome: Ok(empty_list(call)) }).collect();
     assert_eq!(lists.len(), 5);
     let mut out = TickReport::default();
-    k.iterate(0, 600, vec![], lists, &mut out).unwrap();
-    assert_eq!(out.status.initialization.phase, difftracker_engine::io::InitPhase::Ready);
+    k.iterate(0, 600, (vec![], lists), StatusRead::AfterTick, &mut out).unwrap();
+    assert_eq!(out.status.as_ref().unwrap().initialization.phase, difftracker_engine::io::InitPhase::Ready);
     k
 }
 
@@ -87,7 +87,7 @@ fn a_panicking_event_is_quarantined_and_the_rest_of_the_tick_applied() {
     for snapshots in [SnapshotPolicy::every_tick(), SnapshotPolicy::every_inputs(usize::MAX)] {
         let mut k = booted(None, snapshots);
         let mut first = TickReport::default();
-        k.iterate(1, 1_000, vec![node(), service("a", 1)], vec![], &mut first).unwrap();
+        k.iterate(1, 1_000, (vec![node(), service("a", 1)], vec![]), StatusRead::AfterTick, &mut first).unwrap();
         assert_eq!(first.restarts, 0);
         let first_ids: Vec<CallId> = first.tick.started.iter().map(|(id, _)| *id).collect();
         assert!(!first_ids.is_empty());
@@ -95,14 +95,14 @@ fn a_panicking_event_is_quarantined_and_the_rest_of_the_tick_applied() {
         // The poisoned Service between two good ones, and a failed completion of a's first call.
         let mut second = TickReport::default();
         let events = vec![service("b", 2), service("poison", 3), service("c", 4)];
-        k.iterate(2, 2_000, events, vec![failed(first_ids[0])], &mut second).unwrap();
+        k.iterate(2, 2_000, (events, vec![failed(first_ids[0])]), StatusRead::AfterTick, &mut second).unwrap();
         assert_eq!(second.restarts, 1);
         assert_eq!(second.quarantined.len(), 1);
         assert!(matches!(&second.quarantined[0].input, Input::Event(e) if event_summary(e).contains("default/poison")));
         assert!(second.quarantined[0].reason.contains("poisoned event"), "{}", second.quarantined[0].reason);
         // a, b and c are tracked; call ids went on from where they were, none reused.
-        let tracked: u32 = second.status.states.iter().map(|(_, n)| n).sum();
-        assert_eq!(tracked, 3, "{:?}", second.status.states);
+        let tracked: u32 = second.status.as_ref().unwrap().states.iter().map(|(_, n)| n).sum();
+        assert_eq!(tracked, 3, "{:?}", second.status.as_ref().unwrap().states);
         let max_first = *first_ids.iter().max().unwrap();
         assert!(second.tick.started.iter().all(|(id, _)| *id > max_first), "{:?}", second.tick.started);
         assert!(!k.driver.is_poisoned());
@@ -114,14 +114,14 @@ fn a_panicking_completion_is_retried_once_then_quarantined() {
     // Call 6 is the first call the engine starts after its five start-up lists.
     let mut k = booted(Some(6), SnapshotPolicy::every_inputs(usize::MAX));
     let mut first = TickReport::default();
-    k.iterate(1, 1_000, vec![node(), service("a", 1)], vec![], &mut first).unwrap();
+    k.iterate(1, 1_000, (vec![node(), service("a", 1)], vec![]), StatusRead::AfterTick, &mut first).unwrap();
     assert_eq!(first.tick.started[0].0, 6);
     let others: Vec<Completion> = first.tick.started[1..].iter().map(|(id, _)| failed(*id)).collect();
     let mut completions = vec![failed(6)];
     completions.extend(others.clone());
 
     let mut second = TickReport::default();
-    k.iterate(2, 2_000, vec![service("b", 2)], completions, &mut second).unwrap();
+    k.iterate(2, 2_000, (vec![service("b", 2)], completions), StatusRead::AfterTick, &mut second).unwrap();
     assert_eq!(second.restarts, 1);
     let dropped: Vec<CallId> = second
         .quarantined
@@ -132,8 +132,8 @@ fn a_panicking_completion_is_retried_once_then_quarantined() {
         })
         .collect();
     assert_eq!(dropped, vec![6], "only the poisoned completion is dropped");
-    let tracked: u32 = second.status.states.iter().map(|(_, n)| n).sum();
-    assert_eq!(tracked, 2, "b was applied: {:?}", second.status.states);
+    let tracked: u32 = second.status.as_ref().unwrap().states.iter().map(|(_, n)| n).sum();
+    assert_eq!(tracked, 2, "b was applied: {:?}", second.status.as_ref().unwrap().states);
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn a_tick_that_panics_with_no_input_on_a_fresh_instance_stops_the_tenant() {
     let recovery = Recovery::new(move |ids| Ok(always_panics(ids)));
     let mut k = GuardedEngine::new("t".into(), first, Some(recovery));
     let mut out = TickReport::default();
-    let err = k.iterate(1, 1_000, vec![], vec![], &mut out).unwrap_err();
+    let err = k.iterate(1, 1_000, (vec![], vec![]), StatusRead::AfterTick, &mut out).unwrap_err();
     assert!(format!("{err:#}").contains("with no new input"), "{err:#}");
     assert_eq!(out.restarts, 1);
 }
@@ -159,14 +159,14 @@ fn a_tick_that_panics_with_no_input_on_a_fresh_instance_stops_the_tenant() {
 fn snapshots_follow_the_policy() {
     let mut k = engine(None, SnapshotPolicy::every_inputs(3));
     let mut out = TickReport::default();
-    k.iterate(1, 1_000, vec![node()], vec![], &mut out).unwrap();
+    k.iterate(1, 1_000, (vec![node()], vec![]), StatusRead::AfterTick, &mut out).unwrap();
     // deliver (2 inputs) + tick (1): due, taken, log empty.
     assert!(k.recovery.as_ref().unwrap().log_len() == 0);
-    k.iterate(2, 2_000, vec![], vec![], &mut out).unwrap();
+    k.iterate(2, 2_000, (vec![], vec![]), StatusRead::AfterTick, &mut out).unwrap();
     assert_eq!(k.recovery.as_ref().unwrap().log_len(), 1);
-    k.iterate(3, 3_000, vec![], vec![], &mut out).unwrap();
+    k.iterate(3, 3_000, (vec![], vec![]), StatusRead::AfterTick, &mut out).unwrap();
     assert_eq!(k.recovery.as_ref().unwrap().log_len(), 2);
-    k.iterate(4, 4_000, vec![], vec![], &mut out).unwrap();
+    k.iterate(4, 4_000, (vec![], vec![]), StatusRead::AfterTick, &mut out).unwrap();
     assert!(k.recovery.as_ref().unwrap().log_len() == 0);
 }
 
@@ -181,11 +181,11 @@ fn the_log_cap_grows_with_the_snapshot() {
         let mut out = TickReport::default();
         // Enough Services for a snapshot of some KiB; the first iterate takes the checkpoint.
         let services: Vec<KubeEvent> = (0..200).map(|i| service(&format!("svc-{i}"), i)).collect();
-        k.iterate(1, 1_000, services, vec![], &mut out).unwrap();
-        k.iterate(2, 1_500, vec![], vec![], &mut out).unwrap();
+        k.iterate(1, 1_000, (services, vec![]), StatusRead::AfterTick, &mut out).unwrap();
+        k.iterate(2, 1_500, (vec![], vec![]), StatusRead::AfterTick, &mut out).unwrap();
         assert!(out.checkpoint_bytes.unwrap_or(0) >= 1024, "the snapshot is at least a KiB");
         for t in 3..10 {
-            k.iterate(t, 1_000 * t, vec![], vec![], &mut out).unwrap();
+            k.iterate(t, 1_000 * t, (vec![], vec![]), StatusRead::AfterTick, &mut out).unwrap();
         }
         k.recovery.as_ref().unwrap().log_len()
     };

@@ -1,7 +1,7 @@
 //! The tick loop itself: sleep until events, a completion, a control request or the engine's
 //! next wake-up; then tick on the blocking pool and hand the started calls to the executor.
 
-use super::recovery::{GuardedEngine, Input, TickReport};
+use super::recovery::{GuardedEngine, Input, StatusRead, TickReport};
 use super::summary::{brief_reason, completion_summary, event_summary, quarantine_warning, short};
 use super::swap::{self, swap_blocking, Next, PendingSwap, SwapError, TakeOver};
 use super::{BackoffPolicy, Control, Quarantined, QuarantinedKind, TenantEvent, TenantStatus};
@@ -176,7 +176,7 @@ impl TenantLoop {
             let completions = std::mem::take(&mut completions);
             let job = move || {
                 let mut report = TickReport::default();
-                let result = engine.iterate(tick_no, now, events, completions, &mut report);
+                let result = engine.iterate(tick_no, now, (events, completions), StatusRead::AfterTick, &mut report);
                 (engine, report, result)
             };
             let demoted = self.backoff.is_some_and(|p| p.low_priority) && self.status.borrow().consecutive_traps > 0;
@@ -197,7 +197,7 @@ impl TenantLoop {
             }
             next_wake = report.tick.outcome.next_wake_ms;
             let backoff = self.back_off(now, report.last_trap.as_deref());
-            self.after_tick(now, report.tick, report.status, backoff, engine.driver.wit_package());
+            self.after_tick(now, report.tick, report.status.unwrap_or_default(), backoff, engine.driver.wit_package());
         }
         self.status.send_modify(|s| s.stopped = true);
         Ok(engine.driver)

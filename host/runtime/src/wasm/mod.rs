@@ -431,10 +431,17 @@ fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Set (to anything) to have the guest's compiled code named in `perf` profiles.
+pub const PERF_MAP_ENV: &str = "DIFFTRACKER_PERF_MAP";
+
 fn config(options: &RuntimeOptions, pooling: bool) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    if std::env::var_os(PERF_MAP_ENV).is_some() {
+        // Names the guest's compiled functions for `perf report` (/tmp/perf-<pid>.map).
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling {
         let slots = options.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();

@@ -49,7 +49,7 @@ use difftracker_engine::io::{
 };
 use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
 use difftracker_runtime::k8s::{KubeObject, EGRESS_LABEL};
-use difftracker_runtime::tenant::{Quarantined, RecoveringEngine, Recovery};
+use difftracker_runtime::tenant::{Quarantined, RecoveringEngine, Recovery, StatusRead};
 use difftracker_runtime::transport::config::ResourceKind;
 use difftracker_runtime::transport::pacing::WritePacer;
 use difftracker_runtime::wasm::SandboxLimits;
@@ -555,7 +555,10 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         let woken = h.wake.is_some_and(|w| w <= now);
         if delivered || !due.is_empty() || woken || h.must_tick {
             h.must_tick = false;
-            let step = match h.driver.step(now, kube_events, due, |_| None) {
+            // The status is read only while the start-up is pending and for the timeline: the
+            // settled check below reads it once the run is idle.
+            let read = if !h.ready || timeline.is_some() { StatusRead::AfterTick } else { StatusRead::Skip };
+            let step = match h.driver.step(now, (kube_events, due), read, |_| None) {
                 Ok(step) => step,
                 Err(e) => {
                     engine_failure = Some(failure(now, "tick", &e));
@@ -570,7 +573,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                 }
                 stats.quarantined.push(input);
             }
-            let ready_now = step.status.initialization.phase == InitPhase::Ready;
+            let ready_now = step.status.as_ref().is_some_and(|s| s.initialization.phase == InitPhase::Ready);
             let result = step.tick;
             for record in result.events {
                 cluster.record_event(record);
@@ -627,8 +630,8 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
                     &mut h.in_flight,
                 );
             }
-            if let Some(t) = timeline.as_mut() {
-                t.point(now, &step.status, h.in_flight.len());
+            if let (Some(t), Some(status)) = (timeline.as_mut(), step.status.as_ref()) {
+                t.point(now, status, h.in_flight.len());
                 if t.sample_due(now) {
                     match h.driver.operations() {
                         Ok(ops) => t.sample(now, &ops),
