@@ -186,6 +186,46 @@ pub fn full_diff(desired: &Desired, nrp: &NrpMirror, ready: &dyn Fn(&Identity, S
     out
 }
 
+/// [`keys_diff`] over the dirty set in key order, only as far as the first request reaches:
+/// it stops after the key whose change makes the diff outgrow `budget`, and returns the first key
+/// it did not look at. A big dirty set is sent in many batches, so computing the whole diff for
+/// each of them cost the square of the set; this costs the batch. The diff is a prefix of the
+/// whole one (same order) and longer than one request, so its [`LocationDiff::split_first`] is
+/// the whole diff's.
+pub fn keys_diff_within<'a>(
+    keys: impl IntoIterator<Item = &'a Key>,
+    budget: &RequestBudget,
+    desired: &Desired,
+    nrp: &NrpMirror,
+    ready: &dyn Fn(&Identity, ServiceKind) -> bool,
+) -> (LocationDiff, Option<Key>) {
+    let mut out = LocationDiff::default();
+    let (mut bytes, mut entries) = (LOCATION_REQUEST_ENVELOPE_BYTES, 0u64);
+    for key in keys {
+        if !out.is_empty() && !budget.fits(bytes, entries) {
+            return (out, Some(key.clone()));
+        }
+        let (loc, addr) = key;
+        if desired.has_node(loc) {
+            let Some(sref) = address_change(desired.get(loc, addr), nrp.services_at(loc, addr), ready) else { continue };
+            if !out.locations.contains_key(loc) {
+                let action = if nrp.has_location(loc) { UpdateAction::PartialUpdate } else { UpdateAction::FullUpdate };
+                out.locations.insert(loc.clone(), LocationChange { action, addresses: BTreeMap::new() });
+                bytes += location_entry_bytes(loc);
+                entries += 1;
+            }
+            bytes += address_entry_bytes(addr, sref.iter().map(Identity::as_str));
+            entries += 1;
+            out.locations.get_mut(loc).expect("location just ensured").addresses.insert(addr.clone(), sref);
+        } else if nrp.has_location(loc) && !out.locations.contains_key(loc) {
+            out.locations.insert(loc.clone(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() });
+            bytes += location_entry_bytes(loc);
+            entries += 1;
+        }
+    }
+    (out, None)
+}
+
 /// The diff restricted to `keys` (the dirty set).
 pub fn keys_diff<'a>(
     keys: impl IntoIterator<Item = &'a Key>,
@@ -252,6 +292,46 @@ mod tests {
         let mut nrp2 = nrp.clone();
         nrp2.apply(&diff);
         assert!(full_diff(&d, &nrp2, &all_ready).is_empty());
+    }
+
+    #[test]
+    fn the_bounded_diff_sends_the_same_first_batch_and_reads_only_as_far_as_it_reaches() {
+        // 40 locations of 25 addresses: some in sync, some new, one location gone.
+        let mut d = Desired::default();
+        let mut in_nrp = Vec::new();
+        let mut keys = BTreeSet::new();
+        for l in 0..40 {
+            let loc = format!("10.0.{}.{}", l / 10, l % 10);
+            for a in 0..25 {
+                let addr = format!("10.1.{l}.{a}");
+                d.add_inbound(&Identity::new(&format!("svc-{}", a % 3)), &loc, &addr);
+                if a % 4 == 0 {
+                    in_nrp.push((loc.clone(), addr.clone(), format!("svc-{}", a % 3)));
+                }
+                keys.insert((loc.clone(), addr));
+            }
+        }
+        in_nrp.push(("10.9.9.9".into(), "10.2.0.1".into(), "svc-0".into()));
+        keys.insert(("10.9.9.9".to_string(), "10.2.0.1".to_string()));
+        let entries: Vec<(&str, &str, [&str; 1])> = in_nrp.iter().map(|(l, a, s)| (l.as_str(), a.as_str(), [s.as_str()])).collect();
+        let nrp = nrp_with(&entries.iter().map(|(l, a, s)| (*l, *a, &s[..])).collect::<Vec<_>>());
+        for (max_bytes, max_entries) in [(1, 1), (2_000, 10_000), (20_000, 100), (1 << 20, 10_000)] {
+            let budget = RequestBudget { max_bytes, max_entries };
+            let (whole_first, whole_rest) = keys_diff(keys.iter(), &d, &nrp, &all_ready).split_first(&budget);
+            let (within, unread) = keys_diff_within(keys.iter(), &budget, &d, &nrp, &all_ready);
+            let (first, _) = within.split_first(&budget);
+            assert_eq!(first, whole_first, "budget {max_bytes} B / {max_entries}");
+            match unread {
+                Some(k) => {
+                    assert!(!whole_rest.is_empty(), "keys are left unread only when one request cannot take the diff");
+                    let read = keys.range(..k).count();
+                    let sent: usize = first.locations.values().map(|c| c.addresses.len().max(1)).sum();
+                    // Read: the batch, the in-sync keys among it (7 in 25), and one key past it.
+                    assert!(read <= sent * 25 / 18 + 2, "read {read} keys for a batch of {sent}");
+                }
+                None => assert!(whole_rest.is_empty() || max_entries == 1, "all read only when it fits"),
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use crate::backoff::{backoff_ms, throttle_hold_ms, LOCATION_SYNC_REPORT_THRESHOLD, OPERATION_TIMEOUT_MS};
 use crate::desired::Key;
-use crate::diff::{full_diff, keys_diff, LocationDiff};
+use crate::diff::{full_diff, keys_diff, keys_diff_within, LocationDiff};
 use crate::engine::Engine;
 use crate::identity::Identity;
 use crate::io::{Call, CallError, CallId, CallOutput, CloudCall, ErrorKind, Io};
@@ -151,8 +151,15 @@ impl Engine {
         self.locations_updater.continuation = false;
         self.locations_updater.not_before_ms = None;
         self.locations_updater.set_retry(&mut self.timers, None);
-        let keys = std::mem::take(&mut self.dirty);
-        let diff = self.diff_over(&keys);
+        let mut keys = std::mem::take(&mut self.dirty);
+        let budget = self.config.request_budget();
+        let ready = |id: &Identity, kind| crate::readiness::is_ready(&self.ops, &self.nrp, id, kind);
+        let (diff, unread) = keys_diff_within(&keys, &budget, &self.desired, &self.nrp, &ready);
+        let unread_left = unread.is_some();
+        if let Some(first_unread) = unread {
+            // The keys past the first request stay dirty for the passes after it.
+            self.dirty = keys.split_off(&first_unread);
+        }
         if diff.is_empty() {
             // Nothing to send: every consumed key is in sync.
             self.check_pending_service_deletions();
@@ -164,8 +171,9 @@ impl Engine {
         // One request per batch (5.5): the first batch goes now, the keys of the rest wait in
         // the dirty set for the next pass, which recomputes their diff from the mirror as the
         // batches before it left it.
-        let (diff, rest) = diff.split_first(&self.config.request_budget());
-        let more = !rest.is_empty();
+        let (diff, rest) = diff.split_first(&budget);
+        // Keys were left unread only past a full request (or a lone entry bigger than one).
+        let more = !rest.is_empty() || unread_left;
         let keys = if more {
             let (later, now): (BTreeSet<Key>, BTreeSet<Key>) = keys.into_iter().partition(|(loc, addr)| rest.covers(loc, addr));
             self.dirty.extend(later);
