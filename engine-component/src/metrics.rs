@@ -44,6 +44,9 @@ pub const SERVICE_OPERATION_DURATION_SECONDS: &str = "service_operation_duration
 pub const SERVICE_OPERATION_RETRIES: &str = "service_operation_retries";
 pub const DURATION_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 pub const RETRY_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0];
+/// The buckets' `le` label values, written once rather than formatted on every status read.
+const DURATION_LE: &[&str] = &["0.1", "0.5", "1", "2.5", "5", "10", "30", "60", "120"];
+const RETRY_LE: &[&str] = &["0", "1", "2", "3", "5", "10", "20"];
 
 // Gauges (derived at read time).
 pub const PENDING_SERVICE_OPERATIONS: &str = "pending_service_operations";
@@ -114,6 +117,22 @@ pub fn bounds(name: &str) -> &'static [f64] {
     }
 }
 
+fn le_labels(name: &str) -> &'static [&'static str] {
+    match name {
+        SERVICE_OPERATION_RETRIES => RETRY_LE,
+        _ => DURATION_LE,
+    }
+}
+
+/// `difftracker_engine_<name><suffix>`, without the formatting machinery (status is read often).
+fn full_name(name: &str, suffix: &str) -> String {
+    let mut s = String::with_capacity(PREFIX.len() + name.len() + suffix.len());
+    s.push_str(PREFIX);
+    s.push_str(name);
+    s.push_str(suffix);
+    s
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     counters: BTreeMap<String, CounterSeries>,
@@ -168,12 +187,12 @@ impl Metrics {
     pub fn samples(&self, out: &mut Vec<MetricSample>) {
         for name in PLAIN_COUNTERS {
             if !self.counters.contains_key(*name) {
-                out.push(MetricSample { name: format!("{PREFIX}{name}"), labels: vec![], value: 0.0, kind: MetricKind::Counter });
+                out.push(MetricSample { name: full_name(name, ""), labels: vec![], value: 0.0, kind: MetricKind::Counter });
             }
         }
         for s in self.counters.values() {
             out.push(MetricSample {
-                name: format!("{PREFIX}{}", s.name),
+                name: full_name(&s.name, ""),
                 labels: s.labels.clone(),
                 value: s.value as f64,
                 kind: MetricKind::Counter,
@@ -181,30 +200,21 @@ impl Metrics {
         }
         for h in self.histograms.values() {
             let mut cumulative = 0u64;
-            let bounds = bounds(&h.name);
+            let les = le_labels(&h.name);
             for (i, c) in h.buckets.iter().enumerate() {
                 cumulative += c;
-                let le = match bounds.get(i) {
-                    Some(b) => fmt_le(*b),
-                    None => "+Inf".to_string(),
-                };
                 let mut labels = h.labels.clone();
-                labels.push(("le".into(), le));
-                out.push(MetricSample {
-                    name: format!("{PREFIX}{}_bucket", h.name),
-                    labels,
-                    value: cumulative as f64,
-                    kind: MetricKind::Counter,
-                });
+                labels.push(("le".into(), les.get(i).copied().unwrap_or("+Inf").to_string()));
+                out.push(MetricSample { name: full_name(&h.name, "_bucket"), labels, value: cumulative as f64, kind: MetricKind::Counter });
             }
             out.push(MetricSample {
-                name: format!("{PREFIX}{}_sum", h.name),
+                name: full_name(&h.name, "_sum"),
                 labels: h.labels.clone(),
                 value: h.sum_milli as f64 / 1000.0,
                 kind: MetricKind::Counter,
             });
             out.push(MetricSample {
-                name: format!("{PREFIX}{}_count", h.name),
+                name: full_name(&h.name, "_count"),
                 labels: h.labels.clone(),
                 value: h.count as f64,
                 kind: MetricKind::Counter,
@@ -213,22 +223,24 @@ impl Metrics {
     }
 }
 
-fn fmt_le(b: f64) -> String {
-    if b.fract() == 0.0 {
-        format!("{b:.0}")
-    } else {
-        format!("{b}")
-    }
-}
-
 /// A gauge sample with the full name.
 pub fn gauge(name: &str, labels: &[(&str, &str)], value: f64) -> MetricSample {
-    MetricSample { name: format!("{PREFIX}{name}"), labels: owned(labels), value, kind: MetricKind::Gauge }
+    MetricSample { name: full_name(name, ""), labels: owned(labels), value, kind: MetricKind::Gauge }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_bucket_label_names_its_bound() {
+        for (bounds, les) in [(DURATION_BUCKETS, DURATION_LE), (RETRY_BUCKETS, RETRY_LE)] {
+            assert_eq!(bounds.len(), les.len());
+            for (b, le) in bounds.iter().zip(les) {
+                assert_eq!(le.parse::<f64>().unwrap(), *b, "{le}");
+            }
+        }
+    }
 
     #[test]
     fn histogram_export_is_cumulative() {

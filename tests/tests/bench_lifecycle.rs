@@ -6,7 +6,8 @@ use difftracker_runtime::driver::EngineKind;
 use difftracker_simulation::bench::measure;
 
 fn lifecycle_completes(kind: EngineKind) {
-    let phases = measure(kind, 40, 10).expect("the lifecycle completes");
+    let lifecycle = measure(kind, 40, 10).expect("the lifecycle completes");
+    let phases = &lifecycle.phases;
     let names: Vec<&str> = phases.iter().map(|p| p.name).collect();
     assert_eq!(
         names,
@@ -23,6 +24,13 @@ fn lifecycle_completes(kind: EngineKind) {
         ]
     );
     assert_eq!(phases.iter().find(|p| p.name == "single-endpoint-update").map(|p| p.per), Some(10));
+    // Only a wasm instance has a linear memory to count; it holds at least the engine's state.
+    match kind {
+        EngineKind::Wasm => {
+            assert!(lifecycle.steady_guest_memory_bytes.is_some_and(|b| b >= 1 << 20), "{:?}", lifecycle.steady_guest_memory_bytes)
+        }
+        EngineKind::Native => assert_eq!(lifecycle.steady_guest_memory_bytes, None),
+    }
 }
 
 #[test]

@@ -7,7 +7,8 @@
 use crate::samples::{sample_node, sample_service, sample_slice};
 use anyhow::{bail, Result};
 use difftracker_engine::io::{Call, CallOutput, CloudCall, Completion, KubeEvent, PublicIpInfo, Service, TenantConfig};
-use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind};
+use difftracker_runtime::driver::{CallIds, EngineDriver, EngineKind, WasmEngine};
+use difftracker_runtime::wasm::{Runtime, SandboxLimits};
 use std::time::{Duration, Instant};
 
 pub(crate) const ENDPOINTS_PER_SERVICE: usize = 10;
@@ -27,10 +28,19 @@ impl Phase {
     }
 }
 
+/// A measured lifecycle.
+pub struct Lifecycle {
+    pub phases: Vec<Phase>,
+    /// The wasm engine's linear memory once every Service is created with its endpoints
+    /// published (after `locsync-initial`): what the instance holds for a steady cluster, the
+    /// high-water mark of everything before included (a linear memory never shrinks).
+    pub steady_guest_memory_bytes: Option<u64>,
+}
+
 /// Measures and prints the lifecycle of `services` Services plus `single_events` single endpoint
 /// updates (`difftracker bench-engine`).
 pub fn run_bench(engine: EngineKind, services: usize, single_events: usize, on_phase: PhaseHook<'_>) -> Result<()> {
-    let phases = measure_with(engine, services, single_events, on_phase)?;
+    let Lifecycle { phases, steady_guest_memory_bytes } = measure_with(engine, services, single_events, on_phase)?;
     println!("engine: {:?}, services: {services}, endpoints/service: {ENDPOINTS_PER_SERVICE}", engine);
     println!("| phase | total | per item |");
     println!("|---|---|---|");
@@ -42,6 +52,14 @@ pub fn run_bench(engine: EngineKind, services: usize, single_events: usize, on_p
         println!("| {} | {:.1} ms | {:.0} ns |", p.name, p.elapsed.as_secs_f64() * 1e3, p.ns_per_item());
     }
     println!("| whole lifecycle | {:.3} s | |", total.as_secs_f64());
+    if let Some(bytes) = steady_guest_memory_bytes {
+        println!();
+        println!(
+            "guest linear memory, {services} Services steady: {:.1} MiB, {:.0} bytes per Service",
+            bytes as f64 / (1 << 20) as f64,
+            bytes as f64 / services.max(1) as f64
+        );
+    }
     Ok(())
 }
 
@@ -133,13 +151,21 @@ pub type PhaseHook<'a> = &'a dyn Fn(usize, &str);
 pub const PHASES: usize = 9;
 
 /// Runs the whole lifecycle for `services` services and returns the timed phases.
-pub fn measure(kind: EngineKind, services: usize, single_events: usize) -> Result<Vec<Phase>> {
+pub fn measure(kind: EngineKind, services: usize, single_events: usize) -> Result<Lifecycle> {
     measure_with(kind, services, single_events, &|_, _| {})
 }
 
 /// [`measure`], telling `on_phase` before each phase.
-pub fn measure_with(kind: EngineKind, services: usize, single_events: usize, on_phase: PhaseHook<'_>) -> Result<Vec<Phase>> {
-    let mut engine = kind.new_driver(CallIds::default())?;
+pub fn measure_with(kind: EngineKind, services: usize, single_events: usize, on_phase: PhaseHook<'_>) -> Result<Lifecycle> {
+    // The wasm engine gets a runtime of its own, whose count of guest memory is the instance's.
+    let runtime = match kind {
+        EngineKind::Wasm => Some(Runtime::with_limits(&SandboxLimits::default())?),
+        EngineKind::Native => None,
+    };
+    let mut engine: Box<dyn EngineDriver> = match &runtime {
+        Some(runtime) => Box::new(WasmEngine::new(&runtime.load_builtin()?, CallIds::default())?),
+        None => kind.new_driver(CallIds::default())?,
+    };
     let engine = engine.as_mut();
     engine.create(&TenantConfig { tenant: "bench".into(), seed: 7, ..TenantConfig::default() })?;
     let mut now = 1_000u64;
@@ -176,6 +202,7 @@ pub fn measure_with(kind: EngineKind, services: usize, single_events: usize, on_
     }
     timed(on_phase, &mut phases, "endpoints-live", services, || deliver_each(engine, now, slices))?;
     timed(on_phase, &mut phases, "locsync-initial", services, || settle(engine, &mut now))?;
+    let steady_guest_memory_bytes = runtime.as_ref().map(Runtime::guest_memory_bytes);
     timed(on_phase, &mut phases, "endpoints-churn", services, || deliver_each(engine, now, churn))?;
     timed(on_phase, &mut phases, "locsync-churn", services, || settle(engine, &mut now))?;
     // Single events at steady state: one replaced endpoint restored, delivered and synced, each.
@@ -193,7 +220,7 @@ pub fn measure_with(kind: EngineKind, services: usize, single_events: usize, on_
     if left != 0 {
         bail!("{left} operations are still tracked after the deletes");
     }
-    Ok(phases)
+    Ok(Lifecycle { phases, steady_guest_memory_bytes })
 }
 
 #[cfg(test)]
@@ -206,8 +233,9 @@ mod tests {
         let engine = engine.as_mut();
         engine.create(&TenantConfig { tenant: "bench".into(), ..TenantConfig::default() }).unwrap();
         // More initial objects than one slice of the pass takes (STARTUP_SLICE, 1,000).
-        let mut initial: Vec<KubeEvent> =
-            (0..2_500).map(|n| KubeEvent::NodeApplied(sample_node(&format!("node-{n}"), &format!("10.1.{}.{}", n >> 8, n & 0xff)))).collect();
+        let mut initial: Vec<KubeEvent> = (0..2_500)
+            .map(|n| KubeEvent::NodeApplied(sample_node(&format!("node-{n}"), &format!("10.1.{}.{}", n >> 8, n & 0xff))))
+            .collect();
         initial.push(KubeEvent::InitialListsComplete);
         let mut now = 1_000;
         engine.deliver(now, initial).unwrap();
