@@ -66,7 +66,8 @@ pub struct ReplayArgs {
     /// calls in flight, crashes) and the report's summary tables.
     #[arg(long)]
     pub html: Option<PathBuf>,
-    /// For --html: virtual time between two samples of every operation's state (ms).
+    /// For --html: virtual time between two samples of every operation's state (ms), at least;
+    /// it widens to 1 ms per tracked operation, so sampling costs the same at any size.
     #[arg(long, default_value_t = 1000, requires = "html", value_parser = clap::value_parser!(u64).range(1..))]
     pub html_sample_ms: u64,
     /// The emulator enforces ARM's per-subscription budgets: WRITES[,READS], each

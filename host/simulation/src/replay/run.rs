@@ -555,9 +555,10 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         let woken = h.wake.is_some_and(|w| w <= now);
         if delivered || !due.is_empty() || woken || h.must_tick {
             h.must_tick = false;
-            // The status is read only while the start-up is pending and for the timeline: the
-            // settled check below reads it once the run is idle.
-            let read = if !h.ready || timeline.is_some() { StatusRead::AfterTick } else { StatusRead::Skip };
+            // The status is read only while the start-up is pending and for the timeline's
+            // points: the settled check below reads it once the run is idle.
+            let read =
+                if !h.ready || timeline.as_ref().is_some_and(|t| t.point_due(now)) { StatusRead::AfterTick } else { StatusRead::Skip };
             let step = match h.driver.step(now, (kube_events, due), read, |_| None) {
                 Ok(step) => step,
                 Err(e) => {
@@ -707,6 +708,7 @@ pub fn replay_with(trace: &Trace, options: &ReplayOptions, driver: Box<dyn Engin
         _ => Vec::new(),
     };
     if let Some(t) = timeline.as_mut() {
+        t.point(now, &status, in_flight);
         t.sample(now, &operations);
     }
     if host.as_ref().is_some_and(|h| !h.ready) {

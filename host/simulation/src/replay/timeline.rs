@@ -8,6 +8,12 @@
 //! are bounded: points and call marks are thinned (every other one dropped) when they reach their
 //! cap, and the per-operation states are sampled at most once per [`Timeline::sample_gap_ms`] of
 //! virtual time, so a 10,000-Service run stays a few megabytes.
+//!
+//! Its cost is bounded too. A sample reads every operation from the engine, so the gap widens to
+//! [`SAMPLE_MS_PER_OPERATION`] per operation of the last sample: the samples then cost the same per
+//! virtual second at any size (at 10,000 Services, one per second of virtual time had made
+//! `--html` six times the replay's time). The state counts are taken after a tick at most every
+//! [`POINT_GAP_MS`], and once more at the end.
 
 use difftracker_engine::io::{Call, CallError, CloudCall, EngineStatus, KubeCall, OperationStatus};
 use serde::Serialize;
@@ -22,6 +28,10 @@ pub const MAX_POINTS: usize = 50_000;
 pub const MAX_MARKS: usize = 100_000;
 /// State changes kept per operation at most (the latest win).
 pub const MAX_SEGMENTS: usize = 64;
+/// The least virtual time between two samples, per operation the last one read.
+pub const SAMPLE_MS_PER_OPERATION: u64 = 1;
+/// The least virtual time between two points (a later tick at a point's own instant replaces it).
+pub const POINT_GAP_MS: u64 = 100;
 
 /// Index of a state label in [`STATES`] (`unknown` for anything else).
 pub fn state_index(label: &str) -> usize {
@@ -155,9 +165,11 @@ pub struct Timeline {
     pub crashes_ms: Vec<u64>,
     pub restarts_ms: Vec<u64>,
     pub bands: BTreeMap<String, Band>,
-    /// Virtual time between two samples of the operations' states.
+    /// Virtual time between two samples of the operations' states, at least.
     pub sample_gap_ms: u64,
     pub last_sample_ms: Option<u64>,
+    /// Operations the last sample read.
+    pub last_sample_operations: usize,
 }
 
 /// Keeps every other element (the first and the last kept).
@@ -226,13 +238,20 @@ impl Timeline {
 
     /// Whether the operations' states are due for a sample at `now`.
     pub fn sample_due(&self, now: u64) -> bool {
-        self.last_sample_ms.is_none_or(|last| now >= last.saturating_add(self.sample_gap_ms))
+        let gap = self.sample_gap_ms.max(SAMPLE_MS_PER_OPERATION.saturating_mul(self.last_sample_operations as u64));
+        self.last_sample_ms.is_none_or(|last| now >= last.saturating_add(gap))
+    }
+
+    /// Whether a tick at `now` takes a point: [`POINT_GAP_MS`] after the last, or at its instant.
+    pub fn point_due(&self, now: u64) -> bool {
+        self.points.last().is_none_or(|p| now == p.at_ms || now >= p.at_ms.saturating_add(POINT_GAP_MS))
     }
 
     /// The operations' states at `now`: a change starts a segment; an operation no longer
     /// tracked is gone.
     pub fn sample(&mut self, now: u64, ops: &[OperationStatus]) {
         self.last_sample_ms = Some(now);
+        self.last_sample_operations = ops.len();
         let mut seen = std::collections::BTreeSet::new();
         for op in ops {
             seen.insert(op.identity.as_str());
@@ -268,5 +287,36 @@ impl Timeline {
 
     pub fn restart(&mut self, now: u64) {
         self.restarts_ms.push(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operations(n: usize) -> Vec<OperationStatus> {
+        (0..n).map(|i| OperationStatus { identity: format!("uid-{i}"), state: "created".into(), ..OperationStatus::default() }).collect()
+    }
+
+    #[test]
+    fn samples_of_many_operations_wait_one_ms_per_operation_and_few_wait_the_gap() {
+        let mut t = Timeline::new(1_000);
+        assert!(t.sample_due(0));
+        t.sample(0, &operations(10));
+        assert!(!t.sample_due(999));
+        assert!(t.sample_due(1_000), "10 operations: the 1 s gap");
+        t.sample(1_000, &operations(5_000));
+        assert!(!t.sample_due(5_999));
+        assert!(t.sample_due(6_000), "5,000 operations: 5 s");
+    }
+
+    #[test]
+    fn points_are_taken_every_100_ms_or_again_at_their_own_instant() {
+        let mut t = Timeline::new(1_000);
+        assert!(t.point_due(0));
+        t.point(0, &EngineStatus::default(), 1);
+        assert!(t.point_due(0), "a later tick at the same instant replaces the point");
+        assert!(!t.point_due(99));
+        assert!(t.point_due(100));
     }
 }
