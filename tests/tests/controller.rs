@@ -17,11 +17,11 @@ use difftracker_simulation::apiserver::{
 };
 use difftracker_simulation::emulator::{self, EmulatorHandle, EmulatorOptions};
 use difftracker_simulation::live::transport_options;
+use difftracker_simulation::partition::Partition;
 use difftracker_tests::cluster;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Bound of every wait; only reached when something is broken.
@@ -352,7 +352,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_starts() 
     let cloud = emulator().await;
     seed_node(&api, "n1", "10.0.0.4");
     let web = seed_service(&api, "web", "10.1.0.5");
-    let link = Partition::start(api.addr()).await;
+    let link = Partition::start(api.addr()).await.unwrap();
     let (a, a_obs) = start(&link.url(), options(&cloud, Some(lease("a"))));
     a.wait_for(|s| s.leading).await.unwrap();
     eventually("web converges", || converged(&api, &cloud, "web", &web)).await;
@@ -362,7 +362,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_starts() 
     // When each side changed, on one clock.
     let a_stopped = when(a.subscribe(), |s| !s.leading);
     let b_started = when(b.subscribe(), |s| s.leading);
-    link.cut();
+    link.set_cut(true);
     let a_stopped = a_stopped.await.unwrap();
     let calls_when_fenced = cloud_calls_started(&a_obs);
     let b_started = b_started.await.unwrap();
@@ -384,44 +384,4 @@ fn when(
         let _ = tokio::time::timeout(PATIENCE, state.wait_for(|s| done(s))).await.expect("the state changes in time");
         Instant::now()
     })
-}
-
-/// A TCP relay to a server that can be cut: open connections are closed and new ones refused.
-struct Partition {
-    addr: std::net::SocketAddr,
-    cut: watch::Sender<bool>,
-}
-
-impl Partition {
-    async fn start(target: std::net::SocketAddr) -> Partition {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (cut, cut_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
-                if *cut_rx.borrow() {
-                    let _ = inbound.shutdown().await;
-                    continue;
-                }
-                let mut cut_rx = cut_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.wait_for(|c| *c) => {}
-                    }
-                });
-            }
-        });
-        Partition { addr, cut }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn cut(&self) {
-        let _ = self.cut.send(true);
-    }
 }

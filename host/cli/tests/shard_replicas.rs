@@ -13,14 +13,13 @@
 
 use difftracker_simulation::apiserver::{self, ApiServerHandle, ApiServerOptions, Kind, StoreView};
 use difftracker_simulation::emulator::{self, EmulatorHandle, EmulatorOptions, EmulatorScope, RequestRecord};
+use difftracker_simulation::partition::Partition;
 use difftracker_simulation::replay::oracle;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 const PATIENCE: Duration = Duration::from_secs(180);
 const NAMESPACE: &str = "difftracker";
@@ -42,47 +41,12 @@ fn replica(i: usize) -> String {
     format!("r{i}")
 }
 
-/// A TCP proxy between one replica and the management API server, which the test can cut
-/// (every connection closed, new ones refused) and heal: a network partition.
-struct Proxy {
-    port: u16,
-    cut: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (cut, cut_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
-                if *cut_rx.borrow() {
-                    continue;
-                }
-                let mut cut = cut_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.wait_for(|c| *c) => {}
-                    }
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-}
-
 /// The management cluster, the tenants' clusters and cloud, and the replica processes.
 struct Fleet {
     dir: PathBuf,
     management: ApiServerHandle,
-    proxies: Vec<Proxy>,
+    /// Between each replica and the management API server, to partition it.
+    proxies: Vec<Partition>,
     clusters: Vec<ApiServerHandle>,
     emulator: EmulatorHandle,
     /// Each tenant's resource group before any replica ran.
@@ -114,12 +78,8 @@ impl Fleet {
         let management = apiserver::serve(bind().await, ApiServerOptions::default()).await.unwrap();
         let mut proxies = Vec::new();
         for i in 0..REPLICAS {
-            let proxy = Proxy::start(management.addr()).await;
-            std::fs::write(
-                dir.join(format!("management-{i}.kubeconfig")),
-                apiserver::kubeconfig(&format!("http://127.0.0.1:{}", proxy.port)),
-            )
-            .unwrap();
+            let proxy = Partition::start(management.addr()).await.unwrap();
+            std::fs::write(dir.join(format!("management-{i}.kubeconfig")), apiserver::kubeconfig(&proxy.url())).unwrap();
             proxies.push(proxy);
         }
         let options = EmulatorOptions { scope: scope(0), extra_scopes: (1..TENANTS).map(scope).collect(), ..EmulatorOptions::default() };

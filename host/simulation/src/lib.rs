@@ -14,6 +14,7 @@
 //! - [`bench`]: the engine-only lifecycle benchmark; [`bench_swap`]: the hot swap benchmark;
 //!   [`bench_tenants`]: many tenants in one process (density, and fair share beside misbehaving ones).
 //! - [`explain`]: the words of `difftracker explain` for one operation.
+//! - [`partition`]: a TCP relay the tests cut and heal, a network partition.
 //! - [`serve`]: the embedded emulator, embedded and simulated clusters and the misbehaving
 //!   component for the tenants of `difftracker serve`.
 //! - [`samples`]: the bundled sample trace and fault file, and sample Kubernetes objects.
@@ -37,6 +38,7 @@ pub mod explain;
 pub mod faults;
 pub mod live;
 pub mod mock;
+pub mod partition;
 pub mod replay;
 pub mod samples;
 pub mod serve;

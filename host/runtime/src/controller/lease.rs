@@ -248,7 +248,7 @@ impl LeaderElector {
                 Attempt::Taken => {}
                 Attempt::Failed(e) => self.failed(e),
             }
-            tokio::time::sleep(self.jittered(self.options.retry_period)).await;
+            tokio::time::sleep(jittered(self.options.retry_period)).await;
         }
     }
 
@@ -294,9 +294,7 @@ impl LeaderElector {
         if spec.holder_identity.as_deref() != Some(self.options.identity.as_str()) {
             return;
         }
-        spec.holder_identity = None;
-        spec.renew_time = Some(MicroTime(Timestamp::now()));
-        spec.lease_duration_seconds = Some(1);
+        release_spec(spec);
         match self.api.replace(&self.options.name, &PostParams::default(), &lease).await {
             Ok(_) => tracing::info!(lease = %self.options.name, "released the leader lease"),
             Err(e) => tracing::warn!(lease = %self.options.name, error = %e, "could not release the leader lease"),
@@ -311,18 +309,11 @@ impl LeaderElector {
         });
     }
 
-    /// Up to +20 % so that standbys started together do not all ask at once.
-    fn jittered(&self, d: Duration) -> Duration {
-        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let nanos = clock.subsec_nanos() ^ std::process::id();
-        d + d.mul_f64(0.2 * f64::from(nanos % 1000) / 1000.0)
-    }
-
+    /// One round: create the Lease, renew it, or take it over once it expired.
     async fn try_acquire_or_renew(&mut self) -> Attempt {
         let sent = Instant::now();
         let now = MicroTime(Timestamp::now());
         let me = self.options.identity.clone();
-        let duration_secs = self.options.lease_duration.as_secs() as i32;
         let current = match self.api.get_opt(&self.options.name).await {
             Ok(c) => c,
             Err(e) => return Attempt::Failed(format!("reading Lease {}/{}: {e}", self.options.namespace, self.options.name)),
@@ -334,14 +325,7 @@ impl LeaderElector {
                     namespace: Some(self.options.namespace.clone()),
                     ..Default::default()
                 },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(me.clone()),
-                    lease_duration_seconds: Some(duration_secs),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..Default::default()
-                }),
+                spec: Some(held_spec(None, &me, self.options.lease_duration, now)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(created) => {
@@ -364,16 +348,7 @@ impl LeaderElector {
                 return Attempt::Taken;
             }
         }
-        let taking_over = holder != me;
-        let new_spec = LeaseSpec {
-            holder_identity: Some(me.clone()),
-            lease_duration_seconds: Some(duration_secs),
-            acquire_time: if taking_over { Some(now.clone()) } else { spec.acquire_time.clone() },
-            renew_time: Some(now),
-            lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(taking_over && !holder.is_empty())),
-            ..spec
-        };
-        lease.spec = Some(new_spec);
+        lease.spec = Some(held_spec(Some(spec), &me, self.options.lease_duration, now));
         // Guarded by the resourceVersion just read: a concurrent writer makes this a 409.
         match self.api.replace(&self.options.name, &PostParams::default(), &lease).await {
             Ok(written) => {
@@ -402,9 +377,69 @@ impl LeaderElector {
     }
 }
 
+/// The spec of a Lease `me` holds from `now` for `duration`: a new Lease (`previous` is `None`),
+/// a renewal (its acquire time and transitions kept) or a takeover (acquired now; one more
+/// transition when someone held it), as client-go writes them.
+pub(crate) fn held_spec(previous: Option<LeaseSpec>, me: &str, duration: Duration, now: MicroTime) -> LeaseSpec {
+    let spec = previous.unwrap_or_default();
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    let taking_over = holder != me;
+    LeaseSpec {
+        holder_identity: Some(me.to_string()),
+        lease_duration_seconds: Some(duration.as_secs() as i32),
+        acquire_time: if taking_over { Some(now.clone()) } else { spec.acquire_time.clone() },
+        renew_time: Some(now),
+        lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(taking_over && !holder.is_empty())),
+        ..spec
+    }
+}
+
+/// Empties a Lease this replica gives up, so the next replica may take it at once rather than
+/// after its duration (client-go's release).
+pub(crate) fn release_spec(spec: &mut LeaseSpec) {
+    spec.holder_identity = None;
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    spec.lease_duration_seconds = Some(1);
+}
+
+/// `d` plus up to a fifth more, so replicas started together do not retry in step (client-go's
+/// jitter factor). The clock's nanoseconds and the process id stand in for a random source.
+pub(crate) fn jittered(d: Duration) -> Duration {
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let nanos = clock.subsec_nanos() ^ std::process::id();
+    d + d.mul_f64(0.2 * f64::from(nanos % 1000) / 1000.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(second: i64) -> MicroTime {
+        MicroTime(Timestamp::from_second(second).unwrap())
+    }
+
+    #[test]
+    fn a_held_spec_keeps_a_renewal_s_acquire_time_and_counts_only_real_takeovers() {
+        let ten = Duration::from_secs(10);
+        let new = held_spec(None, "r1", ten, at(100));
+        assert_eq!((new.holder_identity.as_deref(), new.lease_duration_seconds, new.lease_transitions), (Some("r1"), Some(10), Some(0)));
+        assert_eq!(new.acquire_time, Some(at(100)));
+        let renewed = held_spec(Some(new.clone()), "r1", ten, at(105));
+        assert_eq!(
+            (renewed.acquire_time.clone(), renewed.renew_time.clone(), renewed.lease_transitions),
+            (Some(at(100)), Some(at(105)), Some(0))
+        );
+        let taken = held_spec(Some(renewed), "r2", ten, at(130));
+        assert_eq!(
+            (taken.holder_identity.as_deref(), taken.acquire_time.clone(), taken.lease_transitions),
+            (Some("r2"), Some(at(130)), Some(1))
+        );
+        let mut released = taken;
+        release_spec(&mut released);
+        assert_eq!((released.holder_identity.as_deref(), released.lease_duration_seconds), (None, Some(1)));
+        let after_release = held_spec(Some(released), "r3", ten, at(140));
+        assert_eq!(after_release.lease_transitions, Some(1), "taking an empty Lease is no transition");
+    }
 
     #[test]
     fn a_fence_counts_the_calls_it_admitted_until_they_end() {

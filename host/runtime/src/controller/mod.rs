@@ -511,14 +511,15 @@ fn not_leading() -> CallError {
 
 /// A call admitted by `fence`: it counts as in flight until it ends, and is abandoned (its
 /// future dropped) once the fence's cutoff passes without a renewal moving it.
-fn fenced(fence: &Fence, call: CallFuture) -> CallFuture {
+fn fenced(fence: &Fence, start: impl FnOnce() -> CallFuture) -> CallFuture {
     let Some(admitted) = fence.admit() else {
         return Box::pin(async { Err::<CallOutput, _>(not_leading()) });
     };
+    // Built only once admitted: a refused call never exists.
+    let mut call = start();
     let fence = fence.clone();
     Box::pin(async move {
         let _admitted = admitted;
-        let mut call = call;
         loop {
             let Some(cutoff) = fence.cutoff() else { return call.await };
             tokio::select! {
@@ -541,10 +542,7 @@ struct FencedCloud {
 
 impl CloudBackend for FencedCloud {
     fn call(&self, call: CloudCall) -> CallFuture {
-        if !self.fence.is_leading() {
-            return Box::pin(async { Err::<CallOutput, _>(not_leading()) });
-        }
-        fenced(&self.fence, self.inner.call(call))
+        fenced(&self.fence, || self.inner.call(call))
     }
 }
 
@@ -556,10 +554,7 @@ struct FencedKube {
 
 impl KubeBackend for FencedKube {
     fn call(&self, call: KubeCall) -> CallFuture {
-        if !self.fence.is_leading() {
-            return Box::pin(async { Err::<CallOutput, _>(not_leading()) });
-        }
-        fenced(&self.fence, KubeBackend::call(&self.inner, call))
+        fenced(&self.fence, || KubeBackend::call(&self.inner, call))
     }
 
     fn record_event(&self, event: KubeEventRecord) {

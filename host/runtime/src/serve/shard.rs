@@ -30,6 +30,7 @@
 //! membership Lease is emptied, so the others take over at their next round.
 
 use super::TenantHost;
+use crate::controller::lease::{held_spec, jittered, release_spec};
 use crate::controller::Fence;
 use futures_util::stream::{self, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -452,36 +453,14 @@ impl Round {
     /// else `current` replaced, guarded by its resourceVersion; a renewal keeps its acquire time.
     async fn write(api: &Api<Lease>, options: &ShardOptions, meta: ObjectMeta, current: Option<Lease>) -> Result<Lease, WriteError> {
         let now = MicroTime(Timestamp::now());
-        let me = options.identity.clone();
-        let duration = options.lease_duration.as_secs() as i32;
         let result = match current {
             None => {
-                let lease = Lease {
-                    metadata: meta,
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(me),
-                        lease_duration_seconds: Some(duration),
-                        acquire_time: Some(now.clone()),
-                        renew_time: Some(now),
-                        lease_transitions: Some(0),
-                        ..LeaseSpec::default()
-                    }),
-                };
+                let lease = Lease { metadata: meta, spec: Some(held_spec(None, &options.identity, options.lease_duration, now)) };
                 api.create(&PostParams::default(), &lease).await
             }
             Some(mut lease) => {
                 let name = lease.metadata.name.clone().unwrap_or_default();
-                let spec = lease.spec.clone().unwrap_or_default();
-                let previous = spec.holder_identity.clone().unwrap_or_default();
-                let taking_over = previous != me;
-                lease.spec = Some(LeaseSpec {
-                    holder_identity: Some(me),
-                    lease_duration_seconds: Some(duration),
-                    acquire_time: if taking_over { Some(now.clone()) } else { spec.acquire_time.clone() },
-                    renew_time: Some(now),
-                    lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(taking_over && !previous.is_empty())),
-                    ..spec
-                });
+                lease.spec = Some(held_spec(lease.spec.take(), &options.identity, options.lease_duration, now));
                 api.replace(&name, &PostParams::default(), &lease).await
             }
         };
@@ -624,21 +603,11 @@ async fn release(host: &TenantHost, api: &Api<Lease>, tenant: &str, owned: Owned
 /// Clears a Lease's holder (a 1-second duration), so that others may take it at once.
 async fn empty(api: &Api<Lease>, mut lease: Lease) {
     let name = lease.metadata.name.clone().unwrap_or_default();
-    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-    spec.holder_identity = None;
-    spec.renew_time = Some(MicroTime(Timestamp::now()));
-    spec.lease_duration_seconds = Some(1);
+    release_spec(lease.spec.get_or_insert_with(LeaseSpec::default));
     match api.replace(&name, &PostParams::default(), &lease).await {
         Ok(_) => tracing::info!(lease = %name, "released"),
         Err(e) => tracing::warn!(lease = %name, error = %e, "could not release (it expires instead)"),
     }
-}
-
-/// Up to +20 %, so that replicas started together do not all ask at once.
-fn jittered(d: Duration) -> Duration {
-    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let nanos = clock.subsec_nanos() ^ std::process::id();
-    d + d.mul_f64(0.2 * f64::from(nanos % 1000) / 1000.0)
 }
 
 #[cfg(test)]
