@@ -226,30 +226,16 @@ pub fn keys_diff_within<'a>(
     (out, None)
 }
 
-/// The diff restricted to `keys` (the dirty set).
+/// The diff restricted to `keys` (the dirty set), however long: [`keys_diff_within`] with no
+/// budget.
 pub fn keys_diff<'a>(
     keys: impl IntoIterator<Item = &'a Key>,
     desired: &Desired,
     nrp: &NrpMirror,
     ready: &dyn Fn(&Identity, ServiceKind) -> bool,
 ) -> LocationDiff {
-    let mut out = LocationDiff::default();
-    for (loc, addr) in keys {
-        if desired.has_node(loc) {
-            let nrp_set = nrp.services_at(loc, addr);
-            if let Some(sref) = address_change(desired.get(loc, addr), nrp_set, ready) {
-                // Look the location up first: most keys share a location already in `out`.
-                if !out.locations.contains_key(loc) {
-                    let action = if nrp.has_location(loc) { UpdateAction::PartialUpdate } else { UpdateAction::FullUpdate };
-                    out.locations.insert(loc.clone(), LocationChange { action, addresses: BTreeMap::new() });
-                }
-                out.locations.get_mut(loc).expect("location just ensured").addresses.insert(addr.clone(), sref);
-            }
-        } else if nrp.has_location(loc) {
-            out.locations.insert(loc.clone(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() });
-        }
-    }
-    out
+    let unbounded = RequestBudget { max_bytes: u64::MAX, max_entries: u32::MAX };
+    keys_diff_within(keys, &unbounded, desired, nrp, ready).0
 }
 
 #[cfg(test)]
@@ -317,7 +303,8 @@ mod tests {
         let nrp = nrp_with(&entries.iter().map(|(l, a, s)| (*l, *a, &s[..])).collect::<Vec<_>>());
         for (max_bytes, max_entries) in [(1, 1), (2_000, 10_000), (20_000, 100), (1 << 20, 10_000)] {
             let budget = RequestBudget { max_bytes, max_entries };
-            let (whole_first, whole_rest) = keys_diff(keys.iter(), &d, &nrp, &all_ready).split_first(&budget);
+            // The keys cover every address of either side: the full walk is the whole diff.
+            let (whole_first, whole_rest) = full_diff(&d, &nrp, &all_ready).split_first(&budget);
             let (within, unread) = keys_diff_within(keys.iter(), &budget, &d, &nrp, &all_ready);
             let (first, _) = within.split_first(&budget);
             assert_eq!(first, whole_first, "budget {max_bytes} B / {max_entries}");
