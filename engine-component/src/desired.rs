@@ -7,6 +7,7 @@
 //! per-identity address ref-count belong to the egress half.
 
 use crate::identity::Identity;
+use crate::idset::{IdSet, VecSet};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +16,7 @@ pub type Key = (String, String);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredPod {
-    pub inbound: BTreeSet<Identity>,
+    pub inbound: IdSet,
     /// `PublicOutboundIdentity` ("" in Go = `None`).
     pub outbound: Option<Identity>,
     /// `OutboundPodKey` ("ns/name") and `OutboundPodUID` of the egress pod owning the address.
@@ -50,7 +51,7 @@ pub struct Desired {
     by_pod_key: BTreeMap<String, BTreeSet<Key>>,
     /// Pod address -> the locations where it carries an outbound identity.
     #[serde(skip)]
-    outbound_by_addr: BTreeMap<String, BTreeSet<String>>,
+    outbound_by_addr: BTreeMap<String, VecSet<String>>,
 }
 
 impl Desired {

@@ -10,6 +10,7 @@
 use crate::config::ServiceKind;
 use crate::desired::{Desired, DesiredPod, Key};
 use crate::identity::Identity;
+use crate::idset::IdSet;
 use crate::io::{
     address_entry_bytes, location_entry_bytes, AddressUpdate, LocationUpdate, RequestBudget, UpdateAction, LOCATION_REQUEST_ENVELOPE_BYTES,
 };
@@ -21,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct LocationChange {
     pub action: UpdateAction,
     /// Empty with PartialUpdate = delete the whole location. An empty service set = unbind.
-    pub addresses: BTreeMap<String, BTreeSet<Identity>>,
+    pub addresses: BTreeMap<String, IdSet>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,8 +122,8 @@ impl LocationDiff {
 }
 
 /// The identities of a desired address that pass the readiness filter.
-pub fn service_ref(pod: &DesiredPod, ready: &dyn Fn(&Identity, ServiceKind) -> bool) -> BTreeSet<Identity> {
-    let mut out: BTreeSet<Identity> = pod.inbound.iter().filter(|id| ready(id, ServiceKind::Inbound)).cloned().collect();
+pub fn service_ref(pod: &DesiredPod, ready: &dyn Fn(&Identity, ServiceKind) -> bool) -> IdSet {
+    let mut out: IdSet = pod.inbound.iter().filter(|id| ready(id, ServiceKind::Inbound)).cloned().collect();
     if let Some(o) = &pod.outbound {
         if ready(o, ServiceKind::Outbound) {
             out.insert(o.clone());
@@ -134,9 +135,9 @@ pub fn service_ref(pod: &DesiredPod, ready: &dyn Fn(&Identity, ServiceKind) -> b
 /// What the address at `(loc, addr)` contributes, if anything.
 fn address_change(
     desired_pod: Option<&DesiredPod>,
-    nrp_set: Option<&BTreeSet<Identity>>,
+    nrp_set: Option<&IdSet>,
     ready: &dyn Fn(&Identity, ServiceKind) -> bool,
-) -> Option<BTreeSet<Identity>> {
+) -> Option<IdSet> {
     match desired_pod {
         Some(pod) => {
             let sref = service_ref(pod, ready);
@@ -146,7 +147,7 @@ fn address_change(
                 _ => Some(sref),
             }
         }
-        None => nrp_set.map(|_| BTreeSet::new()),
+        None => nrp_set.map(|_| IdSet::new()),
     }
 }
 
@@ -179,7 +180,7 @@ pub fn full_diff(desired: &Desired, nrp: &NrpMirror, ready: &dyn Fn(&Identity, S
                     .entry(loc.clone())
                     .or_insert_with(|| LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() })
                     .addresses
-                    .insert(addr.clone(), BTreeSet::new());
+                    .insert(addr.clone(), IdSet::new());
             }
         }
     }
@@ -327,7 +328,7 @@ mod tests {
         d.add_inbound(&Identity::new("a"), "10.0.0.1", "10.1.0.1");
         let diff = full_diff(&d, &NrpMirror::default(), &all_ready);
         assert_eq!(diff.locations["10.0.0.1"].action, UpdateAction::FullUpdate);
-        assert_eq!(diff.locations["10.0.0.1"].addresses["10.1.0.1"], BTreeSet::from([Identity::new("a")]));
+        assert_eq!(diff.locations["10.0.0.1"].addresses["10.1.0.1"], IdSet::from([Identity::new("a")]));
     }
 
     #[test]
@@ -365,13 +366,13 @@ mod tests {
             "l1".into(),
             LocationChange {
                 action: UpdateAction::FullUpdate,
-                addresses: BTreeMap::from([("a3".to_string(), BTreeSet::from([Identity::new("z")]))]),
+                addresses: BTreeMap::from([("a3".to_string(), IdSet::from([Identity::new("z")]))]),
             },
         );
         // PartialUpdate edits in place; an empty set deletes the address, and the emptied location goes.
         diff.locations.insert(
             "l2".into(),
-            LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::from([("b1".to_string(), BTreeSet::new())]) },
+            LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::from([("b1".to_string(), IdSet::new())]) },
         );
         // Empty address map deletes the location.
         diff.locations.insert("l3".into(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() });
@@ -389,12 +390,12 @@ mod tests {
             "l1".into(),
             LocationChange {
                 action: UpdateAction::PartialUpdate,
-                addresses: BTreeMap::from([("a1".to_string(), BTreeSet::from([Identity::new("y")]))]),
+                addresses: BTreeMap::from([("a1".to_string(), IdSet::from([Identity::new("y")]))]),
             },
         );
         nrp.apply(&diff);
-        assert_eq!(nrp.services_at("l1", "a1"), Some(&BTreeSet::from([Identity::new("y")])));
-        assert_eq!(nrp.services_at("l1", "a2"), Some(&BTreeSet::from([Identity::new("x")])));
+        assert_eq!(nrp.services_at("l1", "a1"), Some(&IdSet::from([Identity::new("y")])));
+        assert_eq!(nrp.services_at("l1", "a2"), Some(&IdSet::from([Identity::new("x")])));
         nrp.check_index().unwrap();
     }
 }

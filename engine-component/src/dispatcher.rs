@@ -19,6 +19,7 @@ use crate::workers::{ActiveOp, AttemptFailure, Work, WorkerResult};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// The ServiceUpdater semaphore.
 pub const MAX_CONCURRENT_OPERATIONS: usize = 10;
@@ -235,7 +236,7 @@ impl Engine {
         let now = self.now_ms;
         let Some(config) = self.update_op(id, |op| {
             if let Some(f) = families {
-                op.config = crate::config::ServiceConfig::outbound(op.config.identity.clone(), f, op.triggering_pod.clone());
+                op.config = Arc::new(crate::config::ServiceConfig::outbound(op.config.identity.clone(), f, op.triggering_pod.clone()));
             }
             if work == Work::Create {
                 op.state = ResourceState::CreationInProgress;

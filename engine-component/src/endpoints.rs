@@ -5,9 +5,11 @@
 //! endpoints when its IPs change) keep every event O(size of what it touches).
 
 use crate::identity::{family, parse_ip, pick_same_family, Family, Identity};
+use crate::idset::VecSet;
 use crate::io::{EndpointSlice, Node};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Pod address (canonical) -> location (canonical node IP).
 pub type EndpointMap = BTreeMap<String, String>;
@@ -24,13 +26,15 @@ pub fn owner_of(slice: &EndpointSlice) -> Option<Identity> {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EndpointCache {
-    slices: BTreeMap<String, EndpointSlice>,
+    /// By [`slice_key`], shared with the indexes below (each slice's key sits in them once per
+    /// node it has endpoints on).
+    slices: BTreeMap<Arc<str>, EndpointSlice>,
     /// Node name -> InternalIPs, in API order.
     nodes: BTreeMap<String, Vec<String>>,
     #[serde(skip)]
-    by_owner: BTreeMap<Identity, BTreeSet<String>>,
+    by_owner: BTreeMap<Identity, VecSet<Arc<str>>>,
     #[serde(skip)]
-    by_node: BTreeMap<String, BTreeSet<String>>,
+    by_node: BTreeMap<String, BTreeSet<Arc<str>>>,
     /// Nodes with an IPv6 InternalIP (IPv4-mapped forms do not count).
     #[serde(skip)]
     v6_nodes: BTreeSet<String>,
@@ -56,16 +60,16 @@ impl EndpointCache {
         self.slices = slices;
     }
 
-    fn index(&mut self, key: &str, s: &EndpointSlice) {
+    fn index(&mut self, key: &Arc<str>, s: &EndpointSlice) {
         if let Some(owner) = owner_of(s) {
-            self.by_owner.entry(owner).or_default().insert(key.to_string());
+            self.by_owner.entry(owner).or_default().insert(key.clone());
         }
         for ep in &s.endpoints {
             if let Some(n) = &ep.node_name {
                 // Endpoints of a slice mostly share nodes: allocate only for a new (node, slice).
                 let set = self.by_node.entry(n.clone()).or_default();
                 if !set.contains(key) {
-                    set.insert(key.to_string());
+                    set.insert(key.clone());
                 }
             }
         }
@@ -94,7 +98,7 @@ impl EndpointCache {
 
     /// Stores a slice (replacing the previous version, which is returned).
     pub fn put_slice(&mut self, slice: EndpointSlice) -> Option<EndpointSlice> {
-        let key = slice_key(&slice);
+        let key: Arc<str> = Arc::from(slice_key(&slice));
         let old = self.slices.remove(&key);
         if let Some(o) = &old {
             self.unindex(&key, o);

@@ -7,16 +7,35 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A lower-cased service identity. All identity sets are case-insensitive because every
-/// identity is lower-cased on construction.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Identity(String);
+/// identity is lower-cased on construction. The text is shared: an identity sits in a dozen
+/// indexes per service and in every address entry of it, and a clone is a reference count, not
+/// a copy (guest memory, issue 15). Serialised as its string.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identity(Arc<str>);
+
+impl Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Identity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Identity, D::Error> {
+        // Kept verbatim, as a snapshot wrote it (identities are lower-cased on construction).
+        Ok(Identity(Arc::from(String::deserialize(d)?)))
+    }
+}
 
 impl Identity {
     pub fn new(raw: &str) -> Identity {
-        Identity(raw.to_ascii_lowercase())
+        if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+            Identity(Arc::from(raw.to_ascii_lowercase()))
+        } else {
+            Identity(Arc::from(raw))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -34,13 +53,13 @@ impl Identity {
     }
     /// The RP-owned default outbound NAT gateway: never managed, tracked or deleted.
     pub fn is_reserved(&self) -> bool {
-        self.0 == RESERVED_IDENTITY
+        &*self.0 == RESERVED_IDENTITY
     }
     /// Checks every Azure name an inbound service of this identity gives (the load balancer and
     /// its backend pool and ServiceGateway entry `<identity>`, the public IP `<identity>-pip`)
     /// against [`check_azure_name`]. Admission rejects a Service that fails it.
     pub fn check_inbound_names(&self) -> Result<(), String> {
-        for name in [self.0.clone(), self.pip_name()] {
+        for name in [self.0.to_string(), self.pip_name()] {
             check_azure_name(&name).map_err(|why| format!("Azure resource name {name:?} {why}"))?;
         }
         Ok(())

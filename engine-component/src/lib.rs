@@ -10,6 +10,7 @@
 //!   [`io::Io`] port. Mirrors the WIT package one to one.
 //! - `events`: Kubernetes events -> entry points; `admission`: Service -> config; `endpoints`:
 //!   the slice cache and node IPs.
+//! - `idset`: the identities of one address (a sorted vector, not a B-tree node).
 //! - `state`, `config`: operation records and desired configs; `desired`, `nrp`: the two
 //!   address models; `readiness`, `diff`: what may be published and what differs.
 //! - `dispatcher`, `workers`: the ServiceUpdater and its inbound step machines; `locations`: the
@@ -41,6 +42,7 @@ mod endpoints;
 mod engine;
 mod events;
 mod identity;
+mod idset;
 mod inspect;
 pub mod io;
 mod locations;

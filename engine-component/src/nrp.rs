@@ -8,11 +8,12 @@
 use crate::desired::Key;
 use crate::diff::LocationDiff;
 use crate::identity::Identity;
+use crate::idset::{IdSet, VecSet};
 use crate::io::UpdateAction;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub type NrpLocations = BTreeMap<String, BTreeMap<String, BTreeSet<Identity>>>;
+pub type NrpLocations = BTreeMap<String, BTreeMap<String, IdSet>>;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NrpMirror {
@@ -25,7 +26,7 @@ pub struct NrpMirror {
     addresses: usize,
     /// Pod address -> the locations holding it.
     #[serde(skip)]
-    addr_locs: BTreeMap<String, BTreeSet<String>>,
+    addr_locs: BTreeMap<String, VecSet<String>>,
 }
 
 /// `map.entry(key.to_owned()).or_default()` without allocating the key when it is present.
@@ -101,7 +102,7 @@ impl NrpMirror {
     pub fn keys_of(&self, id: &Identity) -> impl Iterator<Item = &Key> {
         self.index.get(id).into_iter().flatten()
     }
-    pub fn services_at(&self, loc: &str, addr: &str) -> Option<&BTreeSet<Identity>> {
+    pub fn services_at(&self, loc: &str, addr: &str) -> Option<&IdSet> {
         self.locations.get(loc).and_then(|a| a.get(addr))
     }
     pub fn has_location(&self, loc: &str) -> bool {
@@ -113,7 +114,7 @@ impl NrpMirror {
         self.addr_locs.get(addr).into_iter().flatten().any(|loc| self.services_at(loc, addr).is_some_and(|s| s.contains(id)))
     }
 
-    fn drop_addr_loc(addr_locs: &mut BTreeMap<String, BTreeSet<String>>, loc: &str, addr: &str) {
+    fn drop_addr_loc(addr_locs: &mut BTreeMap<String, VecSet<String>>, loc: &str, addr: &str) {
         if let Some(set) = addr_locs.get_mut(addr) {
             set.remove(loc);
             if set.is_empty() {
@@ -128,7 +129,7 @@ impl NrpMirror {
         pairs: &mut BTreeSet<(Identity, String)>,
         loc: &str,
         addr: &str,
-        services: &BTreeSet<Identity>,
+        services: &IdSet,
     ) {
         let key = (loc.to_string(), addr.to_string());
         for id in services {

@@ -8,6 +8,7 @@ use crate::config::{ServiceConfig, ServiceKind};
 use crate::identity::Identity;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The operation state machine's states. `Unknown` carries a value outside 0..=5 (only reachable
 /// through a foreign snapshot); every entry point treats it as a no-op.
@@ -74,9 +75,11 @@ impl ResourceState {
 /// One tracked service (`pendingServiceOps` entry). Times are engine milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
-    pub config: ServiceConfig,
-    pub in_flight_config: Option<ServiceConfig>,
-    pub last_applied_config: Option<ServiceConfig>,
+    /// The configs are shared: the one in flight and the last applied are mostly the desired
+    /// one itself, and a record holds each by reference (serialised as the config).
+    pub config: Arc<ServiceConfig>,
+    pub in_flight_config: Option<Arc<ServiceConfig>>,
+    pub last_applied_config: Option<Arc<ServiceConfig>>,
     pub state: ResourceState,
     pub retry_count: u32,
     pub last_attempt_ms: Option<u64>,
@@ -104,7 +107,7 @@ pub struct Operation {
 impl Operation {
     pub fn new(config: ServiceConfig, state: ResourceState, now_ms: u64, correlation_id: String) -> Operation {
         Operation {
-            config,
+            config: Arc::new(config),
             in_flight_config: None,
             last_applied_config: None,
             state,

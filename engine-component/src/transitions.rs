@@ -17,6 +17,7 @@ use crate::names::REASON_CONFIGURATION_REJECTED;
 use crate::state::ResourceState;
 use crate::workers::{ActiveOp, AttemptFailure, AttemptResult};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// An endpoint delta buffered while the service is not live (`pendingEndpoints`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +95,7 @@ impl Engine {
                 let changed = op.last_applied_config.as_ref().is_none_or(|l| !l.same_spec(&config));
                 if changed {
                     self.update_op(&id, |op| {
-                        op.config = config;
+                        op.config = Arc::new(config);
                         op.state = ResourceState::UpdateInProgress;
                         op.reset();
                     });
@@ -104,7 +105,7 @@ impl Engine {
             ResourceState::NotStarted if op.creation_failed_terminal => {
                 if !op.config.same_spec(&config) {
                     self.update_op(&id, |op| {
-                        op.config = config;
+                        op.config = Arc::new(config);
                         op.creation_failed_terminal = false;
                         op.state = ResourceState::NotStarted;
                         op.reset();
@@ -117,7 +118,7 @@ impl Engine {
                 let parked = op.retries_exhausted;
                 let cooled = parked && op.next_retry_at_ms.is_none_or(|t| now >= t);
                 self.update_op(&id, |op| {
-                    op.config = config;
+                    op.config = Arc::new(config);
                     if changed || cooled {
                         op.reset();
                     }
@@ -128,7 +129,7 @@ impl Engine {
             }
             ResourceState::DeletionPending | ResourceState::DeletionInProgress => {
                 self.update_op(&id, |op| {
-                    op.config = config;
+                    op.config = Arc::new(config);
                     op.recreate_after_deletion = true;
                 });
                 let seed = self.endpoints.seed(&id);

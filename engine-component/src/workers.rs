@@ -20,6 +20,7 @@ use crate::io::{
 };
 use crate::metrics;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The NRP error code that means "addresses still reference this service".
 pub const OVERLAY_ERROR_CODE: &str = "ServiceWithOverlayMappingsCannotBeDeleted";
@@ -78,7 +79,7 @@ pub struct ActiveOp {
     pub work: Work,
     pub step: Step,
     /// The config snapshot this attempt works on (InFlightConfig for create/update).
-    pub config: ServiceConfig,
+    pub config: Arc<ServiceConfig>,
     /// The call this worker waits for.
     pub call: Option<CallId>,
     pub started_ms: u64,
@@ -109,7 +110,7 @@ pub struct ActiveOp {
 }
 
 impl ActiveOp {
-    pub fn new(work: Work, config: ServiceConfig, now: u64, deadline: u64) -> ActiveOp {
+    pub fn new(work: Work, config: Arc<ServiceConfig>, now: u64, deadline: u64) -> ActiveOp {
         ActiveOp {
             work,
             step: Step::Begin,

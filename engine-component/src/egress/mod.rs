@@ -36,6 +36,7 @@ use crate::io::{IpVersion, ObjectRef, Pod};
 use crate::state::{ResourceState, STATE_LABELS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The egress state besides the pod buffers. It is flattened into the engine's snapshot, where
 /// its fields keep the names and order they had as engine fields.
@@ -185,7 +186,7 @@ impl Engine {
             return;
         }
         let mut op = self.new_op(ServiceConfig::outbound(id.clone(), families.to_vec(), None), ResourceState::UpdateInProgress);
-        op.last_applied_config = Some(ServiceConfig::outbound(id.clone(), vec![IpVersion::V4], None));
+        op.last_applied_config = Some(Arc::new(ServiceConfig::outbound(id.clone(), vec![IpVersion::V4], None)));
         self.insert_op(id, op);
         self.trigger_dispatch(id);
     }
@@ -198,7 +199,7 @@ impl Engine {
         let Some(op) = self.ops.get(id) else { return };
         let (state, parked) = (op.state, op.retries_exhausted);
         self.update_op(id, |op| {
-            if let ServiceDetails::Outbound(c) = &mut op.config.details {
+            if let ServiceDetails::Outbound(c) = &mut Arc::make_mut(&mut op.config).details {
                 c.ip_families = families.to_vec();
             }
         });

@@ -122,7 +122,7 @@ fn s144_batches_keep_registration_before_publication_and_drain_before_unregister
     assert_eq!(state(&h, B), Some(ResourceState::Created));
     drain_batches(&mut h, budget);
     assert!(h.engine.full_location_diff().is_empty());
-    let both = BTreeSet::from([id(UID), id(B)]);
+    let both = crate::idset::IdSet::from([id(UID), id(B)]);
     assert!(h.engine.nrp().locations().values().flat_map(|a| a.values()).all(|s| *s == both));
 
     // Deleting A drains its 200 addresses in several batches; the unregister waits for the last.

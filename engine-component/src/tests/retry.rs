@@ -206,7 +206,7 @@ fn s049_terminal_failure_of_replaced_config_redispatches() {
     let mut h = harness();
     create(&mut h, UID, &[80]);
     h.deliver(vec![KubeEvent::ServiceApplied(lb_service(UID, &[81]))]);
-    h.engine.update_op(&id(UID), |op| op.in_flight_config = Some(inbound_cfg(UID, &[65535])));
+    h.engine.update_op(&id(UID), |op| op.in_flight_config = Some(std::sync::Arc::new(inbound_cfg(UID, &[65535]))));
     h.engine.on_service_creation_complete(&id(UID), Err(crate::workers::AttemptFailure::terminal("bad port")));
     assert!(!h.engine.operation(&id(UID)).unwrap().creation_failed_terminal);
     assert!(queued_for_update(&h, UID));
