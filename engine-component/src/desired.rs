@@ -8,11 +8,29 @@
 
 use crate::identity::Identity;
 use crate::idset::{IdSet, VecSet};
+use crate::nrp::get_or_default;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// The text of a location or an address, shared: each sits in the node table once and in every
+/// index entry and dirty mark of it by reference (issue 15, guest memory).
+pub type Text = Arc<str>;
 
 /// A (location, address) key: node IP and pod IP, both canonical.
-pub type Key = (String, String);
+pub type Key = (Text, Text);
+
+/// The key of `(loc, addr)` with the text `nodes` holds for it, if it holds the entry.
+pub(crate) fn held_key<V>(nodes: &BTreeMap<Text, BTreeMap<Text, V>>, loc: &str, addr: &str) -> Option<Key> {
+    let (l, pods) = nodes.get_key_value(loc)?;
+    let (a, _) = pods.get_key_value(addr)?;
+    Some((l.clone(), a.clone()))
+}
+
+/// [`held_key`], or a key of its own when `nodes` does not hold the entry.
+fn key_in<V>(nodes: &BTreeMap<Text, BTreeMap<Text, V>>, loc: &str, addr: &str) -> Key {
+    held_key(nodes, loc, addr).unwrap_or_else(|| (Text::from(loc), Text::from(addr)))
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredPod {
@@ -36,7 +54,7 @@ impl DesiredPod {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Desired {
-    nodes: BTreeMap<String, BTreeMap<String, DesiredPod>>,
+    nodes: BTreeMap<Text, BTreeMap<Text, DesiredPod>>,
     /// Live pod addresses per egress identity (`outboundIdentityPodRefCount`).
     outbound_ref_count: BTreeMap<Identity, u32>,
     #[serde(skip)]
@@ -51,7 +69,7 @@ pub struct Desired {
     by_pod_key: BTreeMap<String, BTreeSet<Key>>,
     /// Pod address -> the locations where it carries an outbound identity.
     #[serde(skip)]
-    outbound_by_addr: BTreeMap<String, VecSet<String>>,
+    outbound_by_addr: BTreeMap<Text, VecSet<Text>>,
 }
 
 impl Desired {
@@ -77,16 +95,16 @@ impl Desired {
     }
 
     fn outbound_index_add(&mut self, id: &Identity, pod_key: Option<&str>, loc: &str, addr: &str) {
-        let key = (loc.to_string(), addr.to_string());
+        let key = key_in(&self.nodes, loc, addr);
         self.outbound_index.entry(id.clone()).or_default().insert(key.clone());
         if let Some(k) = pod_key.filter(|k| !k.is_empty()) {
-            self.by_pod_key.entry(k.to_string()).or_default().insert(key);
+            self.by_pod_key.entry(k.to_string()).or_default().insert(key.clone());
         }
-        self.outbound_by_addr.entry(addr.to_string()).or_default().insert(loc.to_string());
+        self.outbound_by_addr.entry(key.1.clone()).or_default().insert(key.0);
     }
 
     fn outbound_index_remove(&mut self, id: &Identity, pod_key: Option<&str>, loc: &str, addr: &str) {
-        let key = (loc.to_string(), addr.to_string());
+        let key = key_in(&self.nodes, loc, addr);
         if let Some(set) = self.outbound_index.get_mut(id) {
             set.remove(&key);
             if set.is_empty() {
@@ -110,16 +128,37 @@ impl Desired {
     }
 
     fn index_add(&mut self, id: &Identity, loc: &str, addr: &str) {
-        self.index.entry(id.clone()).or_default().insert((loc.to_string(), addr.to_string()));
+        let key = key_in(&self.nodes, loc, addr);
+        self.index.entry(id.clone()).or_default().insert(key);
     }
 
     fn index_remove(&mut self, id: &Identity, loc: &str, addr: &str) {
         if let Some(set) = self.index.get_mut(id) {
-            set.remove(&(loc.to_string(), addr.to_string()));
+            set.remove(&key_in(&self.nodes, loc, addr));
             if set.is_empty() {
                 self.index.remove(id);
             }
         }
+    }
+
+    /// The pod entry at `(loc, addr)`, created (and counted) when absent.
+    fn entry<'n>(
+        nodes: &'n mut BTreeMap<Text, BTreeMap<Text, DesiredPod>>,
+        addresses: &mut usize,
+        loc: &str,
+        addr: &str,
+    ) -> &'n mut DesiredPod {
+        let pods = get_or_default(nodes, loc);
+        if !pods.contains_key(addr) {
+            pods.insert(Text::from(addr), DesiredPod::default());
+            *addresses += 1;
+        }
+        pods.get_mut(addr).expect("entry just ensured")
+    }
+
+    /// The key of `(loc, addr)` with the node table's text, if the entry exists.
+    pub fn key(&self, loc: &str, addr: &str) -> Option<Key> {
+        held_key(&self.nodes, loc, addr)
     }
 
     /// Removes empty pod/node entries at `key`.
@@ -137,11 +176,7 @@ impl Desired {
 
     /// Adds an inbound identity to an address; true if anything changed.
     pub fn add_inbound(&mut self, id: &Identity, loc: &str, addr: &str) -> bool {
-        let pods = self.nodes.entry(loc.to_string()).or_default();
-        let pod = pods.entry(addr.to_string()).or_insert_with(|| {
-            self.addresses += 1;
-            DesiredPod::default()
-        });
+        let pod = Self::entry(&mut self.nodes, &mut self.addresses, loc, addr);
         if !pod.inbound.insert(id.clone()) {
             return false;
         }
@@ -176,11 +211,7 @@ impl Desired {
             }
             self.clear_outbound(loc, addr);
         }
-        let pods = self.nodes.entry(loc.to_string()).or_default();
-        let pod = pods.entry(addr.to_string()).or_insert_with(|| {
-            self.addresses += 1;
-            DesiredPod::default()
-        });
+        let pod = Self::entry(&mut self.nodes, &mut self.addresses, loc, addr);
         pod.outbound = Some(id.clone());
         pod.outbound_pod_key = Some(pod_key.to_string());
         pod.outbound_pod_uid = Some(pod_uid.to_string());
@@ -251,7 +282,7 @@ impl Desired {
         self.nodes.contains_key(loc)
     }
 
-    pub fn nodes(&self) -> &BTreeMap<String, BTreeMap<String, DesiredPod>> {
+    pub fn nodes(&self) -> &BTreeMap<Text, BTreeMap<Text, DesiredPod>> {
         &self.nodes
     }
 
@@ -284,7 +315,7 @@ impl Desired {
     }
 
     /// The locations where `addr` carries an outbound identity.
-    pub fn outbound_locations_of(&self, addr: &str) -> impl Iterator<Item = &String> {
+    pub fn outbound_locations_of(&self, addr: &str) -> impl Iterator<Item = &Text> {
         self.outbound_by_addr.get(addr).into_iter().flatten()
     }
 

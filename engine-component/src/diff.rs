@@ -8,7 +8,7 @@
 //! property test).
 
 use crate::config::ServiceKind;
-use crate::desired::{Desired, DesiredPod, Key};
+use crate::desired::{Desired, DesiredPod, Key, Text};
 use crate::identity::Identity;
 use crate::idset::IdSet;
 use crate::io::{
@@ -22,12 +22,12 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct LocationChange {
     pub action: UpdateAction,
     /// Empty with PartialUpdate = delete the whole location. An empty service set = unbind.
-    pub addresses: BTreeMap<String, IdSet>,
+    pub addresses: BTreeMap<Text, IdSet>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocationDiff {
-    pub locations: BTreeMap<String, LocationChange>,
+    pub locations: BTreeMap<Text, LocationChange>,
 }
 
 impl LocationDiff {
@@ -106,13 +106,13 @@ impl LocationDiff {
         self.locations
             .iter()
             .map(|(loc, change)| LocationUpdate {
-                location: loc.clone(),
+                location: loc.to_string(),
                 action: change.action,
                 addresses: change
                     .addresses
                     .iter()
                     .map(|(addr, services)| AddressUpdate {
-                        address: addr.clone(),
+                        address: addr.to_string(),
                         services: services.iter().map(|s| s.as_str().to_string()).collect(),
                     })
                     .collect(),
@@ -250,7 +250,7 @@ mod tests {
     fn nrp_with(entries: &[(&str, &str, &[&str])]) -> NrpMirror {
         let mut locs: crate::nrp::NrpLocations = BTreeMap::new();
         for (l, a, s) in entries {
-            locs.entry(l.to_string()).or_default().insert(a.to_string(), s.iter().map(|x| Identity::new(x)).collect());
+            locs.entry((*l).into()).or_default().insert((*a).into(), s.iter().map(|x| Identity::new(x)).collect());
         }
         let mut n = NrpMirror::default();
         n.set_locations(locs);
@@ -286,7 +286,7 @@ mod tests {
         // 40 locations of 25 addresses: some in sync, some new, one location gone.
         let mut d = Desired::default();
         let mut in_nrp = Vec::new();
-        let mut keys = BTreeSet::new();
+        let mut keys: BTreeSet<Key> = BTreeSet::new();
         for l in 0..40 {
             let loc = format!("10.0.{}.{}", l / 10, l % 10);
             for a in 0..25 {
@@ -295,11 +295,11 @@ mod tests {
                 if a % 4 == 0 {
                     in_nrp.push((loc.clone(), addr.clone(), format!("svc-{}", a % 3)));
                 }
-                keys.insert((loc.clone(), addr));
+                keys.insert((loc.as_str().into(), addr.into()));
             }
         }
         in_nrp.push(("10.9.9.9".into(), "10.2.0.1".into(), "svc-0".into()));
-        keys.insert(("10.9.9.9".to_string(), "10.2.0.1".to_string()));
+        keys.insert(("10.9.9.9".into(), "10.2.0.1".into()));
         let entries: Vec<(&str, &str, [&str; 1])> = in_nrp.iter().map(|(l, a, s)| (l.as_str(), a.as_str(), [s.as_str()])).collect();
         let nrp = nrp_with(&entries.iter().map(|(l, a, s)| (*l, *a, &s[..])).collect::<Vec<_>>());
         for (max_bytes, max_entries) in [(1, 1), (2_000, 10_000), (20_000, 100), (1 << 20, 10_000)] {
@@ -337,7 +337,7 @@ mod tests {
         d.add_inbound(&Identity::new("a"), "10.0.0.1", "10.1.0.1");
         let nrp = nrp_with(&[("10.0.0.1", "10.1.0.1", &["a"])]);
         assert!(full_diff(&d, &nrp, &all_ready).is_empty());
-        let keys = [("10.0.0.1".to_string(), "10.1.0.1".to_string())];
+        let keys: [Key; 1] = [("10.0.0.1".into(), "10.1.0.1".into())];
         assert!(keys_diff(keys.iter(), &d, &nrp, &all_ready).is_empty());
     }
 
@@ -366,19 +366,19 @@ mod tests {
             "l1".into(),
             LocationChange {
                 action: UpdateAction::FullUpdate,
-                addresses: BTreeMap::from([("a3".to_string(), IdSet::from([Identity::new("z")]))]),
+                addresses: BTreeMap::from([("a3".into(), IdSet::from([Identity::new("z")]))]),
             },
         );
         // PartialUpdate edits in place; an empty set deletes the address, and the emptied location goes.
         diff.locations.insert(
             "l2".into(),
-            LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::from([("b1".to_string(), IdSet::new())]) },
+            LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::from([("b1".into(), IdSet::new())]) },
         );
         // Empty address map deletes the location.
         diff.locations.insert("l3".into(), LocationChange { action: UpdateAction::PartialUpdate, addresses: BTreeMap::new() });
         let touched = nrp.apply(&diff);
         assert_eq!(nrp.locations().len(), 1);
-        assert_eq!(nrp.locations()["l1"].keys().cloned().collect::<Vec<_>>(), vec!["a3".to_string()]);
+        assert_eq!(nrp.locations()["l1"].keys().cloned().collect::<Vec<_>>(), vec![Text::from("a3")]);
         assert!(!nrp.has_addresses_for(&Identity::new("x")));
         assert!(nrp.has_addresses_for(&Identity::new("z")));
         assert!(touched.contains(&Identity::new("x")) && touched.contains(&Identity::new("y")));
@@ -390,7 +390,7 @@ mod tests {
             "l1".into(),
             LocationChange {
                 action: UpdateAction::PartialUpdate,
-                addresses: BTreeMap::from([("a1".to_string(), IdSet::from([Identity::new("y")]))]),
+                addresses: BTreeMap::from([("a1".into(), IdSet::from([Identity::new("y")]))]),
             },
         );
         nrp.apply(&diff);

@@ -551,7 +551,9 @@ impl Engine {
     }
 
     pub(crate) fn mark_dirty(&mut self, loc: &str, addr: &str) {
-        self.dirty.insert((loc.to_string(), addr.to_string()));
+        // The text of the key is the model's when either holds the address.
+        let key = self.desired.key(loc, addr).or_else(|| self.nrp.key(loc, addr)).unwrap_or_else(|| (loc.into(), addr.into()));
+        self.dirty.insert(key);
         self.trigger_location_sync();
     }
 
@@ -581,8 +583,10 @@ impl Engine {
     }
 
     pub(crate) fn strip_desired(&mut self, id: &Identity) {
-        for (loc, addr) in self.desired.strip(id) {
-            self.mark_dirty(&loc, &addr);
+        let keys = self.desired.strip(id);
+        if !keys.is_empty() {
+            self.dirty.extend(keys);
+            self.trigger_location_sync();
         }
     }
 

@@ -5,7 +5,7 @@
 //! An index identity -> {(location, address)} answers "does any NRP address reference this
 //! identity" in O(log n).
 
-use crate::desired::Key;
+use crate::desired::{held_key, Key, Text};
 use crate::diff::LocationDiff;
 use crate::identity::Identity;
 use crate::idset::{IdSet, VecSet};
@@ -13,7 +13,7 @@ use crate::io::UpdateAction;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub type NrpLocations = BTreeMap<String, BTreeMap<String, IdSet>>;
+pub type NrpLocations = BTreeMap<Text, BTreeMap<Text, IdSet>>;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NrpMirror {
@@ -26,18 +26,18 @@ pub struct NrpMirror {
     addresses: usize,
     /// Pod address -> the locations holding it.
     #[serde(skip)]
-    addr_locs: BTreeMap<String, VecSet<String>>,
+    addr_locs: BTreeMap<Text, VecSet<Text>>,
 }
 
 /// `map.entry(key.to_owned()).or_default()` without allocating the key when it is present.
-pub(crate) fn get_or_default<'m, K, Q, V>(map: &'m mut BTreeMap<K, V>, key: &Q) -> &'m mut V
+pub(crate) fn get_or_default<'m, 'q, K, Q, V>(map: &'m mut BTreeMap<K, V>, key: &'q Q) -> &'m mut V
 where
-    K: Ord + std::borrow::Borrow<Q>,
-    Q: Ord + ToOwned<Owned = K> + ?Sized,
+    K: Ord + std::borrow::Borrow<Q> + From<&'q Q>,
+    Q: Ord + ?Sized,
     V: Default,
 {
     if !map.contains_key(key) {
-        map.insert(key.to_owned(), V::default());
+        map.insert(K::from(key), V::default());
     }
     map.get_mut(key).expect("entry just ensured")
 }
@@ -105,6 +105,10 @@ impl NrpMirror {
     pub fn services_at(&self, loc: &str, addr: &str) -> Option<&IdSet> {
         self.locations.get(loc).and_then(|a| a.get(addr))
     }
+    /// The key of `(loc, addr)` with the mirror's text, if it holds the address.
+    pub fn key(&self, loc: &str, addr: &str) -> Option<Key> {
+        held_key(&self.locations, loc, addr)
+    }
     pub fn has_location(&self, loc: &str) -> bool {
         self.locations.contains_key(loc)
     }
@@ -114,7 +118,7 @@ impl NrpMirror {
         self.addr_locs.get(addr).into_iter().flatten().any(|loc| self.services_at(loc, addr).is_some_and(|s| s.contains(id)))
     }
 
-    fn drop_addr_loc(addr_locs: &mut BTreeMap<String, VecSet<String>>, loc: &str, addr: &str) {
+    fn drop_addr_loc(addr_locs: &mut BTreeMap<Text, VecSet<Text>>, loc: &str, addr: &str) {
         if let Some(set) = addr_locs.get_mut(addr) {
             set.remove(loc);
             if set.is_empty() {
@@ -127,14 +131,12 @@ impl NrpMirror {
         index: &mut BTreeMap<Identity, BTreeSet<Key>>,
         touched: &mut BTreeSet<Identity>,
         pairs: &mut BTreeSet<(Identity, String)>,
-        loc: &str,
-        addr: &str,
+        key: &Key,
         services: &IdSet,
     ) {
-        let key = (loc.to_string(), addr.to_string());
         for id in services {
             if let Some(set) = index.get_mut(id) {
-                set.remove(&key);
+                set.remove(key);
                 if set.is_empty() {
                     index.remove(id);
                 }
@@ -142,7 +144,7 @@ impl NrpMirror {
             if !touched.contains(id) {
                 touched.insert(id.clone());
             }
-            pairs.insert((id.clone(), addr.to_string()));
+            pairs.insert((id.clone(), key.1.to_string()));
         }
     }
 
@@ -153,33 +155,40 @@ impl NrpMirror {
     }
 
     /// [`NrpMirror::apply`], also collecting every (identity, address) reference that went away.
-    /// Takes the diff by value: its addresses and service sets move into the mirror.
+    /// Takes the diff by value: its service sets move into the mirror.
     pub fn apply_collecting(&mut self, diff: LocationDiff, pairs: &mut BTreeSet<(Identity, String)>) -> BTreeSet<Identity> {
         let mut touched = BTreeSet::new();
         for (loc, change) in diff.locations {
             let wipe = change.addresses.is_empty() || change.action == UpdateAction::FullUpdate;
             if wipe {
-                if let Some(old) = self.locations.remove(&loc) {
+                if let Some((loc_text, old)) = self.locations.remove_entry(&*loc) {
                     for (addr, services) in &old {
                         self.addresses -= 1;
                         Self::drop_addr_loc(&mut self.addr_locs, &loc, addr);
-                        Self::unindex_address(&mut self.index, &mut touched, pairs, &loc, addr, services);
+                        Self::unindex_address(&mut self.index, &mut touched, pairs, &(loc_text.clone(), addr.clone()), services);
                     }
                 }
                 if change.addresses.is_empty() {
                     continue;
                 }
             }
-            let entry = get_or_default(&mut self.locations, loc.as_str());
+            let loc_text = match self.locations.get_key_value(&*loc) {
+                Some((l, _)) => l.clone(),
+                None => loc.clone(),
+            };
+            let entry = self.locations.entry(loc_text.clone()).or_default();
             for (addr, services) in change.addresses {
+                let held = entry.get_key_value(&*addr).map(|(a, _)| a.clone());
                 if !services.is_empty() {
-                    if let Some(cur) = entry.get_mut(&addr) {
+                    if let Some(addr_text) = held {
                         // Replaced in place: the same as removing the old set and inserting the
                         // new one (every old identity is touched), without re-keying what stays.
+                        let key = (loc_text.clone(), addr_text);
+                        let cur = entry.get_mut(&*addr).expect("held address");
                         for id in cur.iter() {
                             if !services.contains(id) {
                                 if let Some(set) = self.index.get_mut(id) {
-                                    set.remove(&(loc.clone(), addr.clone()));
+                                    set.remove(&key);
                                     if set.is_empty() {
                                         self.index.remove(id);
                                     }
@@ -188,32 +197,34 @@ impl NrpMirror {
                             if !touched.contains(id) {
                                 touched.insert(id.clone());
                             }
-                            pairs.insert((id.clone(), addr.clone()));
+                            pairs.insert((id.clone(), addr.to_string()));
                         }
                         for id in &services {
                             if !cur.contains(id) {
-                                self.index.entry(id.clone()).or_default().insert((loc.clone(), addr.clone()));
+                                self.index.entry(id.clone()).or_default().insert(key.clone());
                             }
                         }
                         *cur = services;
                         continue;
                     }
-                } else if let Some(old) = entry.remove(&addr) {
+                } else if let Some(addr_text) = held {
+                    let old = entry.remove(&*addr).expect("held address");
                     self.addresses -= 1;
                     Self::drop_addr_loc(&mut self.addr_locs, &loc, &addr);
-                    Self::unindex_address(&mut self.index, &mut touched, pairs, &loc, &addr, &old);
+                    Self::unindex_address(&mut self.index, &mut touched, pairs, &(loc_text.clone(), addr_text), &old);
                 }
                 if !services.is_empty() {
+                    let key: Key = (loc_text.clone(), addr);
                     for id in &services {
-                        self.index.entry(id.clone()).or_default().insert((loc.clone(), addr.clone()));
+                        self.index.entry(id.clone()).or_default().insert(key.clone());
                     }
-                    self.addr_locs.entry(addr.clone()).or_default().insert(loc.clone());
-                    entry.insert(addr, services);
+                    self.addr_locs.entry(key.1.clone()).or_default().insert(key.0);
+                    entry.insert(key.1, services);
                     self.addresses += 1;
                 }
             }
             if entry.is_empty() {
-                self.locations.remove(&loc);
+                self.locations.remove(&loc_text);
             }
         }
         touched

@@ -34,6 +34,7 @@
 
 use crate::backoff::{backoff_ms, OPERATION_TIMEOUT_MS};
 use crate::config::ServiceKind;
+use crate::desired::{Key, Text};
 use crate::egress::pod::{egress_identity, has_pod_finalizer, is_valid, location_for, locations_by_family, pod_addresses, pod_key};
 use crate::egress::{PodCallKind, PodDeletionRecord};
 use crate::endpoints::slice_key;
@@ -392,7 +393,12 @@ pub fn nrp_snapshot(services: &[SgwService], locations: &[AddressLocation]) -> N
             if services.is_empty() {
                 continue;
             }
-            snap.locations.entry(loc.clone()).or_default().entry(canonical(a.address.trim())).or_default().extend(services);
+            snap.locations
+                .entry(Text::from(loc.as_str()))
+                .or_default()
+                .entry(Text::from(canonical(a.address.trim())))
+                .or_default()
+                .extend(services);
         }
     }
     snap
@@ -998,11 +1004,10 @@ impl Engine {
         for id in &snap.nat_gateways {
             self.set_nrp_nat_gateway(id, true);
         }
-        let old: Vec<(String, String)> =
-            self.nrp.locations().iter().flat_map(|(l, a)| a.keys().map(move |x| (l.clone(), x.clone()))).collect();
+        let old: Vec<Key> = self.nrp.locations().iter().flat_map(|(l, a)| a.keys().map(move |x| (l.clone(), x.clone()))).collect();
         self.dirty.extend(old);
         self.nrp.set_locations(snap.locations);
-        let keys: Vec<(String, String)> = self
+        let keys: Vec<Key> = self
             .nrp
             .locations()
             .iter()

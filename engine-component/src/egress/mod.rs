@@ -30,6 +30,7 @@ pub use records::PodDeletionRecord;
 pub(crate) use records::{DeletionRecords, Shadows};
 
 use crate::config::{ServiceConfig, ServiceDetails, ServiceKind};
+use crate::desired::Key;
 use crate::engine::Engine;
 use crate::identity::Identity;
 use crate::io::{IpVersion, ObjectRef, Pod};
@@ -406,7 +407,7 @@ impl Engine {
             return hint.to_string();
         }
         if let Some(loc) = self.desired.outbound_locations_of(addr).find(|loc| self.live_outbound_is(id, loc, addr)) {
-            return loc.clone();
+            return loc.to_string();
         }
         if let Some((_, e)) = self.pending_pods.get(id).and_then(|b| b.at_address(addr).next()) {
             return e.location.clone();
@@ -494,7 +495,7 @@ impl Engine {
             push_unique(&mut addresses, &e.address);
             removed_any = true;
         }
-        let live: Vec<(String, String)> = self
+        let live: Vec<Key> = self
             .desired
             .keys_of_pod(&key)
             .filter(|(l, a)| {

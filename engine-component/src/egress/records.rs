@@ -357,7 +357,7 @@ impl Engine {
             let buf = self.pending_pods.get(id);
             return !self.nrp.keys_of(id).any(|(loc, addr)| {
                 let backed =
-                    self.live_outbound_is(id, loc, addr) || buf.is_some_and(|b| b.at_address(addr).any(|(_, e)| &e.location == loc));
+                    self.live_outbound_is(id, loc, addr) || buf.is_some_and(|b| b.at_address(addr).any(|(_, e)| *e.location == **loc));
                 !backed
             });
         }

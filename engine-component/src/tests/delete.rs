@@ -108,7 +108,7 @@ fn s029_update_completion_after_republish_returns_to_pending() {
     let mut republish = crate::diff::LocationDiff::default();
     republish.locations.insert(
         "10.0.0.1".into(),
-        crate::diff::LocationChange { action: UpdateAction::FullUpdate, addresses: [("10.1.0.1".to_string(), [id(UID)].into())].into() },
+        crate::diff::LocationChange { action: UpdateAction::FullUpdate, addresses: [("10.1.0.1".into(), [id(UID)].into())].into() },
     );
     h.engine.nrp.apply(&republish);
     h.ok(put);
@@ -337,7 +337,7 @@ fn s035_overlay_with_addresses_waits_for_the_drain() {
     let mut republish = crate::diff::LocationDiff::default();
     republish.locations.insert(
         "10.0.0.1".into(),
-        crate::diff::LocationChange { action: UpdateAction::FullUpdate, addresses: [("10.1.0.1".to_string(), [id(UID)].into())].into() },
+        crate::diff::LocationChange { action: UpdateAction::FullUpdate, addresses: [("10.1.0.1".into(), [id(UID)].into())].into() },
     );
     h.engine.nrp.apply(&republish);
     h.engine.dirty.insert(("10.0.0.1".into(), "10.1.0.1".into()));
@@ -471,6 +471,6 @@ fn s041_endpoints_during_deletion() {
     assert_eq!(h.engine.buffered_endpoints(&id(UID)).len(), n + 1);
     finish_delete(&mut h, UID);
     assert!(h.run_ok(20));
-    let addrs: Vec<_> = h.engine.nrp().keys_of(&id(UID)).map(|(_, a)| a.clone()).collect();
+    let addrs: Vec<_> = h.engine.nrp().keys_of(&id(UID)).map(|(_, a)| a.to_string()).collect();
     assert_eq!(addrs, vec!["10.1.0.4".to_string()], "nothing leaked back");
 }

@@ -492,9 +492,9 @@ fn s077_new_pod_during_in_flight_delete_is_not_revived() {
     sync_ok(&mut h);
     assert_eq!(state(&h, EG), Some(ResourceState::DeletionInProgress));
     // A recovered drain (NRP still maps an old address) while the delete is in flight.
-    h.engine.nrp.set_locations(
-        [(L1.to_string(), [("10.1.0.8".to_string(), [id(EG)].into_iter().collect())].into_iter().collect())].into_iter().collect(),
-    );
+    h.engine
+        .nrp
+        .set_locations([(L1.into(), [("10.1.0.8".into(), [id(EG)].into_iter().collect())].into_iter().collect())].into_iter().collect());
     h.engine.mark_dirty(L1, "10.1.0.8");
     let r = h.engine.delete_pod(&id(EG), L1, &vs(&["10.1.0.8"]), "ns", "old", "u0");
     assert!(r.is_last_pod);

@@ -3,11 +3,11 @@
 use super::common::*;
 
 fn published(h: &Harness, uid: &str) -> Vec<(String, String)> {
-    h.engine.nrp().keys_of(&id(uid)).cloned().collect()
+    h.engine.nrp().keys_of(&id(uid)).map(|(l, a)| (l.to_string(), a.to_string())).collect()
 }
 
 fn desired(h: &Harness, uid: &str) -> Vec<(String, String)> {
-    h.engine.desired().keys_of(&id(uid)).cloned().collect()
+    h.engine.desired().keys_of(&id(uid)).map(|(l, a)| (l.to_string(), a.to_string())).collect()
 }
 
 fn k(l: &str, a: &str) -> (String, String) {

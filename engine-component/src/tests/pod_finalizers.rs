@@ -409,7 +409,7 @@ fn s093_no_ip_pod_waits_for_unbacked_nrp_addresses() {
     // Pod a's address leaves local state without a record (lost), NRP still maps it.
     h.engine.delete_pod_for_replacement(&id(EG), L1, &vs(&["10.1.0.1"]), "", "", "");
     h.engine.dirty.clear(); // pretend the sync removing it has not been computed yet
-    h.engine.dirty.insert((L1.to_string(), "10.1.0.1".to_string()));
+    h.engine.dirty.insert((L1.into(), "10.1.0.1".into()));
     // A no-IP terminating pod of the identity: nothing known to drain, verify at service level.
     let r = h.engine.delete_pod_without_addresses(&id(EG), "ns", "x", "ux");
     assert!(r.enqueued && !r.is_last_pod);

@@ -367,7 +367,7 @@ impl Run {
                 if let Some(o) = &p.outbound {
                     *live.entry(o.clone()).or_default() += 1;
                     let uid = p.outbound_pod_uid.clone().unwrap_or_default();
-                    self.sim.registered_by.entry(uid).or_default().insert((addr.clone(), o.as_str().to_string()));
+                    self.sim.registered_by.entry(uid).or_default().insert((addr.to_string(), o.as_str().to_string()));
                 }
             }
         }
