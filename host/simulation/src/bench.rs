@@ -86,18 +86,25 @@ pub(crate) fn respond(id: u64, call: &Call) -> Completion {
 /// Ticks, answering every started call, until the engine has nothing in flight.
 pub(crate) fn settle(engine: &mut dyn EngineDriver, now: &mut u64) -> Result<()> {
     let mut completions = Vec::new();
+    // Whether the previous tick started nothing either.
+    let mut idle = false;
     for _ in 0..1_000_000 {
         let result = engine.tick(*now, std::mem::take(&mut completions))?;
         completions = result.started.iter().map(|(id, call)| respond(*id, call)).collect();
         if completions.is_empty() {
             // A paced POST waits for its interval: jump there (virtual time costs nothing). A
-            // start-up pass bigger than one slice asks to be called back at once.
-            match result.outcome.next_wake_ms.filter(|_| !engine.status().is_ok_and(|s| s.settled)) {
-                Some(w) => *now = (*now).max(w),
-                None => return Ok(()),
+            // start-up pass bigger than one slice asks to be called back at once. The status
+            // (every metric sample, lifted) is read only once two ticks in a row started nothing, to
+            // tell a settled engine's idle timers from one still working.
+            let Some(w) = result.outcome.next_wake_ms else { return Ok(()) };
+            if idle && engine.status()?.settled {
+                return Ok(());
             }
+            idle = true;
+            *now = (*now).max(w);
             continue;
         }
+        idle = false;
         *now += 1;
     }
     bail!("the engine did not settle")
