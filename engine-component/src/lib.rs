@@ -10,7 +10,8 @@
 //!   [`io::Io`] port. Mirrors the WIT package one to one.
 //! - `events`: Kubernetes events -> entry points; `admission`: Service -> config; `endpoints`:
 //!   the slice cache and node IPs.
-//! - `idset`: the identities of one address (a sorted vector, not a B-tree node).
+//! - `idset`: small sets as sorted vectors (the identities of one address, the locations of one
+//!   pod address), not B-tree nodes.
 //! - `state`, `config`: operation records and desired configs; `desired`, `nrp`: the two
 //!   address models; `readiness`, `diff`: what may be published and what differs.
 //! - `dispatcher`, `workers`: the ServiceUpdater and its inbound step machines; `locations`: the
