@@ -8,7 +8,6 @@
 
 use crate::identity::Identity;
 use crate::idset::{IdSet, VecSet};
-use crate::nrp::get_or_default;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,6 +24,19 @@ pub(crate) fn held_key<V>(nodes: &BTreeMap<Text, BTreeMap<Text, V>>, loc: &str, 
     let (l, pods) = nodes.get_key_value(loc)?;
     let (a, _) = pods.get_key_value(addr)?;
     Some((l.clone(), a.clone()))
+}
+
+/// `map.entry(key.to_owned()).or_default()` without allocating the key when it is present.
+fn get_or_default<'m, 'q, K, Q, V>(map: &'m mut BTreeMap<K, V>, key: &'q Q) -> &'m mut V
+where
+    K: Ord + std::borrow::Borrow<Q> + From<&'q Q>,
+    Q: Ord + ?Sized,
+    V: Default,
+{
+    if !map.contains_key(key) {
+        map.insert(K::from(key), V::default());
+    }
+    map.get_mut(key).expect("entry just ensured")
 }
 
 /// [`held_key`], or a key of its own when `nodes` does not hold the entry.

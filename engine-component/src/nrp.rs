@@ -29,19 +29,6 @@ pub struct NrpMirror {
     addr_locs: BTreeMap<Text, VecSet<Text>>,
 }
 
-/// `map.entry(key.to_owned()).or_default()` without allocating the key when it is present.
-pub(crate) fn get_or_default<'m, 'q, K, Q, V>(map: &'m mut BTreeMap<K, V>, key: &'q Q) -> &'m mut V
-where
-    K: Ord + std::borrow::Borrow<Q> + From<&'q Q>,
-    Q: Ord + ?Sized,
-    V: Default,
-{
-    if !map.contains_key(key) {
-        map.insert(K::from(key), V::default());
-    }
-    map.get_mut(key).expect("entry just ensured")
-}
-
 impl NrpMirror {
     pub fn rebuild_index(&mut self) {
         self.index.clear();
